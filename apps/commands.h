@@ -1,0 +1,13 @@
+// One function per subcommand: it adds the subcommand to the CLI and sets its callback.
+// Each lives in its own file in apps/.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace dsv3::apps {
+
+void add_info(CLI::App& app);
+void add_init(CLI::App& app);
+void add_forward(CLI::App& app);
+
+}  // namespace dsv3::apps

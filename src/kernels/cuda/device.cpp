@@ -1,0 +1,24 @@
+#include <fmt/format.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+
+namespace dsv3::cuda {
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return n;
+}
+
+std::string device_summary(int index) {
+  cudaDeviceProp p{};
+  DSV3_CUDA_CHECK(cudaGetDeviceProperties(&p, index));
+  return fmt::format("{} (sm_{}{}, {} SMs, {:.1f} GiB)", p.name, p.major, p.minor,
+                     p.multiProcessorCount, double(p.totalGlobalMem) / (1u << 30));
+}
+
+}  // namespace dsv3::cuda
