@@ -9,5 +9,9 @@ namespace dsv3::apps {
 void add_info(CLI::App& app);
 void add_init(CLI::App& app);
 void add_forward(CLI::App& app);
+void add_tokenize(CLI::App& app);
+void add_detokenize(CLI::App& app);
+void add_chat_template(CLI::App& app);
+void add_tokenizer_train(CLI::App& app);  // `dsv3 tokenizer train`
 
 }  // namespace dsv3::apps

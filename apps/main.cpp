@@ -13,6 +13,10 @@ int main(int argc, char** argv) {
   dsv3::apps::add_info(app);
   dsv3::apps::add_init(app);
   dsv3::apps::add_forward(app);
+  dsv3::apps::add_tokenize(app);
+  dsv3::apps::add_detokenize(app);
+  dsv3::apps::add_chat_template(app);
+  dsv3::apps::add_tokenizer_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
