@@ -17,14 +17,16 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kInfo[] = {
-    {DType::F32, "F32", 4, true},       {DType::F16, "F16", 2, true},
-    {DType::BF16, "BF16", 2, true},     {DType::F8_E4M3, "F8_E4M3", 1, true},
+    {DType::F32, "F32", 4, true},         {DType::F16, "F16", 2, true},
+    {DType::BF16, "BF16", 2, true},       {DType::F8_E4M3, "F8_E4M3", 1, true},
     {DType::F8_E5M2, "F8_E5M2", 1, true}, {DType::I32, "I32", 4, false},
-    {DType::I64, "I64", 8, false},      {DType::U8, "U8", 1, false},
+    {DType::I64, "I64", 8, false},        {DType::U8, "U8", 1, false},
     {DType::BOOL, "BOOL", 1, false},
 };
 
-const DTypeInfo& info(DType t) { return kInfo[static_cast<size_t>(t)]; }
+const DTypeInfo& info(DType t) {
+  return kInfo[static_cast<size_t>(t)];
+}
 
 // Exact decoding of an FP8 code with EB exponent and MB mantissa bits.
 template <int EB, int MB>
@@ -61,9 +63,15 @@ constexpr std::array<float, 256> make_table() {
 const std::array<float, 256> kE4M3ToF32 = make_table<4, 3, false>();
 const std::array<float, 256> kE5M2ToF32 = make_table<5, 2, true>();
 
-size_t dtype_size(DType t) { return info(t).size; }
-std::string_view dtype_name(DType t) { return info(t).name; }
-bool dtype_is_float(DType t) { return info(t).is_float; }
+size_t dtype_size(DType t) {
+  return info(t).size;
+}
+std::string_view dtype_name(DType t) {
+  return info(t).name;
+}
+bool dtype_is_float(DType t) {
+  return info(t).is_float;
+}
 
 bool dtype_from_name(std::string_view name, DType* out) {
   for (const auto& i : kInfo) {

@@ -31,12 +31,14 @@ using f16_t = uint16_t;
 using f8_t = uint8_t;
 
 // ---- bf16 ----
-inline float bf16_to_f32(bf16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
+inline float bf16_to_f32(bf16_t h) {
+  return std::bit_cast<float>(uint32_t(h) << 16);
+}
 
 inline bf16_t f32_to_bf16(float f) {
   uint32_t u = std::bit_cast<uint32_t>(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;  // NaN
-  u += 0x7fffu + ((u >> 16) & 1u);                      // round to nearest even
+  u += 0x7fffu + ((u >> 16) & 1u);                     // round to nearest even
   return bf16_t(u >> 16);
 }
 
@@ -51,7 +53,7 @@ inline uint32_t round_to_code(float ax) {
   int e;
   std::frexp(ax, &e);  // ax = f * 2^e, f in [0.5, 1): the binade exponent is e - 1
   e -= 1;
-  if (e < 1 - bias) e = 1 - bias;  // subnormal range shares the smallest quantum
+  if (e < 1 - bias) e = 1 - bias;         // subnormal range shares the smallest quantum
   if (e > 2 * bias + 1) return ~0u >> 1;  // far out of range
   // ax / quantum is exact (a power-of-two scaling, the result is small) and nearbyint
   // rounds half to even in the default rounding mode.
@@ -78,8 +80,12 @@ inline f16_t f32_to_f16(float f) {
 // ---- fp8 ----
 extern const std::array<float, 256> kE4M3ToF32;
 extern const std::array<float, 256> kE5M2ToF32;
-inline float e4m3_to_f32(f8_t v) { return kE4M3ToF32[v]; }
-inline float e5m2_to_f32(f8_t v) { return kE5M2ToF32[v]; }
+inline float e4m3_to_f32(f8_t v) {
+  return kE4M3ToF32[v];
+}
+inline float e5m2_to_f32(f8_t v) {
+  return kE5M2ToF32[v];
+}
 
 inline constexpr float kE4M3Max = 448.0f;
 inline constexpr float kE5M2Max = 57344.0f;

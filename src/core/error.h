@@ -23,14 +23,13 @@ template <class... Args>
 }  // namespace dsv3
 
 // Checks a condition that user input can violate; throws dsv3::Error with the message.
-#define DSV3_CHECK(cond, ...)                \
-  do {                                       \
-    if (!(cond)) ::dsv3::fail(__VA_ARGS__);  \
+#define DSV3_CHECK(cond, ...)               \
+  do {                                      \
+    if (!(cond)) ::dsv3::fail(__VA_ARGS__); \
   } while (0)
 
 // Checks an internal invariant (a bug in dsv3 if it fails); names the source location.
-#define DSV3_ASSERT(cond)                                                          \
-  do {                                                                             \
-    if (!(cond))                                                                   \
-      ::dsv3::fail("internal error: {} failed at {}:{}", #cond, __FILE__, __LINE__); \
+#define DSV3_ASSERT(cond)                                                                       \
+  do {                                                                                          \
+    if (!(cond)) ::dsv3::fail("internal error: {} failed at {}:{}", #cond, __FILE__, __LINE__); \
   } while (0)

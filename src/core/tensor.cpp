@@ -43,7 +43,8 @@ Tensor Tensor::zeros(DType dtype, Shape shape, Device device) {
   // 64-byte alignment for SIMD loads; at least one byte so the pointer is never null.
   const size_t alloc = (bytes + 63) / 64 * 64 + 64;
   void* p = std::aligned_alloc(64, alloc);
-  if (!p) fail("out of memory allocating {} bytes for a tensor of shape {}", bytes, shape_str(shape));
+  if (!p)
+    fail("out of memory allocating {} bytes for a tensor of shape {}", bytes, shape_str(shape));
   std::memset(p, 0, alloc);
   std::shared_ptr<void> owner(p, [](void* q) { std::free(q); });
   return wrap(dtype, std::move(shape), p, std::move(owner), device);

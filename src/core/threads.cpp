@@ -123,11 +123,14 @@ Pool& pool() {
 
 }  // namespace
 
-int num_threads() { return pool().size(); }
-void set_num_threads(int n) { pool().resize(std::max(1, n)); }
+int num_threads() {
+  return pool().size();
+}
+void set_num_threads(int n) {
+  pool().resize(std::max(1, n));
+}
 
-void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
-                  int64_t grain) {
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t grain) {
   pool().run(n, fn, grain);
 }
 

@@ -1,9 +1,14 @@
 #include <fmt/format.h>
 
+#include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 
 namespace dsv3::cuda {
+
+void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line) {
+  fail("CUDA error at {}:{}: {} ({})", file, line, call, cudaGetErrorString(err));
+}
 
 int device_count() {
   int n = 0;

@@ -1,0 +1,41 @@
+// The one dispatch point for the model's kernels. Each op checks shapes and dtypes, then runs
+// on the device its tensors live on (the CPU kernels in kernels/cpu/, the CUDA ones in
+// kernels/cuda/). Activations are F32 [rows, features], row-major; weights stay in their
+// stored dtype and are converted on the fly.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/linear.h"
+
+namespace dsv3::ops {
+
+// out[t] = table[ids[t]] as f32. ids: I32 [T]; table [V, H]; out F32 [T, H].
+void embedding(const Tensor& ids, const Tensor& table, Tensor& out);
+
+// out = weight ⊙ x / sqrt(mean(x²) + eps) per row (may alias x). x, out F32 [T, D].
+void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out);
+
+// y = x·Wᵀ. x F32 [T, in]; y F32 [T, out].
+void linear(const Tensor& x, const Linear& w, Tensor& y);
+
+// x += y (same shape, F32).
+void add_inplace(Tensor& x, const Tensor& y);
+
+// out = silu(gate) ⊙ up. gate, up, out F32 [T, D]; out may alias gate.
+void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
+
+// Rotary embedding on the interleaved layout (MODEL_SPEC §3): in every row of x ([T, n, w]
+// viewed as T·n vectors of width w), the slice [offset, offset + 2·inv_freq.size()) has its
+// pairs (2i, 2i+1) rotated by angle positions[t]·inv_freq[i], then scaled by `factor`.
+// The angle is formed in f32 as HF and DeepSeek do; cos/sin are exact for that angle.
+void rope_interleaved(Tensor& x, int64_t offset, const std::vector<float>& inv_freq, float factor,
+                      const Tensor& positions);
+
+// Causal attention over one sequence. q, k: F32 [T, H, dqk]; v: F32 [T, H, dv];
+// out: F32 [T, H, dv]. Query t attends to keys 0..t; softmax in f32.
+void attention_causal(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out);
+
+}  // namespace dsv3::ops

@@ -1,0 +1,85 @@
+#include "model/init.h"
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "kernels/linear.h"
+#include "model/layout.h"
+
+namespace dsv3 {
+
+namespace {
+
+// splitmix64: a tiny, well-mixed generator whose output is the same on every platform,
+// so a seed names the same checkpoint everywhere.
+struct Rng {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return double(next() >> 11) * 0x1p-53; }  // [0, 1)
+  double normal() {                                            // Box–Muller
+    const double u = 1.0 - uniform(), v = uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(2.0 * M_PI * v);
+  }
+};
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
+  return h;
+}
+
+}  // namespace
+
+size_t write_random_checkpoint(const ModelConfig& config, const std::string& dir,
+                               const InitOptions& opt) {
+  DSV3_CHECK(opt.dtype == "f32" || opt.dtype == "bf16" || opt.dtype == "fp8",
+             "unknown --dtype '{}': use f32, bf16 or fp8", opt.dtype);
+  ModelConfig c = config;
+  c.quant = QuantConfig{};
+  c.quant.fp8 = opt.dtype == "fp8";
+  c.torch_dtype = opt.dtype == "f32" ? "float32" : "bfloat16";
+  c.validate("config");
+  const DType dense = opt.dtype == "f32" ? DType::F32 : DType::BF16;
+
+  SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");
+  for (const TensorSpec& spec : checkpoint_layout(c)) {
+    const int64_t n = shape_numel(spec.shape);
+    std::vector<float> v(static_cast<size_t>(n));
+    Rng rng{opt.seed ^ fnv1a(spec.name)};
+    if (spec.role == TensorRole::kNorm) {
+      std::fill(v.begin(), v.end(), 1.0f);
+    } else if (spec.role == TensorRole::kBias) {
+      std::fill(v.begin(), v.end(), 0.0f);
+    } else {
+      for (float& x : v) x = float(rng.normal() * opt.std);
+    }
+    if (spec.role == TensorRole::kProjection && c.quant.fp8) {
+      const Linear q = Linear::quantize_fp8(v.data(), spec.shape[0], spec.shape[1], c.quant.block_n,
+                                            c.quant.block_k);
+      writer.add(spec.name, q.weight);
+      writer.add(spec.name + "_scale_inv", q.scale_inv);
+      continue;
+    }
+    const DType dt = spec.role == TensorRole::kBias ? DType::F32 : dense;
+    Tensor t = Tensor::zeros(dt, spec.shape);
+    convert_from_f32(dt, v.data(), t.data(), v.size());
+    writer.add(spec.name, t);
+  }
+  std::filesystem::create_directories(dir);
+  writer.write_sharded(dir, opt.max_shard_bytes);
+  write_file_atomic((std::filesystem::path(dir) / "config.json").string(),
+                    c.to_json().dump(2) + "\n");
+  return writer.total_bytes();
+}
+
+}  // namespace dsv3
