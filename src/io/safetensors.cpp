@@ -248,9 +248,17 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   auto it = entries_.find(name);
   DSV3_CHECK(it != entries_.end(), "safetensors file {} has no tensor {}", path_, name);
   const Entry& e = it->second;
+  const char* p = base_ + e.begin;
+  // Files written by other tools may place a tensor at an offset that is not a multiple of
+  // its element size; typed access to it would be undefined, so such a tensor is copied.
+  if (reinterpret_cast<uintptr_t>(p) % dtype_size(e.dtype) != 0) {
+    Tensor t = Tensor::zeros(e.dtype, e.shape);
+    std::memcpy(t.data(), p, e.end - e.begin);
+    return t;
+  }
   // The mapping is read-only (PROT_READ): writing through this view faults, which is the
   // intent; Tensor has no const-data flavour.
-  return Tensor::wrap(e.dtype, e.shape, const_cast<char*>(base_ + e.begin), mapping_);
+  return Tensor::wrap(e.dtype, e.shape, const_cast<char*>(p), mapping_);
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
@@ -419,8 +427,14 @@ std::string make_header(const TensorList& list, const std::map<std::string, std:
   return out + js;
 }
 
-void write_list(const std::string& path, const TensorList& list,
+void write_list(const std::string& path, const TensorList& unordered,
                 const std::map<std::string, std::string>& meta) {
+  // Widest dtypes first (as the HF safetensors library does): with the 8-byte aligned data
+  // start, every tensor then sits at an offset aligned to its element size.
+  TensorList list = unordered;
+  std::stable_sort(list.begin(), list.end(), [](const auto* a, const auto* b) {
+    return dtype_size(a->second.dtype()) > dtype_size(b->second.dtype());
+  });
   const std::string header = make_header(list, meta);
   write_atomic_streamed(path, [&](const std::function<void(const char*, size_t)>& out) {
     out(header.data(), header.size());

@@ -78,8 +78,9 @@ ParamCounts count_params(const ModelConfig& c) {
     }
     p.total += n;
     if (t.role == TensorRole::kEmbedding) p.embedding += n;
-    // A token uses num_experts_per_tok of the n_routed_experts (all the same size).
-    if (t.expert < c.num_experts_per_tok) p.activated += n;
+    // A token uses num_experts_per_tok of the n_routed_experts (all the same size); the
+    // input embedding is a table lookup, not compute, and DeepSeek's counts leave it out.
+    if (t.expert < c.num_experts_per_tok && t.name != "model.embed_tokens.weight") p.activated += n;
   }
   if (c.tie_word_embeddings) p.embedding += c.vocab_size * c.hidden_size;
   return p;
