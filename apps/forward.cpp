@@ -1,7 +1,9 @@
 // dsv3 forward: logits of a full forward pass, safetensors in and out.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <vector>
 
 #include "commands.h"
 #include "core/error.h"
@@ -12,8 +14,16 @@ namespace dsv3::apps {
 
 namespace {
 
-void run_forward(const std::string& model_dir, const std::string& input,
-                 const std::string& output) {
+Tensor ids_from_list(const std::vector<int64_t>& list) {
+  Tensor ids = Tensor::zeros(DType::I32, {1, int64_t(list.size())});
+  for (size_t i = 0; i < list.size(); ++i) {
+    DSV3_CHECK(list[i] >= 0 && list[i] <= INT32_MAX, "--ids: {} is not a valid token id", list[i]);
+    ids.ptr<int32_t>()[i] = int32_t(list[i]);
+  }
+  return ids;
+}
+
+Tensor ids_from_file(const std::string& input) {
   const auto in = SafetensorsFile::open(input);
   DSV3_CHECK(in->has("input_ids"), "{} has no tensor input_ids (expected I32 [B, T])", input);
   Tensor ids = in->get("input_ids");
@@ -30,22 +40,43 @@ void run_forward(const std::string& model_dir, const std::string& input,
   }
   DSV3_CHECK(ids.dtype() == DType::I32, "input_ids in {} must be I32 or I64, got {}", input,
              dtype_name(ids.dtype()));
+  return ids;
+}
 
+// The most likely next tokens after the last position of the first sequence.
+void print_top(const Tensor& logits, int top) {
+  const int64_t t = logits.dim(1), v = logits.dim(2);
+  const float* row = logits.ptr<float>() + (t - 1) * v;
+  std::vector<int64_t> idx(static_cast<size_t>(v));
+  for (int64_t i = 0; i < v; ++i) idx[size_t(i)] = i;
+  top = int(std::min<int64_t>(top, v));
+  std::partial_sort(idx.begin(), idx.begin() + top, idx.end(),
+                    [&](int64_t a, int64_t b) { return row[a] > row[b]; });
+  fmt::print("next-token logits at position {}:", t - 1);
+  for (int i = 0; i < top; ++i) fmt::print(" {}:{:.3f}", idx[size_t(i)], row[idx[size_t(i)]]);
+  fmt::print("\n");
+}
+
+void run_forward(const std::string& model_dir, const Tensor& ids, const std::string& output) {
   const auto t0 = std::chrono::steady_clock::now();
   const Model model(ModelWeights::load(model_dir));
   const auto t1 = std::chrono::steady_clock::now();
   Tensor hidden;
   const Tensor logits = model.forward(ids, &hidden);
-  SafetensorsWriter out;
-  out.add("logits", logits);
-  if (!model.weights().mtp.empty() && ids.dim(1) > 1)
-    out.add("mtp_logits", model.forward_mtp(ids, hidden, 1));
-  out.write(output);
+  if (!output.empty()) {
+    SafetensorsWriter out;
+    out.add("logits", logits);
+    if (!model.weights().mtp.empty() && ids.dim(1) > 1)
+      out.add("mtp_logits", model.forward_mtp(ids, hidden, 1));
+    out.write(output);
+  } else {
+    print_top(logits, 5);
+  }
   const auto t2 = std::chrono::steady_clock::now();
   const double load_s = std::chrono::duration<double>(t1 - t0).count();
   const double fwd_s = std::chrono::duration<double>(t2 - t1).count();
-  fmt::print(stderr, "forward: {} tokens in {:.3f} s (load {:.3f} s) -> {}\n", ids.numel(), fwd_s,
-             load_s, output);
+  fmt::print(stderr, "forward: {} tokens in {:.3f} s (load {:.3f} s){}{}\n", ids.numel(), fwd_s,
+             load_s, output.empty() ? "" : " -> ", output);
 }
 
 }  // namespace
@@ -57,16 +88,24 @@ void add_forward(CLI::App& app) {
       "out; MTP models also write mtp_logits (F32 [B, T-1, V])");
   struct Args {
     std::string model, input, output;
+    std::vector<int64_t> ids;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "checkpoint directory")
       ->required()
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--input", a->input, "safetensors file with input_ids")
-      ->required()
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--output", a->output, "safetensors file to write")->required();
-  cmd->callback([a] { run_forward(a->model, a->input, a->output); });
+  auto* in = cmd->add_option("--input", a->input, "safetensors file with input_ids (I32 [B, T])")
+                 ->check(CLI::ExistingFile);
+  auto* ids = cmd->add_option("--ids", a->ids, "token ids of one sequence, e.g. --ids 0,17,42")
+                  ->delimiter(',');
+  in->excludes(ids);
+  cmd->add_option("--output", a->output,
+                  "safetensors file to write (without it: print the top next tokens)");
+  cmd->callback([a, in, ids] {
+    DSV3_CHECK(in->count() + ids->count() > 0, "forward needs --input FILE or --ids LIST");
+    run_forward(a->model, a->ids.empty() ? ids_from_file(a->input) : ids_from_list(a->ids),
+                a->output);
+  });
 }
 
 }  // namespace dsv3::apps
