@@ -4,21 +4,14 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
-#include "model/moe.h"
+#include "model/blocks.h"
 
 namespace dsv3 {
 
 namespace {
 
 Tensor mat(int64_t rows, int64_t cols) {
-  return Tensor::zeros(DType::F32, {rows, cols});
-}
-
-// Copies columns [c0, c0 + n) of each row of src [R, C] into dst [R, n].
-void copy_cols(const Tensor& src, int64_t c0, int64_t n, Tensor& dst) {
-  const int64_t rows = src.dim(0), cols = src.dim(1);
-  for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(dst.ptr<float>() + r * n, src.ptr<float>() + r * cols + c0, size_t(n) * 4);
+  return f32_matrix(rows, cols);
 }
 
 Linear plain(const Tensor& w) {
@@ -34,34 +27,12 @@ Tensor Model::attention(const AttentionWeights& a, const Tensor& h, const Tensor
   const ModelConfig& c = w_.config;
   const int64_t n = h.dim(0), heads = c.num_attention_heads;
   const int64_t dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
-  const int64_t dqk = dn + dr, dc = c.kv_lora_rank;
-  const float eps = float(c.rms_norm_eps);
-
-  Tensor q = mat(n, heads * dqk);
-  if (c.has_q_lora()) {
-    Tensor qa = mat(n, c.q_lora_rank);
-    ops::linear(h, a.q_a, qa);
-    ops::rmsnorm(qa, a.q_a_norm, eps, qa);
-    ops::linear(qa, a.q_b, q);
-  } else {
-    ops::linear(h, a.q, q);
-  }
-  q = q.reshape({n, heads, dqk});
-  ops::rope_interleaved(q, dn, rope_.inv_freq, rope_.factor, positions);
-
-  // Compressed KV: the latent c_kv (normalised) and one rotary key shared by all heads.
-  Tensor kv = mat(n, dc + dr);
-  ops::linear(h, a.kv_a, kv);
-  Tensor ckv = mat(n, dc), kpe = mat(n, dr);
-  copy_cols(kv, 0, dc, ckv);
-  copy_cols(kv, dc, dr, kpe);
-  ops::rmsnorm(ckv, a.kv_a_norm, eps, ckv);
-  kpe = kpe.reshape({n, 1, dr});
-  ops::rope_interleaved(kpe, 0, rope_.inv_freq, rope_.factor, positions);
+  const int64_t dqk = dn + dr;
+  const MlaProjection p = mla_project(c, rope_, a, h, positions);
 
   // Naive (non-absorbed) form: expand the latent into per-head keys and values.
   Tensor kvb = mat(n, heads * (dn + dv));
-  ops::linear(ckv, a.kv_b, kvb);
+  ops::linear(p.ckv, a.kv_b, kvb);
   Tensor k = Tensor::zeros(DType::F32, {n, heads, dqk});
   Tensor v = Tensor::zeros(DType::F32, {n, heads, dv});
   for (int64_t t = 0; t < n; ++t) {
@@ -69,7 +40,7 @@ Tensor Model::attention(const AttentionWeights& a, const Tensor& h, const Tensor
       const float* src = kvb.ptr<float>() + (t * heads + hd) * (dn + dv);
       float* kd = k.ptr<float>() + (t * heads + hd) * dqk;
       std::memcpy(kd, src, size_t(dn) * 4);
-      std::memcpy(kd + dn, kpe.ptr<float>() + t * dr, size_t(dr) * 4);
+      std::memcpy(kd + dn, p.kpe.ptr<float>() + t * dr, size_t(dr) * 4);
       std::memcpy(v.ptr<float>() + (t * heads + hd) * dv, src + dn, size_t(dv) * 4);
     }
   }
@@ -77,53 +48,12 @@ Tensor Model::attention(const AttentionWeights& a, const Tensor& h, const Tensor
   const float scale = float(c.softmax_scale());
   for (int64_t s0 = 0; s0 < n; s0 += seq_len) {
     Tensor os = o.slice_rows(s0, s0 + seq_len);
-    ops::attention_causal(q.slice_rows(s0, s0 + seq_len), k.slice_rows(s0, s0 + seq_len),
+    ops::attention_causal(p.q.slice_rows(s0, s0 + seq_len), k.slice_rows(s0, s0 + seq_len),
                           v.slice_rows(s0, s0 + seq_len), scale, os);
   }
   Tensor out = mat(n, c.hidden_size);
   ops::linear(o.reshape({n, heads * dv}), a.o, out);
   return out;
-}
-
-Tensor Model::mlp(const MlpWeights& m, const Tensor& h) const {
-  const int64_t n = h.dim(0), inter = m.gate.out_features();
-  Tensor g = mat(n, inter), u = mat(n, inter), out = mat(n, m.down.out_features());
-  ops::linear(h, m.gate, g);
-  ops::linear(h, m.up, u);
-  ops::silu_mul(g, u, g);
-  ops::linear(g, m.down, out);
-  return out;
-}
-
-Tensor Model::moe(const MoeWeights& m, const Tensor& h) const {
-  const ModelConfig& c = w_.config;
-  const int64_t n = h.dim(0), hid = c.hidden_size, e = c.n_routed_experts;
-  Tensor logits = mat(n, e);
-  ops::linear(h, plain(m.gate), logits);
-  const Routing r = route_tokens(c, logits.ptr<float>(), m.bias ? m.bias.ptr<float>() : nullptr, n);
-
-  // Group the (token, weight) pairs by expert, then run each expert on its tokens.
-  std::vector<std::vector<std::pair<int64_t, float>>> assigned(static_cast<size_t>(e));
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < r.k; ++j)
-      assigned[size_t(r.expert[size_t(t * r.k + j)])].push_back({t, r.weight[size_t(t * r.k + j)]});
-
-  Tensor y = m.has_shared ? mlp(m.shared, h) : mat(n, hid);
-  for (int64_t x = 0; x < e; ++x) {
-    const auto& rows = assigned[size_t(x)];
-    if (rows.empty()) continue;
-    Tensor xin = mat(int64_t(rows.size()), hid);
-    for (size_t i = 0; i < rows.size(); ++i)
-      std::memcpy(xin.ptr<float>() + i * hid, h.ptr<float>() + rows[i].first * hid,
-                  size_t(hid) * 4);
-    const Tensor xo = mlp(m.experts[size_t(x)], xin);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      float* dst = y.ptr<float>() + rows[i].first * hid;
-      const float* src = xo.ptr<float>() + i * hid;
-      for (int64_t d = 0; d < hid; ++d) dst[d] += rows[i].second * src[d];
-    }
-  }
-  return y;
 }
 
 void Model::block(const LayerWeights& L, Tensor& x, const Tensor& positions,
@@ -133,7 +63,7 @@ void Model::block(const LayerWeights& L, Tensor& x, const Tensor& positions,
   ops::rmsnorm(x, L.input_norm, eps, h);
   ops::add_inplace(x, attention(L.attn, h, positions, seq_len));
   ops::rmsnorm(x, L.post_attention_norm, eps, h);
-  ops::add_inplace(x, L.is_moe ? moe(L.moe, h) : mlp(L.mlp, h));
+  ops::add_inplace(x, ffn_forward(w_.config, L, h));
 }
 
 Tensor Model::logits(const Tensor& normed, const Tensor& head) const {

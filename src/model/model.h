@@ -32,8 +32,6 @@ class Model {
   void block(const LayerWeights& L, Tensor& x, const Tensor& positions, int64_t seq_len) const;
   Tensor attention(const AttentionWeights& a, const Tensor& h, const Tensor& positions,
                    int64_t seq_len) const;
-  Tensor mlp(const MlpWeights& m, const Tensor& h) const;
-  Tensor moe(const MoeWeights& m, const Tensor& h) const;
   Tensor logits(const Tensor& normed, const Tensor& head) const;
 
   ModelWeights w_;
