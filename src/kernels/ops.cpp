@@ -97,3 +97,29 @@ void attention_causal(const Tensor& q, const Tensor& k, const Tensor& v, float s
 }
 
 }  // namespace dsv3::ops
+
+namespace dsv3::ops {
+
+void mla_attention(const Tensor& q, const Tensor& ckv, const Tensor& kpe, int64_t start,
+                   const Linear& kv_b, int64_t nope, int64_t v_dim, float scale, bool absorbed,
+                   Tensor& out) {
+  require_cpu("mla_attention", q);
+  DSV3_CHECK(q.ndim() == 3 && ckv.ndim() == 2 && kpe.ndim() == 2 && ckv.dim(0) == kpe.dim(0),
+             "mla_attention: q {}, ckv {}, kpe {} do not fit", shape_str(q.shape()),
+             shape_str(ckv.shape()), shape_str(kpe.shape()));
+  const int64_t t = q.dim(0), h = q.dim(1), dr = kpe.dim(1), dc = ckv.dim(1);
+  DSV3_CHECK(q.dim(2) == nope + dr, "mla_attention: q width {} != nope {} + rope {}", q.dim(2),
+             nope, dr);
+  DSV3_CHECK(start >= 0 && start + t <= ckv.dim(0),
+             "mla_attention: queries at {}..{} need {} cache rows, have {}", start, start + t - 1,
+             start + t, ckv.dim(0));
+  DSV3_CHECK(kv_b.out_features() == h * (nope + v_dim) && kv_b.in_features() == dc,
+             "mla_attention: kv_b [{}, {}] does not fit {} heads", kv_b.out_features(),
+             kv_b.in_features(), h);
+  DSV3_CHECK(out.ndim() == 3 && out.dim(0) == t && out.dim(1) == h && out.dim(2) == v_dim,
+             "mla_attention: out {} should be [{}, {}, {}]", shape_str(out.shape()), t, h, v_dim);
+  cpu::mla_attention(q.ptr<float>(), t, h, ckv.ptr<float>(), kpe.ptr<float>(), ckv.dim(0), dc, dr,
+                     start, kv_b, nope, v_dim, scale, absorbed, out.ptr<float>());
+}
+
+}  // namespace dsv3::ops

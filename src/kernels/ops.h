@@ -39,3 +39,18 @@ void rope_interleaved(Tensor& x, int64_t offset, const std::vector<float>& inv_f
 void attention_causal(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out);
 
 }  // namespace dsv3::ops
+
+namespace dsv3::ops {
+
+// Multi-head latent attention of T new queries over one sequence's latent cache
+// (MODEL_SPEC §3). q: F32 [T, H, nope + rope] (rope part rotated) for positions
+// start .. start + T - 1; ckv: F32 [L, kv_lora_rank] and kpe: F32 [L, rope], the cache rows
+// 0 .. L - 1 with L ≥ start + T (query t sees rows 0 .. start + t). kv_b: the layer's
+// kv_b_proj [H·(nope + v), kv_lora_rank]. out: F32 [T, H, v].
+// absorbed: fold W_UK into the query and W_UV into the output (cost O(L·kv_lora_rank) per
+// head); otherwise expand keys and values per head (the naive form, to check against).
+void mla_attention(const Tensor& q, const Tensor& ckv, const Tensor& kpe, int64_t start,
+                   const Linear& kv_b, int64_t nope, int64_t v_dim, float scale, bool absorbed,
+                   Tensor& out);
+
+}  // namespace dsv3::ops

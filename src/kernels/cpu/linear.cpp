@@ -12,12 +12,12 @@
 
 namespace dsv3::cpu {
 
-namespace {
-
-void init_blas_once() {
+void init_blas() {
   static std::once_flag once;
   std::call_once(once, [] { openblas_set_num_threads(1); });
 }
+
+namespace {
 
 // Rows of W converted per block: a multiple of the FP8 block height keeps the scale lookups
 // simple, and 64 rows of a 7168-wide weight (1.8 MB) stay within a core's cache share.
@@ -26,7 +26,7 @@ constexpr int64_t kRowBlock = 64;
 }  // namespace
 
 void linear(const float* x, int64_t rows, const Linear& w, float* y) {
-  init_blas_once();
+  init_blas();
   const int64_t n = w.out_features(), k = w.in_features();
   const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
   const bool direct = w.weight.dtype() == DType::F32 && !w.quantized();

@@ -1,0 +1,57 @@
+// The CPU inference engine: runs new tokens of several sequences through the model in one
+// step, each sequence against its own latent cache (absorbed MLA, MODEL_SPEC §3). Sequences in
+// a step may have any lengths; the linear layers and experts see all rows at once, attention
+// runs per sequence. The MTP module (MODEL_SPEC §6) has its own step and caches, for drafting.
+#pragma once
+
+#include <vector>
+
+#include "infer/kv_cache.h"
+#include "model/model.h"
+
+namespace dsv3 {
+
+struct EngineOptions {
+  bool absorbed = true;  // false: expand K/V from the latent each step (the naive form, a check)
+};
+
+class Engine {
+ public:
+  Engine(const Model& model, EngineOptions opt = {});
+
+  const Model& model() const { return model_; }
+  const ModelConfig& config() const { return model_.config(); }
+
+  // A cache for one sequence of up to `capacity` tokens (default: the model's context).
+  LatentCache new_cache(int64_t capacity = 0) const;
+  LatentCache new_mtp_cache(int64_t capacity = 0) const;
+
+  struct Input {
+    LatentCache* cache;
+    std::vector<int32_t> tokens;  // appended at positions cache->size() ...
+    bool all_logits = false;      // logits for every new token, or only the last
+  };
+  // Logits F32 [rows, V]: per input, all its rows or its last, in input order. `hidden`
+  // receives the final-normed hidden states F32 [all new tokens, H] (the MTP input).
+  Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const;
+
+  struct MtpInput {
+    LatentCache* cache;           // from new_mtp_cache()
+    std::vector<int32_t> tokens;  // token i + 1 for each position i appended
+    Tensor hidden;                // F32 [tokens.size(), H]: the main model's h_i
+  };
+  // MTP depth 1: logits F32 [inputs, V] of the last row of each input (predicting i + 2).
+  Tensor mtp_step(const std::vector<MtpInput>& inputs) const;
+
+ private:
+  // One transformer block over x [N, H] with rows grouped per input as `counts`.
+  void block(const LayerWeights& L, int64_t cache_layer, Tensor& x,
+             const std::vector<LatentCache*>& caches, const std::vector<int64_t>& counts,
+             const Tensor& positions) const;
+
+  const Model& model_;
+  EngineOptions opt_;
+  RopeTable rope_;
+};
+
+}  // namespace dsv3

@@ -1,0 +1,43 @@
+// One sequence's latent KV cache (MODEL_SPEC §3): for every layer and every token so far, the
+// normalised latent c_kv [kv_lora_rank] and the rotated shared key k_pe [qk_rope_head_dim].
+// That is all absorbed MLA needs: (512 + 64) values per token and layer for DeepSeek-V3,
+// against 128·(192 + 128) for a per-head K/V cache. Kept in f32 on the CPU so decode logits
+// equal the full forward's.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/config.h"
+
+namespace dsv3 {
+
+class LatentCache {
+ public:
+  LatentCache() = default;
+  LatentCache(const ModelConfig& c, int64_t layers, int64_t capacity);
+
+  int64_t size() const { return size_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t layers() const { return int64_t(ckv_.size()); }
+
+  // Views of rows [0, rows) of a layer (rows may run past size() for the step in flight).
+  Tensor ckv(int64_t layer, int64_t rows) const;
+  Tensor kpe(int64_t layer, int64_t rows) const;
+  // Writes n rows of a layer at positions [size(), size() + n); commit(n) then makes them part
+  // of the cache once every layer has them.
+  void write(int64_t layer, const float* ckv_rows, const float* kpe_rows, int64_t n);
+  void commit(int64_t n);
+  // Forgets everything from position n on (rejected speculative tokens).
+  void truncate(int64_t n);
+
+  // Bytes a token costs across all layers in this cache's f32 storage.
+  size_t bytes_per_token() const { return size_t((dc_ + dr_) * layers()) * sizeof(float); }
+
+ private:
+  int64_t dc_ = 0, dr_ = 0, capacity_ = 0, size_ = 0;
+  std::vector<Tensor> ckv_, kpe_;  // per layer [capacity, dc] and [capacity, dr]
+};
+
+}  // namespace dsv3
