@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -121,8 +122,14 @@ TEST_F(SafetensorsRoundTrip, EveryDtypeAndShapeWithIndependentParse) {
   const json h = json::parse(htext);
   EXPECT_EQ(h["__metadata__"]["format"], "pt");
   EXPECT_EQ(h["__metadata__"]["note"], "ünïcode \"quoted\"");
+  // The writer lays tensors out widest dtype first (stable within a width), so each one is
+  // aligned to its element size; check that order, contiguity and alignment.
+  auto written = added;
+  std::stable_sort(written.begin(), written.end(), [](const auto& a, const auto& b) {
+    return dtype_size(a.second.dtype()) > dtype_size(b.second.dtype());
+  });
   size_t expect_off = 0, last_pos = 0;
-  for (const auto& [name, t] : added) {
+  for (const auto& [name, t] : written) {
     const json& e = h.at(name);
     EXPECT_EQ(e["dtype"], std::string(dtype_name(t.dtype())));
     EXPECT_EQ(e["shape"].get<Shape>(), t.shape());
@@ -130,8 +137,9 @@ TEST_F(SafetensorsRoundTrip, EveryDtypeAndShapeWithIndependentParse) {
     EXPECT_EQ(b, expect_off) << name << ": offsets must be contiguous";
     EXPECT_EQ(en - b, t.nbytes()) << name;
     expect_off = en;
+    EXPECT_EQ((8 + hlen + b) % dtype_size(t.dtype()), 0u) << name << ": misaligned";
     EXPECT_EQ(0, std::memcmp(raw.data() + 8 + hlen + b, t.data(), t.nbytes())) << name;
-    const size_t pos = htext.find("\"" + name + "\"");  // order added, in the header text
+    const size_t pos = htext.find("\"" + name + "\"");  // layout order, in the header text
     EXPECT_GT(pos, last_pos) << name;
     last_pos = pos;
   }

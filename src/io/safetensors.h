@@ -62,7 +62,8 @@ class TensorStore {
   std::map<std::string, size_t> where_;  // name -> index into files_
 };
 
-// Writes safetensors files. Tensors are written in the order added, 8-byte aligned header,
+// Writes safetensors files. Tensors are laid out widest dtype first (in the order added within
+// a width, as the HF library does) so each is aligned to its element size; 8-byte aligned header,
 // offsets contiguous. Files are written atomically: to PATH.tmp, fsync, rename.
 class SafetensorsWriter {
  public:
