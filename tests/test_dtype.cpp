@@ -381,7 +381,7 @@ TEST(DTypeCuda, ReferenceModelAgrees) {
 
 // Every 2^32 float bit pattern at a fixed stride, without materialising the inputs.
 TEST(DTypeCuda, EncodeStridedSweepOfAllFloats) {
-  constexpr uint32_t kStride = 67;  // odd: the low mantissa bits take every value
+  constexpr uint32_t kStride = 97;  // odd: the low mantissa bits take every value
   for (size_t i = 0; i < std::size(kOurs); ++i) {
     size_t bad = 0, n = 0;
     for (uint64_t b = 0; b < (uint64_t(1) << 32); b += kStride, ++n) {
