@@ -62,7 +62,15 @@ void run(const GenerateArgs& a) {
              "{} has no tokenizer.json: pass --tokenizer DIR, or give --prompt-ids", a.model);
 
   std::vector<GenerationRequest> reqs;
-  for (const std::string& p : a.prompts) reqs.push_back({tok->encode(p, !a.no_special), {}});
+  for (const std::string& p : a.prompts) {
+    // DeepSeek's tokenizer.json adds no BOS itself; tokenizer_config.json's add_bos_token
+    // says the model expects one (as HF's tokenizer class adds it).
+    std::vector<int32_t> ids;
+    if (!a.no_special && tok->add_bos_token() && tok->bos_id() >= 0) ids.push_back(tok->bos_id());
+    const auto body = tok->encode(p, false);
+    ids.insert(ids.end(), body.begin(), body.end());
+    reqs.push_back({std::move(ids), {}});
+  }
   for (const std::string& p : a.prompt_ids) reqs.push_back({parse_ids(p), {}});
   const infer::SamplingParams params = a.sampling.params();
   for (auto& r : reqs) {
