@@ -115,6 +115,7 @@ void run(const GenerateArgs& a) {
       fmt::print("{}\n", line);
     }
   }
+  std::fflush(stdout);
   fmt::print(stderr,
              "prefill: {} tokens in {:.3f} s ({:.1f} tok/s); decode: {} tokens in {:.3f} s "
              "({:.1f} tok/s, {} steps)\n",
