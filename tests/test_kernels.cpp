@@ -35,39 +35,50 @@ double rel(const float* a, const std::vector<double>& b) {
 
 TEST(Kernels, LinearEveryWeightDtypeAgainstFloat64) {
   // 200 x 300: FP8 blocks at the edges are partial (200 = 128 + 72, 300 = 2·128 + 44).
-  const int64_t rows = 5, n = 200, k = 300;
-  const Tensor x = random_f32({rows, k}, 1);
-  const Tensor w32 = random_f32({n, k}, 2, 0.05f);
-  for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
-    Linear lin;
-    if (dt == DType::F8_E4M3) {
-      lin = Linear::quantize_fp8(w32.ptr<float>(), n, k);
-    } else {
-      lin.weight = w32.to(dt);
-    }
-    // The reference dequantises element by element from the stored codes.
-    std::vector<double> ref(size_t(rows * n), 0.0);
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t c = 0; c < k; ++c) {
-        double wv;
+  // Row counts cover both CPU paths: weight streaming (decode, ≤ 16 rows, in groups of 8) and
+  // dequantise + sgemm (prefill). k = 304 keeps the vector path (multiple of 16); 300 does not.
+  const int64_t n = 200;
+  for (int64_t rows : {1, 5, 11, 40})
+    for (int64_t k : {300, 304})
+      for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3, DType::F8_E5M2}) {
+        const Tensor x = random_f32({rows, k}, 1);
+        const Tensor w32 = random_f32({n, k}, 2, 0.05f);
+        Linear lin;
         if (dt == DType::F8_E4M3) {
-          wv = double(e4m3_to_f32(lin.weight.ptr<uint8_t>()[r * k + c])) *
-               lin.scale_inv.ptr<float>()[(r / 128) * lin.scale_inv.dim(1) + c / 128];
+          lin = Linear::quantize_fp8(w32.ptr<float>(), n, k);
+        } else if (dt == DType::F8_E5M2) {  // FP8 E5M2 with unit block scales
+          lin.weight = w32.to(dt);
+          lin.scale_inv = Tensor::zeros(DType::F32, {2, 3});
+          for (int i = 0; i < 6; ++i) lin.scale_inv.ptr<float>()[i] = 1.0f;
         } else {
-          float f;
-          convert_to_f32(dt,
-                         static_cast<const char*>(lin.weight.data()) + (r * k + c) * dtype_size(dt),
-                         &f, 1);
-          wv = f;
+          lin.weight = w32.to(dt);
         }
-        for (int64_t t = 0; t < rows; ++t)
-          ref[size_t(t * n + r)] += double(x.ptr<float>()[t * k + c]) * wv;
+        // The reference dequantises element by element from the stored codes.
+        std::vector<double> ref(size_t(rows * n), 0.0);
+        for (int64_t r = 0; r < n; ++r) {
+          for (int64_t c = 0; c < k; ++c) {
+            double wv;
+            if (dt == DType::F8_E5M2) {
+              wv = double(e5m2_to_f32(lin.weight.ptr<uint8_t>()[r * k + c]));
+            } else if (dt == DType::F8_E4M3) {
+              wv = double(e4m3_to_f32(lin.weight.ptr<uint8_t>()[r * k + c])) *
+                   lin.scale_inv.ptr<float>()[(r / 128) * lin.scale_inv.dim(1) + c / 128];
+            } else {
+              float f;
+              convert_to_f32(
+                  dt, static_cast<const char*>(lin.weight.data()) + (r * k + c) * dtype_size(dt),
+                  &f, 1);
+              wv = f;
+            }
+            for (int64_t t = 0; t < rows; ++t)
+              ref[size_t(t * n + r)] += double(x.ptr<float>()[t * k + c]) * wv;
+          }
+        }
+        Tensor y = Tensor::zeros(DType::F32, {rows, n});
+        ops::linear(x, lin, y);
+        EXPECT_LT(rel(y.ptr<float>(), ref), 1e-6)
+            << dtype_name(dt) << " rows " << rows << " k " << k;
       }
-    }
-    Tensor y = Tensor::zeros(DType::F32, {rows, n});
-    ops::linear(x, lin, y);
-    EXPECT_LT(rel(y.ptr<float>(), ref), 1e-6) << dtype_name(dt);
-  }
 }
 
 TEST(Kernels, Fp8BlockQuantisationError) {
