@@ -14,5 +14,6 @@ void add_detokenize(CLI::App& app);
 void add_chat_template(CLI::App& app);
 void add_tokenizer_train(CLI::App& app);  // `dsv3 tokenizer train`
 void add_generate(CLI::App& app);
+void add_chat(CLI::App& app);
 
 }  // namespace dsv3::apps
