@@ -92,6 +92,23 @@ TEST_P(GenerateFixture, BatchedEqualsOneByOne) {
     EXPECT_EQ(generate(engine, {reqs[i]})[0].tokens, together[i].tokens) << i;
 }
 
+TEST_P(GenerateFixture, GreedyEqualsTransformersGenerate) {
+  // reference.safetensors holds transformers' generate(do_sample=False) continuation of the
+  // first 5 tokens of each row (tools/reference/make_model_fixtures.py).
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const Engine engine(model);
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor want = ref->get("greedy_tokens");
+  std::vector<GenerationRequest> reqs;
+  for (int64_t b = 0; b < want.dim(0); ++b)
+    reqs.push_back(greedy(prompt_of(GetParam(), b, 5), int(want.dim(1))));
+  const auto out = generate(engine, reqs);
+  for (int64_t b = 0; b < want.dim(0); ++b) {
+    const int32_t* w = want.ptr<int32_t>() + b * want.dim(1);
+    EXPECT_EQ(out[size_t(b)].tokens, std::vector<int32_t>(w, w + want.dim(1))) << "row " << b;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GenerateFixture,
                          ::testing::Values("v3_yarn_qlora_bf16", "v3_plain_f32", "v3_fp8_blocks"));
 

@@ -72,6 +72,7 @@ CONFIGS = {
 }
 
 B, T = 2, 12
+GREEDY_PROMPT, GREEDY_NEW = 5, 10
 
 
 def layout(c):
@@ -243,6 +244,13 @@ def main():
             x = x @ exact[p + "eh_proj.weight"].T
             mtp_logits = block(inputs_embeds=x).logits.float()
 
+            # transformers' own greedy generate (with its KV cache) from the first 5 tokens of
+            # each row: the continuation dsv3's engine must reproduce. It may stop early at eos.
+            greedy = model.generate(ids[:, :GREEDY_PROMPT], attention_mask=torch.ones_like(ids[:, :GREEDY_PROMPT]),
+                                    max_new_tokens=GREEDY_NEW, do_sample=False, pad_token_id=0,
+                                    eos_token_id=None)
+            greedy = greedy[:, GREEDY_PROMPT:]
+
         od = os.path.join(args.out, name)
         os.makedirs(od, exist_ok=True)
         cfg = hf_config(c)
@@ -256,7 +264,8 @@ def main():
         save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(od, "model.safetensors"),
                   metadata={"format": "pt"})
         save_file({"input_ids": ids.to(torch.int32), "logits": logits.contiguous(),
-                   "mtp_logits": mtp_logits.contiguous()},
+                   "mtp_logits": mtp_logits.contiguous(),
+                   "greedy_tokens": greedy.to(torch.int32).contiguous()},
                   os.path.join(od, "reference.safetensors"), metadata={"format": "pt"})
         print(f"{name}: logits {tuple(logits.shape)} std {logits.std().item():.4f}, "
               f"mtp {tuple(mtp_logits.shape)} std {mtp_logits.std().item():.4f}")
