@@ -1,6 +1,7 @@
 #include "core/threads.h"
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -12,6 +13,15 @@ namespace dsv3 {
 
 namespace {
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Decode runs hundreds of small parallel ops per token; waking a sleeping thread through a
+// futex costs tens of microseconds each time. So workers and the caller spin on an atomic for
+// a short while before they sleep on a condition variable.
 class Pool {
  public:
   explicit Pool(int n) { resize(n); }
@@ -33,54 +43,65 @@ class Pool {
       return;
     }
     std::lock_guard one_at_a_time(run_mu_);  // callers on several threads take turns
-    std::unique_lock lk(mu_);
-    fn_ = &fn;
-    n_ = n;
-    chunks_ = chunks;
-    pending_ = chunks - 1;
-    error_ = nullptr;
-    ++generation_;
-    lk.unlock();
+    {
+      std::lock_guard lk(mu_);
+      fn_ = &fn;
+      n_ = n;
+      chunks_ = chunks;
+      error_ = nullptr;
+      pending_.store(chunks - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
     cv_.notify_all();
     in_parallel_ = true;
-    try {
-      do_chunk(0);
-    } catch (...) {
-      std::lock_guard g(mu_);
-      if (!error_) error_ = std::current_exception();
-    }
+    run_chunk(0);
     in_parallel_ = false;
-    lk.lock();
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    for (int spin = 0; spin < kSpins && pending_.load(std::memory_order_acquire) != 0; ++spin)
+      cpu_relax();
+    if (pending_.load(std::memory_order_acquire) != 0) {
+      std::unique_lock lk(mu_);
+      done_cv_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  void do_chunk(int c) {
-    const int64_t begin = n_ * c / chunks_, end = n_ * (c + 1) / chunks_;
-    if (begin < end) (*fn_)(begin, end, c);
+  static constexpr int kSpins = 20000;  // ~100 µs of pause instructions
+
+  void run_chunk(int c) {
+    try {
+      const int64_t begin = n_ * c / chunks_, end = n_ * (c + 1) / chunks_;
+      if (begin < end) (*fn_)(begin, end, c);
+    } catch (...) {
+      std::lock_guard g(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
   }
 
   void loop(int index) {
     uint64_t seen = 0;
     for (;;) {
-      std::unique_lock lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-      if (index >= chunks_) continue;
-      lk.unlock();
-      in_parallel_ = true;
-      try {
-        do_chunk(index);
-      } catch (...) {
-        std::lock_guard g(mu_);
-        if (!error_) error_ = std::current_exception();
+      uint64_t g = generation_.load(std::memory_order_acquire);
+      for (int spin = 0; spin < kSpins && g == seen && !stopping_.load(); ++spin) {
+        cpu_relax();
+        g = generation_.load(std::memory_order_acquire);
       }
+      if (g == seen) {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return stopping_.load() || generation_.load() != seen; });
+        g = generation_.load(std::memory_order_acquire);
+      }
+      if (stopping_.load()) return;
+      seen = g;
+      if (index >= chunks_) continue;
+      in_parallel_ = true;
+      run_chunk(index);
       in_parallel_ = false;
-      lk.lock();
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        { std::lock_guard lk(mu_); }  // the caller is either spinning or inside wait()
+        done_cv_.notify_one();
+      }
     }
   }
 
@@ -99,9 +120,10 @@ class Pool {
   std::condition_variable cv_, done_cv_;
   const std::function<void(int64_t, int64_t, int)>* fn_ = nullptr;
   int64_t n_ = 0;
-  int chunks_ = 0, pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stopping_ = false;
+  int chunks_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stopping_{false};
   std::exception_ptr error_;
   static thread_local bool in_parallel_;
 };
@@ -123,14 +145,11 @@ Pool& pool() {
 
 }  // namespace
 
-int num_threads() {
-  return pool().size();
-}
-void set_num_threads(int n) {
-  pool().resize(std::max(1, n));
-}
+int num_threads() { return pool().size(); }
+void set_num_threads(int n) { pool().resize(std::max(1, n)); }
 
-void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t grain) {
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                  int64_t grain) {
   pool().run(n, fn, grain);
 }
 
