@@ -123,8 +123,10 @@ void run(const GenerateArgs& a) {
              st.prompt_tokens / std::max(st.prefill_seconds, 1e-9), st.generated_tokens,
              st.decode_seconds, st.generated_tokens / std::max(st.decode_seconds, 1e-9), st.steps);
   if (a.speculative)
-    fmt::print(stderr, "speculative (MTP): {} of {} drafts accepted ({:.1f}%)\n", st.accepted,
-               st.drafted, 100.0 * st.acceptance());
+    fmt::print(stderr,
+               "speculative (MTP): {} of {} drafts accepted ({:.1f}%), {:.2f} tokens per decode "
+               "step (1.00 without speculation)\n",
+               st.accepted, st.drafted, 100.0 * st.acceptance(), st.tokens_per_step());
 }
 
 }  // namespace

@@ -64,11 +64,13 @@ std::vector<GenerationOutput> generate(const Engine& engine,
     st.prompt_tokens += int64_t(r.prompt.size());
   }
 
+  bool decoding = false;
   // Records a sampled token; false once the sequence has finished.
   auto emit = [&](size_t i, int32_t tok) {
     Seq& s = seqs[i];
     s.out.tokens.push_back(tok);
     ++st.generated_tokens;
+    if (decoding) ++st.decode_tokens;
     const bool keep = options.on_token ? options.on_token(i, tok) : true;
     if (s.req->params.is_stop_token(tok) || !keep) {
       s.out.finish_reason = "stop";
@@ -139,6 +141,7 @@ std::vector<GenerationOutput> generate(const Engine& engine,
 
   // Decode: one token per sequence per step, or token + draft when speculating.
   const auto t1 = Clock::now();
+  decoding = true;
   for (;;) {
     std::vector<size_t> active;
     for (size_t i = 0; i < seqs.size(); ++i)
@@ -155,6 +158,7 @@ std::vector<GenerationOutput> generate(const Engine& engine,
     Tensor hidden;
     Tensor logits = engine.step(inputs, options.speculative ? &hidden : nullptr);
     ++st.steps;
+    st.decode_steps += int64_t(active.size());
     if (!options.speculative) {
       for (size_t k = 0; k < active.size(); ++k)
         emit(active[k], seqs[active[k]].sampler->sample(row(logits, int64_t(k))));

@@ -27,9 +27,14 @@ struct GenerationOutput {
 
 struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0;
+  int64_t decode_steps = 0, decode_tokens = 0;  // after the first token of each sequence
   double prefill_seconds = 0, decode_seconds = 0;
   int64_t drafted = 0, accepted = 0;  // speculative decoding
   double acceptance() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
+  // Tokens each decode step produced for one sequence: 1 without speculation, up to 2 with.
+  double tokens_per_step() const {
+    return decode_steps ? double(decode_tokens) / double(decode_steps) : 0.0;
+  }
 };
 
 struct GenerateOptions {
