@@ -1,6 +1,6 @@
 // Token sampling for generation: what turns one position's logits into the next token.
 //
-// Processing order (HF `generate`'s default warper order; vLLM applies the same steps):
+// Processing order (the warpers in HF `generate`'s default order; the penalties in vLLM's):
 //   1. repetition penalty over prompt + generated ids (HF/llama.cpp: logit > 0 ? logit / p
 //      : logit * p, once per distinct id),
 //   2. frequency and presence penalties over generated ids only (OpenAI:
@@ -21,9 +21,10 @@
 // contract sort); the draw walks the kept tokens in ascending id order with a float64 CDF.
 //
 // Reproducibility: each Sampler owns an xoshiro256** generator seeded through splitmix64 (both
-// integer-only and fully specified, see Rng), so a seed gives the same tokens on every platform,
-// up to last-bit differences of the C library's expf deciding a draw that lands exactly on a
-// CDF step.
+// integer-only and fully specified, see Rng), so a seed gives the same random numbers on every
+// platform, and the same tokens unless a compiler's float rounding (FMA contraction, say) moves
+// a CDF step across a draw; each step moves by ~1e-7 relative at most, so that takes a draw
+// landing that close to a step (chance ~1e-7 per kept token).
 #pragma once
 
 #include <cstddef>
@@ -41,7 +42,7 @@ namespace dsv3::infer {
 // Which distribution logprobs describe.
 enum class LogprobsMode {
   // log-softmax of the logits as the model produced them, before any penalty or warper.
-  // vLLM's default ("raw_logprobs") and what OpenAI's API reports.
+  // vLLM's default (its logprobs_mode "raw_logprobs"), hence ours.
   kRaw,
   // log-softmax of the distribution actually sampled from (after steps 1-6; removed tokens
   // are -inf and never listed). Under greedy decoding: after the penalties only.
@@ -58,7 +59,7 @@ struct SamplingParams {
   float repetition_penalty = 1.0f;  // > 0; 1 = off
   float frequency_penalty = 0.0f;   // in [-2, 2] as OpenAI; 0 = off
   float presence_penalty = 0.0f;    // in [-2, 2] as OpenAI; 0 = off
-  // Unset: a nondeterministic seed. Set: the same tokens for the same logits on any platform.
+  // Unset: a nondeterministic seed. Set: reproducible tokens (see Reproducibility above).
   std::optional<uint64_t> seed;
   int32_t max_new_tokens = 16;  // OpenAI's and vLLM's max_tokens default; 0 = generate nothing
   std::vector<int32_t> stop_token_ids;
@@ -131,8 +132,10 @@ class Sampler {
 
  private:
   void apply_penalties(std::span<float> logits) const;
-  // Steps 3-6 on penalized logits: fills kept_ (ascending ids) or sets all_kept_.
+  // Steps 3-6 on penalized logits: fills kept_ (ascending ids), or sets all_kept_ when every
+  // finite logit is kept (after setting removed ones to -inf when the kept set is large).
   void select(std::span<float> logits);
+  void mask_removed(std::span<float> logits) const;  // -inf outside kept_
   int32_t draw(std::span<const float> logits);
 
   SamplingParams params_;
@@ -147,6 +150,9 @@ class Sampler {
   std::vector<int32_t> kept_;
   std::vector<float> raw_;
   std::vector<float> heap_;
+  std::vector<float> weights_;
+  std::vector<uint32_t> buckets_;
+  std::vector<double> block_sums_;
   std::vector<std::pair<float, int32_t>> pairs_;
 };
 
