@@ -15,6 +15,7 @@ void add_chat_template(CLI::App& app);
 void add_tokenizer_train(CLI::App& app);  // `dsv3 tokenizer train`
 void add_generate(CLI::App& app);
 void add_chat(CLI::App& app);
+void add_serve(CLI::App& app);
 void add_data(CLI::App& app);  // `dsv3 data prepare`
 
 }  // namespace dsv3::apps

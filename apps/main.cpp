@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   dsv3::apps::add_tokenizer_train(app);
   dsv3::apps::add_generate(app);
   dsv3::apps::add_chat(app);
+  dsv3::apps::add_serve(app);
   dsv3::apps::add_data(app);
   try {
     app.parse(argc, argv);

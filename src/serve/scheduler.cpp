@@ -1,0 +1,289 @@
+#include "serve/scheduler.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace dsv3::serve {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+int64_t round_up_blocks(int64_t tokens) {
+  return (tokens + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+}
+
+}  // namespace
+
+void Histogram::observe(double v) {
+  size_t i = 0;
+  while (i < bounds.size() && v > bounds[i]) ++i;
+  ++counts[i];
+  sum += v;
+  ++count;
+}
+
+void Channel::push(TokenEvent ev) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    q_.push_back(std::move(ev));
+  }
+  cv_.notify_all();
+}
+
+std::vector<TokenEvent> Channel::pop_all(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait_for(lk, timeout, [&] { return !q_.empty(); });
+  std::vector<TokenEvent> out(std::make_move_iterator(q_.begin()),
+                              std::make_move_iterator(q_.end()));
+  q_.clear();
+  return out;
+}
+
+struct Scheduler::Seq {
+  std::shared_ptr<Channel> ch;
+  int index = 0;
+  std::vector<int32_t> prompt;
+  std::unique_ptr<infer::Sampler> sampler;
+  std::unique_ptr<TextStream> text;
+  LatentCache cache;
+  int64_t reserve = 0;  // cache tokens reserved (whole blocks)
+  size_t fed = 0;       // prompt tokens in the cache
+  int32_t last = -1;    // newest token, not yet in the cache
+  int32_t generated = 0;
+  bool done = false;
+  Clock::time_point submitted, last_token;
+};
+
+Scheduler::Scheduler(const Engine& engine, const Tokenizer* tok, SchedulerOptions opt)
+    : engine_(engine), tok_(tok), opt_(opt), context_(engine.config().max_position_embeddings) {
+  DSV3_CHECK(opt_.max_seqs >= 1, "--max-seqs {} must be at least 1", opt_.max_seqs);
+  DSV3_CHECK(opt_.prefill_chunk >= 1, "--prefill-chunk {} must be at least 1", opt_.prefill_chunk);
+  DSV3_CHECK(opt_.max_waiting >= 0, "--max-waiting {} must not be negative", opt_.max_waiting);
+  DSV3_CHECK(opt_.max_batch_tokens >= kBlockTokens,
+             "--max-batch-tokens {} must be at least one block ({} tokens)", opt_.max_batch_tokens,
+             kBlockTokens);
+}
+
+Scheduler::~Scheduler() = default;
+
+int64_t Scheduler::reservation(const Request& req) const {
+  const int64_t want = int64_t(req.prompt.size()) + int64_t(req.params.max_new_tokens);
+  return int64_t(std::max(req.n, 1)) * round_up_blocks(std::min(want, context_));
+}
+
+Scheduler::Submit Scheduler::submit(Request req) {
+  if (closed_) return Submit::kShuttingDown;
+  if (reservation(req) > opt_.max_batch_tokens || req.n > opt_.max_seqs) return Submit::kTooLarge;
+  std::vector<std::unique_ptr<Seq>> group;
+  const auto now = Clock::now();
+  for (int i = 0; i < req.n; ++i) {
+    auto s = std::make_unique<Seq>();
+    s->ch = req.channel;
+    s->index = i;
+    s->prompt = req.prompt;
+    s->sampler = std::make_unique<infer::Sampler>(req.params, req.prompt, uint64_t(i));
+    if (tok_) s->text = std::make_unique<TextStream>(*tok_, req.params.stop_strings);
+    s->reserve = round_up_blocks(
+        std::min(int64_t(req.prompt.size()) + int64_t(req.params.max_new_tokens), context_));
+    s->submitted = now;
+    group.push_back(std::move(s));
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (int64_t(waiting_.size()) >= opt_.max_waiting) return Submit::kQueueFull;
+    waiting_.push_back(std::move(group));
+    stats_.waiting = int64_t(waiting_.size());
+  }
+  cv_.notify_all();
+  return Submit::kOk;
+}
+
+void Scheduler::finish(Seq& s, const std::string& reason) {
+  if (s.done) return;
+  s.done = true;
+  TokenEvent ev;
+  ev.index = s.index;
+  ev.finished = true;
+  ev.finish_reason = reason;
+  if (s.text && reason != "cancelled") ev.text = s.text->finish();
+  s.ch->push(std::move(ev));
+}
+
+void Scheduler::deliver(Seq& s, const infer::SampleResult& r) {
+  const auto now = Clock::now();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++stats_.generated_tokens;
+    if (s.generated == 0)
+      stats_.ttft.observe(seconds_between(s.submitted, now));
+    else
+      stats_.itl.observe(seconds_between(s.last_token, now));
+  }
+  s.last_token = now;
+  ++s.generated;
+  s.last = r.token;
+  const infer::SamplingParams& p = s.sampler->params();
+  TokenEvent ev;
+  ev.index = s.index;
+  ev.token = r.token;
+  if (p.logprobs) ev.logprobs = r;
+  bool stop = p.is_stop_token(r.token);
+  if (s.text) {
+    TextStream::Piece piece = s.text->push(r.token);
+    ev.text = std::move(piece.text);
+    stop = stop || piece.stopped;
+  }
+  std::string reason;
+  if (stop) reason = "stop";
+  // The new token would sit at position cache.size(): a sequence never exceeds the context.
+  else if (s.generated >= p.max_new_tokens || s.cache.size() + 1 >= context_)
+    reason = "length";
+  if (!reason.empty()) {
+    s.done = true;
+    ev.finished = true;
+    ev.finish_reason = reason;
+    if (s.text) ev.text += s.text->finish();
+  }
+  s.ch->push(std::move(ev));
+}
+
+void Scheduler::cancel_all() {
+  std::lock_guard<std::mutex> lk(mu_);
+  cancel_all_ = true;
+  cv_.notify_all();
+}
+
+void Scheduler::stop() {
+  std::lock_guard<std::mutex> lk(mu_);
+  stopping_ = true;
+  cv_.notify_all();
+}
+
+bool Scheduler::step() {
+  // Admission: strict FIFO (no request overtakes an older one, so none starves), whole
+  // requests at a time, while the sequence count and the cache budget allow.
+  std::vector<std::unique_ptr<Seq>> admitted;
+  bool cancel_everything = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    cancel_everything = cancel_all_;
+    cancel_all_ = false;
+    while (!waiting_.empty()) {
+      auto& group = waiting_.front();
+      if (cancel_everything || group.front()->ch->cancelled()) {
+        for (auto& s : group) finish(*s, "cancelled");
+        waiting_.pop_front();
+        continue;
+      }
+      int64_t need = 0;
+      for (auto& s : group) need += s->reserve;
+      if (int64_t(running_.size() + admitted.size() + group.size()) > opt_.max_seqs ||
+          reserved_ + need > opt_.max_batch_tokens)
+        break;
+      reserved_ += need;
+      for (auto& s : group) {
+        stats_.prompt_tokens += int64_t(s->prompt.size());
+        admitted.push_back(std::move(s));
+      }
+      waiting_.pop_front();
+    }
+    stats_.waiting = int64_t(waiting_.size());
+  }
+  for (auto& s : admitted) {
+    if (s->sampler->params().max_new_tokens == 0) {
+      finish(*s, "length");
+    } else {
+      s->cache = engine_.new_cache(s->reserve);
+    }
+    running_.push_back(std::move(s));
+  }
+  for (auto& s : running_)
+    if (cancel_everything || s->ch->cancelled()) finish(*s, "cancelled");
+
+  // One engine step: every decoding sequence's newest token, plus prompt chunks from the
+  // prefilling ones within the per-step prefill budget.
+  std::vector<Engine::Input> inputs;
+  std::vector<Seq*> in_step;
+  int64_t prefill_budget = opt_.prefill_chunk;
+  for (auto& sp : running_) {
+    Seq& s = *sp;
+    if (s.done) continue;
+    if (s.fed < s.prompt.size()) {
+      if (prefill_budget <= 0) continue;
+      const size_t n = std::min(s.prompt.size() - s.fed, size_t(prefill_budget));
+      prefill_budget -= int64_t(n);
+      inputs.push_back(
+          {&s.cache, {s.prompt.begin() + long(s.fed), s.prompt.begin() + long(s.fed + n)}, false});
+      s.fed += n;
+    } else {
+      inputs.push_back({&s.cache, {s.last}, false});
+    }
+    in_step.push_back(&s);
+  }
+  const bool worked = !inputs.empty() || !admitted.empty() || cancel_everything;
+  if (!inputs.empty()) {
+    try {
+      Tensor logits = engine_.step(inputs);
+      const int64_t V = logits.dim(1);
+      for (size_t k = 0; k < in_step.size(); ++k) {
+        Seq& s = *in_step[k];
+        if (s.fed < s.prompt.size()) continue;  // mid-prompt: no token yet
+        std::span<float> row{logits.ptr<float>() + int64_t(k) * V, size_t(V)};
+        infer::SampleResult r;
+        if (s.sampler->params().logprobs)
+          r = s.sampler->sample_with_logprobs(row);
+        else
+          r.token = s.sampler->sample(row);
+        deliver(s, r);
+      }
+    } catch (const std::exception&) {
+      // The engine does not fail on validated input; if it does anyway, end the affected
+      // requests rather than the server.
+      for (Seq* s : in_step) finish(*s, "error");
+    }
+  }
+
+  // Retire finished sequences and free their caches.
+  int64_t cache_tokens = 0;
+  std::vector<std::unique_ptr<Seq>> still;
+  for (auto& s : running_) {
+    if (s->done) {
+      reserved_ -= s->reserve;
+    } else {
+      cache_tokens += s->cache.size();
+      still.push_back(std::move(s));
+    }
+  }
+  running_ = std::move(still);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!inputs.empty()) ++stats_.steps;
+    stats_.running = int64_t(running_.size());
+    stats_.cache_tokens = cache_tokens;
+    stats_.reserved_tokens = reserved_;
+  }
+  return worked;
+}
+
+void Scheduler::run() {
+  for (;;) {
+    if (step()) continue;
+    std::unique_lock<std::mutex> lk(mu_);
+    if (stopping_ && waiting_.empty() && running_.empty()) break;
+    cv_.wait_for(lk, std::chrono::milliseconds(100),
+                 [&] { return !waiting_.empty() || stopping_ || cancel_all_; });
+  }
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+}  // namespace dsv3::serve
