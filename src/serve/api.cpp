@@ -375,12 +375,18 @@ ReasoningSplitter::Out ReasoningSplitter::finish() {
 
 namespace {
 
-json token_json(const Tokenizer& tok, int32_t id, float logprob) {
-  const std::string_view raw = tok.token_bytes(id);
-  json bytes = json::array();
-  for (unsigned char c : raw) bytes.push_back(int(c));
+// A token's text; empty for ids past the tokenizer (the model's vocabulary padding).
+std::string token_text(const Tokenizer& tok, int32_t id) {
+  if (!tok.is_valid_id(id)) return "";
   const int32_t one[] = {id};
-  return {{"token", tok.decode(one, false)},
+  return tok.decode(one, false);
+}
+
+json token_json(const Tokenizer& tok, int32_t id, float logprob) {
+  json bytes = json::array();
+  if (tok.is_valid_id(id))
+    for (unsigned char c : tok.token_bytes(id)) bytes.push_back(int(c));
+  return {{"token", token_text(tok, id)},
           {"logprob", std::isfinite(logprob) ? json(logprob) : json(-9999.0)},
           {"bytes", bytes}};
 }
@@ -396,14 +402,10 @@ json chat_logprob_entry(const Tokenizer& tok, const infer::SampleResult& r) {
 }
 
 void append_completion_logprobs(const Tokenizer& tok, const infer::SampleResult& r, json* lp) {
-  const int32_t one[] = {r.token};
-  (*lp)["tokens"].push_back(tok.decode(one, false));
+  (*lp)["tokens"].push_back(token_text(tok, r.token));
   (*lp)["token_logprobs"].push_back(r.logprob);
   json top = json::object();
-  for (const auto& t : r.top) {
-    const int32_t id[] = {t.token};
-    top[tok.decode(id, false)] = t.logprob;
-  }
+  for (const auto& t : r.top) top[token_text(tok, t.token)] = t.logprob;
   (*lp)["top_logprobs"].push_back(top);
 }
 

@@ -134,7 +134,9 @@ void Scheduler::deliver(Seq& s, const infer::SampleResult& r) {
   ev.token = r.token;
   if (p.logprobs) ev.logprobs = r;
   bool stop = p.is_stop_token(r.token);
-  if (s.text) {
+  // Model vocabularies are padded past the tokenizer's (129,280 vs 128,815 ids for
+  // DeepSeek-V3); a padding id decodes to nothing rather than failing the request.
+  if (s.text && tok_->is_valid_id(r.token)) {
     TextStream::Piece piece = s.text->push(r.token);
     ev.text = std::move(piece.text);
     stop = stop || piece.stopped;

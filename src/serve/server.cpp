@@ -53,6 +53,11 @@ struct Job {
   int finished = 0;
   int64_t completion_tokens = 0;
   bool done_sent = false;
+  std::atomic<int>* active = nullptr;  // the server's count of requests in flight
+
+  ~Job() {
+    if (active) --*active;
+  }
 
   json usage() const {
     const int64_t p = int64_t(pr.prompt.size());
@@ -237,6 +242,9 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
           res, ApiError(503, "The server is shutting down", "", "shutting_down", "server_error"));
   }
   count(endpoint, 200);
+  // Counted until the Job goes, i.e. until the response (or the stream) is complete.
+  ++active_;
+  job->active = &active_;
 
   if (!job->pr.stream) {
     while (job->finished < job->pr.n)
@@ -420,9 +428,6 @@ void Server::serve() {
   http_->listen_after_bind();  // returns once shutdown() stopped it and handlers finished
   sched_->stop();
   engine.join();
-  std::lock_guard<std::mutex> lk(mu_);
-  done_ = true;
-  done_cv_.notify_all();
 }
 
 void Server::shutdown() {
@@ -431,15 +436,19 @@ void Server::shutdown() {
     if (shutting_down_) return;
     shutting_down_ = true;
   }
-  sched_->close();
-  http_->stop();
-  // In-flight requests finish on their own unless they take longer than the grace period.
-  std::unique_lock<std::mutex> lk(mu_);
-  if (!done_cv_.wait_for(lk, std::chrono::duration<double>(opt_.shutdown_grace_s),
-                         [&] { return done_; })) {
-    lk.unlock();
-    sched_->cancel_all();
+  // Drain before stopping the listener: httplib's stop() also cuts streams in progress.
+  sched_->close();  // new requests get 503 from now on
+  auto wait_idle = [&](double seconds) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (active_ > 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return active_ == 0;
+  };
+  if (!wait_idle(opt_.shutdown_grace_s)) {
+    sched_->cancel_all();  // streams end with finish_reason "cancelled" and [DONE]
+    wait_idle(5);
   }
+  http_->stop();
 }
 
 }  // namespace dsv3::serve

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,8 +59,8 @@ class Server {
   int port_ = 0;
 
   mutable std::mutex mu_;
-  std::condition_variable done_cv_;
-  bool shutting_down_ = false, done_ = false;
+  bool shutting_down_ = false;
+  std::atomic<int> active_{0};                                // generation requests in flight
   std::map<std::pair<std::string, int>, uint64_t> requests_;  // (endpoint, status) -> count
   std::atomic<uint64_t> next_id_{1};
 };
