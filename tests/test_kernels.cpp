@@ -5,6 +5,9 @@
 #include <random>
 #include <set>
 
+#include <atomic>
+
+#include "core/threads.h"
 #include "kernels/ops.h"
 #include "model/moe.h"
 #include "model/rope.h"
@@ -229,4 +232,18 @@ TEST(Routing, SoftmaxGreedyV2) {
   EXPECT_EQ(r.expert[1], 3);
   EXPECT_NEAR(r.weight[0], 1.5 * std::exp(1.0) / z, 1e-6);
   EXPECT_NEAR(r.weight[1], 1.5 * std::exp(0.7) / z, 1e-6);
+}
+
+TEST(Threads, ResizingThePoolAfterWorkIsSafe) {
+  // Workers created by a resize must not replay the previous job.
+  std::atomic<int64_t> sum{0};
+  parallel_for(1000, [&](int64_t a, int64_t b, int) { sum += b - a; });
+  EXPECT_EQ(sum.load(), 1000);
+  const int n = num_threads();
+  for (int threads : {1, 3, n}) {
+    set_num_threads(threads);
+    sum = 0;
+    parallel_for(1000, [&](int64_t a, int64_t b, int) { sum += b - a; });
+    EXPECT_EQ(sum.load(), 1000) << threads << " threads";
+  }
 }

@@ -170,7 +170,7 @@ TEST(TokenizerDeepSeek, LargeInputIsFastAndExact) {
 #if defined(__SANITIZE_ADDRESS__)
   const size_t target = 1u << 20;
 #else
-  const size_t target = 20u << 20;
+  const size_t target = 100u << 20;  // the 100 MB input
 #endif
   const Tokenizer& t = deepseek();
   auto rows = read_jsonl(kFixtures + "deepseek_v3_parity.jsonl");
@@ -205,7 +205,7 @@ TEST(TokenizerDeepSeek, LargeInputIsFastAndExact) {
   std::printf("encoded %.1f MB in %.2f s (%.1f MB/s)\n", text.size() / 1e6, s,
               text.size() / 1e6 / s);
 #if !defined(__SANITIZE_ADDRESS__)
-  EXPECT_LT(s, 4.0);
+  EXPECT_LT(s, 30.0);  // a bound against pathological slowness, not a benchmark (bench/)
 #endif
 }
 

@@ -32,7 +32,9 @@ class Pool {
   void resize(int n) {
     stop();
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+    // New workers start at the current generation, or they would run the last (finished) job.
+    const uint64_t now = generation_.load();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, now] { loop(i, now); });
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t grain) {
@@ -79,8 +81,7 @@ class Pool {
     }
   }
 
-  void loop(int index) {
-    uint64_t seen = 0;
+  void loop(int index, uint64_t seen) {
     for (;;) {
       uint64_t g = generation_.load(std::memory_order_acquire);
       for (int spin = 0; spin < kSpins && g == seen && !stopping_.load(); ++spin) {
@@ -145,11 +146,14 @@ Pool& pool() {
 
 }  // namespace
 
-int num_threads() { return pool().size(); }
-void set_num_threads(int n) { pool().resize(std::max(1, n)); }
+int num_threads() {
+  return pool().size();
+}
+void set_num_threads(int n) {
+  pool().resize(std::max(1, n));
+}
 
-void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
-                  int64_t grain) {
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t grain) {
   pool().run(n, fn, grain);
 }
 
