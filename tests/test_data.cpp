@@ -6,11 +6,14 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "train/data.h"
 
 namespace fs = std::filesystem;
 using namespace dsv3;
+using dsv3::test_util::error_of;
+const auto fixture = dsv3::test_util::model_fixture;
 using namespace dsv3::train;
 
 namespace {
@@ -42,15 +45,6 @@ fs::path make_data(const std::string& tag, int docs) {
   prepare_data(tokenizer(), {(d / "a.txt").string(), (d / "b.jsonl").string()},
                (d / "out").string(), opt);
   return d / "out";
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

@@ -7,14 +7,13 @@
 #include "core/error.h"
 #include "infer/engine.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 using namespace dsv3;
+using dsv3::test_util::error_of;
+const auto fixture = dsv3::test_util::model_fixture;
 
 namespace {
-
-std::string fixture(const std::string& name) {
-  return std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/models/" + name;
-}
 
 // max|a - b| / max|b| over one row of V logits.
 double row_err(const float* a, const float* b, int64_t v) {

@@ -7,14 +7,13 @@
 #include "core/error.h"
 #include "infer/generate.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 using namespace dsv3;
+using dsv3::test_util::error_of;
+const auto fixture = dsv3::test_util::model_fixture;
 
 namespace {
-
-std::string fixture(const std::string& name) {
-  return std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/models/" + name;
-}
 
 std::vector<int32_t> prompt_of(const std::string& name, int64_t b, int64_t len) {
   const auto ref = SafetensorsFile::open(fixture(name) + "/reference.safetensors");
@@ -29,15 +28,6 @@ GenerationRequest greedy(std::vector<int32_t> prompt, int n) {
   r.params.temperature = 0;
   r.params.max_new_tokens = n;
   return r;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

@@ -12,15 +12,14 @@
 #include "model/init.h"
 #include "model/layout.h"
 #include "model/model.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace dsv3;
+using dsv3::test_util::error_of;
+const auto fixture = dsv3::test_util::model_fixture;
 
 namespace {
-
-std::string fixture(const std::string& name) {
-  return std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/models/" + name;
-}
 
 // max|a - b| / std(b): the parity metric.
 double rel_err(const Tensor& a, const Tensor& b) {
@@ -57,15 +56,6 @@ void copy_checkpoint(const std::string& src, const fs::path& dst,
   w.write((dst / "model.safetensors").string());
   fs::copy_file(fs::path(src) / "config.json", dst / "config.json",
                 fs::copy_options::overwrite_existing);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace
