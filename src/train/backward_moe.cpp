@@ -1,6 +1,6 @@
 // DeepSeekMoE gate (sigmoid / noaux_tc) and the complementary sequence-wise balance loss,
-// forward and backward. Selection follows model/moe.cpp's route_tokens exactly; only the
-// continuous part (sigmoid, normalisation over the chosen experts) is differentiated.
+// forward and backward. Selection is model/moe.h's select_experts (route_tokens uses it too); only
+// the continuous part (sigmoid, normalisation over the chosen experts) is differentiated.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "model/moe.h"
 #include "train/ops.h"
 
 namespace dsv3::train {
@@ -47,16 +48,6 @@ void check_gate(const GateConfig& c) {
              c.n_experts / c.n_group, c.topk_group, c.k);
 }
 
-// Indices of the k largest values (ties to the lower index, as route_tokens).
-template <typename T>
-void top_k(const T* v, int64_t n, int64_t k, int32_t* out, std::vector<int32_t>& idx) {
-  idx.resize(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), 0);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
-  std::copy(idx.begin(), idx.begin() + k, out);
-}
-
 template <typename T>
 T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
@@ -68,44 +59,23 @@ template <typename T>
 void moe_gate_forward(const GateConfig& c, const T* logits, const T* bias, int64_t tokens,
                       int32_t* experts, T* weights) {
   check_gate(c);
-  const int64_t e = c.n_experts, k = c.k, groups = c.n_group, per_group = e / groups;
+  const int64_t e = c.n_experts, k = c.k;
+  // The selection rule is model/moe.h's, shared with inference (noaux_tc: top-2 group sums).
+  const ExpertSelection sel{e, k, c.n_group, c.topk_group, true};
   parallel_for(
       tokens,
       [&](int64_t t0, int64_t t1, int) {
-        std::vector<T> score(static_cast<size_t>(e)), choice(static_cast<size_t>(e)),
-            group_score(static_cast<size_t>(groups));
-        std::vector<int32_t> kept(static_cast<size_t>(groups)), idx;
+        std::vector<T> score(static_cast<size_t>(e)), choice(score), group_score;
+        std::vector<int32_t> idx;
         for (int64_t t = t0; t < t1; ++t) {
           const T* l = logits + t * e;
           for (int64_t i = 0; i < e; ++i) {
             score[size_t(i)] = sigmoid(l[i]);
             choice[size_t(i)] = score[size_t(i)] + (bias ? bias[i] : T(0));
           }
-          if (groups > 1) {
-            // Group score = sum of its top-2 biased scores; groups not kept are excluded
-            // with −inf (DeepSeek's code).
-            for (int64_t g = 0; g < groups; ++g) {
-              const T* s = choice.data() + g * per_group;
-              T a = -INFINITY, b = -INFINITY;
-              for (int64_t i = 0; i < per_group; ++i) {
-                if (s[i] > a) {
-                  b = a;
-                  a = s[i];
-                } else if (s[i] > b) {
-                  b = s[i];
-                }
-              }
-              group_score[size_t(g)] = a + b;
-            }
-            top_k(group_score.data(), groups, c.topk_group, kept.data(), idx);
-            std::vector<bool> keep(size_t(groups), false);
-            for (int64_t g = 0; g < c.topk_group; ++g) keep[size_t(kept[size_t(g)])] = true;
-            for (int64_t i = 0; i < e; ++i)
-              if (!keep[size_t(i / per_group)]) choice[size_t(i)] = -INFINITY;
-          }
           int32_t* ex = experts + t * k;
           T* w = weights + t * k;
-          top_k(choice.data(), e, k, ex, idx);
+          select_experts(sel, choice.data(), ex, idx, group_score);
           T sum = 0;
           for (int64_t j = 0; j < k; ++j) sum += w[j] = score[size_t(ex[j])];
           const T scale = T(c.routed_scaling_factor);
