@@ -2,6 +2,8 @@
 // Not part of the public API: include "tokenizer/jinja.h" instead.
 #pragma once
 
+#include "tokenizer/unicode.h"
+
 #include <fmt/format.h>
 
 #include <cstdint>
@@ -152,7 +154,8 @@ struct Node {
 };
 
 // ---- Python value semantics (jinja_value.cpp)
-void append_utf8(std::string& out, uint32_t cp);
+// UTF-8 encoding of a code point (\u and \U escapes): the tokenizer's.
+using tok::append_utf8;
 // Byte offsets of each code point: Python indexes and measures str by code point.
 std::vector<size_t> cp_starts(const std::string& s);
 uint32_t decode_at(const std::string& s, size_t i, size_t end);  // code point at byte i
