@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <random>
@@ -189,8 +190,11 @@ Server::Server(const Engine& engine, const Tokenizer& tok, const ChatTemplate& t
 Server::~Server() = default;
 
 void Server::count(const std::string& endpoint, int status) {
+  // Only known endpoints become labels, so clients cannot grow the metric without bound.
+  static const char* const kKnown[] = {"/v1/chat/completions", "/v1/completions", "/v1/models"};
+  const bool known = std::find(std::begin(kKnown), std::end(kKnown), endpoint) != std::end(kKnown);
   std::lock_guard<std::mutex> lk(mu_);
-  ++requests_[{endpoint, status}];
+  ++requests_[{known ? endpoint : "other", status}];
 }
 
 void Server::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
