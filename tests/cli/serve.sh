@@ -22,7 +22,11 @@ fail() { echo "FAIL: $*" >&2; for f in "$tmp"/*.log; do [ -f "$f" ] && { echo "-
   fail "tests/serve/node_modules is missing: run scripts/setup.sh (it runs npm ci there)"
 command -v node >/dev/null || fail "node is missing: run scripts/setup.sh"
 "$dsv3" serve --help >/dev/null || fail "serve --help"
-"$dsv3" init --config "$cfg" --out "$tmp/m" --dtype bf16 --seed 3 >/dev/null
+# The tiny model with a 2048-token context, so one request can run long enough to be cancelled.
+node -e 'const fs = require("fs"); const c = JSON.parse(fs.readFileSync(process.argv[1]));
+  c.max_position_embeddings = 2048; fs.writeFileSync(process.argv[2], JSON.stringify(c));' \
+  "$cfg" "$tmp/config.json"
+"$dsv3" init --config "$tmp/config.json" --out "$tmp/m" --dtype bf16 --seed 3 >/dev/null
 
 max_body=65536
 key="test-key-$$"

@@ -177,7 +177,7 @@ test("a wrong API key is a 401", async () => {
 
 test("bad input gets OpenAI-style errors and the server keeps serving", async () => {
   const hi = '"messages": [{"role": "user", "content": "Hi"}]';
-  const long = Array(100).fill("word").join(" ");
+  const long = Array(3000).fill("word").join(" ");  // the context is 2048 tokens
   const cases = [
     ["/v1/chat/completions", "{not json", 400, "invalid_json"],
     ["/v1/chat/completions", "[]", 400, "invalid_type"],
@@ -251,3 +251,41 @@ test("R1 template: reasoning goes to reasoning_content", { skip: !process.env.DS
     // The random tiny model's greedy output rarely closes the block, but some output exists.
     assert.ok(reasoning.length + content.length > 0);
   });
+
+async function metrics() {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return (name) => {
+    const m = text.match(new RegExp(`^${name} (\\S+)$`, "m"));
+    return m ? Number(m[1]) : NaN;
+  };
+}
+
+test("a client that disconnects mid-stream frees its sequence", async () => {
+  const body = { model, prompt: "Go on", max_tokens: 600, temperature: 0 };
+  // Uncancelled, this greedy request runs long (it is the same tokens every time).
+  const full = await client.completions.create(body);
+  const fullLength = full.usage.completion_tokens;
+  assert.ok(fullLength > 200, `the reference run is too short to test with (${fullLength})`);
+  const before = await metrics();
+  const ac = new AbortController();
+  const r = await fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
+    body: JSON.stringify({ ...body, stream: true }),
+    signal: ac.signal,
+  });
+  assert.equal(r.status, 200);
+  await r.body.getReader().read();  // the first chunk
+  ac.abort();
+  let after = await metrics();
+  for (let i = 0; i < 200 && after("dsv3_running_sequences") !== 0; ++i) {
+    await new Promise((res) => setTimeout(res, 50));
+    after = await metrics();
+  }
+  assert.equal(after("dsv3_running_sequences"), 0);
+  const generated = after("dsv3_generation_tokens_total") - before("dsv3_generation_tokens_total");
+  assert.ok(generated < fullLength, `generated ${generated} of ${fullLength}: not cancelled`);
+  // And the server goes on serving.
+  const again = await greedyCompletion("one", 4);
+  assert.equal(again.choices[0].finish_reason.length > 0, true);
+});
