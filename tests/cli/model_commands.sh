@@ -7,9 +7,13 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# Every subcommand answers --help.
-for c in info init forward tokenize detokenize chat-template; do
-  "$dsv3" "$c" --help >/dev/null || fail "$c --help"
+# Every subcommand answers --help, and every one the CLI lists is checked here.
+"$dsv3" --help >"$tmp/help"
+for c in info init forward generate chat serve tokenize detokenize chat-template "tokenizer train" \
+         "data prepare"; do
+  # shellcheck disable=SC2086
+  "$dsv3" $c --help >/dev/null || fail "$c --help"
+  grep -q "^  ${c%% *} " "$tmp/help" || fail "dsv3 --help does not list ${c%% *}"
 done
 
 # An error run: non-zero exit and a one-line message containing $2.
