@@ -16,32 +16,20 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_model_fixtures  # noqa: E402
 
 LAMBDA = 0.3
 
 
 def load_hf(cfg, tensors):
-    from transformers import DeepseekV3ForCausalLM
-    d = tempfile.mkdtemp()
-    try:
-        with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(cfg, f)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "model.safetensors"),
-                  metadata={"format": "pt"})
-        model, info = DeepseekV3ForCausalLM.from_pretrained(
-            d, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
-    finally:
-        shutil.rmtree(d)
-    bad = {k: v for k, v in info.items() if v}
-    if bad:
-        raise SystemExit(f"transformers did not load every weight: {bad}")
-    return model.train()
+    # The loader of make_model_fixtures.py (refuses any key mismatch), in training mode.
+    return make_model_fixtures.load_hf(cfg, tensors).train()
 
 
 def per_expert_grads(model, prefix_map, originals):
