@@ -33,6 +33,7 @@ std::vector<int32_t> row_ids(const Tensor& ids, int64_t b) {
 }  // namespace
 
 class EngineParity : public ::testing::TestWithParam<const char*> {};
+class EngineMtpParity : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(EngineParity, DecodeStepsEqualTheFullForward) {
   const Model model(ModelWeights::load(fixture(GetParam())));
@@ -58,7 +59,7 @@ TEST_P(EngineParity, DecodeStepsEqualTheFullForward) {
   }
 }
 
-TEST_P(EngineParity, MtpStepsEqualTheFullMtpForward) {
+TEST_P(EngineMtpParity, MtpStepsEqualTheFullMtpForward) {
   const Model model(ModelWeights::load(fixture(GetParam())));
   const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
   const Tensor ids = ref->get("input_ids").slice_rows(0, 1);
@@ -77,6 +78,9 @@ TEST_P(EngineParity, MtpStepsEqualTheFullMtpForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineParity,
+                         ::testing::Values("v3_yarn_qlora_bf16", "v3_plain_f32", "v3_fp8_blocks",
+                                           "v2_softmax_greedy_bf16"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, EngineMtpParity,
                          ::testing::Values("v3_yarn_qlora_bf16", "v3_plain_f32", "v3_fp8_blocks"));
 
 TEST(Engine, BatchOfDifferentLengthsEqualsOneByOne) {

@@ -69,6 +69,20 @@ CONFIGS = {
         rope_scaling=dict(type="yarn", factor=8.0, original_max_position_embeddings=32,
                           beta_fast=32.0, beta_slow=1.0, mscale=0.707, mscale_all_dim=0.707),
         num_nextn_predict_layers=1),
+    # DeepSeek-V2(-Lite) routing through transformers' DeepseekV2: softmax scores, greedy
+    # top-k, no normalisation, no correction bias, two shared experts, no q_lora, no MTP.
+    "v2_softmax_greedy_bf16": dict(
+        dtype="bf16", model_type="deepseek_v2", architectures=["DeepseekV2ForCausalLM"],
+        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+        num_hidden_layers=2, first_k_dense_replace=1, num_attention_heads=4,
+        num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, n_shared_experts=2,
+        num_experts_per_tok=3, n_group=1, topk_group=1, scoring_func="softmax",
+        topk_method="greedy", norm_topk_prob=False, routed_scaling_factor=1.0,
+        max_position_embeddings=128,
+        rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=32,
+                          beta_fast=32.0, beta_slow=1.0, mscale=0.707, mscale_all_dim=0.707),
+        num_nextn_predict_layers=0),
 }
 
 B, T = 2, 12
@@ -111,7 +125,8 @@ def layout(c):
             mlp(p + "mlp.", c["intermediate_size"])
             return
         out.append((p + "mlp.gate.weight", (c["n_routed_experts"], h), "router"))
-        out.append((p + "mlp.gate.e_score_correction_bias", (c["n_routed_experts"],), "bias"))
+        if c.get("topk_method", "noaux_tc") == "noaux_tc":
+            out.append((p + "mlp.gate.e_score_correction_bias", (c["n_routed_experts"],), "bias"))
         for e in range(c["n_routed_experts"]):
             mlp(p + f"mlp.experts.{e}.", c["moe_intermediate_size"])
         mlp(p + "mlp.shared_experts.", c["moe_intermediate_size"] * c["n_shared_experts"])
@@ -182,14 +197,14 @@ def hf_config(c, num_layers=None, first_dense=None):
 
 def load_hf(cfg_json, tensors):
     """transformers' DeepseekV3ForCausalLM from a checkpoint dir, refusing any key mismatch."""
-    from transformers import DeepseekV3ForCausalLM
+    from transformers import AutoModelForCausalLM
     d = tempfile.mkdtemp()
     try:
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(cfg_json, f)
         save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "model.safetensors"),
                   metadata={"format": "pt"})
-        model, info = DeepseekV3ForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             d, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
     finally:
         shutil.rmtree(d)
@@ -216,7 +231,7 @@ def main():
         main_w = {k: v for k, v in exact.items() if not k.startswith(f"model.layers.{L}.")}
         model = load_hf(hf_config(c), main_w)
         # The router bias is a buffer in HF: make sure it really came from the checkpoint.
-        for i in range(c["first_k_dense_replace"], L):
+        for i in range(c["first_k_dense_replace"] if c.get("topk_method", "noaux_tc") == "noaux_tc" else L, L):
             got = model.model.layers[i].mlp.gate.e_score_correction_bias
             want = exact[f"model.layers.{i}.mlp.gate.e_score_correction_bias"]
             assert torch.equal(got, want), f"layer {i}: correction bias not loaded"
@@ -229,6 +244,9 @@ def main():
             # then one transformer block (transformers' own MoE decoder layer, loaded from the
             # MTP layer's weights as layer 0 of a one-layer model), shared_head.norm, shared_head.head.
             p = f"model.layers.{L}."
+            mtp_logits = None
+        if c["num_nextn_predict_layers"] > 0:
+          with torch.no_grad():
             mtp_w = {k.replace(p, "model.layers.0."): v for k, v in exact.items() if k.startswith(p)
                      and not any(s in k for s in ("enorm", "hnorm", "eh_proj", "shared_head"))}
             mtp_w["model.embed_tokens.weight"] = exact["model.embed_tokens.weight"]
@@ -243,6 +261,7 @@ def main():
             x = torch.cat([rms(emb, exact[p + "enorm.weight"]), rms(hidden[:, :-1], exact[p + "hnorm.weight"])], -1)
             x = x @ exact[p + "eh_proj.weight"].T
             mtp_logits = block(inputs_embeds=x).logits.float()
+        with torch.no_grad():
 
             # transformers' own greedy generate (with its KV cache) from the first 5 tokens of
             # each row: the continuation dsv3's engine must reproduce. It may stop early at eos.
@@ -263,12 +282,13 @@ def main():
             json.dump(cfg, f, indent=2)
         save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(od, "model.safetensors"),
                   metadata={"format": "pt"})
-        save_file({"input_ids": ids.to(torch.int32), "logits": logits.contiguous(),
-                   "mtp_logits": mtp_logits.contiguous(),
-                   "greedy_tokens": greedy.to(torch.int32).contiguous()},
-                  os.path.join(od, "reference.safetensors"), metadata={"format": "pt"})
+        ref = {"input_ids": ids.to(torch.int32), "logits": logits.contiguous(),
+               "greedy_tokens": greedy.to(torch.int32).contiguous()}
+        if mtp_logits is not None:
+            ref["mtp_logits"] = mtp_logits.contiguous()
+        save_file(ref, os.path.join(od, "reference.safetensors"), metadata={"format": "pt"})
         print(f"{name}: logits {tuple(logits.shape)} std {logits.std().item():.4f}, "
-              f"mtp {tuple(mtp_logits.shape)} std {mtp_logits.std().item():.4f}")
+              f"mtp {None if mtp_logits is None else tuple(mtp_logits.shape)}")
 
 
 if __name__ == "__main__":
