@@ -10,10 +10,6 @@ namespace dsv3 {
 
 namespace {
 
-Linear plain(const Tensor& w) {
-  return Linear{w, Tensor(), 128, 128};
-}
-
 // Rows [r0, r0 + n) of a [R, C] or [R, A, B] tensor as a view.
 Tensor rows(const Tensor& t, int64_t r0, int64_t n) {
   return t.slice_rows(r0, r0 + n);
@@ -105,7 +101,7 @@ Tensor Engine::step(const std::vector<Input>& inputs, Tensor* hidden) const {
     dst += take;
   }
   Tensor logits = f32_matrix(out_rows, c.vocab_size);
-  ops::linear(sel, plain(model_.weights().lm_head), logits);
+  ops::linear(sel, Linear::plain(model_.weights().lm_head), logits);
   return logits;
 }
 
@@ -114,7 +110,6 @@ Tensor Engine::mtp_step(const std::vector<MtpInput>& inputs) const {
   DSV3_CHECK(!model_.weights().mtp.empty(), "this model has no MTP layer");
   const LayerWeights& L = model_.weights().mtp[0];
   const int64_t hid = c.hidden_size;
-  const float eps = float(c.rms_norm_eps);
   std::vector<LatentCache*> caches;
   std::vector<int64_t> counts;
   int64_t n = 0;
@@ -138,19 +133,7 @@ Tensor Engine::mtp_step(const std::vector<MtpInput>& inputs) const {
       positions.ptr<int32_t>()[r] = int32_t(in.cache->size() + int64_t(j));
     }
   }
-  // h' = eh_proj([enorm(emb(t_{i+1})) ; hnorm(h_i)]) (MODEL_SPEC §6).
-  Tensor emb = f32_matrix(n, hid);
-  ops::embedding(ids, model_.weights().embed, emb);
-  ops::rmsnorm(emb, L.mtp.enorm, eps, emb);
-  ops::rmsnorm(hprev, L.mtp.hnorm, eps, hprev);
-  Tensor cat = f32_matrix(n, 2 * hid);
-  for (int64_t i = 0; i < n; ++i) {
-    std::memcpy(cat.ptr<float>() + i * 2 * hid, emb.ptr<float>() + i * hid, size_t(hid) * 4);
-    std::memcpy(cat.ptr<float>() + i * 2 * hid + hid, hprev.ptr<float>() + i * hid,
-                size_t(hid) * 4);
-  }
-  Tensor x = f32_matrix(n, hid);
-  ops::linear(cat, L.mtp.eh_proj, x);
+  Tensor x = mtp_input(c, model_.weights().embed, L.mtp, ids, hprev);
   block(L, 0, x, caches, counts, positions);
   for (size_t i = 0; i < caches.size(); ++i) caches[i]->commit(counts[i]);
 
@@ -161,10 +144,7 @@ Tensor Engine::mtp_step(const std::vector<MtpInput>& inputs) const {
     std::memcpy(last.ptr<float>() + int64_t(i) * hid, x.ptr<float>() + (end - 1) * hid,
                 size_t(hid) * 4);
   }
-  ops::rmsnorm(last, L.mtp.head_norm, eps, last);
-  Tensor logits = f32_matrix(int64_t(inputs.size()), c.vocab_size);
-  ops::linear(last, plain(L.mtp.head), logits);
-  return logits;
+  return mtp_logits(c, L.mtp, last);
 }
 
 }  // namespace dsv3

@@ -13,6 +13,9 @@ struct Linear {
   Tensor scale_inv;  // defined only for FP8 weights
   int64_t block_n = 128, block_k = 128;
 
+  // A weight with no block scales (embedding, router, output head) used as a linear.
+  static Linear plain(Tensor w) { return Linear{std::move(w), Tensor(), 128, 128}; }
+
   int64_t out_features() const { return weight.dim(0); }
   int64_t in_features() const { return weight.dim(1); }
   bool quantized() const { return scale_inv.defined(); }

@@ -66,7 +66,7 @@ Tensor mlp_forward(const MlpWeights& m, const Tensor& h) {
 Tensor moe_forward(const ModelConfig& c, const MoeWeights& m, const Tensor& h) {
   const int64_t n = h.dim(0), hid = c.hidden_size, e = c.n_routed_experts;
   Tensor logits = f32_matrix(n, e);
-  ops::linear(h, Linear{m.gate, Tensor(), 128, 128}, logits);
+  ops::linear(h, Linear::plain(m.gate), logits);
   const Routing r = route_tokens(c, logits.ptr<float>(), m.bias ? m.bias.ptr<float>() : nullptr, n);
 
   // Group the (token, weight) pairs by expert, then run each expert on its tokens.
@@ -91,6 +91,33 @@ Tensor moe_forward(const ModelConfig& c, const MoeWeights& m, const Tensor& h) {
     }
   }
   return y;
+}
+
+Tensor mtp_input(const ModelConfig& c, const Tensor& embed, const MtpWeights& m,
+                 const Tensor& next_ids, Tensor& hprev) {
+  const int64_t n = next_ids.numel(), hid = c.hidden_size;
+  const float eps = float(c.rms_norm_eps);
+  Tensor emb = f32_matrix(n, hid);
+  ops::embedding(next_ids, embed, emb);
+  ops::rmsnorm(emb, m.enorm, eps, emb);
+  ops::rmsnorm(hprev, m.hnorm, eps, hprev);
+  Tensor cat = f32_matrix(n, 2 * hid);  // [embedding ; hidden]
+  for (int64_t r = 0; r < n; ++r) {
+    std::memcpy(cat.ptr<float>() + r * 2 * hid, emb.ptr<float>() + r * hid, size_t(hid) * 4);
+    std::memcpy(cat.ptr<float>() + r * 2 * hid + hid, hprev.ptr<float>() + r * hid,
+                size_t(hid) * 4);
+  }
+  Tensor x = f32_matrix(n, hid);
+  ops::linear(cat, m.eh_proj, x);
+  return x;
+}
+
+Tensor mtp_logits(const ModelConfig& c, const MtpWeights& m, const Tensor& x) {
+  Tensor normed = f32_matrix(x.dim(0), c.hidden_size);
+  ops::rmsnorm(x, m.head_norm, float(c.rms_norm_eps), normed);
+  Tensor out = f32_matrix(x.dim(0), c.vocab_size);
+  ops::linear(normed, Linear::plain(m.head), out);
+  return out;
 }
 
 Tensor ffn_forward(const ModelConfig& c, const LayerWeights& L, const Tensor& h) {

@@ -25,6 +25,13 @@ Tensor moe_forward(const ModelConfig& c, const MoeWeights& m, const Tensor& h);
 // The layer's feed-forward part, dense or MoE.
 Tensor ffn_forward(const ModelConfig& c, const LayerWeights& L, const Tensor& h);
 
+// MTP module input (MODEL_SPEC §6): eh_proj([enorm(embed(next_ids)) ; hnorm(hprev)]) -> [n, H].
+// next_ids: I32 [n], the token i + 1 for each row; hprev: F32 [n, H], normalised in place.
+Tensor mtp_input(const ModelConfig& c, const Tensor& embed, const MtpWeights& m,
+                 const Tensor& next_ids, Tensor& hprev);
+// MTP logits from its block's output rows x [n, H]: shared_head.head(shared_head.norm(x)).
+Tensor mtp_logits(const ModelConfig& c, const MtpWeights& m, const Tensor& x);
+
 // F32 [rows, cols] of zeros.
 Tensor f32_matrix(int64_t rows, int64_t cols);
 

@@ -8,17 +8,7 @@
 
 namespace dsv3 {
 
-namespace {
-
-Tensor mat(int64_t rows, int64_t cols) {
-  return f32_matrix(rows, cols);
-}
-
-Linear plain(const Tensor& w) {
-  return Linear{w, Tensor(), 128, 128};
-}
-
-}  // namespace
+namespace {}  // namespace
 
 Model::Model(ModelWeights weights) : w_(std::move(weights)), rope_(RopeTable::build(w_.config)) {}
 
@@ -31,7 +21,7 @@ Tensor Model::attention(const AttentionWeights& a, const Tensor& h, const Tensor
   const MlaProjection p = mla_project(c, rope_, a, h, positions);
 
   // Naive (non-absorbed) form: expand the latent into per-head keys and values.
-  Tensor kvb = mat(n, heads * (dn + dv));
+  Tensor kvb = f32_matrix(n, heads * (dn + dv));
   ops::linear(p.ckv, a.kv_b, kvb);
   Tensor k = Tensor::zeros(DType::F32, {n, heads, dqk});
   Tensor v = Tensor::zeros(DType::F32, {n, heads, dv});
@@ -51,7 +41,7 @@ Tensor Model::attention(const AttentionWeights& a, const Tensor& h, const Tensor
     ops::attention_causal(p.q.slice_rows(s0, s0 + seq_len), k.slice_rows(s0, s0 + seq_len),
                           v.slice_rows(s0, s0 + seq_len), scale, os);
   }
-  Tensor out = mat(n, c.hidden_size);
+  Tensor out = f32_matrix(n, c.hidden_size);
   ops::linear(o.reshape({n, heads * dv}), a.o, out);
   return out;
 }
@@ -59,7 +49,7 @@ Tensor Model::attention(const AttentionWeights& a, const Tensor& h, const Tensor
 void Model::block(const LayerWeights& L, Tensor& x, const Tensor& positions,
                   int64_t seq_len) const {
   const float eps = float(w_.config.rms_norm_eps);
-  Tensor h = mat(x.dim(0), x.dim(1));
+  Tensor h = f32_matrix(x.dim(0), x.dim(1));
   ops::rmsnorm(x, L.input_norm, eps, h);
   ops::add_inplace(x, attention(L.attn, h, positions, seq_len));
   ops::rmsnorm(x, L.post_attention_norm, eps, h);
@@ -67,8 +57,8 @@ void Model::block(const LayerWeights& L, Tensor& x, const Tensor& positions,
 }
 
 Tensor Model::logits(const Tensor& normed, const Tensor& head) const {
-  Tensor out = mat(normed.dim(0), w_.config.vocab_size);
-  ops::linear(normed, plain(head), out);
+  Tensor out = f32_matrix(normed.dim(0), w_.config.vocab_size);
+  ops::linear(normed, Linear::plain(head), out);
   return out;
 }
 
@@ -85,7 +75,7 @@ Tensor Model::forward(const Tensor& ids, Tensor* hidden) const {
   Tensor positions = Tensor::zeros(DType::I32, {n});
   for (int64_t i = 0; i < n; ++i) positions.ptr<int32_t>()[i] = int32_t(i % t);
 
-  Tensor x = mat(n, c.hidden_size);
+  Tensor x = f32_matrix(n, c.hidden_size);
   ops::embedding(ids.reshape({n}), w_.embed, x);
   for (const LayerWeights& L : w_.layers) block(L, x, positions, t);
   ops::rmsnorm(x, w_.final_norm, float(c.rms_norm_eps), x);
@@ -102,7 +92,6 @@ Tensor Model::forward_mtp(const Tensor& ids, const Tensor& hidden, int depth) co
              "MTP: hidden {} does not match input_ids {}", shape_str(hidden.shape()),
              shape_str(ids.shape()));
   DSV3_CHECK(t > depth, "MTP depth {} needs sequences longer than {} tokens", depth, depth);
-  const float eps = float(c.rms_norm_eps);
   Tensor prev = hidden;  // [b, len, H] of the previous depth
   Tensor out;
   for (int k = 1; k <= depth; ++k) {
@@ -110,7 +99,7 @@ Tensor Model::forward_mtp(const Tensor& ids, const Tensor& hidden, int depth) co
     const int64_t len = t - k, n = b * len;
     // Row (s, i) combines the previous depth's state at i with the embedding of token i + k.
     Tensor next_ids = Tensor::zeros(DType::I32, {n}), positions = Tensor::zeros(DType::I32, {n});
-    Tensor hprev = mat(n, hid);
+    Tensor hprev = f32_matrix(n, hid);
     for (int64_t s = 0; s < b; ++s) {
       for (int64_t i = 0; i < len; ++i) {
         next_ids.ptr<int32_t>()[s * len + i] = ids.ptr<int32_t>()[s * t + i + k];
@@ -119,25 +108,10 @@ Tensor Model::forward_mtp(const Tensor& ids, const Tensor& hidden, int depth) co
                     prev.ptr<float>() + (s * prev.dim(1) + i) * hid, size_t(hid) * 4);
       }
     }
-    Tensor emb = mat(n, hid);
-    ops::embedding(next_ids, w_.embed, emb);
-    ops::rmsnorm(emb, L.mtp.enorm, eps, emb);
-    ops::rmsnorm(hprev, L.mtp.hnorm, eps, hprev);
-    Tensor cat = mat(n, 2 * hid);  // [embedding ; hidden] (MODEL_SPEC §6)
-    for (int64_t r = 0; r < n; ++r) {
-      std::memcpy(cat.ptr<float>() + r * 2 * hid, emb.ptr<float>() + r * hid, size_t(hid) * 4);
-      std::memcpy(cat.ptr<float>() + r * 2 * hid + hid, hprev.ptr<float>() + r * hid,
-                  size_t(hid) * 4);
-    }
-    Tensor x = mat(n, hid);
-    ops::linear(cat, L.mtp.eh_proj, x);
+    Tensor x = mtp_input(c, w_.embed, L.mtp, next_ids, hprev);
     block(L, x, positions, len);
     prev = x.reshape({b, len, hid});
-    if (k == depth) {
-      Tensor normed = mat(n, hid);
-      ops::rmsnorm(x, L.mtp.head_norm, eps, normed);
-      out = logits(normed, L.mtp.head).reshape({b, len, c.vocab_size});
-    }
+    if (k == depth) out = mtp_logits(c, L.mtp, x).reshape({b, len, c.vocab_size});
   }
   return out;
 }
