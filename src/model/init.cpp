@@ -1,5 +1,6 @@
 #include "model/init.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -39,6 +40,16 @@ uint64_t fnv1a(const std::string& s) {
 
 }  // namespace
 
+void random_tensor_values(const TensorSpec& spec, uint64_t seed, double std, float* out) {
+  const int64_t n = shape_numel(spec.shape);
+  if (spec.role == TensorRole::kNorm || spec.role == TensorRole::kBias) {
+    std::fill(out, out + n, spec.role == TensorRole::kNorm ? 1.0f : 0.0f);
+    return;
+  }
+  Rng rng{seed ^ fnv1a(spec.name)};
+  for (int64_t i = 0; i < n; ++i) out[i] = float(rng.normal() * std);
+}
+
 size_t write_random_checkpoint(const ModelConfig& config, const std::string& dir,
                                const InitOptions& opt) {
   DSV3_CHECK(opt.dtype == "f32" || opt.dtype == "bf16" || opt.dtype == "fp8",
@@ -53,16 +64,8 @@ size_t write_random_checkpoint(const ModelConfig& config, const std::string& dir
   SafetensorsWriter writer;
   writer.set_metadata("format", "pt");
   for (const TensorSpec& spec : checkpoint_layout(c)) {
-    const int64_t n = shape_numel(spec.shape);
-    std::vector<float> v(static_cast<size_t>(n));
-    Rng rng{opt.seed ^ fnv1a(spec.name)};
-    if (spec.role == TensorRole::kNorm) {
-      std::fill(v.begin(), v.end(), 1.0f);
-    } else if (spec.role == TensorRole::kBias) {
-      std::fill(v.begin(), v.end(), 0.0f);
-    } else {
-      for (float& x : v) x = float(rng.normal() * opt.std);
-    }
+    std::vector<float> v(static_cast<size_t>(shape_numel(spec.shape)));
+    random_tensor_values(spec, opt.seed, opt.std, v.data());
     if (spec.role == TensorRole::kProjection && c.quant.fp8) {
       const Linear q = Linear::quantize_fp8(v.data(), spec.shape[0], spec.shape[1], c.quant.block_n,
                                             c.quant.block_k);
