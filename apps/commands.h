@@ -17,5 +17,6 @@ void add_generate(CLI::App& app);
 void add_chat(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_data(CLI::App& app);  // `dsv3 data prepare`
+void add_train(CLI::App& app);
 
 }  // namespace dsv3::apps

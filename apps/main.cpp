@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   dsv3::apps::add_chat(app);
   dsv3::apps::add_serve(app);
   dsv3::apps::add_data(app);
+  dsv3::apps::add_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

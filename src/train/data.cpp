@@ -68,6 +68,8 @@ std::vector<std::string> read_documents(const std::string& path, bool lines) {
   return docs;
 }
 
+}  // namespace
+
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens,
                  const std::vector<uint64_t>& starts) {
   std::string buf(kHeader, '\0');
@@ -82,8 +84,6 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens,
   buf.append(reinterpret_cast<const char*>(starts.data()), starts.size() * 8);
   write_file_atomic(path, buf);
 }
-
-}  // namespace
 
 PrepareStats prepare_data(const Tokenizer& tok, const std::vector<std::string>& inputs,
                           const std::string& out_dir, const PrepareOptions& opt) {

@@ -37,6 +37,11 @@ struct PrepareStats {
 PrepareStats prepare_data(const Tokenizer& tok, const std::vector<std::string>& inputs,
                           const std::string& out_dir, const PrepareOptions& opt);
 
+// Writes one shard (the format above) atomically; prepare_data's writer, public for tools and
+// tests that make token data without a tokenizer.
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens,
+                 const std::vector<uint64_t>& doc_starts);
+
 // One memory-mapped shard, validated on open (a clear error names the file).
 class TokenShard {
  public:
@@ -73,6 +78,7 @@ class DataLoader {
   Batch next(int64_t batch_size);
 
   int64_t windows() const { return windows_; }
+  int64_t seq_len() const { return seq_len_; }
   int64_t tokens() const { return total_; }
   // Resumable position: (epoch, index into the epoch's order).
   struct Position {

@@ -1,0 +1,45 @@
+// The training loop behind `dsv3 train`: data → forward/backward → clip → AdamW → bias
+// balancing, with validation, metrics, checkpoints and exact resume.
+//
+// A run directory holds: train_config.json (the resolved config), metrics.jsonl (one JSON
+// object per logged step, per validation and per checkpoint), checkpoints/ (checkpoint.h),
+// and at the end loss.svg and expert_load.svg.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "train/train_config.h"
+
+namespace dsv3::train {
+
+class DataLoader;
+
+struct TrainOptions {
+  bool resume = false;                      // continue from the run's latest checkpoint
+  std::string resume_from;                  // or from this checkpoint directory
+  const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT): checkpoint and return
+  bool progress = true;                     // progress bar / log lines on stderr
+};
+
+struct TrainSummary {
+  int64_t first_step = 0, steps = 0;  // this run covered steps [first_step, steps)
+  double train_loss = 0;              // mean main loss over the last logged window
+  double val_loss = 0;                // main loss on the whole validation split (nats/token)
+  double tokens_per_s = 0;
+  std::string checkpoint;  // the last checkpoint written
+  bool interrupted = false;
+};
+
+TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt);
+
+// Mean next-token loss (nats/token) of `model` over `batches` batches of `batch` sequences
+// from the start of `loader`'s order (0 batches: every sequence of the split, once).
+double evaluate(TrainModel& model, DataLoader& loader, int64_t batch, int64_t batches);
+
+// Writes RUN/loss.svg (train and validation loss by step) and RUN/expert_load.svg (routed
+// expert load by layer) from RUN/metrics.jsonl.
+void write_plots(const std::string& run_dir);
+
+}  // namespace dsv3::train
