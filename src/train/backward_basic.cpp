@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "train/gemm.h"
 #include "train/ops.h"
 
 namespace dsv3::train {
@@ -114,18 +115,6 @@ void rmsnorm_backward(const T* x, const T* w, const T* dy, int64_t rows, int64_t
 // ---- linear ----
 
 namespace {
-
-template <typename T>
-void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, const T* a,
-          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, ta, tb, blasint(m), blasint(n), blasint(k), 1.0f, a, blasint(lda), b,
-                blasint(ldb), beta, c, blasint(ldc));
-  } else {
-    cblas_dgemm(CblasRowMajor, ta, tb, blasint(m), blasint(n), blasint(k), 1.0, a, blasint(lda), b,
-                blasint(ldb), beta, c, blasint(ldc));
-  }
-}
 
 // Output columns per pool task: at least 64 so BLAS runs at speed, and enough multiply-adds
 // (~256k) that a task is worth waking a thread for; `per_col` is the work of one column.
