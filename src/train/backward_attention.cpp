@@ -43,7 +43,7 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t T_, int64_t H
   parallel_for(
       H,
       [&](int64_t h0, int64_t h1, int) {
-        std::vector<T> p;
+        thread_local std::vector<T> p;  // [T, T]: reused, a fresh 256 KB buffer is an mmap
         for (int64_t h = h0; h < h1; ++h) {
           probabilities(q, k, T_, h, H, dqk, scale, p);
           gemm<T>(CblasNoTrans, CblasNoTrans, T_, dv, T_, p.data(), T_, v + h * dv, H * dv, T(0),
@@ -65,7 +65,8 @@ void attention_backward(const T* q, const T* k, const T* v, const T* dout, int64
   parallel_for(
       H,
       [&](int64_t h0, int64_t h1, int) {
-        std::vector<T> p, ds(static_cast<size_t>(T_ * T_));
+        thread_local std::vector<T> p, ds;
+        ds.resize(static_cast<size_t>(T_ * T_));
         for (int64_t h = h0; h < h1; ++h) {
           probabilities(q, k, T_, h, H, dqk, scale, p);
           const T* go = dout + h * dv;

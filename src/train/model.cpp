@@ -107,7 +107,10 @@ struct TrainModel::Impl {
   double balance_alpha = 0;
 
   // Scratch for backward.
-  Vec attn_out, dh, dq, dk, dv, dkvb, dckv, dkv, dqa, dqan, dtmp, da, dg, du, a, kvb, dmix;
+  Vec attn_out, dh, dq, dk, dv, dkvb, dckv, dkv, dqa, dqan, dtmp, da, dg, du, a, kvb, dmix, kpe;
+  Vec dweights, dye, dxe, dlogits;
+  // Whole-model buffers (kept across steps: a fresh 30 MB vector per step costs page faults).
+  Vec x, logits, en, hn_mtp, normed, dx, dcat, den, dhn_mtp, de, dprev_rows, dnext;
 };
 
 namespace {
@@ -241,7 +244,8 @@ class Block {
     linear_forward(d.ckvn.data(), w(L_.kv_b), n, dc, nh * (dn() + dv()),
                    sized(kvb, n * nh * (dn() + dv())));
     // The rotated shared key, written into every head's rope slice.
-    std::vector<float> kpe(a.kpe_raw);
+    Vec& kpe = m_.kpe;
+    kpe = a.kpe_raw;
     rope_forward(kpe.data(), n, 1, dr(), 0, m_.rope.inv_freq, m_.rope.factor, a.positions.data());
     sized(d.k, n * nh * dqk());
     sized(d.v, n * nh * dv());
@@ -393,7 +397,8 @@ class Block {
     if (L_.gate >= 0)
       mlp_backward(h2, n, c_.n_shared_experts * I, L_.gate, L_.up, L_.down, a.g, a.u, dy, dh2);
     // d gating weight of slot (t, j) = dy[t] · ye[t, j].
-    Vec dweights(size_t(n * k));
+    Vec& dweights = m_.dweights;
+    sized(dweights, n * k);
     for (int64_t s = 0; s < n * k; ++s) {
       const float* y = a.ye.data() + s * H;
       const float* d = dy + (s / k) * H;
@@ -402,7 +407,8 @@ class Block {
       dweights[size_t(s)] = float(acc);
     }
     Vec& xe = m_.dtmp;
-    Vec dye, dxe;
+    Vec& dye = m_.dye;
+    Vec& dxe = m_.dxe;
     for (int64_t e = 0; e < E; ++e) {
       const auto& slots = a.slots[size_t(e)];
       const int64_t r = int64_t(slots.size());
@@ -429,7 +435,8 @@ class Block {
         add_into(dh2 + (slots[size_t(i)] / k) * H, dxe.data() + i * H, H);
     }
     // Router: the gate's gradient plus the balance loss's, then the router linear.
-    Vec dlogits(size_t(n * E), 0.0f);
+    Vec& dlogits = m_.dlogits;
+    zeroed(dlogits, n * E);
     moe_gate_backward(m_.gate, a.logits.data(), a.experts.data(), dweights.data(), n,
                       dlogits.data());
     if (m_.balance_alpha > 0) {
@@ -636,7 +643,8 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
   // ---- main model forward ----
   m.inputs.assign(inputs, inputs + N);
   m.acts.resize(m.layers.size());
-  Vec x(size_t(N * H));
+  Vec& x = m.x;
+  sized(x, N * H);
   embedding_forward(inputs, N, W + m.embed, V, H, x.data());
   for (size_t l = 0; l < m.layers.size(); ++l) {
     BlockActs& a = m.acts[l];
@@ -650,7 +658,7 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
   m.x_last = x;
   rmsnorm_forward(x.data(), W + m.final_norm, N, H, float(c.rms_norm_eps), sized(m.hn, N * H));
   // Head + CE, fused with the head's backward so one logits buffer serves every head.
-  Vec logits;
+  Vec& logits = m.logits;
   auto head = [&](const float* normed, int64_t n, int64_t head_off, const int32_t* tgt, float scale,
                   Vec& dnormed, int64_t* counted) {
     linear_forward(normed, W + head_off, n, H, V, sized(logits, n * V));
@@ -695,7 +703,10 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
     for (int64_t r = 0; r < n; ++r)
       std::memcpy(ma.hprev.data() + r * H, prev + int64_t(ma.src_rows[size_t(r)]) * H,
                   size_t(H) * 4);
-    Vec en(size_t(n * H)), hn(size_t(n * H));
+    Vec& en = m.en;
+    Vec& hn = m.hn_mtp;
+    sized(en, n * H);
+    sized(hn, n * H);
     rmsnorm_forward(ma.e.data(), W + L.enorm, n, H, eps, en.data());
     rmsnorm_forward(ma.hprev.data(), W + L.hnorm, n, H, eps, hn.data());
     sized(ma.cat, n * 2 * H);
@@ -712,7 +723,8 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
     for (int64_t i = 0; i < n; ++i) a.positions[size_t(i)] = int32_t(i % len);
     Block(m, L, W, G).forward(a, ma.x_out.data());
     record(L, a);
-    Vec normed(size_t(n * H));
+    Vec& normed = m.normed;
+    sized(normed, n * H);
     rmsnorm_forward(ma.x_out.data(), W + L.head_norm, n, H, eps, normed.data());
     const double lk = head(normed.data(), n, L.head, tgt.data(), float(opt.mtp_lambda / double(D)),
                            ma.dhead, nullptr);
@@ -722,25 +734,33 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
   if (!backward) return st;
 
   // ---- backward: MTP depths (deepest first), then the main model ----
-  Vec dnext;  // d of the current depth's output rows coming from the next depth
+  Vec& dnext = m.dnext;  // d of the current depth's output rows coming from the next depth
   for (int64_t k = D; k >= 1; --k) {
     MtpActs& ma = m.mtp_acts[size_t(k - 1)];
     const LayerParams& L = m.mtp[size_t(k - 1)];
     const int64_t n = ma.n;
     const float eps = float(c.rms_norm_eps);
-    Vec dx(size_t(n * H), 0.0f);
+    Vec& dx = m.dx;
+    zeroed(dx, n * H);
     rmsnorm_backward(ma.x_out.data(), W + L.head_norm, ma.dhead.data(), n, H, eps, dx.data(),
                      G + L.head_norm);
     if (k < D) add_into(dx.data(), dnext.data(), n * H);
     Block(m, L, W, G).backward(ma.block, dx.data());
-    Vec dcat(size_t(n * 2 * H), 0.0f);
+    Vec& dcat = m.dcat;
+    zeroed(dcat, n * 2 * H);
     linear_backward(ma.cat.data(), W + L.eh, dx.data(), n, 2 * H, H, dcat.data(), G + L.eh);
-    Vec den(size_t(n * H)), dhn(size_t(n * H));
+    Vec& den = m.den;
+    Vec& dhn = m.dhn_mtp;
+    sized(den, n * H);
+    sized(dhn, n * H);
     for (int64_t r = 0; r < n; ++r) {
       std::memcpy(den.data() + r * H, dcat.data() + r * 2 * H, size_t(H) * 4);
       std::memcpy(dhn.data() + r * H, dcat.data() + r * 2 * H + H, size_t(H) * 4);
     }
-    Vec de(size_t(n * H), 0.0f), dprev_rows(size_t(n * H), 0.0f);
+    Vec& de = m.de;
+    Vec& dprev_rows = m.dprev_rows;
+    zeroed(de, n * H);
+    zeroed(dprev_rows, n * H);
     rmsnorm_backward(ma.e.data(), W + L.enorm, den.data(), n, H, eps, de.data(), G + L.enorm);
     rmsnorm_backward(ma.hprev.data(), W + L.hnorm, dhn.data(), n, H, eps, dprev_rows.data(),
                      G + L.hnorm);
@@ -756,7 +776,8 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
     for (int64_t r = 0; r < n; ++r)
       add_into(dprev + int64_t(ma.src_rows[size_t(r)]) * H, dprev_rows.data() + r * H, H);
   }
-  Vec dx(size_t(N * H), 0.0f);
+  Vec& dx = m.dx;
+  zeroed(dx, N * H);
   rmsnorm_backward(m.x_last.data(), W + m.final_norm, m.dhn.data(), N, H, float(c.rms_norm_eps),
                    dx.data(), G + m.final_norm);
   for (size_t l = m.layers.size(); l-- > 0;)
