@@ -14,10 +14,7 @@
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
-#if __has_include("train/plot.h")  // TEMP until plot.h lands
 #include "train/plot.h"
-#define DSV3_HAVE_PLOT 1
-#endif
 
 namespace dsv3::train {
 
@@ -246,22 +243,18 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& o) {
   if (!sum.interrupted) {
     sum.val_loss = evaluate(model, val, eval_batch, 0);
     log.write({{"step", step}, {"val_loss", sum.val_loss}, {"full_split", true}});
-    write_plots(run.string());
   }
+  write_plots(run.string());
   return sum;
 }
 
 void write_plots(const std::string& run_dir) {
-#ifndef DSV3_HAVE_PLOT
-  (void)run_dir;
-}
-#else
   const fs::path run(run_dir);
   std::ifstream in(run / "metrics.jsonl");
   DSV3_CHECK(in, "no metrics.jsonl in {}", run_dir);
   Series train{"train loss", {}}, val{"validation loss", {}};
-  std::vector<Series> load_lines;
-  std::vector<std::vector<int64_t>> total_load;
+  std::vector<Series> balance;
+  std::vector<std::pair<double, std::vector<std::vector<int64_t>>>> loads;  // (step, [layer][e])
   std::string line;
   while (std::getline(in, line)) {
     const json j = json::parse(line, nullptr, false);
@@ -271,45 +264,49 @@ void write_plots(const std::string& run_dir) {
     if (j.contains("val_loss")) val.points.push_back({s, j["val_loss"].get<double>()});
     if (j.contains("load_max_over_mean")) {
       const auto& m = j["load_max_over_mean"];
-      if (load_lines.size() < m.size())
-        for (size_t l = load_lines.size(); l < m.size(); ++l)
-          load_lines.push_back({fmt::format("MoE layer {}", l), {}});
-      for (size_t l = 0; l < m.size(); ++l) load_lines[l].points.push_back({s, m[l].get<double>()});
+      for (size_t l = balance.size(); l < m.size(); ++l)
+        balance.push_back({fmt::format("MoE layer {}", l), {}});
+      for (size_t l = 0; l < m.size(); ++l) balance[l].points.push_back({s, m[l].get<double>()});
     }
     if (j.contains("expert_load"))
-      total_load = j["expert_load"].get<std::vector<std::vector<int64_t>>>();
+      loads.push_back({s, j["expert_load"].get<std::vector<std::vector<int64_t>>>()});
   }
   PlotOptions lp;
   lp.title = "Loss (nats/token)";
   lp.x_label = "step";
   lp.y_label = "loss";
   line_plot((run / "loss.svg").string(), {train, val}, lp);
-  if (!load_lines.empty()) {
-    PlotOptions bp;
-    bp.title = "Routed expert load: max / mean per MoE layer (1 = perfectly balanced)";
-    bp.x_label = "step";
-    bp.y_label = "max / mean";
-    line_plot((run / "expert_balance.svg").string(), load_lines, bp);
-    std::vector<std::vector<double>> share;
-    std::vector<std::string> rows, cols;
-    for (size_t l = 0; l < total_load.size(); ++l) {
+  if (balance.empty()) return;
+  PlotOptions bp;
+  bp.title = "Routed expert load: max / mean per MoE layer (1 = balanced)";
+  bp.x_label = "step";
+  bp.y_label = "max / mean";
+  line_plot((run / "expert_balance.svg").string(), balance, bp);
+  // Heatmap: rows are up to 32 logged windows spread over the run, columns every expert of
+  // every MoE layer; a cell is the expert's load over its layer's mean in that window.
+  std::vector<std::vector<double>> cells;
+  std::vector<std::string> rows, cols;
+  const size_t n_rows = std::min<size_t>(32, loads.size());
+  for (size_t r = 0; r < n_rows; ++r) {
+    const auto& [step, load] = loads[n_rows == 1 ? 0 : r * (loads.size() - 1) / (n_rows - 1)];
+    std::vector<double> row;
+    for (const auto& layer : load) {
       double mean = 0;
-      for (int64_t v : total_load[l]) mean += double(v);
-      mean /= double(std::max<size_t>(1, total_load[l].size()));
-      std::vector<double> r;
-      for (int64_t v : total_load[l]) r.push_back(mean > 0 ? double(v) / mean : 0.0);
-      share.push_back(r);
-      rows.push_back(fmt::format("MoE layer {}", l));
+      for (int64_t v : layer) mean += double(v);
+      mean /= double(std::max<size_t>(1, layer.size()));
+      for (int64_t v : layer) row.push_back(mean > 0 ? double(v) / mean : 0.0);
     }
-    for (size_t e = 0; e < (total_load.empty() ? 0 : total_load[0].size()); ++e)
-      cols.push_back(std::to_string(e));
-    HeatmapOptions hp;
-    hp.title = "Expert load / mean, last logged window";
-    hp.x_label = "expert";
-    hp.y_label = "layer";
-    heatmap((run / "expert_load.svg").string(), share, rows, cols, hp);
+    cells.push_back(std::move(row));
+    rows.push_back(fmt::format("step {}", int64_t(step)));
   }
+  if (!loads.empty())
+    for (size_t l = 0; l < loads[0].second.size(); ++l)
+      for (size_t e = 0; e < loads[0].second[l].size(); ++e)
+        cols.push_back(fmt::format("L{}:{}", l, e));
+  HeatmapOptions hp;
+  hp.title = "Expert load / layer mean over training (columns: MoE layer:expert)";
+  hp.x_label = "MoE layer : routed expert";
+  heatmap((run / "expert_load.svg").string(), cells, rows, cols, hp);
 }
-#endif
 
 }  // namespace dsv3::train

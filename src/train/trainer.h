@@ -3,7 +3,7 @@
 //
 // A run directory holds: train_config.json (the resolved config), metrics.jsonl (one JSON
 // object per logged step, per validation and per checkpoint), checkpoints/ (checkpoint.h),
-// and at the end loss.svg and expert_load.svg.
+// and at the end loss.svg, expert_balance.svg and expert_load.svg.
 #pragma once
 
 #include <atomic>
@@ -38,8 +38,9 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt);
 // from the start of `loader`'s order (0 batches: every sequence of the split, once).
 double evaluate(TrainModel& model, DataLoader& loader, int64_t batch, int64_t batches);
 
-// Writes RUN/loss.svg (train and validation loss by step) and RUN/expert_load.svg (routed
-// expert load by layer) from RUN/metrics.jsonl.
+// From RUN/metrics.jsonl: RUN/loss.svg (train and validation loss by step),
+// RUN/expert_balance.svg (max/mean routed load per MoE layer by step) and RUN/expert_load.svg
+// (heatmap of every expert's load over training).
 void write_plots(const std::string& run_dir);
 
 }  // namespace dsv3::train
