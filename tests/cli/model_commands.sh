@@ -9,7 +9,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # Every subcommand answers --help, and every one the CLI lists is checked here.
 "$dsv3" --help >"$tmp/help"
-for c in info init forward generate chat serve tokenize detokenize chat-template "tokenizer train" \
+for c in info init forward generate chat serve tokenize detokenize chat-template "tokenizer train" train \
          "data prepare"; do
   # shellcheck disable=SC2086
   "$dsv3" $c --help >/dev/null || fail "$c --help"
