@@ -49,10 +49,15 @@ double rel_error(const float* a, const float* ref, int64_t n) {
   return scale > 0 ? diff / scale : diff;
 }
 
-TEST(TrainModel, LossAndGradientsMatchPyTorchAutograd) {
-  const auto file = SafetensorsFile::open(grads_fixture());
+class GradientsVsPyTorch : public ::testing::TestWithParam<std::string> {};
+
+// Both fixtures: v3_yarn_qlora_bf16 (q_lora, YaRN, grouped routing, a dense first layer, BF16
+// weights) and v3_plain_f32 (plain q_proj, plain RoPE, one routing group, all layers MoE).
+TEST_P(GradientsVsPyTorch, LossAndEveryParameterGradient) {
+  const auto file = SafetensorsFile::open(
+      std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/train/grads_" + GetParam() + ".safetensors");
   const SafetensorsFile& ref = *file;
-  TrainModel m = TrainModel::from_checkpoint(test_util::model_fixture("v3_yarn_qlora_bf16"));
+  TrainModel m = TrainModel::from_checkpoint(test_util::model_fixture(GetParam()));
   const Batch b = fixture_batch(ref);
   LossOptions opt;
   opt.mtp_lambda = ref.get("lambda").to_f32_vector()[0];
@@ -82,9 +87,12 @@ TEST(TrainModel, LossAndGradientsMatchPyTorchAutograd) {
     ++checked;
   }
   EXPECT_GT(checked, 50);
-  std::printf("max relative gradient error %.3g (%s) over %d tensors\n", worst, worst_name.c_str(),
-              checked);
+  std::printf("%s: max relative gradient error %.3g (%s) over %d tensors\n", GetParam().c_str(),
+              worst, worst_name.c_str(), checked);
 }
+
+INSTANTIATE_TEST_SUITE_P(TrainModel, GradientsVsPyTorch,
+                         ::testing::Values("v3_yarn_qlora_bf16", "v3_plain_f32"));
 
 TEST(TrainModel, ForwardMatchesInferenceModel) {
   // The training forward and the inference forward (itself checked against transformers) agree.
