@@ -260,6 +260,15 @@ TEST(TrainConfig, ParsesOverridesAndRejectsTypos) {
   wrong["steps"] = "many";
   EXPECT_NE(error_of([&] { TrainConfig::from_json(wrong, "cfg.json"); }).find("'steps'"),
             std::string::npos);
+  json tokens = base_config("/data", "/out");
+  tokens["schedule"] = {{"unit", "tokens"}, {"warmup", 256}};  // 2 steps of 4 × 32 tokens
+  const TrainConfig t = TrainConfig::from_json(tokens, "t");
+  EXPECT_DOUBLE_EQ(t.lr_at(0, 128), t.schedule.peak * 129 / 256);
+  EXPECT_DOUBLE_EQ(t.lr_at(5, 256), t.schedule.peak);  // cosine starts: its first value is peak
+  tokens["schedule"]["unit"] = "days";
+  EXPECT_NE(error_of([&] { TrainConfig::from_json(tokens, "t"); }).find("schedule.unit"),
+            std::string::npos);
+
   json ramp = base_config("/data", "/out");
   ramp["ramp"] = {{"start", 1}, {"steps", 10}};
   const TrainConfig r = TrainConfig::from_json(ramp, "t");

@@ -164,6 +164,11 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& source) {
     s.get("min_lr", c.schedule.min_lr);
     s.get("final_lr", c.schedule.final_lr);
     s.get("final_start", c.schedule.final_start);
+    std::string unit = "steps";
+    s.get("unit", unit);
+    DSV3_CHECK(unit == "steps" || unit == "tokens",
+               "{}: schedule.unit must be \"steps\" or \"tokens\", got \"{}\"", source, unit);
+    c.schedule_in_tokens = unit == "tokens";
   }
   {
     Section s = top.sub("loss");
@@ -186,10 +191,12 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& source) {
     s.get("keep_last", c.keep_last);
   }
   c.adamw.lr = c.schedule.peak;
-  if (c.schedule.warmup < 0) c.schedule.warmup = std::min<int64_t>(100, c.steps / 10);
+  // Defaults in steps, converted when the schedule counts tokens.
+  const int64_t unit = c.schedule_in_tokens ? c.batch_size * c.seq_len : 1;
+  if (c.schedule.warmup < 0) c.schedule.warmup = std::min<int64_t>(100, c.steps / 10) * unit;
   if (c.schedule.decay_start < 0) c.schedule.decay_start = c.schedule.warmup;
   if (c.schedule.decay_steps < 0)
-    c.schedule.decay_steps = std::max<int64_t>(0, c.steps - c.schedule.decay_start);
+    c.schedule.decay_steps = std::max<int64_t>(0, c.steps * unit - c.schedule.decay_start);
   DSV3_CHECK(!c.model.is_null() || !c.init_from.empty(),
              "{}: set 'model' (a config object or config.json path) or 'init_from' (a checkpoint)",
              source);
@@ -230,9 +237,13 @@ json TrainConfig::to_json() const {
                     {"weight_decay", adamw.weight_decay},
                     {"bf16_moments", adamw.bf16_moments},
                     {"grad_clip", grad_clip}};
-  j["schedule"] = {{"warmup", schedule.warmup},           {"decay_start", schedule.decay_start},
-                   {"decay_steps", schedule.decay_steps}, {"min_lr", schedule.min_lr},
-                   {"final_lr", schedule.final_lr},       {"final_start", schedule.final_start}};
+  j["schedule"] = {{"warmup", schedule.warmup},
+                   {"decay_start", schedule.decay_start},
+                   {"decay_steps", schedule.decay_steps},
+                   {"min_lr", schedule.min_lr},
+                   {"final_lr", schedule.final_lr},
+                   {"final_start", schedule.final_start},
+                   {"unit", schedule_in_tokens ? "tokens" : "steps"}};
   j["loss"] = {{"mtp_lambda", loss.mtp_lambda}, {"balance_alpha", loss.balance_alpha}};
   j["balance"] = {{"gamma", bias_gamma}, {"gamma_until", bias_gamma_until}};
   j["recompute"] = recompute;
@@ -252,6 +263,10 @@ ModelConfig TrainConfig::model_config() const {
 int64_t TrainConfig::batch_at(int64_t step) const {
   if (ramp_steps <= 0 || step >= ramp_steps) return batch_size;
   return ramp_start + (batch_size - ramp_start) * step / ramp_steps;
+}
+
+double TrainConfig::lr_at(int64_t step, int64_t tokens) const {
+  return schedule.at(schedule_in_tokens ? tokens : step);
 }
 
 double TrainConfig::gamma_at(int64_t step) const {

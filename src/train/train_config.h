@@ -40,6 +40,7 @@ struct TrainConfig {
   // decay_steps given as -1 resolve to that), i.e. the usual warm-up + cosine. The report's
   // constant phase and final steps are there by setting decay_start and final_start.
   LrSchedule schedule;
+  bool schedule_in_tokens = false;  // schedule.unit "tokens": positions count tokens seen
   LossOptions loss;
   double bias_gamma = 0.001;      // γ of auxiliary-loss-free balancing
   int64_t bias_gamma_until = -1;  // γ → 0 from this step on (-1: never)
@@ -63,6 +64,8 @@ struct TrainConfig {
   // Sequences in the batch of step `step` (the ramp).
   int64_t batch_at(int64_t step) const;
   double gamma_at(int64_t step) const;
+  // Learning rate before step `step`, after `tokens` tokens (the schedule's unit decides).
+  double lr_at(int64_t step, int64_t tokens) const;
 };
 
 }  // namespace dsv3::train

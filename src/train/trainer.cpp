@@ -170,7 +170,7 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& o) {
                                                 batch.targets.ptr<int32_t>(), B, T, cfg.loss);
     const std::vector<ParamRef>& params = adamw.params();
     const double norm = global_grad_norm(params);
-    const double lr = cfg.schedule.at(step);
+    const double lr = cfg.lr_at(step, tokens_seen);
     if (!std::isfinite(st.loss) || !std::isfinite(norm)) {
       bar.finish();
       fail(
