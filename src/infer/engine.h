@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "infer/kv_cache.h"
+#include "infer/step_engine.h"
 #include "model/model.h"
 
 namespace dsv3 {
@@ -15,33 +16,22 @@ struct EngineOptions {
   bool absorbed = true;  // false: expand K/V from the latent each step (the naive form, a check)
 };
 
-class Engine {
+class Engine : public StepEngine {
  public:
   Engine(const Model& model, EngineOptions opt = {});
 
-  const Model& model() const { return model_; }
-  const ModelConfig& config() const { return model_.config(); }
+  const Model& model() const override { return model_; }
+  int64_t context() const override { return model_.config().max_position_embeddings; }
 
   // A cache for one sequence of up to `capacity` tokens (default: the model's context).
-  LatentCache new_cache(int64_t capacity = 0) const;
-  LatentCache new_mtp_cache(int64_t capacity = 0) const;
+  LatentCache new_cache(int64_t capacity = 0) const override;
+  LatentCache new_mtp_cache(int64_t capacity = 0) const override;
 
-  struct Input {
-    LatentCache* cache;
-    std::vector<int32_t> tokens;  // appended at positions cache->size() ...
-    bool all_logits = false;      // logits for every new token, or only the last
-  };
   // Logits F32 [rows, V]: per input, all its rows or its last, in input order. `hidden`
   // receives the final-normed hidden states F32 [all new tokens, H] (the MTP input).
-  Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const;
-
-  struct MtpInput {
-    LatentCache* cache;           // from new_mtp_cache()
-    std::vector<int32_t> tokens;  // token i + 1 for each position i appended
-    Tensor hidden;                // F32 [tokens.size(), H]: the main model's h_i
-  };
+  Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const override;
   // MTP depth 1: logits F32 [inputs, V] of the last row of each input (predicting i + 2).
-  Tensor mtp_step(const std::vector<MtpInput>& inputs) const;
+  Tensor mtp_step(const std::vector<MtpInput>& inputs) const override;
 
  private:
   // One transformer block over x [N, H] with rows grouped per input as `counts`.

@@ -38,11 +38,11 @@ struct Seq {
 
 }  // namespace
 
-std::vector<GenerationOutput> generate(const Engine& engine,
+std::vector<GenerationOutput> generate(const StepEngine& engine,
                                        const std::vector<GenerationRequest>& requests,
                                        const GenerateOptions& options, GenerationStats* stats) {
   const ModelConfig& c = engine.config();
-  const int64_t context = c.max_position_embeddings, vocab = c.vocab_size;
+  const int64_t context = engine.context(), vocab = c.vocab_size;
   DSV3_CHECK(!options.speculative || !engine.model().weights().mtp.empty(),
              "speculative decoding needs the model's MTP layer (num_nextn_predict_layers >= 1)");
   GenerationStats st;
@@ -99,7 +99,7 @@ std::vector<GenerationOutput> generate(const Engine& engine,
   }
   std::vector<size_t> fed(seqs.size(), 0);
   while (!pending.empty()) {
-    std::vector<Engine::Input> inputs;
+    std::vector<StepEngine::Input> inputs;
     for (size_t i : pending) {
       const auto& p = seqs[i].req->prompt;
       const size_t n = std::min(p.size() - fed[i], size_t(options.prefill_chunk));
@@ -147,7 +147,7 @@ std::vector<GenerationOutput> generate(const Engine& engine,
     for (size_t i = 0; i < seqs.size(); ++i)
       if (!seqs[i].done) active.push_back(i);
     if (active.empty()) break;
-    std::vector<Engine::Input> inputs;
+    std::vector<StepEngine::Input> inputs;
     for (size_t i : active) {
       Seq& s = seqs[i];
       if (options.speculative)
@@ -165,7 +165,7 @@ std::vector<GenerationOutput> generate(const Engine& engine,
       continue;
     }
     // Verify: the main model's token at the first position decides whether the draft stands.
-    std::vector<Engine::MtpInput> mtp_inputs;
+    std::vector<StepEngine::MtpInput> mtp_inputs;
     std::vector<size_t> mtp_seqs;
     for (size_t k = 0; k < active.size(); ++k) {
       const size_t i = active[k];

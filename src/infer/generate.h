@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "infer/engine.h"
+#include "infer/engine.h"  // Engine (CPU); generate() takes any StepEngine
 #include "infer/sampler.h"
 
 namespace dsv3 {
@@ -45,7 +45,7 @@ struct GenerateOptions {
   std::function<bool(size_t seq, int32_t token)> on_token;
 };
 
-std::vector<GenerationOutput> generate(const Engine& engine,
+std::vector<GenerationOutput> generate(const StepEngine& engine,
                                        const std::vector<GenerationRequest>& requests,
                                        const GenerateOptions& options = {},
                                        GenerationStats* stats = nullptr);

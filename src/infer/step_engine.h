@@ -1,0 +1,47 @@
+// What generation needs from an inference engine, whatever device runs it: caches for new
+// sequences, a step over the new tokens of several sequences, and the MTP module's step. The
+// CPU Engine (infer/engine.h) and the CUDA engine (kernels/cuda/engine.h) implement it, so
+// generate() and the CLI run on either.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "infer/kv_cache.h"
+#include "model/model.h"
+
+namespace dsv3 {
+
+class StepEngine {
+ public:
+  virtual ~StepEngine() = default;
+
+  virtual const Model& model() const = 0;
+  const ModelConfig& config() const { return model().config(); }
+  // The longest sequence a cache of this engine holds (CPU: the model's context).
+  virtual int64_t context() const = 0;
+
+  // A cache for one sequence of up to `capacity` tokens (default: context()).
+  virtual LatentCache new_cache(int64_t capacity = 0) const = 0;
+  virtual LatentCache new_mtp_cache(int64_t capacity = 0) const = 0;
+
+  struct Input {
+    LatentCache* cache;
+    std::vector<int32_t> tokens;  // appended at positions cache->size() ...
+    bool all_logits = false;      // logits for every new token, or only the last
+  };
+  // Logits F32 [rows, V] on the CPU: per input, all its rows or its last, in input order.
+  // `hidden` receives the final-normed hidden states F32 [all new tokens, H] (the MTP input).
+  virtual Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const = 0;
+
+  struct MtpInput {
+    LatentCache* cache;           // from new_mtp_cache()
+    std::vector<int32_t> tokens;  // token i + 1 for each position i appended
+    Tensor hidden;                // F32 [tokens.size(), H] on the CPU: the main model's h_i
+  };
+  // MTP depth 1: logits F32 [inputs, V] of the last row of each input (predicting i + 2).
+  virtual Tensor mtp_step(const std::vector<MtpInput>& inputs) const = 0;
+};
+
+}  // namespace dsv3
