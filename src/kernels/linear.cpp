@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/threads.h"
 
 namespace dsv3 {
 
@@ -41,18 +42,20 @@ Linear Linear::quantize_fp8(const float* w, int64_t out, int64_t in, int64_t bn,
   l.scale_inv = Tensor::zeros(DType::F32, {sr, sc});
   auto* q = l.weight.ptr<uint8_t>();
   float* scale = l.scale_inv.ptr<float>();
-  for (int64_t br = 0; br < sr; ++br) {
-    for (int64_t bc = 0; bc < sc; ++bc) {
-      const int64_t r1 = std::min(out, (br + 1) * bn), c1 = std::min(in, (bc + 1) * bk);
-      float amax = 0;
-      for (int64_t r = br * bn; r < r1; ++r)
-        for (int64_t c = bc * bk; c < c1; ++c) amax = std::max(amax, std::fabs(w[r * in + c]));
-      const float s = amax > 0 ? amax / kE4M3Max : 1.0f;
-      scale[br * sc + bc] = s;
-      for (int64_t r = br * bn; r < r1; ++r)
-        for (int64_t c = bc * bk; c < c1; ++c) q[r * in + c] = f32_to_e4m3(w[r * in + c] / s);
+  parallel_for(sr, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t br = b0; br < b1; ++br) {
+      for (int64_t bc = 0; bc < sc; ++bc) {
+        const int64_t r1 = std::min(out, (br + 1) * bn), c1 = std::min(in, (bc + 1) * bk);
+        float amax = 0;
+        for (int64_t r = br * bn; r < r1; ++r)
+          for (int64_t c = bc * bk; c < c1; ++c) amax = std::max(amax, std::fabs(w[r * in + c]));
+        const float s = amax > 0 ? amax / kE4M3Max : 1.0f;
+        scale[br * sc + bc] = s;
+        for (int64_t r = br * bn; r < r1; ++r)
+          for (int64_t c = bc * bk; c < c1; ++c) q[r * in + c] = f32_to_e4m3(w[r * in + c] / s);
+      }
     }
-  }
+  });
   return l;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "io/safetensors.h"
 #include "kernels/linear.h"
 #include "model/layout.h"
@@ -46,8 +47,16 @@ void random_tensor_values(const TensorSpec& spec, uint64_t seed, double std, flo
     std::fill(out, out + n, spec.role == TensorRole::kNorm ? 1.0f : 0.0f);
     return;
   }
-  Rng rng{seed ^ fnv1a(spec.name)};
-  for (int64_t i = 0; i < n; ++i) out[i] = float(rng.normal() * std);
+  // splitmix64's state after j draws is s0 + j·γ, and each normal takes two draws: chunks of
+  // the stream start where they would sequentially, so threads give the same values.
+  const uint64_t s0 = seed ^ fnv1a(spec.name);
+  parallel_for(
+      n,
+      [&](int64_t i0, int64_t i1, int) {
+        Rng rng{s0 + uint64_t(2 * i0) * 0x9e3779b97f4a7c15ull};
+        for (int64_t i = i0; i < i1; ++i) out[i] = float(rng.normal() * std);
+      },
+      1 << 16);
 }
 
 size_t write_random_checkpoint(const ModelConfig& config, const std::string& dir,
