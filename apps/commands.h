@@ -3,8 +3,22 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <string>
+
+#include "core/error.h"
+#include "core/tensor.h"
 
 namespace dsv3::apps {
+
+// --device: -1 for the CPU, N for cuda:N (an error in a build without the CUDA backend).
+inline int cuda_index_of(const std::string& device) {
+  const Device d = Device::parse(device);
+  if (d.is_cpu()) return -1;
+#ifndef DSV3_HAVE_CUDA
+  fail("--device {}: this dsv3 was built without the CUDA backend (no nvcc at build time)", device);
+#endif
+  return d.index;
+}
 
 void add_info(CLI::App& app);
 void add_init(CLI::App& app);

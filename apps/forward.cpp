@@ -9,6 +9,9 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#ifdef DSV3_HAVE_CUDA
+#include "kernels/cuda/engine.h"
+#endif
 
 namespace dsv3::apps {
 
@@ -57,17 +60,58 @@ void print_top(const Tensor& logits, int top) {
   fmt::print("\n");
 }
 
-void run_forward(const std::string& model_dir, const Tensor& ids, const std::string& output) {
+#ifdef DSV3_HAVE_CUDA
+// The same outputs from the CUDA engine: each sequence prefilled with all its logits; MTP
+// logits one position at a time (row i predicts token i + 2).
+void forward_cuda(const Model& model, const Tensor& ids, int device, bool want_mtp, Tensor& logits,
+                  Tensor& mtp_logits) {
+  const int64_t b = ids.dim(0), t = ids.dim(1), v = model.config().vocab_size;
+  cuda::CudaEngineOptions opt;
+  opt.device = device;
+  opt.max_sequences = 1;
+  opt.max_context = t;
+  opt.max_step_tokens = std::min<int64_t>(t, 512);
+  const cuda::CudaEngine engine(model, opt);
+  logits = Tensor::zeros(DType::F32, {b, t, v});
+  if (want_mtp) mtp_logits = Tensor::zeros(DType::F32, {b, t - 1, v});
+  for (int64_t r = 0; r < b; ++r) {
+    const int32_t* row = ids.ptr<int32_t>() + r * t;
+    LatentCache cache = engine.new_cache(t);
+    Tensor hidden;
+    const Tensor l = engine.step({{&cache, {row, row + t}, true}}, want_mtp ? &hidden : nullptr);
+    std::copy(l.ptr<float>(), l.ptr<float>() + t * v, logits.ptr<float>() + r * t * v);
+    if (!want_mtp) continue;
+    LatentCache mc = engine.new_mtp_cache(t);
+    for (int64_t i = 0; i + 1 < t; ++i) {
+      const Tensor ml = engine.mtp_step({{&mc, {row[i + 1]}, hidden.slice_rows(i, i + 1)}});
+      std::copy(ml.ptr<float>(), ml.ptr<float>() + v,
+                mtp_logits.ptr<float>() + (r * (t - 1) + i) * v);
+    }
+  }
+}
+#endif
+
+void run_forward(const std::string& model_dir, const Tensor& ids, const std::string& output,
+                 const std::string& device) {
+  const int cuda_index = cuda_index_of(device);
   const auto t0 = std::chrono::steady_clock::now();
   const Model model(ModelWeights::load(model_dir));
   const auto t1 = std::chrono::steady_clock::now();
-  Tensor hidden;
-  const Tensor logits = model.forward(ids, &hidden);
+  const bool want_mtp = !output.empty() && !model.weights().mtp.empty() && ids.dim(1) > 1;
+  Tensor logits, mtp_logits;
+  if (cuda_index < 0) {
+    Tensor hidden;
+    logits = model.forward(ids, &hidden);
+    if (want_mtp) mtp_logits = model.forward_mtp(ids, hidden, 1);
+  } else {
+#ifdef DSV3_HAVE_CUDA
+    forward_cuda(model, ids, cuda_index, want_mtp, logits, mtp_logits);
+#endif
+  }
   if (!output.empty()) {
     SafetensorsWriter out;
     out.add("logits", logits);
-    if (!model.weights().mtp.empty() && ids.dim(1) > 1)
-      out.add("mtp_logits", model.forward_mtp(ids, hidden, 1));
+    if (want_mtp) out.add("mtp_logits", mtp_logits);
     out.write(output);
   } else {
     print_top(logits, 5);
@@ -87,7 +131,7 @@ void add_forward(CLI::App& app) {
       "Run the full forward pass: input_ids (I32 [B, T]) in, logits (F32 [B, T, V]) "
       "out; MTP models also write mtp_logits (F32 [B, T-1, V])");
   struct Args {
-    std::string model, input, output;
+    std::string model, input, output, device = "cpu";
     std::vector<int64_t> ids;
   };
   auto a = std::make_shared<Args>();
@@ -101,10 +145,11 @@ void add_forward(CLI::App& app) {
   in->excludes(ids);
   cmd->add_option("--output", a->output,
                   "safetensors file to write (without it: print the top next tokens)");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->callback([a, in, ids] {
     DSV3_CHECK(in->count() + ids->count() > 0, "forward needs --input FILE or --ids LIST");
     run_forward(a->model, a->ids.empty() ? ids_from_file(a->input) : ids_from_list(a->ids),
-                a->output);
+                a->output, a->device);
   });
 }
 

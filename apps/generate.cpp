@@ -9,6 +9,9 @@
 #include "infer/generate.h"
 #include "infer/text_stream.h"
 #include "sampling_flags.h"
+#ifdef DSV3_HAVE_CUDA
+#include "kernels/cuda/engine.h"
+#endif
 
 namespace dsv3::apps {
 
@@ -39,13 +42,28 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
+// The engine for --device: the CPU Engine, or the CUDA one sized for this batch.
+std::unique_ptr<StepEngine> make_engine(const Model& model, int cuda_index, int64_t sequences) {
+  if (cuda_index < 0) return std::make_unique<Engine>(model);
+#ifdef DSV3_HAVE_CUDA
+  cuda::CudaEngineOptions opt;
+  opt.device = cuda_index;
+  opt.max_sequences = std::max<int64_t>(sequences, 1);
+  return std::make_unique<cuda::CudaEngine>(model, opt);
+#else
+  (void)sequences;
+  return nullptr;  // cuda_index_of has already failed
+#endif
+}
+
 void run(const GenerateArgs& a) {
-  DSV3_CHECK(a.device == "cpu", "--device {}: only the CPU backend runs generation in this build",
-             a.device);
+  const int cuda_index = cuda_index_of(a.device);
   DSV3_CHECK(a.prompts.empty() != a.prompt_ids.empty(),
              "give the prompt as --prompt TEXT or as --prompt-ids LIST (not both, not neither)");
   const Model model(ModelWeights::load(a.model));
-  const Engine engine(model);
+  const std::unique_ptr<StepEngine> engine_ptr =
+      make_engine(model, cuda_index, int64_t(a.prompts.size() + a.prompt_ids.size()));
+  const StepEngine& engine = *engine_ptr;
 
   std::unique_ptr<Tokenizer> tok;
   const std::string tok_path = a.tokenizer.empty() ? a.model : a.tokenizer;
@@ -148,8 +166,7 @@ void add_generate(CLI::App& app) {
                 "MTP speculative decoding: draft with the MTP module, verify in the same step");
   cmd->add_flag("--print-ids", a->print_ids,
                 "print the generated ids, space-separated, as the last stdout line(s)");
-  cmd->add_option("--device", a->device, "cpu (cuda comes with the CUDA backend)")
-      ->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->callback([a] { run(*a); });
 }
 

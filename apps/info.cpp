@@ -7,6 +7,9 @@
 #include "io/safetensors.h"
 #include "model/layout.h"
 #include "model/weights.h"
+#ifdef DSV3_HAVE_CUDA
+#include "kernels/cuda/engine.h"
+#endif
 
 namespace dsv3::apps {
 
@@ -72,6 +75,18 @@ void print_info(const std::string& dir) {
   const double full = double(c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim) * layers * 2);
   fmt::print("KV cache / token {} latent (BF16) vs {} for full per-head K/V ({:.1f}x smaller)\n",
              bytes(latent), bytes(full), full / latent);
+#ifdef DSV3_HAVE_CUDA
+  // What the CUDA engine allocates (its one device allocation) for one 4K-token sequence.
+  cuda::CudaEngineOptions opt;
+  opt.max_sequences = 1;
+  opt.max_context = 4096;
+  const cuda::MemoryPlan plan = cuda::plan_memory(w, opt);
+  fmt::print(
+      "GPU (CUDA)       {} = weights {} + latent cache of 4096 tokens {} (F32) + "
+      "activations of {} tokens {}\n",
+      bytes(double(plan.total())), bytes(double(plan.weights)), bytes(double(plan.caches)),
+      opt.max_step_tokens, bytes(double(plan.workspace)));
+#endif
 }
 
 }  // namespace

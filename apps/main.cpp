@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   dsv3::apps::add_info(app);
   dsv3::apps::add_init(app);
   dsv3::apps::add_forward(app);
+#ifndef DSV3_MINIMAL  // a DSV3_MINIMAL build (GPU machines) has no tokenizer, server or trainer
   dsv3::apps::add_tokenize(app);
   dsv3::apps::add_detokenize(app);
   dsv3::apps::add_chat_template(app);
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
   dsv3::apps::add_serve(app);
   dsv3::apps::add_data(app);
   dsv3::apps::add_train(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,380 @@
+// Row-wise and element-wise kernels: embedding, RMSNorm (+ residual add), RoPE, the latent
+// cache write, SwiGLU, conversions, and the MoE routing / permutation / combine.
+// Each follows its CPU counterpart's arithmetic (kernels/cpu/basic.cpp, model/moe.cpp).
+#include <cfloat>
+#include <climits>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode.cuh"
+
+namespace dsv3::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Sum over the block (all threads must call it); `buf` holds kThreads / 32 doubles.
+__device__ double block_sum(double v, double* buf) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  __syncthreads();  // buf may still be read from a previous call
+  if (lane == 0) buf[warp] = v;
+  __syncthreads();
+  double t = 0;
+  for (int w = 0; w < int(blockDim.x) / 32; ++w) t += buf[w];
+  return t;
+}
+
+__global__ void embedding_kernel(const int32_t* ids, const void* table, WType type, int64_t h,
+                                 float* out) {
+  const int64_t t = blockIdx.x;
+  const int64_t id = ids[t];
+  for (int64_t i = threadIdx.x; i < h; i += blockDim.x) {
+    float v;
+    switch (type) {
+      case WType::F32:
+        v = load_one<WType::F32>(static_cast<const float*>(table) + id * h, i);
+        break;
+      case WType::BF16:
+        v = load_one<WType::BF16>(static_cast<const uint16_t*>(table) + id * h, i);
+        break;
+      case WType::F16:
+        v = load_one<WType::F16>(static_cast<const uint16_t*>(table) + id * h, i);
+        break;
+      default:
+        v = load_one<WType::E4M3>(static_cast<const uint8_t*>(table) + id * h, i);
+        break;
+    }
+    out[t * h + i] = v;
+  }
+}
+
+__global__ void add_rmsnorm_kernel(float* x, int64_t ldx, const float* delta, const float* w,
+                                   float eps, int64_t d, float* out, int64_t ldo) {
+  __shared__ double buf[kThreads / 32];
+  float* xr = x + blockIdx.x * ldx;
+  double ss = 0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = xr[i];
+    if (delta) {
+      v += delta[blockIdx.x * d + i];
+      xr[i] = v;
+    }
+    ss += double(v) * v;
+  }
+  ss = block_sum(ss, buf);
+  const float inv = float(1.0 / sqrt(ss / double(d) + double(eps)));
+  float* o = out + blockIdx.x * ldo;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = w[i] * (xr[i] * inv);
+}
+
+// cos/sin of the f32 angle pos·inv_freq, in double, as the CPU forms them.
+__device__ __forceinline__ void rope_pair(float* p, float pos, float inv_freq, float factor) {
+  const float angle = __fmul_rn(pos, inv_freq);
+  const float c = __fmul_rn(float(cos(double(angle))), factor);
+  const float s = __fmul_rn(float(sin(double(angle))), factor);
+  const float a = p[0], b = p[1];
+  p[0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  p[1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+
+__global__ void rope_kernel(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset,
+                            const float* inv_freq, int64_t half, float factor,
+                            const int32_t* positions) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n * vecs * half) return;
+  const int64_t f = i % half, v = i / half;  // v = row · vecs + vector
+  const int64_t t = v / vecs;
+  rope_pair(x + v * width + offset + 2 * f, float(positions[t]), inv_freq[f], factor);
+}
+
+__global__ void latent_to_cache_kernel(const float* kv, const float* w_norm, float eps,
+                                       const float* inv_freq, int64_t half, float factor,
+                                       const int32_t* positions, const int32_t* slots,
+                                       CachePool pool, int64_t layer) {
+  __shared__ double buf[kThreads / 32];
+  const int64_t t = blockIdx.x, dc = pool.dc, row = pool.row();
+  const float* src = kv + t * row;
+  const int64_t pos = positions[t];
+  float* dst = pool.base + ((int64_t(slots[t]) * pool.layers + layer) * pool.capacity + pos) * row;
+  double ss = 0;
+  for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) ss += double(src[i]) * src[i];
+  ss = block_sum(ss, buf);
+  const float inv = float(1.0 / sqrt(ss / double(dc) + double(eps)));
+  for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) dst[i] = w_norm[i] * (src[i] * inv);
+  for (int64_t f = threadIdx.x; f < half; f += blockDim.x) {
+    float p[2] = {src[dc + 2 * f], src[dc + 2 * f + 1]};
+    rope_pair(p, float(pos), inv_freq[f], factor);
+    dst[dc + 2 * f] = p[0];
+    dst[dc + 2 * f + 1] = p[1];
+  }
+}
+
+__global__ void silu_mul_kernel(const float* gate, const float* up, float* out, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float g = gate[i];
+  out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+__global__ void to_bf16_kernel(const float* x, uint16_t* out, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+}
+
+template <WType T>
+__global__ void weight_to_bf16_kernel(const DevWeight w, uint16_t* out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= w.rows * w.k) return;
+  const int64_t r = i / w.k, c = i % w.k;
+  float v = load_one<T>(w.w, i);
+  if constexpr (T == WType::E4M3) v *= w.scale[(r / w.bn) * ceil_div(w.k, w.bk) + c / w.bk];
+  out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+__global__ void gather_rows_kernel(const float* src, int64_t ld_src, const int32_t* rows, int64_t d,
+                                   float* dst) {
+  const float* s = src + int64_t(rows[blockIdx.x]) * ld_src;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[blockIdx.x * d + i] = s[i];
+}
+
+// The lane holding the largest v (ties to the lower index) over the warp; returns its index.
+__device__ __forceinline__ int warp_argmax(float v, int i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (ov > v || (ov == v && oi < i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+  return i;
+}
+
+// Index of the largest of v[0, n) (ties to the lower index); NaN marks an element taken.
+__device__ int warp_top1(const float* v, int n) {
+  const int lane = int(threadIdx.x) % 32;
+  float bv = -INFINITY;
+  int bi = INT_MAX;
+  for (int i = lane; i < n; i += 32) {
+    const float x = v[i];
+    if (x > bv || (x == bv && i < bi)) {
+      bv = x;
+      bi = i;
+    }
+  }
+  return warp_argmax(bv, bi);
+}
+
+constexpr int kRouteWarps = 4;
+
+__global__ void route_kernel(const float* logits, const float* bias, int64_t n, RouteArgs r,
+                             int32_t* expert, float* weight) {
+  extern __shared__ float smem[];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t >= n) return;
+  const int e = int(r.e), groups = int(r.n_group), per_group = e / groups;
+  float* score = smem + warp * (2 * e + groups);
+  float* choice = score + e;
+  float* gscore = choice + e;
+  const float* l = logits + t * e;
+  if (r.sigmoid) {
+    for (int i = lane; i < e; i += 32) score[i] = 1.0f / (1.0f + expf(-l[i]));
+  } else {  // softmax as the CPU: f32 exp, double sum
+    float mx = -INFINITY;
+    for (int i = lane; i < e; i += 32) mx = fmaxf(mx, l[i]);
+    mx = warp_max(mx);
+    double sum = 0;
+    for (int i = lane; i < e; i += 32) sum += double(score[i] = expf(l[i] - mx));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int i = lane; i < e; i += 32) score[i] = float(double(score[i]) / sum);
+  }
+  for (int i = lane; i < e; i += 32) choice[i] = score[i] + (bias ? bias[i] : 0.0f);
+  __syncwarp();
+  if (groups > 1) {
+    for (int g = lane; g < groups; g += 32) {
+      const float* v = choice + g * per_group;
+      float a = -INFINITY, b = -INFINITY;
+      for (int i = 0; i < per_group; ++i) {
+        if (v[i] > a) {
+          b = a;
+          a = v[i];
+        } else if (v[i] > b) {
+          b = v[i];
+        }
+      }
+      gscore[g] = r.top2_group_score ? a + b : a;
+    }
+    __syncwarp();
+    // Keep the topk_group best groups: taken ones become NaN, then NaN means "kept".
+    for (int j = 0; j < r.topk_group; ++j) {
+      const int best = warp_top1(gscore, groups);
+      __syncwarp();
+      if (lane == 0) gscore[best] = NAN;
+      __syncwarp();
+    }
+    for (int i = lane; i < e; i += 32)
+      if (!isnan(gscore[i / per_group])) choice[i] = -INFINITY;
+    __syncwarp();
+  }
+  int32_t* ex = expert + t * r.k;
+  float* w = weight + t * r.k;
+  for (int j = 0; j < r.k; ++j) {
+    const int best = warp_top1(choice, e);
+    __syncwarp();
+    if (lane == 0) {
+      ex[j] = best;
+      choice[best] = NAN;
+    }
+    __syncwarp();
+  }
+  if (lane == 0) {
+    float sum = 0;
+    for (int j = 0; j < r.k; ++j) sum += w[j] = score[ex[j]];
+    for (int j = 0; j < r.k; ++j) w[j] = (r.normalise ? w[j] / (sum + 1e-20f) : w[j]) * r.scale;
+  }
+}
+
+__global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t k, int64_t e,
+                                   int32_t* offsets, int32_t* rows, int32_t* pos) {
+  extern __shared__ int32_t cnt[];  // [e + 1]
+  for (int64_t i = threadIdx.x; i <= e; i += blockDim.x) cnt[i] = 0;
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < pairs; a += blockDim.x)
+    pos[a] = atomicAdd(&cnt[expert[a]], 1);  // rank within the expert (any order)
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t run = 0;
+    for (int64_t i = 0; i < e; ++i) {
+      const int32_t c = cnt[i];
+      cnt[i] = run;
+      offsets[i] = run;
+      run += c;
+    }
+    offsets[e] = run;
+  }
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < pairs; a += blockDim.x) {
+    const int32_t p = cnt[expert[a]] + pos[a];
+    pos[a] = p;
+    rows[p] = int32_t(a / k);
+  }
+}
+
+__global__ void moe_combine_kernel(const float* shared, const float* expert_out,
+                                   const float* weight, const int32_t* pos, int64_t k, int64_t d,
+                                   float* y) {
+  const int64_t t = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = shared ? shared[t * d + i] : 0.0f;
+    for (int64_t j = 0; j < k; ++j)
+      v = fmaf(weight[t * k + j], expert_out[int64_t(pos[t * k + j]) * d + i], v);
+    y[t * d + i] = v;
+  }
+}
+
+unsigned blocks_for(int64_t n) {
+  return unsigned(ceil_div(n, kThreads));
+}
+
+}  // namespace
+
+void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int64_t h, float* out,
+               cudaStream_t s) {
+  if (n == 0) return;
+  embedding_kernel<<<unsigned(n), kThreads, 0, s>>>(ids, table, type, h, out);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, float eps, int64_t n,
+                 int64_t d, float* out, int64_t ldo, cudaStream_t s) {
+  if (n == 0) return;
+  add_rmsnorm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, const float* inv_freq,
+          int64_t half, float factor, const int32_t* positions, cudaStream_t s) {
+  const int64_t total = n * vecs * half;
+  if (total == 0) return;
+  rope_kernel<<<blocks_for(total), kThreads, 0, s>>>(x, n, vecs, width, offset, inv_freq, half,
+                                                     factor, positions);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
+                     const float* inv_freq, int64_t half, float factor, const int32_t* positions,
+                     const int32_t* slots, const CachePool& pool, int64_t layer, cudaStream_t s) {
+  if (n == 0) return;
+  latent_to_cache_kernel<<<unsigned(n), kThreads, 0, s>>>(kv, w_norm, eps, inv_freq, half, factor,
+                                                          positions, slots, pool, layer);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  silu_mul_kernel<<<blocks_for(n), kThreads, 0, s>>>(gate, up, out, n);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  to_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, out, n);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s) {
+  const int64_t total = w.rows * w.k;
+  if (total == 0) return;
+  switch (w.type) {
+    case WType::F32:
+      weight_to_bf16_kernel<WType::F32><<<blocks_for(total), kThreads, 0, s>>>(w, out);
+      break;
+    case WType::BF16:
+      weight_to_bf16_kernel<WType::BF16><<<blocks_for(total), kThreads, 0, s>>>(w, out);
+      break;
+    case WType::F16:
+      weight_to_bf16_kernel<WType::F16><<<blocks_for(total), kThreads, 0, s>>>(w, out);
+      break;
+    case WType::E4M3:
+      weight_to_bf16_kernel<WType::E4M3><<<blocks_for(total), kThreads, 0, s>>>(w, out);
+      break;
+  }
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
+                 float* dst, cudaStream_t s) {
+  if (n == 0) return;
+  gather_rows_kernel<<<unsigned(n), kThreads, 0, s>>>(src, ld_src, rows, d, dst);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r, int32_t* expert,
+           float* weight, cudaStream_t s) {
+  if (n == 0) return;
+  const size_t smem = size_t(kRouteWarps) * size_t(2 * r.e + r.n_group) * sizeof(float);
+  route_kernel<<<unsigned(ceil_div(n, kRouteWarps)), kRouteWarps * 32, smem, s>>>(
+      logits, bias, n, r, expert, weight);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int32_t* offsets,
+                 int32_t* rows, int32_t* pos, cudaStream_t s) {
+  moe_permute_kernel<<<1, 1024, size_t(e + 1) * sizeof(int32_t), s>>>(expert, pairs, k, e, offsets,
+                                                                      rows, pos);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void moe_combine(const float* shared, const float* expert_out, const float* weight,
+                 const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s) {
+  if (n == 0) return;
+  moe_combine_kernel<<<unsigned(n), kThreads, 0, s>>>(shared, expert_out, weight, pos, k, d, y);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dsv3::cuda

@@ -1,0 +1,79 @@
+#include "kernels/cuda/blas.h"
+
+#include <cublasLt.h>
+
+#include "core/error.h"
+
+#define DSV3_CUBLAS_CHECK(call)                                                              \
+  do {                                                                                       \
+    const cublasStatus_t st_ = (call);                                                       \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                        \
+      ::dsv3::fail("cuBLASLt error at {}:{}: {} ({})", __FILE__, __LINE__, #call, int(st_)); \
+  } while (0)
+
+namespace dsv3::cuda {
+
+struct Blas::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  size_t workspace = 0;
+  bool ok = false;
+};
+
+Blas::Blas() {
+  cublasLtHandle_t h = nullptr;
+  DSV3_CUBLAS_CHECK(cublasLtCreate(&h));
+  handle_ = h;
+}
+
+Blas::~Blas() {
+  for (auto& [shape, p] : plans_) {
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    delete p;
+  }
+  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+}
+
+bool Blas::matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const void* w, float* y,
+                       void* workspace, size_t workspace_bytes, cudaStream_t s) {
+  auto h = static_cast<cublasLtHandle_t>(handle_);
+  Plan*& p = plans_[{m, n, k}];
+  if (!p) {
+    p = new Plan;
+    // Column-major view: yᵀ [n, m] = (w [k, n])ᵀ · xᵀ [k, m].
+    DSV3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    DSV3_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    DSV3_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
+    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
+    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, uint64_t(n), uint64_t(m), n));
+    cublasLtMatmulPreference_t pref = nullptr;
+    DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof workspace_bytes));
+    cublasLtMatmulHeuristicResult_t r{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    p->ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (p->ok) {
+      p->algo = r.algo;
+      p->workspace = r.workspaceSize;
+    }
+  }
+  if (!p->ok) return false;
+  const float alpha = 1.0f, beta = 0.0f;
+  DSV3_CUBLAS_CHECK(cublasLtMatmul(h, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
+                                   &p->algo, workspace, workspace_bytes, s));
+  return true;
+}
+
+}  // namespace dsv3::cuda

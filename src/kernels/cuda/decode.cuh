@@ -1,0 +1,109 @@
+// Device-side decoding of stored weights into f32 (exact: E4M3 and BF16 are subsets of f32),
+// shared by the kernels. Loads are 16 bytes wide: 4 F32, 8 BF16/F16 or 16 E4M3 values.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/kernels.h"
+
+namespace dsv3::cuda {
+
+template <WType T>
+struct WTraits;
+template <>
+struct WTraits<WType::F32> {
+  static constexpr int kSize = 4, kChunk = 4;
+};
+template <>
+struct WTraits<WType::BF16> {
+  static constexpr int kSize = 2, kChunk = 8;
+};
+template <>
+struct WTraits<WType::F16> {
+  static constexpr int kSize = 2, kChunk = 8;
+};
+template <>
+struct WTraits<WType::E4M3> {
+  static constexpr int kSize = 1, kChunk = 16;
+};
+
+__device__ __forceinline__ float bf16_bits_to_f32(uint32_t b) {
+  return __uint_as_float(b << 16);
+}
+
+__device__ __forceinline__ float e4m3_to_f32(uint8_t b) {
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(b), __NV_E4M3);
+  return __half2float(__half(h));
+}
+
+// One stored element at index i of a row (no block scale).
+template <WType T>
+__device__ __forceinline__ float load_one(const void* row, int64_t i) {
+  if constexpr (T == WType::F32) {
+    return __ldg(static_cast<const float*>(row) + i);
+  } else if constexpr (T == WType::BF16) {
+    return bf16_bits_to_f32(__ldg(static_cast<const unsigned short*>(row) + i));
+  } else if constexpr (T == WType::F16) {
+    return __half2float(__ushort_as_half(__ldg(static_cast<const unsigned short*>(row) + i)));
+  } else {
+    return e4m3_to_f32(__ldg(static_cast<const unsigned char*>(row) + i));
+  }
+}
+
+// 16 bytes at p (16-byte aligned) decoded into WTraits<T>::kChunk floats.
+template <WType T>
+__device__ __forceinline__ void load_chunk(const void* p, float* out) {
+  const uint4 v = __ldg(static_cast<const uint4*>(p));
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+  if constexpr (T == WType::F32) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(u[i]);
+  } else if constexpr (T == WType::BF16) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = __uint_as_float(u[i] << 16);
+      out[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+  } else if constexpr (T == WType::F16) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[i]));
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(
+            __nv_fp8x2_storage_t((u[i] >> (16 * j)) & 0xffffu), __NV_E4M3);
+        const float2 f = __half22float2(__half2(r));
+        out[4 * i + 2 * j] = f.x;
+        out[4 * i + 2 * j + 1] = f.y;
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+}  // namespace dsv3::cuda

@@ -1,0 +1,807 @@
+#include "kernels/cuda/engine.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cuda/blas.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kernels.h"
+#include "model/rope.h"
+
+namespace dsv3::cuda {
+
+namespace {
+
+// Bump allocator over the engine's one device allocation. Without a base it only counts, so
+// the same layout code sizes the allocation (and plan_memory) before anything is allocated.
+class Arena {
+ public:
+  explicit Arena(char* base = nullptr, size_t size = 0) : base_(base), size_(size) {}
+  bool real() const { return base_ != nullptr; }
+  size_t used() const { return used_; }
+  template <class T = void>
+  T* alloc(size_t bytes) {
+    const size_t off = (used_ + 255) & ~size_t(255);
+    used_ = off + bytes;
+    if (!real()) return reinterpret_cast<T*>(off + 256);  // never dereferenced
+    DSV3_ASSERT(used_ <= size_);
+    return reinterpret_cast<T*>(base_ + off);
+  }
+  template <class T>
+  T* alloc_n(int64_t n) {
+    return alloc<T>(size_t(std::max<int64_t>(n, 1)) * sizeof(T));
+  }
+  void* upload(const void* src, size_t bytes) {
+    void* dst = alloc(bytes);
+    if (real()) DSV3_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    return dst;
+  }
+
+ private:
+  char* base_;
+  size_t size_, used_ = 0;
+};
+
+WType wtype_of(DType t, const std::string& what) {
+  switch (t) {
+    case DType::F32:
+      return WType::F32;
+    case DType::BF16:
+      return WType::BF16;
+    case DType::F16:
+      return WType::F16;
+    case DType::F8_E4M3:
+      return WType::E4M3;
+    default:
+      fail("CUDA engine: {} has dtype {}, which the CUDA kernels do not read", what, dtype_name(t));
+  }
+}
+
+const float* upload_f32(Arena& a, const Tensor& t) {
+  if (!t.defined()) return nullptr;
+  const std::vector<float> v = a.real() ? t.to_f32_vector() : std::vector<float>();
+  float* dst = a.alloc_n<float>(t.numel());
+  if (a.real()) DSV3_CUDA_CHECK(cudaMemcpy(dst, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  return dst;
+}
+
+DevWeight upload_linear(Arena& a, const Linear& l, const std::string& what) {
+  DevWeight w;
+  w.type = wtype_of(l.weight.dtype(), what);
+  DSV3_CHECK(l.quantized() == (w.type == WType::E4M3),
+             "CUDA engine: {} is {} {} block scales, which the CUDA kernels do not read", what,
+             dtype_name(l.weight.dtype()), l.quantized() ? "with" : "without");
+  w.rows = l.out_features();
+  w.k = l.in_features();
+  w.bn = int(l.block_n);
+  w.bk = int(l.block_k);
+  w.w = a.upload(l.weight.data(), l.weight.nbytes());
+  if (l.quantized()) w.scale = upload_f32(a, l.scale_inv);
+  return w;
+}
+
+// The experts' weights one after another: [E · rows, k], scales [E · ceil(rows / bn), ...].
+DevWeight upload_stacked(Arena& a, const std::vector<const Linear*>& ls, const std::string& what) {
+  const Linear& l0 = *ls[0];
+  DevWeight w;
+  w.type = wtype_of(l0.weight.dtype(), what);
+  w.rows = l0.out_features() * int64_t(ls.size());
+  w.k = l0.in_features();
+  w.bn = int(l0.block_n);
+  w.bk = int(l0.block_k);
+  const size_t wb = l0.weight.nbytes();
+  char* dst = a.alloc<char>(wb * ls.size());
+  for (size_t e = 0; e < ls.size(); ++e) {
+    DSV3_CHECK(ls[e]->weight.dtype() == l0.weight.dtype() && ls[e]->weight.nbytes() == wb,
+               "CUDA engine: the experts of {} differ in dtype or shape", what);
+    if (a.real())
+      DSV3_CUDA_CHECK(cudaMemcpy(dst + e * wb, ls[e]->weight.data(), wb, cudaMemcpyHostToDevice));
+  }
+  w.w = dst;
+  if (l0.quantized()) {
+    DSV3_CHECK(w.type == WType::E4M3, "CUDA engine: {} has block scales but is {}", what,
+               dtype_name(l0.weight.dtype()));
+    const int64_t per = l0.scale_inv.numel();
+    float* s = a.alloc_n<float>(per * int64_t(ls.size()));
+    for (size_t e = 0; e < ls.size(); ++e) {
+      if (!a.real()) continue;
+      const std::vector<float> v = ls[e]->scale_inv.to_f32_vector();
+      DSV3_CUDA_CHECK(
+          cudaMemcpy(s + int64_t(e) * per, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+    }
+    w.scale = s;
+  } else {
+    DSV3_CHECK(w.type != WType::E4M3, "CUDA engine: {} is FP8 without block scales", what);
+  }
+  return w;
+}
+
+struct DevMlp {
+  DevWeight gate, up, down;
+};
+
+struct DevLayer {
+  const float *in_norm = nullptr, *post_norm = nullptr;
+  DevWeight q_a, q_b, q, kv_a, kv_b, o;
+  const float *q_a_norm = nullptr, *kv_a_norm = nullptr;
+  bool moe = false;
+  DevMlp mlp;
+  DevWeight router;
+  const float* bias = nullptr;
+  DevWeight gate_s, up_s, down_s;  // stacked experts
+  bool has_shared = false;
+  DevMlp shared;
+  // MTP layers only.
+  const float *enorm = nullptr, *hnorm = nullptr, *head_norm = nullptr;
+  DevWeight eh_proj, head;
+};
+
+DevMlp upload_mlp(Arena& a, const MlpWeights& m, const std::string& what) {
+  return {upload_linear(a, m.gate, what + ".gate_proj"), upload_linear(a, m.up, what + ".up_proj"),
+          upload_linear(a, m.down, what + ".down_proj")};
+}
+
+DevLayer upload_layer(Arena& a, const ModelConfig& c, const LayerWeights& L,
+                      const std::string& name) {
+  DevLayer d;
+  d.in_norm = upload_f32(a, L.input_norm);
+  d.post_norm = upload_f32(a, L.post_attention_norm);
+  const AttentionWeights& at = L.attn;
+  if (c.has_q_lora()) {
+    d.q_a = upload_linear(a, at.q_a, name + ".self_attn.q_a_proj");
+    d.q_a_norm = upload_f32(a, at.q_a_norm);
+    d.q_b = upload_linear(a, at.q_b, name + ".self_attn.q_b_proj");
+  } else {
+    d.q = upload_linear(a, at.q, name + ".self_attn.q_proj");
+  }
+  d.kv_a = upload_linear(a, at.kv_a, name + ".self_attn.kv_a_proj_with_mqa");
+  d.kv_a_norm = upload_f32(a, at.kv_a_norm);
+  d.kv_b = upload_linear(a, at.kv_b, name + ".self_attn.kv_b_proj");
+  d.o = upload_linear(a, at.o, name + ".self_attn.o_proj");
+  d.moe = L.is_moe;
+  if (!L.is_moe) {
+    d.mlp = upload_mlp(a, L.mlp, name + ".mlp");
+  } else {
+    d.router = upload_linear(a, Linear::plain(L.moe.gate), name + ".mlp.gate");
+    d.bias = upload_f32(a, L.moe.bias);
+    std::vector<const Linear*> g, u, dn;
+    for (const MlpWeights& e : L.moe.experts) {
+      g.push_back(&e.gate);
+      u.push_back(&e.up);
+      dn.push_back(&e.down);
+    }
+    d.gate_s = upload_stacked(a, g, name + ".mlp.experts.*.gate_proj");
+    d.up_s = upload_stacked(a, u, name + ".mlp.experts.*.up_proj");
+    d.down_s = upload_stacked(a, dn, name + ".mlp.experts.*.down_proj");
+    d.has_shared = L.moe.has_shared;
+    if (d.has_shared) d.shared = upload_mlp(a, L.moe.shared, name + ".mlp.shared_experts");
+  }
+  if (L.mtp.enorm.defined()) {
+    d.enorm = upload_f32(a, L.mtp.enorm);
+    d.hnorm = upload_f32(a, L.mtp.hnorm);
+    d.head_norm = upload_f32(a, L.mtp.head_norm);
+    d.eh_proj = upload_linear(a, L.mtp.eh_proj, name + ".eh_proj");
+    d.head = upload_linear(a, Linear::plain(L.mtp.head), name + ".shared_head.head");
+  }
+  return d;
+}
+
+// Activations of one forward chunk of up to T tokens.
+struct Work {
+  int64_t T = 0, logit_rows = 0, partial_floats = 0;
+  int32_t* ints = nullptr;  // ids | positions | slots | selected rows, T each
+  float *x = nullptr, *h = nullptr, *delta = nullptr, *xn = nullptr, *qa = nullptr, *q = nullptr;
+  float *kv = nullptr, *qc = nullptr, *olat = nullptr, *o = nullptr, *partial = nullptr;
+  float *act = nullptr, *act2 = nullptr, *shared_out = nullptr;
+  float *router = nullptr, *eweights = nullptr, *eact = nullptr, *eout = nullptr;
+  int32_t *experts = nullptr, *offsets = nullptr, *perm_rows = nullptr, *perm_pos = nullptr;
+  float *sel = nullptr, *logits = nullptr, *cat = nullptr, *hprev = nullptr;
+  uint16_t *xb = nullptr, *wb = nullptr;
+  int64_t wb_elems = 0;
+  void* blas_ws = nullptr;
+  size_t blas_ws_bytes = 0;
+};
+
+struct DevModel {
+  WType embed_type = WType::BF16;
+  const void* embed = nullptr;
+  const float* final_norm = nullptr;
+  DevWeight lm_head;
+  std::vector<DevLayer> layers, mtp;
+  const float* inv_freq = nullptr;
+  CachePool pool, mtp_pool;
+  Work work;
+  MemoryPlan plan;
+};
+
+int64_t max_k_of(const std::vector<DevWeight>& ws) {
+  int64_t k = 0;
+  for (const DevWeight& w : ws) k = std::max(k, w.k);
+  return k;
+}
+
+DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) {
+  const ModelConfig& c = mw.config;
+  DSV3_CHECK(opt.max_sequences > 0 && opt.max_context > 0 && opt.max_step_tokens > 0,
+             "CUDA engine: max_sequences, max_context and max_step_tokens must be positive");
+  DevModel m;
+  m.embed_type = wtype_of(mw.embed.dtype(), "model.embed_tokens.weight");
+  DSV3_CHECK(m.embed_type != WType::E4M3, "CUDA engine: an FP8 embedding is not supported");
+  m.embed = a.upload(mw.embed.data(), mw.embed.nbytes());
+  m.final_norm = upload_f32(a, mw.final_norm);
+  m.lm_head = upload_linear(a, Linear::plain(mw.lm_head), "lm_head.weight");
+  for (size_t l = 0; l < mw.layers.size(); ++l)
+    m.layers.push_back(upload_layer(a, c, mw.layers[l], "model.layers." + std::to_string(l)));
+  for (size_t l = 0; l < mw.mtp.size(); ++l)
+    m.mtp.push_back(
+        upload_layer(a, c, mw.mtp[l], "model.layers." + std::to_string(mw.layers.size() + l)));
+  const RopeTable rope = RopeTable::build(c);
+  float* inv = a.alloc_n<float>(int64_t(rope.inv_freq.size()));
+  if (a.real())
+    DSV3_CUDA_CHECK(
+        cudaMemcpy(inv, rope.inv_freq.data(), rope.inv_freq.size() * 4, cudaMemcpyHostToDevice));
+  m.inv_freq = inv;
+  m.plan.weights = a.used();
+
+  // Latent caches: [slots][layers][capacity][kv_lora + rope] F32.
+  const size_t before_cache = a.used();
+  const int64_t dc = c.kv_lora_rank, dr = c.qk_rope_head_dim;
+  m.pool = {nullptr, c.num_hidden_layers, opt.max_context, dc, dr};
+  m.pool.base =
+      a.alloc_n<float>(opt.max_sequences * c.num_hidden_layers * opt.max_context * (dc + dr));
+  if (!m.mtp.empty()) {
+    m.mtp_pool = {nullptr, 1, opt.max_context, dc, dr};
+    m.mtp_pool.base = a.alloc_n<float>(opt.max_sequences * opt.max_context * (dc + dr));
+  }
+  m.plan.caches = a.used() - before_cache;
+  m.plan.cache_bytes_per_token = size_t(c.num_hidden_layers * (dc + dr)) * sizeof(float);
+
+  // Activations for T tokens.
+  const size_t before_work = a.used();
+  Work& w = m.work;
+  const int64_t T = opt.max_step_tokens, H = c.hidden_size, heads = c.num_attention_heads;
+  const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, V = c.vocab_size;
+  const int64_t k = std::max<int64_t>(c.num_experts_per_tok, 1), E = c.n_routed_experts;
+  const int64_t inter = std::max(
+      {c.intermediate_size, c.moe_intermediate_size * c.n_shared_experts, c.moe_intermediate_size});
+  w.T = T;
+  w.ints = a.alloc_n<int32_t>(4 * T);
+  w.x = a.alloc_n<float>(T * H);
+  w.h = a.alloc_n<float>(T * H);
+  w.delta = a.alloc_n<float>(T * H);
+  w.xn = a.alloc_n<float>(T * H);
+  w.qa = a.alloc_n<float>(T * std::max<int64_t>(c.q_lora_rank, 1));
+  w.q = a.alloc_n<float>(T * heads * (dn + dr));
+  w.kv = a.alloc_n<float>(T * (dc + dr));
+  w.qc = a.alloc_n<float>(T * heads * (dc + dr));
+  w.olat = a.alloc_n<float>(T * heads * dc);
+  w.o = a.alloc_n<float>(T * heads * dv);
+  w.partial_floats = std::max<int64_t>(T, 32) * heads * (dc + 2);
+  w.partial = a.alloc_n<float>(w.partial_floats);
+  w.act = a.alloc_n<float>(T * inter);
+  w.act2 = a.alloc_n<float>(T * inter);
+  w.shared_out = a.alloc_n<float>(T * H);
+  if (E > 0) {
+    w.router = a.alloc_n<float>(T * E);
+    w.experts = a.alloc_n<int32_t>(T * k);
+    w.eweights = a.alloc_n<float>(T * k);
+    w.offsets = a.alloc_n<int32_t>(E + 1);
+    w.perm_rows = a.alloc_n<int32_t>(T * k);
+    w.perm_pos = a.alloc_n<int32_t>(T * k);
+    w.eact = a.alloc_n<float>(T * k * c.moe_intermediate_size);
+    w.eout = a.alloc_n<float>(T * k * H);
+  }
+  w.logit_rows = std::min<int64_t>(T, 256);
+  w.sel = a.alloc_n<float>(w.logit_rows * H);
+  w.logits = a.alloc_n<float>(w.logit_rows * V);
+  if (!m.mtp.empty()) {
+    w.cat = a.alloc_n<float>(T * 2 * H);
+    w.hprev = a.alloc_n<float>(T * H);
+  }
+  if (!opt.exact) {
+    // BF16 staging for cuBLASLt: activations, and a weight dequantised per GEMM.
+    std::vector<DevWeight> dense = {m.lm_head};
+    for (const auto* ls : {&m.layers, &m.mtp}) {
+      for (const DevLayer& L : *ls) {
+        for (const DevWeight& x : {L.q_a, L.q_b, L.q, L.kv_a, L.o, L.mlp.gate, L.mlp.up, L.mlp.down,
+                                   L.shared.gate, L.shared.up, L.shared.down, L.eh_proj, L.head})
+          if (x.w) dense.push_back(x);
+      }
+    }
+    for (const DevWeight& x : dense)
+      if (x.type != WType::BF16) w.wb_elems = std::max(w.wb_elems, x.rows * x.k);
+    w.xb = a.alloc_n<uint16_t>(T * std::max(max_k_of(dense), 2 * H));
+    w.wb = a.alloc_n<uint16_t>(w.wb_elems);
+    w.blas_ws_bytes = size_t(32) << 20;
+    w.blas_ws = a.alloc(w.blas_ws_bytes);
+  }
+  m.plan.workspace = a.used() - before_work;
+  return m;
+}
+
+// Slots of a cache pool; shared with the caches' leases so a cache may outlive the engine.
+struct SlotPool {
+  std::mutex mu;
+  std::vector<int64_t> free;
+  int64_t take() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (free.empty()) return -1;
+    const int64_t s = free.back();
+    free.pop_back();
+    return s;
+  }
+  void give(int64_t s) {
+    std::lock_guard<std::mutex> lock(mu);
+    free.push_back(s);
+  }
+};
+
+}  // namespace
+
+MemoryPlan plan_memory(const ModelWeights& w, const CudaEngineOptions& opt) {
+  Arena a;
+  return layout(w, opt, a).plan;
+}
+
+struct CudaEngine::Impl {
+  const ModelConfig& c;
+  CudaEngineOptions opt;
+  char* base = nullptr;
+  cudaStream_t stream = nullptr;
+  DevModel m;
+  std::unique_ptr<Blas> blas;
+  std::shared_ptr<SlotPool> slots = std::make_shared<SlotPool>();
+  std::shared_ptr<SlotPool> mtp_slots = std::make_shared<SlotPool>();
+  RopeTable rope_table;
+  // Pinned host staging: the chunk's integers, hidden rows, logits.
+  int32_t* h_ints = nullptr;
+  float* h_rows = nullptr;
+  float* h_logits = nullptr;
+
+  Impl(const Model& model, const CudaEngineOptions& o)
+      : c(model.config()), opt(o), rope_table(RopeTable::build(model.config())) {
+    DSV3_CHECK(o.device >= 0, "CUDA engine: bad device index {}", o.device);
+    int count = 0;
+    DSV3_CUDA_CHECK(cudaGetDeviceCount(&count));
+    DSV3_CHECK(o.device < count, "CUDA engine: device cuda:{} asked for, {} present", o.device,
+               count);
+    opt.max_context = std::min(opt.max_context, c.max_position_embeddings);
+    DSV3_CUDA_CHECK(cudaSetDevice(opt.device));
+    Arena plan;
+    layout(model.weights(), opt, plan);
+    size_t free_b = 0, total_b = 0;
+    DSV3_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    DSV3_CHECK(plan.used() <= free_b,
+               "CUDA engine: the model needs {:.2f} GiB on cuda:{} (weights, caches of {} x {} "
+               "tokens, activations of {} tokens) but {:.2f} GiB are free: lower "
+               "max_sequences / max_context",
+               double(plan.used()) / (1u << 30), opt.device, opt.max_sequences, opt.max_context,
+               opt.max_step_tokens, double(free_b) / (1u << 30));
+    DSV3_CUDA_CHECK(cudaMalloc(&base, plan.used()));
+    Arena real(base, plan.used());
+    m = layout(model.weights(), opt, real);
+    DSV3_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    if (!opt.exact) blas = std::make_unique<Blas>();
+    for (int64_t s = opt.max_sequences - 1; s >= 0; --s) {
+      slots->free.push_back(s);
+      mtp_slots->free.push_back(s);
+    }
+    const int64_t T = m.work.T;
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_ints, size_t(4 * T) * sizeof(int32_t)));
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_rows, size_t(T * c.hidden_size) * sizeof(float)));
+    DSV3_CUDA_CHECK(
+        cudaMallocHost(&h_logits, size_t(m.work.logit_rows * c.vocab_size) * sizeof(float)));
+    DSV3_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  ~Impl() {
+    // Nothing can be reported from a destructor; a failure here would also show in the next
+    // checked call of whoever uses the device next.
+    if (stream) (void)cudaStreamSynchronize(stream);
+    if (stream) (void)cudaStreamDestroy(stream);
+    blas.reset();
+    (void)cudaFreeHost(h_ints);
+    (void)cudaFreeHost(h_rows);
+    (void)cudaFreeHost(h_logits);
+    (void)cudaFree(base);
+  }
+
+  bool use_blas(int64_t rows, const DevWeight& w) const {
+    return blas && rows > opt.gemv_max_rows && w.type != WType::F32 &&
+           (w.type == WType::BF16 || w.rows * w.k <= m.work.wb_elems);
+  }
+
+  // y [rows, w.rows] = x [rows, w.k] · Wᵀ.
+  void linear(const float* x, int64_t rows, const DevWeight& w, float* y, bool allow_blas = true) {
+    const Work& k = m.work;
+    if (allow_blas && use_blas(rows, w)) {
+      to_bf16(x, k.xb, rows * w.k, stream);
+      const void* wb = w.w;
+      if (w.type != WType::BF16) {
+        weight_to_bf16(w, k.wb, stream);
+        wb = k.wb;
+      }
+      if (blas->matmul_bf16(rows, w.rows, w.k, k.xb, wb, y, k.blas_ws, k.blas_ws_bytes, stream))
+        return;
+    }
+    GemvArgs g;
+    g.w = w;
+    g.n = w.rows;
+    g.x = x;
+    g.ldx = w.k;
+    g.y = y;
+    g.ldy = w.rows;
+    g.m = rows;
+    gemv(g, stream);
+  }
+
+  void mlp(const DevMlp& p, const float* in, int64_t n, float* out) {
+    const int64_t inter = p.gate.rows;
+    if (use_blas(n, p.gate)) {
+      linear(in, n, p.gate, m.work.act);
+      linear(in, n, p.up, m.work.act2);
+      silu_mul(m.work.act, m.work.act2, m.work.act, n * inter, stream);
+    } else {
+      GemvArgs g;
+      g.w = p.gate;
+      g.w2 = p.up.w;
+      g.scale2 = p.up.scale;
+      g.n = inter;
+      g.x = in;
+      g.ldx = p.gate.k;
+      g.y = m.work.act;
+      g.ldy = inter;
+      g.m = n;
+      gemv(g, stream);
+    }
+    linear(m.work.act, n, p.down, out);
+  }
+
+  void moe(const DevLayer& L, int64_t n, float* out) {
+    Work& k = m.work;
+    const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
+    const int64_t inter = c.moe_intermediate_size;
+    // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
+    linear(k.h, n, L.router, k.router, false);
+    RouteArgs r;
+    r.e = E;
+    r.k = top;
+    const bool grouped = c.topk_method == "noaux_tc" || c.topk_method == "group_limited_greedy";
+    r.n_group = grouped ? c.n_group : 1;
+    r.topk_group = grouped ? c.topk_group : 1;
+    r.sigmoid = c.scoring_func == "sigmoid";
+    r.top2_group_score = c.topk_method == "noaux_tc";
+    r.normalise = c.norm_topk_prob && (r.sigmoid || top > 1);
+    r.scale = r.sigmoid || !r.normalise ? float(c.routed_scaling_factor) : 1.0f;
+    route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
+    moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, stream);
+    GemvArgs g;  // gate and up of every expert at once, SwiGLU fused
+    g.w = L.gate_s;
+    g.w2 = L.up_s.w;
+    g.scale2 = L.up_s.scale;
+    g.n = inter;
+    g.w_group_rows = inter;
+    g.scale_group_rows = ceil_div(inter, L.gate_s.bn);
+    g.x = k.h;
+    g.ldx = H;
+    g.x_rows = k.perm_rows;
+    g.y = k.eact;
+    g.ldy = inter;
+    g.m = n * top;
+    g.groups = int(E);
+    g.offsets = k.offsets;
+    gemv(g, stream);
+    GemvArgs d;  // down of every expert
+    d.w = L.down_s;
+    d.n = H;
+    d.w_group_rows = H;
+    d.scale_group_rows = ceil_div(H, L.down_s.bn);
+    d.x = k.eact;
+    d.ldx = inter;
+    d.y = k.eout;
+    d.ldy = H;
+    d.m = n * top;
+    d.groups = int(E);
+    d.offsets = k.offsets;
+    gemv(d, stream);
+    if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
+    moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
+                out, stream);
+  }
+
+  static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+  void attention(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n,
+                 int64_t max_pos, float* out) {
+    Work& k = m.work;
+    const int64_t heads = c.num_attention_heads, dn = c.qk_nope_head_dim;
+    const int64_t dr = c.qk_rope_head_dim, dv = c.v_head_dim, dc = c.kv_lora_rank;
+    const float eps = float(c.rms_norm_eps);
+    const int32_t* pos = k.ints + k.T;
+    const int32_t* slot = k.ints + 2 * k.T;
+    if (c.has_q_lora()) {
+      linear(k.h, n, L.q_a, k.qa);
+      add_rmsnorm(k.qa, c.q_lora_rank, nullptr, L.q_a_norm, eps, n, c.q_lora_rank, k.qa,
+                  c.q_lora_rank, stream);
+      linear(k.qa, n, L.q_b, k.q);
+    } else {
+      linear(k.h, n, L.q, k.q);
+    }
+    const int64_t half = dr / 2;
+    rope(k.q, n, heads, dn + dr, dn, m.inv_freq, half, rope_table.factor, pos, stream);
+    linear(k.h, n, L.kv_a, k.kv);
+    latent_to_cache(k.kv, n, L.kv_a_norm, eps, m.inv_freq, half, rope_table.factor, pos, slot, pool,
+                    layer, stream);
+    mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, k.qc, stream);
+    mla_attention(k.qc, n, heads, pool, layer, pos, slot, max_pos, float(c.softmax_scale()),
+                  k.partial, k.partial_floats, k.olat, stream);
+    GemvArgs g;  // o[t, h] = W_UV[h] · o_lat[t, h]: one group per head
+    g.w = L.kv_b;
+    g.n = dv;
+    g.w_group_rows = dn + dv;
+    g.w_row0 = dn;
+    g.x = k.olat;
+    g.ldx = heads * dc;
+    g.x_goff = dc;
+    g.y = k.o;
+    g.ldy = heads * dv;
+    g.y_goff = dv;
+    g.m = n;
+    g.groups = int(heads);
+    gemv(g, stream);
+    linear(k.o, n, L.o, out);
+  }
+
+  // One transformer block over the chunk's rows; `pending` is the previous block's FFN output,
+  // added to the residual stream in the fused add + norm.
+  const float* block(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n,
+                     int64_t max_pos, const float* pending) {
+    Work& k = m.work;
+    const int64_t H = c.hidden_size;
+    const float eps = float(c.rms_norm_eps);
+    add_rmsnorm(k.x, H, pending, L.in_norm, eps, n, H, k.h, H, stream);
+    attention(L, pool, layer, n, max_pos, k.delta);
+    add_rmsnorm(k.x, H, k.delta, L.post_norm, eps, n, H, k.h, H, stream);
+    if (L.moe)
+      moe(L, n, k.delta);
+    else
+      mlp(L.mlp, k.h, n, k.delta);
+    return k.delta;
+  }
+
+  struct Piece {
+    LatentCache* cache;
+    const int32_t* tokens;
+    int64_t begin, end;  // token range of the input
+    float* hidden_dst;   // host rows for the piece's hidden states (or null)
+    float* logits_dst;   // host row of the piece's first wanted logits (or null)
+    bool all_logits;
+    const float* hprev;  // MTP: host rows of the main model's hidden states
+  };
+
+  // Runs one chunk (≤ T tokens) through the main model (mtp = false) or the MTP module.
+  void run_chunk(const std::vector<Piece>& pieces, bool mtp) {
+    Work& k = m.work;
+    const int64_t T = k.T, H = c.hidden_size, V = c.vocab_size;
+    int64_t n = 0, nsel = 0, max_pos = 0;
+    std::vector<float*> sel_dst;
+    for (const Piece& p : pieces) {
+      for (int64_t j = p.begin; j < p.end; ++j, ++n) {
+        const int64_t pos = p.cache->size() + (j - p.begin);
+        h_ints[n] = p.tokens[j];
+        h_ints[T + n] = int32_t(pos);
+        h_ints[2 * T + n] = int32_t(p.cache->slot() - (mtp ? opt.max_sequences : 0));
+        max_pos = std::max(max_pos, pos);
+        if (p.logits_dst && (p.all_logits || j == p.end - 1)) {
+          h_ints[3 * T + nsel++] = int32_t(n);
+          sel_dst.push_back(p.logits_dst + (p.all_logits ? (j - p.begin) * V : 0));
+        }
+      }
+    }
+    DSV3_CUDA_CHECK(cudaMemcpyAsync(k.ints, h_ints, size_t(4 * T) * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, stream));
+    const float eps = float(c.rms_norm_eps);
+    const float* pending = nullptr;
+    const DevLayer* head_layer = nullptr;
+    if (!mtp) {
+      embedding(k.ints, n, m.embed, m.embed_type, H, k.x, stream);
+      for (size_t l = 0; l < m.layers.size(); ++l)
+        pending = block(m.layers[l], m.pool, int64_t(l), n, max_pos, pending);
+      add_rmsnorm(k.x, H, pending, m.final_norm, eps, n, H, k.xn, H, stream);
+    } else {
+      const DevLayer& L = m.mtp[0];
+      int64_t r = 0;
+      for (const Piece& p : pieces) {
+        std::memcpy(h_rows + r * H, p.hprev, size_t((p.end - p.begin) * H) * sizeof(float));
+        r += p.end - p.begin;
+      }
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(k.hprev, h_rows, size_t(n * H) * sizeof(float),
+                                      cudaMemcpyHostToDevice, stream));
+      // MODEL_SPEC §6: x = eh_proj([enorm(embed(t_{i+1})) ; hnorm(h_i)]).
+      embedding(k.ints, n, m.embed, m.embed_type, H, k.h, stream);
+      add_rmsnorm(k.h, H, nullptr, L.enorm, eps, n, H, k.cat, 2 * H, stream);
+      add_rmsnorm(k.hprev, H, nullptr, L.hnorm, eps, n, H, k.cat + H, 2 * H, stream);
+      linear(k.cat, n, L.eh_proj, k.x);
+      pending = block(L, m.mtp_pool, 0, n, max_pos, nullptr);
+      add_rmsnorm(k.x, H, pending, L.head_norm, eps, n, H, k.xn, H, stream);
+      head_layer = &L;
+    }
+    const DevWeight& head = head_layer ? head_layer->head : m.lm_head;
+    bool want_hidden = false;
+    for (const Piece& p : pieces) want_hidden |= p.hidden_dst != nullptr;
+    if (want_hidden)
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(h_rows, k.xn, size_t(n * H) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, stream));
+    for (int64_t s0 = 0; s0 < nsel; s0 += k.logit_rows) {
+      const int64_t cnt = std::min(k.logit_rows, nsel - s0);
+      gather_rows(k.xn, H, k.ints + 3 * T + s0, cnt, H, k.sel, stream);
+      linear(k.sel, cnt, head, k.logits);
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(h_logits, k.logits, size_t(cnt * V) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, stream));
+      DSV3_CUDA_CHECK(cudaStreamSynchronize(stream));
+      for (int64_t i = 0; i < cnt; ++i)
+        std::memcpy(sel_dst[size_t(s0 + i)], h_logits + i * V, size_t(V) * sizeof(float));
+    }
+    DSV3_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (want_hidden) {
+      int64_t r = 0;
+      for (const Piece& p : pieces) {
+        if (p.hidden_dst)
+          std::memcpy(p.hidden_dst, h_rows + r * H, size_t((p.end - p.begin) * H) * 4);
+        r += p.end - p.begin;
+      }
+    }
+    for (const Piece& p : pieces) p.cache->commit(p.end - p.begin);
+  }
+
+  // Splits the inputs' tokens into chunks of at most T and runs them in order (a sequence's
+  // later tokens see its earlier ones in the cache, so chunking changes nothing).
+  void run(std::vector<Piece> all, bool mtp) {
+    std::vector<Piece> chunk;
+    int64_t used = 0;
+    for (const Piece& p : all) {
+      for (int64_t b = p.begin; b < p.end;) {
+        const int64_t take = std::min(p.end - b, m.work.T - used);
+        Piece q = p;
+        q.begin = b;
+        q.end = b + take;
+        if (q.hidden_dst) q.hidden_dst += (b - p.begin) * c.hidden_size;
+        if (q.hprev) q.hprev += (b - p.begin) * c.hidden_size;
+        if (q.logits_dst && q.all_logits) q.logits_dst += (b - p.begin) * c.vocab_size;
+        if (q.logits_dst && !q.all_logits && q.end != p.end) q.logits_dst = nullptr;
+        chunk.push_back(q);
+        b += take;
+        used += take;
+        if (used == m.work.T) {
+          run_chunk(chunk, mtp);
+          chunk.clear();
+          used = 0;
+        }
+      }
+    }
+    if (!chunk.empty()) run_chunk(chunk, mtp);
+  }
+
+  void check_cache(const LatentCache* cache, bool mtp, size_t tokens) const {
+    DSV3_CHECK(cache && cache->on_device(),
+               "CUDA engine: a step needs caches made by this engine's new_{}cache()",
+               mtp ? "mtp_" : "");
+    const int64_t s = cache->slot() - (mtp ? opt.max_sequences : 0);
+    DSV3_CHECK(s >= 0 && s < opt.max_sequences, "CUDA engine: a cache from another pool ({})",
+               mtp ? "main cache passed to mtp_step" : "MTP cache passed to step");
+    DSV3_CHECK(tokens > 0, "engine step: an input has no tokens");
+    cache->check_room(int64_t(tokens));
+  }
+
+  void check_ids(const std::vector<int32_t>& ids) const {
+    for (int32_t id : ids)
+      DSV3_CHECK(id >= 0 && id < c.vocab_size, "token id {} is outside the vocabulary [0, {})", id,
+                 c.vocab_size);
+  }
+
+  LatentCache make_cache(int64_t capacity, bool mtp) {
+    const int64_t cap = capacity > 0 ? capacity : opt.max_context;
+    DSV3_CHECK(cap <= opt.max_context,
+               "CUDA engine: a cache of {} tokens asked for, the engine holds {} per sequence "
+               "(max_context)",
+               cap, opt.max_context);
+    auto& pool = mtp ? mtp_slots : slots;
+    const int64_t s = pool->take();
+    DSV3_CHECK(s >= 0, "CUDA engine: all {} sequence caches are in use (max_sequences)",
+               opt.max_sequences);
+    std::shared_ptr<SlotPool> keep = pool;
+    std::shared_ptr<void> lease(pool.get(), [keep, s](void*) { keep->give(s); });
+    return LatentCache::on_device(mtp ? 1 : c.num_hidden_layers, cap,
+                                  s + (mtp ? opt.max_sequences : 0), std::move(lease));
+  }
+};
+
+CudaEngine::CudaEngine(const Model& model, CudaEngineOptions opt)
+    : model_(model), impl_(std::make_unique<Impl>(model, opt)) {}
+
+CudaEngine::~CudaEngine() = default;
+
+int64_t CudaEngine::context() const {
+  return impl_->opt.max_context;
+}
+
+const CudaEngineOptions& CudaEngine::options() const {
+  return impl_->opt;
+}
+
+const MemoryPlan& CudaEngine::memory() const {
+  return impl_->m.plan;
+}
+
+void CudaEngine::synchronize() const {
+  DSV3_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
+}
+
+LatentCache CudaEngine::new_cache(int64_t capacity) const {
+  return impl_->make_cache(capacity, false);
+}
+
+LatentCache CudaEngine::new_mtp_cache(int64_t capacity) const {
+  DSV3_CHECK(!impl_->m.mtp.empty(), "this model has no MTP layer (num_nextn_predict_layers 0)");
+  return impl_->make_cache(capacity, true);
+}
+
+Tensor CudaEngine::step(const std::vector<Input>& inputs, Tensor* hidden) const {
+  Impl& im = *impl_;
+  DSV3_CUDA_CHECK(cudaSetDevice(im.opt.device));
+  const ModelConfig& c = config();
+  int64_t out_rows = 0, n = 0;
+  for (const Input& in : inputs) {
+    im.check_cache(in.cache, false, in.tokens.size());
+    im.check_ids(in.tokens);
+    out_rows += in.all_logits ? int64_t(in.tokens.size()) : 1;
+    n += int64_t(in.tokens.size());
+  }
+  Tensor logits = Tensor::zeros(DType::F32, {out_rows, c.vocab_size});
+  if (hidden) *hidden = Tensor::zeros(DType::F32, {n, c.hidden_size});
+  std::vector<Impl::Piece> pieces;
+  int64_t orow = 0, hrow = 0;
+  for (const Input& in : inputs) {
+    const int64_t k = int64_t(in.tokens.size());
+    pieces.push_back({in.cache, in.tokens.data(), 0, k,
+                      hidden ? hidden->ptr<float>() + hrow * c.hidden_size : nullptr,
+                      logits.ptr<float>() + orow * c.vocab_size, in.all_logits, nullptr});
+    orow += in.all_logits ? k : 1;
+    hrow += k;
+  }
+  im.run(pieces, false);
+  return logits;
+}
+
+Tensor CudaEngine::mtp_step(const std::vector<MtpInput>& inputs) const {
+  Impl& im = *impl_;
+  DSV3_CUDA_CHECK(cudaSetDevice(im.opt.device));
+  const ModelConfig& c = config();
+  DSV3_CHECK(!im.m.mtp.empty(), "this model has no MTP layer");
+  for (const MtpInput& in : inputs) {
+    im.check_cache(in.cache, true, in.tokens.size());
+    im.check_ids(in.tokens);
+    DSV3_CHECK(in.hidden.ndim() == 2 && in.hidden.dim(0) == int64_t(in.tokens.size()) &&
+                   in.hidden.dim(1) == c.hidden_size && in.hidden.dtype() == DType::F32 &&
+                   in.hidden.device().is_cpu(),
+               "MTP step: hidden {} does not match {} tokens", shape_str(in.hidden.shape()),
+               in.tokens.size());
+  }
+  Tensor logits = Tensor::zeros(DType::F32, {int64_t(inputs.size()), c.vocab_size});
+  std::vector<Impl::Piece> pieces;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const MtpInput& in = inputs[i];
+    pieces.push_back({in.cache, in.tokens.data(), 0, int64_t(in.tokens.size()), nullptr,
+                      logits.ptr<float>() + int64_t(i) * c.vocab_size, false,
+                      in.hidden.ptr<float>()});
+  }
+  im.run(pieces, true);
+  return logits;
+}
+
+}  // namespace dsv3::cuda

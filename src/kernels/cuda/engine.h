@@ -1,0 +1,63 @@
+// The CUDA inference engine: the same interface as the CPU Engine (infer/step_engine.h), the
+// whole forward on one GPU. Weights are uploaded once in their stored dtype (FP8 stays FP8 with
+// its block scales, BF16 stays BF16; norms become F32), routed experts stacked per layer so one
+// launch serves all of them. Everything lives in ONE device allocation made at construction:
+// weights, the latent caches of all sequences (F32, [slots][layers][capacity][kv_lora + rope]),
+// and the activations of one forward chunk. One stream; every CUDA call and launch is checked.
+//
+// Arithmetic: activations F32. Linears with few rows (decode) run our gemv kernel, which decodes
+// weights in registers and accumulates in F32 (matches the CPU to ~1e-6 of the logits' std);
+// with more rows than `gemv_max_rows` they run cuBLASLt on BF16 copies of the activations (and
+// of FP8 weights, dequantised per GEMM), F32 accumulate (~1e-3 relative). `exact` keeps every
+// linear on the F32 path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "infer/step_engine.h"
+
+namespace dsv3::cuda {
+
+struct CudaEngineOptions {
+  int device = 0;
+  int64_t max_sequences = 8;      // latent caches that may exist at once (and as many MTP ones)
+  int64_t max_context = 4096;     // tokens one cache holds
+  int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
+  int64_t gemv_max_rows = 16;     // linears over more rows use cuBLASLt (BF16 tensor cores)
+  bool exact = false;             // F32 gemv for every linear (tests against the CPU)
+};
+
+// Device bytes the engine allocates for a model (computed without a GPU).
+struct MemoryPlan {
+  size_t weights = 0, caches = 0, workspace = 0;
+  size_t cache_bytes_per_token = 0;  // one sequence, all main layers
+  size_t total() const { return weights + caches + workspace; }
+};
+MemoryPlan plan_memory(const ModelWeights& w, const CudaEngineOptions& opt);
+
+class CudaEngine : public StepEngine {
+ public:
+  CudaEngine(const Model& model, CudaEngineOptions opt = {});
+  ~CudaEngine() override;
+
+  const Model& model() const override { return model_; }
+  int64_t context() const override;
+  LatentCache new_cache(int64_t capacity = 0) const override;
+  LatentCache new_mtp_cache(int64_t capacity = 0) const override;
+  Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const override;
+  Tensor mtp_step(const std::vector<MtpInput>& inputs) const override;
+
+  const CudaEngineOptions& options() const;
+  const MemoryPlan& memory() const;
+  // Waits for the engine's stream (benchmarks; step() already returns finished results).
+  void synchronize() const;
+
+ private:
+  struct Impl;
+  const Model& model_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dsv3::cuda

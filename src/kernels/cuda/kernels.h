@@ -1,0 +1,122 @@
+// The CUDA kernels of the inference path, as host-side launchers on a stream. Activations are
+// F32 row-major; weights stay in their stored dtype (F32, BF16, FP8 E4M3 with block scales)
+// and are decoded in registers. Each launcher checks its launch (DSV3_CUDA_CHECK_LAUNCH).
+// The CPU kernels (kernels/cpu/) are the reference each of these is tested against
+// (tests/cuda/test_kernels_gpu.cu). Kept free of fmt: .cu files include it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define DSV3_HOST_DEVICE __host__ __device__
+#else
+#define DSV3_HOST_DEVICE
+#endif
+
+namespace dsv3::cuda {
+
+enum class WType : int { F32 = 0, BF16 = 1, F16 = 2, E4M3 = 3 };
+
+// A weight as the kernels read it: [rows, k] row-major, optionally FP8 with F32 block scales
+// [ceil(rows / bn), ceil(k / bk)] (W = q · scale).
+struct DevWeight {
+  const void* w = nullptr;
+  const float* scale = nullptr;  // null unless E4M3
+  WType type = WType::BF16;
+  int64_t rows = 0, k = 0;
+  int bn = 128, bk = 128;
+};
+
+// Skinny GEMM y = x·Wᵀ over groups of rows (the decode path: weights read once, decoded in
+// registers, F32 accumulation). Group g uses weight rows g·w_group_rows + w_row0 + [0, n);
+// its input rows are x + row·ldx + g·x_goff (row = x_rows[p] if given, else p) for p in
+// [offsets[g], offsets[g+1]) (offsets null: every group takes rows [0, m)); its outputs go to
+// y + p·ldy + g·y_goff. FP8 scale rows: g·scale_group_rows + (w_row0 + n) / bn when
+// scale_group_rows > 0 (stacked experts), else the global weight row / bn.
+// With w2 (same layout): y = silu(x·Wᵀ) ⊙ (x·W2ᵀ), the fused SwiGLU gate/up.
+struct GemvArgs {
+  DevWeight w;
+  const void* w2 = nullptr;
+  const float* scale2 = nullptr;
+  int64_t n = 0;  // outputs per group
+  int64_t w_group_rows = 0, w_row0 = 0, scale_group_rows = 0;
+  const float* x = nullptr;
+  int64_t ldx = 0, x_goff = 0;
+  const int32_t* x_rows = nullptr;
+  float* y = nullptr;
+  int64_t ldy = 0, y_goff = 0;
+  int64_t m = 0;
+  int groups = 1;
+  const int32_t* offsets = nullptr;
+};
+void gemv(const GemvArgs& a, cudaStream_t s);
+
+// out[t] = table[ids[t]] as F32. table [V, H] of `type`.
+void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int64_t h, float* out,
+               cudaStream_t s);
+
+// Per row: x += delta (when delta is non-null), then out = w ⊙ x / sqrt(mean(x²) + eps) with the
+// sum of squares in double (as the CPU). x [n, d] with row stride ldx; out row stride ldo (out
+// may alias x). w F32 [d].
+void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, float eps, int64_t n,
+                 int64_t d, float* out, int64_t ldo, cudaStream_t s);
+
+// Interleaved RoPE (MODEL_SPEC §3) on x [n, vecs, width], slice [offset, offset + 2·half) of each
+// vector: angle = f32(pos)·inv_freq[i] in f32, cos/sin in double rounded to f32, times factor.
+void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, const float* inv_freq,
+          int64_t half, float factor, const int32_t* positions, cudaStream_t s);
+
+// The latent cache: pool [slots][layers][capacity][dc + dr] F32. Row t of kv ([n, dc + dr],
+// the kv_a projection) goes to slot slots[t], position positions[t]: its first dc values
+// RMS-normalised by w_norm, its last dr rotated by RoPE.
+struct CachePool {
+  float* base = nullptr;
+  int64_t layers = 0, capacity = 0, dc = 0, dr = 0;
+  DSV3_HOST_DEVICE int64_t row() const { return dc + dr; }
+};
+void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
+                     const float* inv_freq, int64_t half, float factor, const int32_t* positions,
+                     const int32_t* slots, const CachePool& pool, int64_t layer, cudaStream_t s);
+
+// out = silu(gate) ⊙ up over n elements (out may alias gate).
+void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s);
+// F32 -> BF16 (round to nearest even), n elements.
+void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
+// A weight of any stored dtype -> BF16 [rows, k] (FP8 dequantised with its block scales).
+void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s);
+// dst[i] = src[rows[i]] for rows of width d.
+void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
+                 float* dst, cudaStream_t s);
+
+// MoE routing (MODEL_SPEC §5), one warp per token, the CPU's rule and tie-breaks: logits
+// [n, e] -> expert [n, k] (descending by biased score) and weight [n, k].
+struct RouteArgs {
+  int64_t e = 0, k = 0, n_group = 1, topk_group = 1;
+  bool sigmoid = true, top2_group_score = true, normalise = true;
+  float scale = 1.0f;
+};
+void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r, int32_t* expert,
+           float* weight, cudaStream_t s);
+// Groups the n·k (token, expert) pairs by expert: offsets [e + 1], rows[p] = the token of the
+// pair at position p, pos[a] = the position of pair a.
+void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int32_t* offsets,
+                 int32_t* rows, int32_t* pos, cudaStream_t s);
+// y[t] = (shared ? shared[t] : 0) + Σ_j weight[t, j] · expert_out[pos[t·k + j]] over width d.
+void moe_combine(const float* shared, const float* expert_out, const float* weight,
+                 const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s);
+
+// Absorbed MLA (MODEL_SPEC §3). q [n, H, dn + dr] (rope part rotated) and kv_b [H·(dn + dv), dc]:
+// qc [n, H, dc + dr] = [q_nope·W_UK ; q_pe], the query against cache rows [c_kv ; k_pe].
+void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
+                  const DevWeight& kv_b, float* qc, cudaStream_t s);
+// Attention of each query row over its sequence's cache rows 0 .. positions[t] (causal):
+// o_lat [n, H, dc] = softmax(scale · qc·[c_kv ; k_pe]ᵀ) · c_kv. The keys are split into chunks
+// (flash-decoding) as far as `partial` (scratch of partial_floats floats) allows, then merged.
+void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
+                   const int32_t* positions, const int32_t* slots, int64_t max_position,
+                   float scale, float* partial, int64_t partial_floats, float* o_lat,
+                   cudaStream_t s);
+
+}  // namespace dsv3::cuda

@@ -1,0 +1,199 @@
+// Absorbed multi-head latent attention over the latent cache (MODEL_SPEC §3).
+//  mla_absorb_q:   qc[t, h] = [q_nope[t, h]·W_UK[h] ; q_pe[t, h]]   (W_UK: rows of kv_b)
+//  mla_attention:  per query row, its sequence's cache rows [c_kv ; k_pe] 0 .. position are
+//                  scored against qc, softmax (online, f32), and c_kv summed with those weights.
+//                  Blocks take 8 heads (one warp each) and one split of the keys, so every key
+//                  tile read into shared memory serves 8 heads; splits are merged afterwards
+//                  (flash-decoding), which keeps the GPU busy when few rows decode long contexts.
+// The output projection W_UV·o_lat is a grouped gemv (one group per head) in the engine.
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode.cuh"
+
+namespace dsv3::cuda {
+
+namespace {
+
+constexpr int kAbsorbRows = 8;  // query rows per block of mla_absorb_q
+constexpr int kHeadsPerBlock = 8;
+constexpr int kKeyTile = 32;
+
+template <WType T>
+__global__ void absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr,
+                                int64_t dv, const DevWeight w, float* qc) {
+  extern __shared__ float qs[];  // [kAbsorbRows][dn]
+  const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.y) * kAbsorbRows;
+  const int rows = int(min(int64_t(kAbsorbRows), n - t0));
+  const int64_t dqk = dn + dr, dc = w.k, dq = dc + dr;
+  for (int64_t i = threadIdx.x; i < rows * dn; i += blockDim.x) {
+    const int64_t r = i / dn, j = i % dn;
+    qs[r * dn + j] = q[((t0 + r) * heads + h) * dqk + j];
+  }
+  for (int64_t i = threadIdx.x; i < rows * dr; i += blockDim.x) {
+    const int64_t r = i / dr, j = i % dr;
+    qc[((t0 + r) * heads + h) * dq + dc + j] = q[((t0 + r) * heads + h) * dqk + dn + j];
+  }
+  __syncthreads();
+  const int64_t row0 = h * (dn + dv);  // W_UK[h] = kv_b rows row0 .. row0 + dn
+  const int64_t scols = ceil_div(dc, w.bk);
+  for (int64_t c = threadIdx.x; c < dc; c += blockDim.x) {
+    float acc[kAbsorbRows];
+#pragma unroll
+    for (int r = 0; r < kAbsorbRows; ++r) acc[r] = 0.0f;
+    for (int64_t i = 0; i < dn; ++i) {
+      const int64_t wr = row0 + i;
+      float wv = load_one<T>(static_cast<const char*>(w.w) + wr * dc * WTraits<T>::kSize, c);
+      if constexpr (T == WType::E4M3) wv *= __ldg(w.scale + (wr / w.bn) * scols + c / w.bk);
+#pragma unroll
+      for (int r = 0; r < kAbsorbRows; ++r)
+        if (r < rows) acc[r] = fmaf(qs[r * dn + i], wv, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < kAbsorbRows; ++r)
+      if (r < rows) qc[((t0 + r) * heads + h) * dq + c] = acc[r];
+  }
+}
+
+// Partial results per (row, head, split): o [dc] (unnormalised), running max m, sum l.
+__global__ void __launch_bounds__(kHeadsPerBlock * 32)
+    attention_kernel(const float* qc, int64_t heads, CachePool pool, int64_t layer,
+                     const int32_t* positions, const int32_t* slots, int64_t split_len, float scale,
+                     float* partial) {
+  extern __shared__ float smem[];
+  const int64_t dc = pool.dc, D = pool.row(), ldk = D + 1;
+  float* q_s = smem;                       // [kHeadsPerBlock][D]
+  float* k_s = q_s + kHeadsPerBlock * D;   // [kKeyTile][D + 1]
+  float* o_s = k_s + kKeyTile * ldk;       // [kHeadsPerBlock][dc]
+  float* p_s = o_s + kHeadsPerBlock * dc;  // [kHeadsPerBlock][kKeyTile]
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t t = blockIdx.x, h0 = int64_t(blockIdx.y) * kHeadsPerBlock;
+  const int64_t split = blockIdx.z, splits = gridDim.z;
+  const int64_t h = h0 + warp;
+  const bool active = h < heads;
+  const int64_t pos = positions[t];
+  const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
+  const float* keys = pool.base + (int64_t(slots[t]) * pool.layers + layer) * pool.capacity * D;
+
+  for (int64_t i = threadIdx.x; i < kHeadsPerBlock * D; i += blockDim.x) {
+    const int64_t hh = h0 + i / D;
+    q_s[i] = hh < heads ? qc[(t * heads + hh) * D + i % D] : 0.0f;
+  }
+  for (int64_t i = threadIdx.x; i < kHeadsPerBlock * dc; i += blockDim.x) o_s[i] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  __syncthreads();
+  for (int64_t j0 = kbeg; j0 < kend; j0 += kKeyTile) {
+    const int nk = int(min(int64_t(kKeyTile), kend - j0));
+    for (int64_t i = threadIdx.x; i < nk * D; i += blockDim.x) {
+      const int64_t r = i / D, c = i % D;
+      k_s[r * ldk + c] = keys[(j0 + r) * D + c];
+    }
+    __syncthreads();
+    if (active) {
+      float s = -INFINITY;
+      if (lane < nk) {
+        const float* qh = q_s + warp * D;
+        const float* kr = k_s + lane * ldk;
+        float d = 0.0f;
+        for (int64_t c = 0; c < D; ++c) d = fmaf(qh[c], kr[c], d);
+        s = d * scale;
+      }
+      const float m_new = fmaxf(m, warp_max(s));
+      const float p = lane < nk ? expf(s - m_new) : 0.0f;
+      const float alpha = expf(m - m_new);
+      l = l * alpha + warp_sum(p);
+      p_s[warp * kKeyTile + lane] = p;
+      __syncwarp();
+      float* o = o_s + warp * dc;
+      for (int64_t c = lane; c < dc; c += 32) {
+        float acc = o[c] * alpha;
+        for (int j = 0; j < nk; ++j) acc = fmaf(p_s[warp * kKeyTile + j], k_s[j * ldk + c], acc);
+        o[c] = acc;
+      }
+      m = m_new;
+    }
+    __syncthreads();
+  }
+  if (!active) return;
+  float* out = partial + ((t * heads + h) * splits + split) * (dc + 2);
+  for (int64_t c = lane; c < dc; c += 32) out[c] = o_s[warp * dc + c];
+  if (lane == 0) {
+    out[dc] = m;
+    out[dc + 1] = l;
+  }
+}
+
+__global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, float* o_lat) {
+  const int64_t th = blockIdx.x;  // row · heads + head
+  const float* p = partial + th * splits * (dc + 2);
+  float mx = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (dc + 2) + dc]);
+  float l = 0.0f;
+  for (int64_t s = 0; s < splits; ++s)
+    l += p[s * (dc + 2) + dc + 1] * expf(p[s * (dc + 2) + dc] - mx);
+  const float inv = 1.0f / l;
+  for (int64_t c = threadIdx.x; c < dc; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t s = 0; s < splits; ++s)
+      acc = fmaf(p[s * (dc + 2) + c], expf(p[s * (dc + 2) + dc] - mx), acc);
+    o_lat[th * dc + c] = acc * inv;
+  }
+}
+
+}  // namespace
+
+void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
+                  const DevWeight& kv_b, float* qc, cudaStream_t s) {
+  if (n == 0) return;
+  const dim3 grid(unsigned(heads), unsigned(ceil_div(n, kAbsorbRows)));
+  const size_t smem = size_t(kAbsorbRows * dn) * sizeof(float);
+  switch (kv_b.type) {
+    case WType::F32:
+      absorb_q_kernel<WType::F32><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      break;
+    case WType::BF16:
+      absorb_q_kernel<WType::BF16><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      break;
+    case WType::F16:
+      absorb_q_kernel<WType::F16><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      break;
+    case WType::E4M3:
+      absorb_q_kernel<WType::E4M3><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      break;
+  }
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+int64_t mla_splits(int64_t n, int64_t heads, int64_t dc, int64_t max_position,
+                   int64_t partial_floats) {
+  // Enough blocks to cover the GPU twice over, at least one key tile per split, and no more
+  // splits than the scratch holds.
+  const int64_t blocks = n * ceil_div(heads, kHeadsPerBlock);
+  int64_t splits = std::max<int64_t>(1, ceil_div(264, blocks));
+  splits = std::min(splits, ceil_div(max_position + 1, kKeyTile));
+  splits = std::min(splits, partial_floats / (n * heads * (dc + 2)));
+  return std::max<int64_t>(1, splits);
+}
+
+void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
+                   const int32_t* positions, const int32_t* slots, int64_t max_position,
+                   float scale, float* partial, int64_t partial_floats, float* o_lat,
+                   cudaStream_t s) {
+  if (n == 0) return;
+  const int64_t dc = pool.dc, D = pool.row();
+  const int64_t splits = mla_splits(n, heads, dc, max_position, partial_floats);
+  const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kKeyTile) * kKeyTile;
+  const size_t smem = size_t(kHeadsPerBlock * D + kKeyTile * (D + 1) + kHeadsPerBlock * dc +
+                             kHeadsPerBlock * kKeyTile) *
+                      sizeof(float);
+  DSV3_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kHeadsPerBlock)), unsigned(splits));
+  attention_kernel<<<grid, kHeadsPerBlock * 32, smem, s>>>(qc, heads, pool, layer, positions, slots,
+                                                           split_len, scale, partial);
+  DSV3_CUDA_CHECK_LAUNCH();
+  merge_kernel<<<unsigned(n * heads), 128, 0, s>>>(partial, splits, dc, o_lat);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dsv3::cuda

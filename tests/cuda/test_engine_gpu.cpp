@@ -1,0 +1,241 @@
+// The CUDA engine against HF transformers' logits (reference.safetensors) and against the CPU
+// engine on the four fixtures: full prefill, chunked prefill, decode steps, MTP steps, greedy
+// generation. Tolerances: max|Δ| / std(ref) ≤ 1e-4 on the F32 path (exact, and decode, which
+// always takes the gemv kernels), ≤ 2e-2 when prefill GEMMs run on cuBLASLt in BF16.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "infer/engine.h"
+#include "infer/generate.h"
+#include "io/safetensors.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/engine.h"
+
+using namespace dsv3;
+
+namespace {
+
+std::string fixture(const std::string& name) {
+  return std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/models/" + name;
+}
+
+// max|a - b| / std(b) over n values.
+double err_vs_std(const float* a, const float* b, int64_t n) {
+  double mean = 0, mx = 0;
+  for (int64_t i = 0; i < n; ++i) mean += b[i];
+  mean /= double(n);
+  double var = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    var += (b[i] - mean) * (b[i] - mean);
+    mx = std::max(mx, double(std::fabs(a[i] - b[i])));
+  }
+  return mx / std::sqrt(var / double(n));
+}
+
+std::vector<int32_t> row_ids(const Tensor& ids, int64_t b, int64_t len = -1) {
+  const int32_t* p = ids.ptr<int32_t>() + b * ids.dim(1);
+  return std::vector<int32_t>(p, p + (len < 0 ? ids.dim(1) : len));
+}
+
+cuda::CudaEngineOptions small(bool exact, int64_t gemv_max_rows = 16, int64_t step_tokens = 64) {
+  cuda::CudaEngineOptions o;
+  o.max_sequences = 4;
+  o.max_context = 64;
+  o.max_step_tokens = step_tokens;
+  o.exact = exact;
+  o.gemv_max_rows = gemv_max_rows;
+  return o;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+class CudaFixture : public ::testing::TestWithParam<const char*> {};
+class CudaMtpFixture : public ::testing::TestWithParam<const char*> {};
+
+// Both sequences of the fixture in one step, every row's logits, vs transformers.
+void expect_prefill_matches(const char* name, const cuda::CudaEngineOptions& opt, double tol) {
+  const Model model(ModelWeights::load(fixture(name)));
+  const auto ref = SafetensorsFile::open(fixture(name) + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids"), want = ref->get("logits");
+  const int64_t t = ids.dim(1), v = model.config().vocab_size;
+  const cuda::CudaEngine engine(model, opt);
+  LatentCache a = engine.new_cache(), b = engine.new_cache();
+  const Tensor got = engine.step({{&a, row_ids(ids, 0), true}, {&b, row_ids(ids, 1), true}});
+  ASSERT_EQ(got.dim(0), 2 * t);
+  const double err = err_vs_std(got.ptr<float>(), want.ptr<float>(), 2 * t * v);
+  EXPECT_LE(err, tol) << name << (opt.exact ? " exact" : " cuBLASLt");
+  std::printf("[ %s %s ] prefill logits max|d|/std(ref) = %.2e\n", name,
+              opt.exact ? "f32" : "bf16-gemm", err);
+}
+
+TEST_P(CudaFixture, PrefillMatchesTransformersF32) {
+  SKIP_WITHOUT_GPU();
+  expect_prefill_matches(GetParam(), small(true), 1e-4);
+}
+
+TEST_P(CudaFixture, PrefillMatchesTransformersBf16Gemm) {
+  SKIP_WITHOUT_GPU();
+  expect_prefill_matches(GetParam(), small(false, 0), 2e-2);
+}
+
+TEST_P(CudaFixture, ChunkedPrefillAndDecodeEqualTheFullForward) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids");
+  const int64_t t = ids.dim(1), v = model.config().vocab_size;
+  const Tensor full = model.forward(ids.slice_rows(0, 1));   // CPU, itself checked against HF
+  const cuda::CudaEngine engine(model, small(true, 16, 3));  // chunks of 3 tokens
+  LatentCache cache = engine.new_cache(32);
+  const auto seq = row_ids(ids, 0);
+  Tensor logits = engine.step({{&cache, {seq.begin(), seq.begin() + 5}, true}});
+  for (int64_t i = 0; i < 5; ++i)
+    EXPECT_LE(err_vs_std(logits.ptr<float>() + i * v, full.ptr<float>() + i * v, v), 1e-4)
+        << "prefill position " << i;
+  double worst = 0;
+  for (int64_t i = 5; i < t; ++i) {
+    logits = engine.step({{&cache, {seq[size_t(i)]}, false}});
+    const double e = err_vs_std(logits.ptr<float>(), full.ptr<float>() + i * v, v);
+    worst = std::max(worst, e);
+    EXPECT_LE(e, 1e-4) << "decode position " << i;
+  }
+  EXPECT_EQ(cache.size(), t);
+  std::printf("[ %s ] decode vs CPU full forward: worst max|d|/std = %.2e\n", GetParam(), worst);
+}
+
+TEST_P(CudaFixture, GreedyEqualsTransformersGenerate) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor want = ref->get("greedy_tokens"), ids = ref->get("input_ids");
+  const cuda::CudaEngine engine(model, small(false));
+  std::vector<GenerationRequest> reqs;
+  for (int64_t b = 0; b < want.dim(0); ++b) {
+    GenerationRequest r;
+    r.prompt = row_ids(ids, b, 5);
+    r.params.temperature = 0;
+    r.params.max_new_tokens = int(want.dim(1));
+    reqs.push_back(r);
+  }
+  const auto out = generate(engine, reqs);
+  for (int64_t b = 0; b < want.dim(0); ++b) {
+    const int32_t* w = want.ptr<int32_t>() + b * want.dim(1);
+    EXPECT_EQ(out[size_t(b)].tokens, std::vector<int32_t>(w, w + want.dim(1))) << "row " << b;
+  }
+  // The same on the CPU engine: the two backends agree token for token.
+  const Engine cpu(model);
+  const auto cpu_out = generate(cpu, reqs);
+  for (size_t b = 0; b < reqs.size(); ++b) EXPECT_EQ(out[b].tokens, cpu_out[b].tokens);
+}
+
+TEST_P(CudaMtpFixture, MtpStepsEqualTheFullMtpForward) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids").slice_rows(0, 1);
+  const int64_t t = ids.dim(1), v = model.config().vocab_size, hid = model.config().hidden_size;
+  Tensor hidden;
+  model.forward(ids, &hidden);
+  const Tensor mtp = model.forward_mtp(ids, hidden, 1);  // CPU [1, t - 1, v]
+  const cuda::CudaEngine engine(model, small(true));
+  LatentCache cache = engine.new_mtp_cache(32);
+  const auto seq = row_ids(ids, 0);
+  for (int64_t i = 0; i + 1 < t; ++i) {
+    const Tensor h = hidden.reshape({t, hid}).slice_rows(i, i + 1);
+    const Tensor logits = engine.mtp_step({{&cache, {seq[size_t(i + 1)]}, h}});
+    EXPECT_LE(err_vs_std(logits.ptr<float>(), mtp.ptr<float>() + i * v, v), 1e-4)
+        << "position " << i;
+  }
+}
+
+TEST_P(CudaMtpFixture, SpeculativeGreedyEqualsPlainGreedy) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids");
+  const cuda::CudaEngine engine(model, small(false));
+  GenerationRequest r;
+  r.prompt = row_ids(ids, 0, 5);
+  r.params.temperature = 0;
+  r.params.max_new_tokens = 20;
+  GenerateOptions spec;
+  spec.speculative = true;
+  GenerationStats st;
+  const auto plain = generate(engine, {r});
+  const auto fast = generate(engine, {r}, spec, &st);
+  EXPECT_EQ(plain[0].tokens, fast[0].tokens);
+  EXPECT_GT(st.drafted, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixture,
+                         ::testing::Values("v3_yarn_qlora_bf16", "v3_plain_f32", "v3_fp8_blocks",
+                                           "v2_softmax_greedy_bf16"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaMtpFixture,
+                         ::testing::Values("v3_yarn_qlora_bf16", "v3_plain_f32", "v3_fp8_blocks"));
+
+TEST(CudaEngine, BatchOfDifferentLengthsEqualsOneByOne) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture("v3_yarn_qlora_bf16")));
+  const auto ref = SafetensorsFile::open(fixture("v3_yarn_qlora_bf16") + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids");
+  const auto a = row_ids(ids, 0), b = row_ids(ids, 1);
+  const int64_t v = model.config().vocab_size;
+  const cuda::CudaEngine engine(model, small(true));
+  LatentCache ca = engine.new_cache(32), cb = engine.new_cache(32);
+  Tensor both = engine.step({{&ca, {a.begin(), a.begin() + 7}}, {&cb, {b.begin(), b.begin() + 3}}});
+  ca = LatentCache();  // gives its slot back: the pool holds 4
+  cb = LatentCache();
+  LatentCache sa = engine.new_cache(32), sb = engine.new_cache(32);
+  const Tensor la = engine.step({{&sa, {a.begin(), a.begin() + 7}}});
+  const Tensor lb = engine.step({{&sb, {b.begin(), b.begin() + 3}}});
+  EXPECT_LE(err_vs_std(both.ptr<float>(), la.ptr<float>(), v), 1e-5);
+  EXPECT_LE(err_vs_std(both.ptr<float>() + v, lb.ptr<float>(), v), 1e-5);
+}
+
+TEST(CudaEngine, TruncateForgetsRejectedTokens) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture("v3_plain_f32")));
+  const cuda::CudaEngine engine(model, small(true));
+  LatentCache c1 = engine.new_cache(16), c2 = engine.new_cache(16);
+  engine.step({{&c1, {3, 4, 5}}});
+  engine.step({{&c1, {9, 9}}});  // a rejected draft
+  c1.truncate(3);
+  const Tensor after = engine.step({{&c1, {6}}});
+  const Tensor direct = engine.step({{&c2, {3, 4, 5, 6}}});
+  EXPECT_LE(err_vs_std(after.ptr<float>(), direct.ptr<float>(), model.config().vocab_size), 1e-5);
+}
+
+TEST(CudaEngine, ClearErrors) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture("v3_plain_f32")));
+  const cuda::CudaEngine engine(model, small(true));
+  LatentCache c = engine.new_cache(4);
+  const auto message = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(message([&] {
+              engine.step({{&c, {1, 2, 3, 4, 5}}});
+            }).find("capacity"),
+            std::string::npos);
+  EXPECT_NE(message([&] { engine.step({{&c, {100000}}}); }).find("vocabulary"), std::string::npos);
+  LatentCache cpu_cache = Engine(model).new_cache(4);
+  EXPECT_NE(message([&] {
+              engine.step({{&cpu_cache, {1}}});
+            }).find("new_cache"),
+            std::string::npos);
+  std::vector<LatentCache> many;
+  EXPECT_NE(message([&] {
+              for (int i = 0; i < 5; ++i) many.push_back(engine.new_cache(4));
+            }).find("max_sequences"),
+            std::string::npos);
+}
+
+}  // namespace

@@ -1,0 +1,366 @@
+// Each CUDA kernel against the CPU implementation on random inputs (llama.cpp's
+// test-backend-ops idea). Tolerances: max|Δ| / max|ref| ≤ 1e-5 for the F32-accumulating
+// kernels (only the summation order differs), exact equality for routing choices.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <random>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/ops.h"
+#include "model/moe.h"
+
+using namespace dsv3;
+
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+struct CudaFree {
+  void operator()(void* p) const { (void)cudaFree(p); }
+};
+template <class T>
+using DevPtr = std::unique_ptr<T, CudaFree>;
+
+template <class T>
+DevPtr<T> to_device(const T* src, size_t n) {
+  void* p = nullptr;
+  DSV3_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+  DSV3_CUDA_CHECK(cudaMemcpy(p, src, n * sizeof(T), cudaMemcpyHostToDevice));
+  return DevPtr<T>(static_cast<T*>(p));
+}
+template <class T>
+DevPtr<T> to_device(const std::vector<T>& v) {
+  return to_device(v.data(), v.size());
+}
+template <class T>
+std::vector<T> to_host(const DevPtr<T>& p, size_t n) {
+  std::vector<T> h(n);
+  DSV3_CUDA_CHECK(cudaMemcpy(h.data(), p.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+// n floats of NaN (every output must be written).
+DevPtr<float> poisoned(size_t n) {
+  std::vector<float> v(n, NAN);
+  return to_device(v);
+}
+
+std::vector<float> randn(size_t n, uint64_t seed, float std = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, std);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+double rel_err(const std::vector<float>& a, const float* b, size_t n) {
+  double mx = 0, ref = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::isnan(a[i])) return INFINITY;
+    mx = std::max(mx, double(std::fabs(a[i] - b[i])));
+    ref = std::max(ref, double(std::fabs(b[i])));
+  }
+  return mx / ref;
+}
+
+// A Linear of the given dtype with random values, and its device view (kept alive by `keep`).
+struct TestLinear {
+  Linear cpu;
+  cuda::DevWeight dev;
+  DevPtr<uint8_t> w;
+  DevPtr<float> s;
+};
+
+TestLinear make_linear(const std::string& dtype, int64_t out, int64_t in, uint64_t seed) {
+  const std::vector<float> v = randn(size_t(out * in), seed, 0.05f);
+  TestLinear t;
+  if (dtype == "fp8") {
+    t.cpu = Linear::quantize_fp8(v.data(), out, in);
+  } else {
+    const DType dt = dtype == "bf16" ? DType::BF16 : DType::F32;
+    Tensor w = Tensor::zeros(dt, {out, in});
+    convert_from_f32(dt, v.data(), w.data(), v.size());
+    t.cpu = Linear::plain(w);
+  }
+  t.w = to_device(static_cast<const uint8_t*>(t.cpu.weight.data()), t.cpu.weight.nbytes());
+  t.dev.w = t.w.get();
+  t.dev.type = dtype == "fp8"    ? cuda::WType::E4M3
+               : dtype == "bf16" ? cuda::WType::BF16
+                                 : cuda::WType::F32;
+  t.dev.rows = out;
+  t.dev.k = in;
+  if (t.cpu.quantized()) {
+    t.s = to_device(t.cpu.scale_inv.ptr<float>(), size_t(t.cpu.scale_inv.numel()));
+    t.dev.scale = t.s.get();
+  }
+  return t;
+}
+
+Tensor f32_tensor(const std::vector<float>& v, Shape shape) {
+  Tensor t = Tensor::zeros(DType::F32, std::move(shape));
+  std::copy(v.begin(), v.end(), t.ptr<float>());
+  return t;
+}
+
+struct GemvCase {
+  const char* dtype;
+  int64_t out, in, rows;
+};
+
+class GemvGpu : public ::testing::TestWithParam<GemvCase> {};
+
+TEST_P(GemvGpu, MatchesCpuLinear) {
+  SKIP_WITHOUT_GPU();
+  const GemvCase c = GetParam();
+  TestLinear w = make_linear(c.dtype, c.out, c.in, 1);
+  TestLinear w2 = make_linear(c.dtype, c.out, c.in, 2);
+  const std::vector<float> x = randn(size_t(c.rows * c.in), 3);
+  Tensor y1 = Tensor::zeros(DType::F32, {c.rows, c.out});
+  Tensor y2 = Tensor::zeros(DType::F32, {c.rows, c.out});
+  ops::linear(f32_tensor(x, {c.rows, c.in}), w.cpu, y1);
+  ops::linear(f32_tensor(x, {c.rows, c.in}), w2.cpu, y2);
+  const DevPtr<float> dx = to_device(x);
+  DevPtr<float> dy = poisoned(size_t(c.rows * c.out));
+  cuda::GemvArgs g;
+  g.w = w.dev;
+  g.n = c.out;
+  g.x = dx.get();
+  g.ldx = c.in;
+  g.y = dy.get();
+  g.ldy = c.out;
+  g.m = c.rows;
+  cuda::gemv(g, nullptr);
+  EXPECT_LE(rel_err(to_host(dy, size_t(c.rows * c.out)), y1.ptr<float>(), size_t(y1.numel())),
+            1e-5);
+  // Fused SwiGLU: silu(x·Wᵀ) ⊙ (x·W2ᵀ).
+  g.w2 = w2.dev.w;
+  g.scale2 = w2.dev.scale;
+  cuda::gemv(g, nullptr);
+  ops::silu_mul(y1, y2, y1);
+  EXPECT_LE(rel_err(to_host(dy, size_t(c.rows * c.out)), y1.ptr<float>(), size_t(y1.numel())),
+            1e-5);
+}
+
+// Vector and scalar paths (K % 16), partial FP8 edge blocks, 1..11 rows.
+INSTANTIATE_TEST_SUITE_P(Shapes, GemvGpu,
+                         ::testing::Values(GemvCase{"fp8", 300, 384, 1},
+                                           GemvCase{"fp8", 300, 384, 5},
+                                           GemvCase{"fp8", 130, 200, 3},
+                                           GemvCase{"bf16", 257, 512, 1},
+                                           GemvCase{"bf16", 96, 36, 11}, GemvCase{"f32", 77, 64, 2},
+                                           GemvCase{"f32", 50, 33, 9}));
+
+TEST(GemvGpu, GroupedExpertsWithGatheredRows) {
+  SKIP_WITHOUT_GPU();
+  const int64_t E = 5, N = 136, K = 256, tokens = 7;
+  std::vector<TestLinear> experts;
+  for (int64_t e = 0; e < E; ++e) experts.push_back(make_linear("fp8", N, K, 10 + e));
+  // Stack as the engine does: weights [E·N, K], scales [E·ceil(N/128), ceil(K/128)].
+  std::vector<uint8_t> ws;
+  std::vector<float> ss;
+  for (auto& t : experts) {
+    const auto* p = static_cast<const uint8_t*>(t.cpu.weight.data());
+    ws.insert(ws.end(), p, p + t.cpu.weight.nbytes());
+    ss.insert(ss.end(), t.cpu.scale_inv.ptr<float>(),
+              t.cpu.scale_inv.ptr<float>() + t.cpu.scale_inv.numel());
+  }
+  const auto dw = to_device(ws);
+  const auto ds = to_device(ss);
+  // Rows grouped by expert: expert 0 gets none, expert 3 gets five.
+  const std::vector<int32_t> offsets = {0, 0, 2, 3, 8, 9};
+  const std::vector<int32_t> rows = {4, 1, 6, 0, 2, 3, 5, 6, 2};
+  const std::vector<float> x = randn(size_t(tokens * K), 4);
+  const auto dx = to_device(x);
+  const auto doff = to_device(offsets);
+  const auto drows = to_device(rows);
+  DevPtr<float> dy = poisoned(rows.size() * N);
+  cuda::GemvArgs g;
+  g.w = experts[0].dev;
+  g.w.w = dw.get();
+  g.w.scale = ds.get();
+  g.w.rows = E * N;
+  g.n = N;
+  g.w_group_rows = N;
+  g.scale_group_rows = 2;
+  g.x = dx.get();
+  g.ldx = K;
+  g.x_rows = drows.get();
+  g.y = dy.get();
+  g.ldy = N;
+  g.m = int64_t(rows.size());
+  g.groups = int(E);
+  g.offsets = doff.get();
+  cuda::gemv(g, nullptr);
+  const std::vector<float> got = to_host(dy, rows.size() * N);
+  for (int64_t e = 0; e < E; ++e) {
+    for (int32_t p = offsets[size_t(e)]; p < offsets[size_t(e) + 1]; ++p) {
+      const std::vector<float> xr(x.begin() + rows[size_t(p)] * K,
+                                  x.begin() + (rows[size_t(p)] + 1) * K);
+      Tensor y = Tensor::zeros(DType::F32, {1, N});
+      ops::linear(f32_tensor(xr, {1, K}), experts[size_t(e)].cpu, y);
+      const std::vector<float> gr(got.begin() + p * N, got.begin() + (p + 1) * N);
+      EXPECT_LE(rel_err(gr, y.ptr<float>(), size_t(N)), 1e-5) << "expert " << e << " pos " << p;
+    }
+  }
+}
+
+TEST(BasicGpu, AddRmsnormAndRopeMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 9, d = 200, heads = 3, width = 48, off = 16, half = 16;
+  const std::vector<float> x = randn(size_t(n * d), 5), delta = randn(size_t(n * d), 6);
+  const std::vector<float> w = randn(size_t(d), 7);
+  Tensor xs = f32_tensor(x, {n, d});
+  ops::add_inplace(xs, f32_tensor(delta, {n, d}));
+  Tensor ref = Tensor::zeros(DType::F32, {n, d});
+  ops::rmsnorm(xs, f32_tensor(w, {d}), 1e-6f, ref);
+  const auto dx = to_device(x);
+  const auto dd = to_device(delta);
+  const auto dw = to_device(w);
+  DevPtr<float> dout = poisoned(size_t(n * d));
+  cuda::add_rmsnorm(dx.get(), d, dd.get(), dw.get(), 1e-6f, n, d, dout.get(), d, nullptr);
+  EXPECT_LE(rel_err(to_host(dout, size_t(n * d)), ref.ptr<float>(), size_t(n * d)), 1e-6);
+  EXPECT_LE(rel_err(to_host(dx, size_t(n * d)), xs.ptr<float>(), size_t(n * d)), 1e-7);
+
+  // RoPE at large positions (YaRN-like frequencies), against the CPU's f32-angle rotation.
+  std::vector<float> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) inv[size_t(i)] = std::pow(10000.0f, -float(2 * i) / 32.0f);
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t(i * 17321 + 3);
+  const std::vector<float> q = randn(size_t(n * heads * width), 8);
+  Tensor qc = f32_tensor(q, {n, heads, width});
+  Tensor pt = Tensor::zeros(DType::I32, {n});
+  std::copy(pos.begin(), pos.end(), pt.ptr<int32_t>());
+  ops::rope_interleaved(qc, off, inv, 0.9f, pt);
+  const auto dq = to_device(q);
+  const auto dinv = to_device(inv);
+  const auto dpos = to_device(pos);
+  cuda::rope(dq.get(), n, heads, width, off, dinv.get(), half, 0.9f, dpos.get(), nullptr);
+  EXPECT_LE(rel_err(to_host(dq, q.size()), qc.ptr<float>(), q.size()), 1e-6);
+}
+
+struct RouteCase {
+  const char* scoring;
+  const char* method;
+  int64_t e, k, groups, topk_group;
+  bool norm;
+};
+
+class RouteGpu : public ::testing::TestWithParam<RouteCase> {};
+
+TEST_P(RouteGpu, ChoosesAsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const RouteCase rc = GetParam();
+  ModelConfig c;
+  c.n_routed_experts = rc.e;
+  c.num_experts_per_tok = rc.k;
+  c.n_group = rc.groups;
+  c.topk_group = rc.topk_group;
+  c.scoring_func = rc.scoring;
+  c.topk_method = rc.method;
+  c.norm_topk_prob = rc.norm;
+  c.routed_scaling_factor = 2.5;
+  const int64_t n = 67;
+  const std::vector<float> logits = randn(size_t(n * rc.e), 9, 2.0f);
+  const bool sigmoid = c.scoring_func == "sigmoid";
+  const std::vector<float> bias = randn(size_t(rc.e), 10, 0.1f);
+  const Routing want = route_tokens(c, logits.data(), sigmoid ? bias.data() : nullptr, n);
+  cuda::RouteArgs r;
+  r.e = rc.e;
+  r.k = rc.k;
+  const bool grouped = c.topk_method == "noaux_tc" || c.topk_method == "group_limited_greedy";
+  r.n_group = grouped ? rc.groups : 1;
+  r.topk_group = grouped ? rc.topk_group : 1;
+  r.sigmoid = sigmoid;
+  r.top2_group_score = c.topk_method == "noaux_tc";
+  r.normalise = c.norm_topk_prob && (sigmoid || rc.k > 1);
+  r.scale = sigmoid || !r.normalise ? float(c.routed_scaling_factor) : 1.0f;
+  const auto dl = to_device(logits);
+  const auto db = to_device(bias);
+  DevPtr<int32_t> de = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
+  DevPtr<float> dw = poisoned(size_t(n * rc.k));
+  cuda::route(dl.get(), sigmoid ? db.get() : nullptr, n, r, de.get(), dw.get(), nullptr);
+  EXPECT_EQ(to_host(de, size_t(n * rc.k)), want.expert);
+  EXPECT_LE(rel_err(to_host(dw, size_t(n * rc.k)), want.weight.data(), want.weight.size()), 1e-6);
+
+  // Permutation + combine: every pair lands once, grouped by expert.
+  DevPtr<int32_t> off = to_device(std::vector<int32_t>(size_t(rc.e + 1), -1));
+  DevPtr<int32_t> rows = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
+  DevPtr<int32_t> pos = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
+  cuda::moe_permute(de.get(), n * rc.k, rc.k, rc.e, off.get(), rows.get(), pos.get(), nullptr);
+  const auto ho = to_host(off, size_t(rc.e + 1));
+  const auto hr = to_host(rows, size_t(n * rc.k));
+  const auto hp = to_host(pos, size_t(n * rc.k));
+  EXPECT_EQ(ho.back(), n * rc.k);
+  for (int64_t a = 0; a < n * rc.k; ++a) {
+    const int32_t e = want.expert[size_t(a)], p = hp[size_t(a)];
+    EXPECT_TRUE(p >= ho[size_t(e)] && p < ho[size_t(e) + 1]) << a;
+    EXPECT_EQ(hr[size_t(p)], a / rc.k) << a;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Rules, RouteGpu,
+                         ::testing::Values(RouteCase{"sigmoid", "noaux_tc", 256, 8, 8, 4, true},
+                                           RouteCase{"sigmoid", "noaux_tc", 16, 4, 4, 2, true},
+                                           RouteCase{"sigmoid", "noaux_tc", 6, 3, 1, 1, true},
+                                           RouteCase{"softmax", "greedy", 64, 6, 1, 1, false},
+                                           RouteCase{"softmax", "group_limited_greedy", 32, 4, 4, 2,
+                                                     true}));
+
+class MlaGpu : public ::testing::TestWithParam<const char*> {};
+
+// Absorbed attention over a long cache (several key splits) vs the CPU's ops::mla_attention.
+TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t H = 12, dn = 32, dr = 16, dv = 24, dc = 160, L = 1500, T = 3, start = L - T;
+  const float scale = 0.13f;
+  TestLinear kv_b = make_linear(GetParam(), H * (dn + dv), dc, 11);
+  const std::vector<float> q = randn(size_t(T * H * (dn + dr)), 12);
+  const std::vector<float> ckv = randn(size_t(L * dc), 13), kpe = randn(size_t(L * dr), 14);
+  Tensor want = Tensor::zeros(DType::F32, {T, H, dv});
+  ops::mla_attention(f32_tensor(q, {T, H, dn + dr}), f32_tensor(ckv, {L, dc}),
+                     f32_tensor(kpe, {L, dr}), start, kv_b.cpu, dn, dv, scale, true, want);
+  std::vector<float> rows(static_cast<size_t>(L * (dc + dr)));
+  for (int64_t j = 0; j < L; ++j) {
+    std::copy(ckv.begin() + j * dc, ckv.begin() + (j + 1) * dc, rows.begin() + j * (dc + dr));
+    std::copy(kpe.begin() + j * dr, kpe.begin() + (j + 1) * dr, rows.begin() + j * (dc + dr) + dc);
+  }
+  const auto dpool = to_device(rows);
+  cuda::CachePool pool{dpool.get(), 1, L, dc, dr};
+  const std::vector<int32_t> pos = {int32_t(start), int32_t(start + 1), int32_t(start + 2)};
+  const std::vector<int32_t> slots = {0, 0, 0};
+  const auto dq = to_device(q);
+  const auto dpos = to_device(pos);
+  const auto dslots = to_device(slots);
+  DevPtr<float> qc = poisoned(size_t(T * H * (dc + dr)));
+  DevPtr<float> olat = poisoned(size_t(T * H * dc));
+  DevPtr<float> o = poisoned(size_t(T * H * dv));
+  const int64_t partial_floats = 64 * T * H * (dc + 2);
+  DevPtr<float> partial = poisoned(size_t(partial_floats));
+  cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, qc.get(), nullptr);
+  cuda::mla_attention(qc.get(), T, H, pool, 0, dpos.get(), dslots.get(), start + T - 1, scale,
+                      partial.get(), partial_floats, olat.get(), nullptr);
+  cuda::GemvArgs g;
+  g.w = kv_b.dev;
+  g.n = dv;
+  g.w_group_rows = dn + dv;
+  g.w_row0 = dn;
+  g.x = olat.get();
+  g.ldx = H * dc;
+  g.x_goff = dc;
+  g.y = o.get();
+  g.ldy = H * dv;
+  g.y_goff = dv;
+  g.m = T;
+  g.groups = int(H);
+  cuda::gemv(g, nullptr);
+  EXPECT_LE(rel_err(to_host(o, size_t(T * H * dv)), want.ptr<float>(), size_t(want.numel())), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Weights, MlaGpu, ::testing::Values("bf16", "fp8", "f32"));
+
+}  // namespace

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
+# only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
+# GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
+# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [v2lite]   (default: all, in that order)
+# Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/issue7}
+mkdir -p "$OUT"
+BUILD=${BUILD:-/tmp/build-issue7}
+CKPT=${CKPT:-/tmp/issue7-ckpt}
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test v3 v2lite)
+has() { [[ " ${stages[*]} " == *" $1 "* ]]; }
+log() { echo "== $(date +%T) $*"; }
+
+log "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+nvcc --version | tail -1
+git log -1 --format='commit %h %s' 2>/dev/null || true
+for p in libpcre2-8 cpp-httplib yaml-cpp fmt openblas; do
+  pkg-config --exists "$p" && echo "pkg-config: $p present" || echo "pkg-config: $p MISSING"
+done
+
+if has build; then
+  log "configure + build (DSV3_MINIMAL)"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_MINIMAL=ON -DDSV3_CUDA=ON \
+    -DDSV3_WERROR=ON > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+  cmake --build "$BUILD" --target dsv3_gpu_tests dsv3_cli bench_cuda_decode -j"$(nproc)" \
+    > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
+fi
+
+if has test; then
+  log "GPU tests"
+  "$BUILD/bin/dsv3_gpu_tests" 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  (FAILED|PASSED)|^\[ .* \]|Failure|Expected|Which is|error" | head -80 || true
+  grep -E "tests? ran|PASSED|FAILED" "$OUT/gpu_tests.log" | tail -5
+fi
+
+# DeepSeek-V3 dims with 4 layers (3 dense + 1 MoE of 256 experts), FP8 blocks, no MTP.
+if has v3; then
+  log "init DeepSeek-V3 x4 layers (fp8)"
+  mkdir -p "$CKPT"
+  python3 - <<'PY' > "$CKPT/v3-4l.json"
+import json
+c = json.load(open("tests/fixtures/configs/deepseek_v3.json"))
+c["num_hidden_layers"] = 4
+c["num_nextn_predict_layers"] = 0
+print(json.dumps(c))
+PY
+  [ -f "$CKPT/v3-4l/config.json" ] || /usr/bin/time -f "init %e s" "$BUILD/bin/dsv3" init \
+    --config "$CKPT/v3-4l.json" --out "$CKPT/v3-4l" --dtype fp8
+  "$BUILD/bin/dsv3" info --model "$CKPT/v3-4l" | tee "$OUT/info_v3.txt"
+  log "bench V3 x4 fp8"
+  "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1,8,64 --steps 32 --prompt 64 \
+    2>&1 | tee "$OUT/bench_v3.txt"
+  rm -rf "$CKPT/v3-4l"
+fi
+
+# DeepSeek-V2-Lite dims, full depth (27 layers), BF16.
+if has v2lite; then
+  log "init DeepSeek-V2-Lite (bf16)"
+  [ -f "$CKPT/v2lite/config.json" ] || /usr/bin/time -f "init %e s" "$BUILD/bin/dsv3" init \
+    --config tests/fixtures/configs/deepseek_v2_lite.json --out "$CKPT/v2lite" --dtype bf16
+  "$BUILD/bin/dsv3" info --model "$CKPT/v2lite" | tee "$OUT/info_v2lite.txt"
+  log "bench V2-Lite bf16"
+  "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v2lite" --batch 1,8,64 --steps 32 --prompt 64 \
+    2>&1 | tee "$OUT/bench_v2lite.txt"
+fi
+log "done"
