@@ -29,7 +29,7 @@ void add_train(CLI::App& app) {
       "Train a DeepSeek-V3-architecture model (MLA, DeepSeekMoE, MTP) on data from `dsv3 data "
       "prepare`. Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.");
   struct Args {
-    std::string config, out, data, resume_from;
+    std::string config, out, data, resume_from, precision;
     std::vector<std::string> sets;
     int64_t steps = -1;
     int threads = -1;
@@ -46,6 +46,9 @@ void add_train(CLI::App& app) {
   cmd->add_option("--data", a->data, "prepared data directory (overrides 'data')");
   cmd->add_option("--steps", a->steps, "total steps (overrides 'steps')");
   cmd->add_option("--threads", a->threads, "CPU threads (overrides 'threads'; 0: all cores)");
+  cmd->add_option("--precision", a->precision,
+                  "projection GEMMs in f32, bf16 or fp8 (the report's fine-grained FP8 recipe); "
+                  "overrides 'precision'");
   cmd->add_flag("--resume", a->resume, "continue from the run directory's latest checkpoint");
   cmd->add_option("--resume-from", a->resume_from, "continue from this checkpoint directory")
       ->check(CLI::ExistingDirectory);
@@ -58,6 +61,7 @@ void add_train(CLI::App& app) {
     if (!a->data.empty()) sets.push_back("data=" + quoted(a->data));
     if (a->steps >= 0) sets.push_back(fmt::format("steps={}", a->steps));
     if (a->threads >= 0) sets.push_back(fmt::format("threads={}", a->threads));
+    if (!a->precision.empty()) sets.push_back("precision=" + quoted(a->precision));
     train::TrainConfig::apply_overrides(j, sets);
     const train::TrainConfig cfg = train::TrainConfig::from_json(j, a->config);
     train::TrainOptions opt;

@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "kernels/linear.h"
@@ -104,6 +105,7 @@ struct TrainModel::Impl {
   std::vector<MtpActs> mtp_acts;
   Derived scratch;  // the derived activations when recomputing
   bool recompute = false;
+  Precision precision = Precision::kF32;
   double balance_alpha = 0;
 
   // Scratch for backward.
@@ -153,6 +155,36 @@ void build_layer_params(const std::map<std::string, int64_t>& off, const ModelCo
   L.head = at("shared_head.head.weight");
 }
 
+// The GEMMs of a projection (every *_proj linear; not the router, embedding or heads, which
+// stay in FP32 as in the report) at the run's precision. BF16: operands rounded to BF16
+// (round-to-nearest-even), products accumulated in FP32, as tensor cores do. FP8: the
+// fine-grained recipe of train/fp8.h.
+void round_bf16(const float* src, int64_t n, std::vector<float>& dst) {
+  dst.resize(size_t(n));
+  for (int64_t i = 0; i < n; ++i) dst[size_t(i)] = bf16_to_f32(f32_to_bf16(src[i]));
+}
+
+void proj_forward(Precision p, const float* x, const float* W, int64_t rows, int64_t in,
+                  int64_t out, float* y) {
+  if (p == Precision::kF32) return linear_forward(x, W, rows, in, out, y);
+  DSV3_CHECK(p != Precision::kFp8, "FP8 training is not wired in yet");  // TEMP
+  thread_local std::vector<float> xb, wb;
+  round_bf16(x, rows * in, xb);
+  round_bf16(W, out * in, wb);
+  linear_forward(xb.data(), wb.data(), rows, in, out, y);
+}
+
+void proj_backward(Precision p, const float* x, const float* W, const float* dy, int64_t rows,
+                   int64_t in, int64_t out, float* dx, float* dW) {
+  if (p == Precision::kF32) return linear_backward(x, W, dy, rows, in, out, dx, dW);
+  DSV3_CHECK(p != Precision::kFp8, "FP8 training is not wired in yet");  // TEMP
+  thread_local std::vector<float> xb, wb, db;
+  round_bf16(x, rows * in, xb);
+  round_bf16(W, out * in, wb);
+  round_bf16(dy, rows * out, db);
+  linear_backward(xb.data(), wb.data(), db.data(), rows, in, out, dx, dW);
+}
+
 // The forward/backward of one transformer block (attention + FFN with residuals), over
 // `n` rows made of packed sequences of `seq_len` tokens.
 class Block {
@@ -172,9 +204,10 @@ class Block {
     const int64_t dc = c_.kv_lora_rank, dr = c_.qk_rope_head_dim;
     rmsnorm_forward(x, w(L_.input_norm), n, H, eps(), sized(d.h1, n * H));
     if (c_.has_q_lora())
-      linear_forward(d.h1.data(), w(L_.q_a), n, H, c_.q_lora_rank, sized(a.qa, n * c_.q_lora_rank));
+      proj_forward(m_.precision, d.h1.data(), w(L_.q_a), n, H, c_.q_lora_rank,
+                   sized(a.qa, n * c_.q_lora_rank));
     Vec& kv = m_.kvb;  // [n, dc + dr], split below
-    linear_forward(d.h1.data(), w(L_.kv_a), n, H, dc + dr, sized(kv, n * (dc + dr)));
+    proj_forward(m_.precision, d.h1.data(), w(L_.kv_a), n, H, dc + dr, sized(kv, n * (dc + dr)));
     sized(a.ckv, n * dc);
     sized(a.kpe_raw, n * dr);
     for (int64_t t = 0; t < n; ++t) {
@@ -183,7 +216,8 @@ class Block {
     }
     derive_attention(a, d);
     attend(a, d);
-    linear_forward(a.o.data(), w(L_.o), n, heads() * dv(), H, sized(m_.attn_out, n * H));
+    proj_forward(m_.precision, a.o.data(), w(L_.o), n, heads() * dv(), H,
+                 sized(m_.attn_out, n * H));
     sized(a.x_mid, n * H);
     for (int64_t i = 0; i < n * H; ++i) a.x_mid[size_t(i)] = x[i] + m_.attn_out[size_t(i)];
     rmsnorm_forward(a.x_mid.data(), w(L_.post_norm), n, H, eps(), sized(d.h2, n * H));
@@ -234,15 +268,15 @@ class Block {
     if (c_.has_q_lora()) {
       const int64_t r = c_.q_lora_rank;
       rmsnorm_forward(a.qa.data(), w(L_.q_a_norm), n, r, eps(), sized(d.qan, n * r));
-      linear_forward(d.qan.data(), w(L_.q_b), n, r, nh * dqk(), q);
+      proj_forward(m_.precision, d.qan.data(), w(L_.q_b), n, r, nh * dqk(), q);
     } else {
-      linear_forward(d.h1.data(), w(L_.q), n, H, nh * dqk(), q);
+      proj_forward(m_.precision, d.h1.data(), w(L_.q), n, H, nh * dqk(), q);
     }
     rope_forward(q, n, nh, dqk(), dn(), m_.rope.inv_freq, m_.rope.factor, a.positions.data());
     rmsnorm_forward(a.ckv.data(), w(L_.kv_a_norm), n, dc, eps(), sized(d.ckvn, n * dc));
     Vec& kvb = m_.kvb;
-    linear_forward(d.ckvn.data(), w(L_.kv_b), n, dc, nh * (dn() + dv()),
-                   sized(kvb, n * nh * (dn() + dv())));
+    proj_forward(m_.precision, d.ckvn.data(), w(L_.kv_b), n, dc, nh * (dn() + dv()),
+                 sized(kvb, n * nh * (dn() + dv())));
     // The rotated shared key, written into every head's rope slice.
     Vec& kpe = m_.kpe;
     kpe = a.kpe_raw;
@@ -273,7 +307,7 @@ class Block {
     const int64_t n = a.n, H = c_.hidden_size, nh = heads(), T = a.seq_len;
     const int64_t dc = c_.kv_lora_rank;
     float* dout = zeroed(m_.dtmp, n * nh * dv());
-    linear_backward(a.o.data(), w(L_.o), dx, n, nh * dv(), H, dout, g(L_.o));
+    proj_backward(m_.precision, a.o.data(), w(L_.o), dx, n, nh * dv(), H, dout, g(L_.o));
     float* dq = zeroed(m_.dq, n * nh * dqk());
     float* dk = zeroed(m_.dk, n * nh * dqk());
     float* dvv = zeroed(m_.dv, n * nh * dv());
@@ -299,7 +333,8 @@ class Block {
     rope_backward(dq, n, nh, dqk(), dn(), m_.rope.inv_freq, m_.rope.factor, a.positions.data());
     // kv_b and the kv_a norm; d ckv goes into the first dc columns of dkv.
     float* dckvn = zeroed(m_.dckv, n * dc);
-    linear_backward(d.ckvn.data(), w(L_.kv_b), dkvb, n, dc, nh * (dn() + dv()), dckvn, g(L_.kv_b));
+    proj_backward(m_.precision, d.ckvn.data(), w(L_.kv_b), dkvb, n, dc, nh * (dn() + dv()), dckvn,
+                  g(L_.kv_b));
     float* dckv = zeroed(m_.dqa, n * dc);
     rmsnorm_backward(a.ckv.data(), w(L_.kv_a_norm), dckvn, n, dc, eps(), dckv, g(L_.kv_a_norm));
     for (int64_t t = 0; t < n; ++t) add_into(dkv + t * (dc + dr()), dckv + t * dc, dc);
@@ -308,14 +343,14 @@ class Block {
     if (c_.has_q_lora()) {
       const int64_t r = c_.q_lora_rank;
       float* dqan = zeroed(m_.dqan, n * r);
-      linear_backward(d.qan.data(), w(L_.q_b), dq, n, r, nh * dqk(), dqan, g(L_.q_b));
+      proj_backward(m_.precision, d.qan.data(), w(L_.q_b), dq, n, r, nh * dqk(), dqan, g(L_.q_b));
       float* dqa = zeroed(m_.dqa, n * r);
       rmsnorm_backward(a.qa.data(), w(L_.q_a_norm), dqan, n, r, eps(), dqa, g(L_.q_a_norm));
-      linear_backward(d.h1.data(), w(L_.q_a), dqa, n, H, r, dh1, g(L_.q_a));
+      proj_backward(m_.precision, d.h1.data(), w(L_.q_a), dqa, n, H, r, dh1, g(L_.q_a));
     } else {
-      linear_backward(d.h1.data(), w(L_.q), dq, n, H, nh * dqk(), dh1, g(L_.q));
+      proj_backward(m_.precision, d.h1.data(), w(L_.q), dq, n, H, nh * dqk(), dh1, g(L_.q));
     }
-    linear_backward(d.h1.data(), w(L_.kv_a), dkv, n, H, dc + dr(), dh1, g(L_.kv_a));
+    proj_backward(m_.precision, d.h1.data(), w(L_.kv_a), dkv, n, H, dc + dr(), dh1, g(L_.kv_a));
     rmsnorm_backward(a.x_in.data(), w(L_.input_norm), dh1, n, H, eps(), dx, g(L_.input_norm));
   }
 
@@ -323,12 +358,12 @@ class Block {
   void mlp_forward(const float* x, int64_t n, int64_t inter, int64_t gate, int64_t up, int64_t down,
                    Vec& gv, Vec& uv, float* y) {
     const int64_t H = c_.hidden_size;
-    linear_forward(x, w(gate), n, H, inter, sized(gv, n * inter));
-    linear_forward(x, w(up), n, H, inter, sized(uv, n * inter));
+    proj_forward(m_.precision, x, w(gate), n, H, inter, sized(gv, n * inter));
+    proj_forward(m_.precision, x, w(up), n, H, inter, sized(uv, n * inter));
     float* a = sized(m_.a, n * inter);
     swiglu_forward(gv.data(), uv.data(), n * inter, a);
     float* out = sized(m_.dmix, n * H);
-    linear_forward(a, w(down), n, inter, H, out);
+    proj_forward(m_.precision, a, w(down), n, inter, H, out);
     add_into(y, out, n * H);
   }
 
@@ -339,12 +374,12 @@ class Block {
     float* a = sized(m_.a, n * inter);
     swiglu_forward(gv.data(), uv.data(), n * inter, a);
     float* da = zeroed(m_.da, n * inter);
-    linear_backward(a, w(down), dy, n, inter, H, da, g(down));
+    proj_backward(m_.precision, a, w(down), dy, n, inter, H, da, g(down));
     float* dg = zeroed(m_.dg, n * inter);
     float* du = zeroed(m_.du, n * inter);
     swiglu_backward(gv.data(), uv.data(), da, n * inter, dg, du);
-    linear_backward(x, w(gate), dg, n, H, inter, dx, g(gate));
-    linear_backward(x, w(up), du, n, H, inter, dx, g(up));
+    proj_backward(m_.precision, x, w(gate), dg, n, H, inter, dx, g(gate));
+    proj_backward(m_.precision, x, w(up), du, n, H, inter, dx, g(up));
   }
 
   void moe_forward(BlockActs& a, const float* h2, float* y) {
@@ -367,12 +402,14 @@ class Block {
       const int64_t r = int64_t(slots.size());
       if (r == 0) continue;
       gather(h2, slots, k, H, sized(xe, r * H));
-      linear_forward(xe.data(), w(L_.eg[size_t(e)]), r, H, I, sized(a.eg[size_t(e)], r * I));
-      linear_forward(xe.data(), w(L_.eu[size_t(e)]), r, H, I, sized(a.eu[size_t(e)], r * I));
+      proj_forward(m_.precision, xe.data(), w(L_.eg[size_t(e)]), r, H, I,
+                   sized(a.eg[size_t(e)], r * I));
+      proj_forward(m_.precision, xe.data(), w(L_.eu[size_t(e)]), r, H, I,
+                   sized(a.eu[size_t(e)], r * I));
       float* act = sized(m_.a, r * I);
       swiglu_forward(a.eg[size_t(e)].data(), a.eu[size_t(e)].data(), r * I, act);
       float* out = sized(m_.dmix, r * H);
-      linear_forward(act, w(L_.ed[size_t(e)]), r, I, H, out);
+      proj_forward(m_.precision, act, w(L_.ed[size_t(e)]), r, I, H, out);
       for (int64_t i = 0; i < r; ++i)
         std::memcpy(a.ye.data() + slots[size_t(i)] * H, out + i * H, size_t(H) * 4);
     }
@@ -424,13 +461,16 @@ class Block {
       float* act = sized(m_.a, r * I);
       swiglu_forward(a.eg[size_t(e)].data(), a.eu[size_t(e)].data(), r * I, act);
       float* da = zeroed(m_.da, r * I);
-      linear_backward(act, w(L_.ed[size_t(e)]), dye.data(), r, I, H, da, g(L_.ed[size_t(e)]));
+      proj_backward(m_.precision, act, w(L_.ed[size_t(e)]), dye.data(), r, I, H, da,
+                    g(L_.ed[size_t(e)]));
       float* dg = zeroed(m_.dg, r * I);
       float* du = zeroed(m_.du, r * I);
       swiglu_backward(a.eg[size_t(e)].data(), a.eu[size_t(e)].data(), da, r * I, dg, du);
       zeroed(dxe, r * H);
-      linear_backward(xe.data(), w(L_.eg[size_t(e)]), dg, r, H, I, dxe.data(), g(L_.eg[size_t(e)]));
-      linear_backward(xe.data(), w(L_.eu[size_t(e)]), du, r, H, I, dxe.data(), g(L_.eu[size_t(e)]));
+      proj_backward(m_.precision, xe.data(), w(L_.eg[size_t(e)]), dg, r, H, I, dxe.data(),
+                    g(L_.eg[size_t(e)]));
+      proj_backward(m_.precision, xe.data(), w(L_.eu[size_t(e)]), du, r, H, I, dxe.data(),
+                    g(L_.eu[size_t(e)]));
       for (int64_t i = 0; i < r; ++i)
         add_into(dh2 + (slots[size_t(i)] / k) * H, dxe.data() + i * H, H);
     }
@@ -497,6 +537,17 @@ TrainModel::~TrainModel() = default;
 TrainModel::TrainModel(TrainModel&&) noexcept = default;
 TrainModel& TrainModel::operator=(TrainModel&&) noexcept = default;
 
+Precision parse_precision(const std::string& s) {
+  if (s == "f32") return Precision::kF32;
+  if (s == "bf16") return Precision::kBf16;
+  if (s == "fp8") return Precision::kFp8;
+  fail("unknown precision '{}': use f32, bf16 or fp8", s);
+}
+
+const char* precision_name(Precision p) {
+  return p == Precision::kF32 ? "f32" : p == Precision::kBf16 ? "bf16" : "fp8";
+}
+
 const ParamInfo& TrainModel::param(const std::string& name) const {
   for (const ParamInfo& p : params_)
     if (p.name == name) return p;
@@ -505,6 +556,10 @@ const ParamInfo& TrainModel::param(const std::string& name) const {
 
 void TrainModel::set_recompute(bool on) {
   impl_->recompute = on;
+}
+
+void TrainModel::set_precision(Precision p) {
+  impl_->precision = p;
 }
 
 void TrainModel::zero_grads() {
@@ -715,7 +770,7 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
       std::memcpy(ma.cat.data() + r * 2 * H + H, hn.data() + r * H, size_t(H) * 4);
     }
     sized(ma.x_out, n * H);
-    linear_forward(ma.cat.data(), W + L.eh, n, 2 * H, H, ma.x_out.data());
+    proj_forward(m.precision, ma.cat.data(), W + L.eh, n, 2 * H, H, ma.x_out.data());
     BlockActs& a = ma.block;
     a.n = n;
     a.seq_len = len;
@@ -748,7 +803,8 @@ StepStats TrainModel::forward_backward(const int32_t* inputs, const int32_t* tar
     Block(m, L, W, G).backward(ma.block, dx.data());
     Vec& dcat = m.dcat;
     zeroed(dcat, n * 2 * H);
-    linear_backward(ma.cat.data(), W + L.eh, dx.data(), n, 2 * H, H, dcat.data(), G + L.eh);
+    proj_backward(m.precision, ma.cat.data(), W + L.eh, dx.data(), n, 2 * H, H, dcat.data(),
+                  G + L.eh);
     Vec& den = m.den;
     Vec& dhn = m.dhn_mtp;
     sized(den, n * H);

@@ -29,6 +29,13 @@ struct ParamInfo {
   bool decay = true;             // weight decay: matrices yes, norms no
 };
 
+// Precision of the projections' GEMMs (Fprop, Dgrad, Wgrad). Master weights, gradients,
+// norms, router, attention core, embedding and heads stay FP32 in every mode (the report's
+// split, TRAINING_SPEC §4).
+enum class Precision { kF32, kBf16, kFp8 };
+Precision parse_precision(const std::string& s);  // "f32" | "bf16" | "fp8"
+const char* precision_name(Precision p);
+
 struct LossOptions {
   double mtp_lambda = 0.3;      // λ; the MTP term is (λ/D)·Σ_k L_MTP^k
   double balance_alpha = 1e-4;  // α of the sequence-wise balance loss (0: off)
@@ -83,6 +90,7 @@ class TrainModel {
   // Recompute RMSNorm outputs and the MLA up-projections (q_b, kv_b) in backward instead of
   // keeping them (TRAINING_SPEC §5): less activation memory, the same gradients bit for bit.
   void set_recompute(bool on);
+  void set_precision(Precision p);
 
   // Auxiliary-loss-free balancing (TRAINING_SPEC §2): per MoE layer, each expert's
   // e_score_correction_bias moves by γ toward balance (−γ above the mean load, +γ below).

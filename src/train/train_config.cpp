@@ -136,6 +136,11 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& source) {
   top.get("steps", c.steps);
   top.get("seed", c.seed);
   top.get("recompute", c.recompute);
+  {
+    std::string p = precision_name(c.precision);
+    top.get("precision", p);
+    c.precision = parse_precision(p);
+  }
   top.get("log_every", c.log_every);
   top.get("threads", c.threads);
   {
@@ -247,6 +252,7 @@ json TrainConfig::to_json() const {
   j["loss"] = {{"mtp_lambda", loss.mtp_lambda}, {"balance_alpha", loss.balance_alpha}};
   j["balance"] = {{"gamma", bias_gamma}, {"gamma_until", bias_gamma_until}};
   j["recompute"] = recompute;
+  j["precision"] = precision_name(precision);
   j["eval"] = {{"every", eval_every}, {"batches", eval_batches}};
   j["checkpoint"] = {{"every", save_every}, {"keep_last", keep_last}};
   j["log_every"] = log_every;

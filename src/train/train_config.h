@@ -45,6 +45,7 @@ struct TrainConfig {
   double bias_gamma = 0.001;      // γ of auxiliary-loss-free balancing
   int64_t bias_gamma_until = -1;  // γ → 0 from this step on (-1: never)
   bool recompute = false;
+  Precision precision = Precision::kF32;  // of the projections' GEMMs: f32 | bf16 | fp8
 
   int64_t eval_every = 100, eval_batches = 16;  // eval_batches 0: the whole val split
   int64_t save_every = 200, keep_last = 3;

@@ -105,6 +105,7 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& o) {
   else
     model.init_random(cfg.seed, cfg.init_std);
   model.set_recompute(cfg.recompute);
+  model.set_precision(cfg.precision);
   AdamW adamw(cfg.adamw, model.optimizer_params());
   DataLoader train(cfg.data, "train", cfg.seq_len, cfg.seed, mc.vocab_size);
   DataLoader val(cfg.data, "val", cfg.seq_len, 0, mc.vocab_size);
