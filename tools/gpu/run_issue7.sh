@@ -14,6 +14,7 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build test v3 v2lite)
 has() { [[ " ${stages[*]} " == *" $1 "* ]]; }
 log() { echo "== $(date +%T) $*"; }
+SECONDS=0
 
 log "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
@@ -33,8 +34,18 @@ fi
 
 if has test; then
   log "GPU tests"
-  "$BUILD/bin/dsv3_gpu_tests" 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  (FAILED|PASSED)|^\[ .* \]|Failure|Expected|Which is|error" | head -80 || true
-  grep -E "tests? ran|PASSED|FAILED" "$OUT/gpu_tests.log" | tail -5
+  # One process per test with a time limit, so a hang names its test and the rest still run.
+  : > "$OUT/gpu_tests.log"
+  pass=0; fail=0
+  for t in $("$BUILD/bin/dsv3_gpu_tests" --gtest_list_tests | awk '/^[^ ]/{s=$1} /^  /{print s $1}'); do
+    if timeout 60 "$BUILD/bin/dsv3_gpu_tests" --gtest_filter="$t" >> "$OUT/gpu_tests.log" 2>&1; then
+      pass=$((pass+1))
+    else
+      fail=$((fail+1)); echo "FAILED (rc $?): $t"
+    fi
+  done
+  grep -E "^\[ [a-z0-9_]+ .*\]|Failure|Expected|Which is|actual|error:" "$OUT/gpu_tests.log" | head -60 || true
+  echo "gpu tests: $pass passed, $fail failed"
 fi
 
 # DeepSeek-V3 dims with 4 layers (3 dense + 1 MoE of 256 experts), FP8 blocks, no MTP.
@@ -67,4 +78,4 @@ if has v2lite; then
   "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v2lite" --batch 1,8,64 --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v2lite.txt"
 fi
-log "done"
+log "done in ${SECONDS}s"

@@ -212,7 +212,8 @@ __global__ void route_kernel(const float* logits, const float* bias, int64_t n, 
     __syncwarp();
     // Keep the topk_group best groups: taken ones become NaN, then NaN means "kept".
     for (int j = 0; j < r.topk_group; ++j) {
-      const int best = warp_top1(gscore, groups);
+      int best = warp_top1(gscore, groups);
+      if (best >= groups) best = j;
       __syncwarp();
       if (lane == 0) gscore[best] = NAN;
       __syncwarp();
@@ -224,7 +225,8 @@ __global__ void route_kernel(const float* logits, const float* bias, int64_t n, 
   int32_t* ex = expert + t * r.k;
   float* w = weight + t * r.k;
   for (int j = 0; j < r.k; ++j) {
-    const int best = warp_top1(choice, e);
+    int best = warp_top1(choice, e);
+    if (best >= e) best = j;  // only if every score is NaN: keep the index in range
     __syncwarp();
     if (lane == 0) {
       ex[j] = best;
@@ -244,8 +246,10 @@ __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t
   extern __shared__ int32_t cnt[];  // [e + 1]
   for (int64_t i = threadIdx.x; i <= e; i += blockDim.x) cnt[i] = 0;
   __syncthreads();
+  // An expert id out of range (a bug upstream) must not corrupt shared memory: clamp it.
+  const auto id = [&](int64_t a) { return min(max(expert[a], 0), int32_t(e - 1)); };
   for (int64_t a = threadIdx.x; a < pairs; a += blockDim.x)
-    pos[a] = atomicAdd(&cnt[expert[a]], 1);  // rank within the expert (any order)
+    pos[a] = atomicAdd(&cnt[id(a)], 1);  // rank within the expert (any order)
   __syncthreads();
   if (threadIdx.x == 0) {
     int32_t run = 0;
@@ -259,7 +263,7 @@ __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t
   }
   __syncthreads();
   for (int64_t a = threadIdx.x; a < pairs; a += blockDim.x) {
-    const int32_t p = cnt[expert[a]] + pos[a];
+    const int32_t p = cnt[id(a)] + pos[a];
     pos[a] = p;
     rows[p] = int32_t(a / k);
   }

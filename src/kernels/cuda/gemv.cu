@@ -26,8 +26,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   if (n >= a.n) return;
   int64_t r0 = 0, r1 = a.m;
   if (a.offsets) {
-    r0 = a.offsets[g];
-    r1 = a.offsets[g + 1];
+    r0 = max(int64_t(a.offsets[g]), int64_t(0));
+    r1 = min(int64_t(a.offsets[g + 1]), a.m);
   }
   if (r0 >= r1) return;
   const int64_t K = a.w.k;
