@@ -223,7 +223,7 @@ void speed() {
       "5\n",
       num_threads(), rows, in, out, gflop);
   fmt::print("      {:<34} {:>9} {:>9} {:>8}\n", "", "ms", "GFLOP/s", "× sgemm");
-  const Recipe fp32r = recipe(Precision::kFp32), bf16r = recipe(Precision::kBf16),
+  const Recipe fp32r = recipe(Precision::kF32), bf16r = recipe(Precision::kBf16),
                fp8r = recipe(Precision::kFp8);
   const Quantized xq = quantize(x.data(), rows, in, Granularity::kRowTiles);
   const Quantized wq = quantize(W.data(), out, in, Granularity::kBlocks);

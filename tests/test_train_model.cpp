@@ -178,33 +178,56 @@ TEST(TrainModel, BalanceLossGradientMatchesFiniteDifference) {
   }
 }
 
-TEST(TrainModel, Bf16ProjectionsStayCloseToF32) {
-  // BF16 operands (8 significant bits) in every projection GEMM: the loss moves by ~2e-4
-  // relative and the gradients by ~2e-2 (routing flips included).
-  const auto file = SafetensorsFile::open(grads_fixture());
-  const Batch b = fixture_batch(*file);
-  TrainModel f = TrainModel::from_checkpoint(test_util::model_fixture("v3_yarn_qlora_bf16"));
-  TrainModel h = TrainModel::from_checkpoint(test_util::model_fixture("v3_yarn_qlora_bf16"));
-  h.set_precision(Precision::kBf16);
+// Lower-precision projections against FP32 on the same batch, at the report's init (std
+// 0.006): the rounding is really applied (the results differ) and stays small. Measured:
+// bf16 loss 1.3e-6 / gradients 1.4e-3, fp8 1.2e-5 / 2.4e-2 (relative; gradients as ‖Δ‖/‖g‖
+// over all of them: one tensor alone moves more when a token's routing flips). With larger
+// weights the gap grows (fixture weights: fp8 gradients differ by ~0.7), which is why the
+// recipe is judged by training curves (docs/TRAINING.md), not single steps.
+struct PrecisionCase {
+  Precision p;
+  double loss_tol, grad_tol;
+};
+
+class LowPrecisionVsF32 : public ::testing::TestWithParam<PrecisionCase> {};
+
+TEST_P(LowPrecisionVsF32, LossAndGradientsStayClose) {
+  const ModelConfig c = ModelConfig::load(test_util::model_fixture("v3_yarn_qlora_bf16"));
+  TrainModel f(c), h(c);
+  f.init_random(1, 0.006);
+  h.init_random(1, 0.006);
+  h.set_precision(GetParam().p);
+  std::vector<int32_t> ids(64), tgt(64);
+  for (int i = 0; i < 64; ++i) {
+    ids[size_t(i)] = int32_t((i * 37 + 5) % c.vocab_size);
+    tgt[size_t(i)] = int32_t((i * 37 + 42) % c.vocab_size);
+  }
   LossOptions opt;
   f.zero_grads();
   h.zero_grads();
-  const StepStats sf = f.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.T, opt);
-  const StepStats sh = h.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.T, opt);
-  EXPECT_NE(sf.loss, sh.loss);  // the rounding is really applied
-  EXPECT_NEAR(sh.loss, sf.loss, 1e-2 * sf.loss);
-  // Over all gradients together (single tensors can move more: a token whose routing flips
-  // changes which expert it trains).
+  const StepStats sf = f.forward_backward(ids.data(), tgt.data(), 2, 32, opt);
+  const StepStats sh = h.forward_backward(ids.data(), tgt.data(), 2, 32, opt);
   double diff = 0, norm = 0;
   for (int64_t i = 0; i < f.num_values(); ++i) {
     diff += std::pow(double(h.grads()[i]) - double(f.grads()[i]), 2);
     norm += std::pow(double(f.grads()[i]), 2);
   }
-  std::printf("bf16 vs f32: loss %.6f vs %.6f, gradient ‖Δ‖/‖g‖ = %.2e\n", sh.loss, sf.loss,
-              std::sqrt(diff / norm));
-  EXPECT_GT(diff, 0);
-  EXPECT_LE(std::sqrt(diff / norm), 5e-2);  // measured 1.9e-2
+  const double gerr = std::sqrt(diff / norm), lerr = std::fabs(sh.loss - sf.loss) / sf.loss;
+  std::printf("%s vs f32: loss rel %.2e, gradients ‖Δ‖/‖g‖ %.2e\n", precision_name(GetParam().p),
+              lerr, gerr);
+  EXPECT_GT(lerr, 0);
+  EXPECT_GT(gerr, 0);
+  EXPECT_LE(lerr, GetParam().loss_tol);
+  EXPECT_LE(gerr, GetParam().grad_tol);
+}
+
+INSTANTIATE_TEST_SUITE_P(TrainModel, LowPrecisionVsF32,
+                         ::testing::Values(PrecisionCase{Precision::kBf16, 1e-4, 1e-2},
+                                           PrecisionCase{Precision::kFp8, 1e-3, 6e-2}));
+
+TEST(TrainModel, ParsePrecision) {
   EXPECT_EQ(parse_precision("bf16"), Precision::kBf16);
+  EXPECT_EQ(parse_precision("fp8"), Precision::kFp8);
   EXPECT_NE(test_util::error_of([] { parse_precision("fp4"); }).find("use f32, bf16 or fp8"),
             std::string::npos);
 }

@@ -451,7 +451,7 @@ std::vector<float> bf16_copy(const float* x, int64_t n) {
 void fprop(const float* x, const float* W, int64_t rows, int64_t in, int64_t out, float* y,
            const Recipe& r) {
   switch (r.precision) {
-    case Precision::kFp32:
+    case Precision::kF32:
       train::linear_forward<float>(x, W, rows, in, out, y);
       return;
     case Precision::kBf16: {
@@ -469,7 +469,7 @@ void fprop(const float* x, const float* W, int64_t rows, int64_t in, int64_t out
 void dgrad(const float* dy, const float* W, int64_t rows, int64_t in, int64_t out, float* dx,
            const Recipe& r) {
   switch (r.precision) {
-    case Precision::kFp32:
+    case Precision::kF32:
       train::linear_backward<float>(nullptr, W, dy, rows, in, out, dx, nullptr);
       return;
     case Precision::kBf16: {
@@ -487,7 +487,7 @@ void dgrad(const float* dy, const float* W, int64_t rows, int64_t in, int64_t ou
 void wgrad(const float* x, const float* dy, int64_t rows, int64_t in, int64_t out, float* dW,
            const Recipe& r) {
   switch (r.precision) {
-    case Precision::kFp32:
+    case Precision::kF32:
       train::linear_backward<float>(x, nullptr, dy, rows, in, out, nullptr, dW);
       return;
     case Precision::kBf16: {

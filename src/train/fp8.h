@@ -60,6 +60,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "train/precision.h"
 
 namespace dsv3::train::fp8 {
 
@@ -140,11 +141,7 @@ void gemm(Op opa, const Quantized& a, Op opb, const Quantized& b, float* c, bool
           const GemmOptions& opt = {});
 
 // ---- the three passes of a linear layer, with ops.h's shapes and conventions ----
-enum class Precision : uint8_t {
-  kFp32,  // plain FP32 GEMMs (train/ops.h)
-  kBf16,  // GEMM inputs rounded to BF16 (RNE), FP32 accumulation: the BF16 baseline
-  kFp8,   // the FP8 recipe above
-};
+using train::Precision;  // kF32 | kBf16 | kFp8 (train/precision.h)
 
 struct Recipe {
   Precision precision = Precision::kFp8;

@@ -16,6 +16,7 @@
 #include "model/init.h"
 #include "model/layout.h"
 #include "model/rope.h"
+#include "train/fp8.h"
 #include "train/ops.h"
 
 namespace dsv3::train {
@@ -156,33 +157,41 @@ void build_layer_params(const std::map<std::string, int64_t>& off, const ModelCo
 }
 
 // The GEMMs of a projection (every *_proj linear; not the router, embedding or heads, which
-// stay in FP32 as in the report) at the run's precision. BF16: operands rounded to BF16
-// (round-to-nearest-even), products accumulated in FP32, as tensor cores do. FP8: the
-// fine-grained recipe of train/fp8.h.
-void round_bf16(const float* src, int64_t n, std::vector<float>& dst) {
-  dst.resize(size_t(n));
-  for (int64_t i = 0; i < n; ++i) dst[size_t(i)] = bf16_to_f32(f32_to_bf16(src[i]));
+// stay in FP32 as in the report) at the run's precision (train/fp8.h: BF16 operands, or the
+// FP8 recipe: 1×128 activation tiles, 128×128 weight blocks, 128×1 tiles for Wgrad, FP32
+// accumulation per 128-element chunk of K).
+fp8::Recipe recipe_for(Precision p, bool pow2 = false) {
+  fp8::Recipe r;
+  r.precision = p;
+  r.pow2_scales = pow2;
+  return r;
 }
 
 void proj_forward(Precision p, const float* x, const float* W, int64_t rows, int64_t in,
                   int64_t out, float* y) {
   if (p == Precision::kF32) return linear_forward(x, W, rows, in, out, y);
-  DSV3_CHECK(p != Precision::kFp8, "FP8 training is not wired in yet");  // TEMP
-  thread_local std::vector<float> xb, wb;
-  round_bf16(x, rows * in, xb);
-  round_bf16(W, out * in, wb);
-  linear_forward(xb.data(), wb.data(), rows, in, out, y);
+  fp8::linear_forward(x, W, rows, in, out, y, recipe_for(p));
 }
 
+// With FP8, the layer input backward sees is the one cached for it: in FP8 1×128 tiles (the
+// report keeps linear inputs in FP8 between forward and backward), with power-of-two scales
+// for the input of the projection after attention (`pow2_cache`).
 void proj_backward(Precision p, const float* x, const float* W, const float* dy, int64_t rows,
-                   int64_t in, int64_t out, float* dx, float* dW) {
+                   int64_t in, int64_t out, float* dx, float* dW, bool pow2_cache = false) {
   if (p == Precision::kF32) return linear_backward(x, W, dy, rows, in, out, dx, dW);
-  DSV3_CHECK(p != Precision::kFp8, "FP8 training is not wired in yet");  // TEMP
-  thread_local std::vector<float> xb, wb, db;
-  round_bf16(x, rows * in, xb);
-  round_bf16(W, out * in, wb);
-  round_bf16(dy, rows * out, db);
-  linear_backward(xb.data(), wb.data(), db.data(), rows, in, out, dx, dW);
+  if (p == Precision::kFp8 && dW) {
+    thread_local std::vector<float> cached;
+    cached = fp8::quantize(x, rows, in, fp8::Granularity::kRowTiles, pow2_cache).dequantize();
+    return fp8::linear_backward(cached.data(), W, dy, rows, in, out, dx, dW, recipe_for(p));
+  }
+  fp8::linear_backward(x, W, dy, rows, in, out, dx, dW, recipe_for(p));
+}
+
+// The SwiGLU input (gate and up outputs) kept for backward in FP8 1×128 tiles under the FP8
+// recipe; the SwiGLU output is recomputed from it in backward.
+void cache_swiglu_input(Precision p, std::vector<float>& v, int64_t rows, int64_t cols) {
+  if (p != Precision::kFp8 || rows == 0) return;
+  v = fp8::quantize(v.data(), rows, cols, fp8::Granularity::kRowTiles).dequantize();
 }
 
 // The forward/backward of one transformer block (attention + FFN with residuals), over
@@ -307,7 +316,8 @@ class Block {
     const int64_t n = a.n, H = c_.hidden_size, nh = heads(), T = a.seq_len;
     const int64_t dc = c_.kv_lora_rank;
     float* dout = zeroed(m_.dtmp, n * nh * dv());
-    proj_backward(m_.precision, a.o.data(), w(L_.o), dx, n, nh * dv(), H, dout, g(L_.o));
+    proj_backward(m_.precision, a.o.data(), w(L_.o), dx, n, nh * dv(), H, dout, g(L_.o),
+                  /*pow2_cache=*/true);
     float* dq = zeroed(m_.dq, n * nh * dqk());
     float* dk = zeroed(m_.dk, n * nh * dqk());
     float* dvv = zeroed(m_.dv, n * nh * dv());
@@ -362,6 +372,8 @@ class Block {
     proj_forward(m_.precision, x, w(up), n, H, inter, sized(uv, n * inter));
     float* a = sized(m_.a, n * inter);
     swiglu_forward(gv.data(), uv.data(), n * inter, a);
+    cache_swiglu_input(m_.precision, gv, n, inter);
+    cache_swiglu_input(m_.precision, uv, n, inter);
     float* out = sized(m_.dmix, n * H);
     proj_forward(m_.precision, a, w(down), n, inter, H, out);
     add_into(y, out, n * H);
@@ -408,6 +420,8 @@ class Block {
                    sized(a.eu[size_t(e)], r * I));
       float* act = sized(m_.a, r * I);
       swiglu_forward(a.eg[size_t(e)].data(), a.eu[size_t(e)].data(), r * I, act);
+      cache_swiglu_input(m_.precision, a.eg[size_t(e)], r, I);
+      cache_swiglu_input(m_.precision, a.eu[size_t(e)], r, I);
       float* out = sized(m_.dmix, r * H);
       proj_forward(m_.precision, act, w(L_.ed[size_t(e)]), r, I, H, out);
       for (int64_t i = 0; i < r; ++i)
@@ -536,17 +550,6 @@ TrainModel::TrainModel(const ModelConfig& config) : config_(config), impl_(new I
 TrainModel::~TrainModel() = default;
 TrainModel::TrainModel(TrainModel&&) noexcept = default;
 TrainModel& TrainModel::operator=(TrainModel&&) noexcept = default;
-
-Precision parse_precision(const std::string& s) {
-  if (s == "f32") return Precision::kF32;
-  if (s == "bf16") return Precision::kBf16;
-  if (s == "fp8") return Precision::kFp8;
-  fail("unknown precision '{}': use f32, bf16 or fp8", s);
-}
-
-const char* precision_name(Precision p) {
-  return p == Precision::kF32 ? "f32" : p == Precision::kBf16 ? "bf16" : "fp8";
-}
 
 const ParamInfo& TrainModel::param(const std::string& name) const {
   for (const ParamInfo& p : params_)

@@ -18,6 +18,7 @@
 #include "core/tensor.h"
 #include "io/config.h"
 #include "train/optimizer.h"
+#include "train/precision.h"
 
 namespace dsv3::train {
 
@@ -28,13 +29,6 @@ struct ParamInfo {
   bool trainable = true;         // false: e_score_correction_bias (moved by balancing only)
   bool decay = true;             // weight decay: matrices yes, norms no
 };
-
-// Precision of the projections' GEMMs (Fprop, Dgrad, Wgrad). Master weights, gradients,
-// norms, router, attention core, embedding and heads stay FP32 in every mode (the report's
-// split, TRAINING_SPEC §4).
-enum class Precision { kF32, kBf16, kFp8 };
-Precision parse_precision(const std::string& s);  // "f32" | "bf16" | "fp8"
-const char* precision_name(Precision p);
 
 struct LossOptions {
   double mtp_lambda = 0.3;      // λ; the MTP term is (λ/D)·Σ_k L_MTP^k
