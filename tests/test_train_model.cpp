@@ -225,6 +225,20 @@ INSTANTIATE_TEST_SUITE_P(TrainModel, LowPrecisionVsF32,
                          ::testing::Values(PrecisionCase{Precision::kBf16, 1e-4, 1e-2},
                                            PrecisionCase{Precision::kFp8, 1e-3, 6e-2}));
 
+TEST(TrainModel, MemoryReportOrdersPrecisions) {
+  const ModelConfig c = ModelConfig::load(test_util::model_fixture("v3_yarn_qlora_bf16"));
+  const TrainModel m(c);
+  const MemoryReport f = m.memory_report(4, 64, Precision::kF32, false);
+  const MemoryReport b = m.memory_report(4, 64, Precision::kBf16, true);
+  const MemoryReport e = m.memory_report(4, 64, Precision::kFp8, true);
+  EXPECT_EQ(f.weights, 4 * m.num_values());
+  EXPECT_EQ(f.moments, 2 * b.moments);  // FP32 vs BF16 moments, trainable parameters only
+  EXPECT_LT(b.moments, 4 * m.num_values());  // the router biases have none
+  EXPECT_GT(f.activations, b.activations);
+  EXPECT_GT(b.activations, e.activations);
+  EXPECT_GT(e.activations, f.activations / 4);
+}
+
 TEST(TrainModel, ParsePrecision) {
   EXPECT_EQ(parse_precision("bf16"), Precision::kBf16);
   EXPECT_EQ(parse_precision("fp8"), Precision::kFp8);

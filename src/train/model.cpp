@@ -645,6 +645,45 @@ void TrainModel::update_bias(const std::vector<std::vector<int64_t>>& load, doub
   for (const LayerParams& L : m.mtp) update(L);
 }
 
+MemoryReport TrainModel::memory_report(int64_t B, int64_t T, Precision p, bool bf16_moments) const {
+  const ModelConfig& c = config_;
+  const Impl& m = *impl_;
+  MemoryReport r;
+  int64_t trainable = 0;
+  for (const ParamInfo& pi : params_) trainable += pi.trainable ? pi.size : 0;
+  r.weights = 4 * num_values();
+  r.grads = 4 * num_values();
+  r.moments = 2 * (bf16_moments ? 2 : 4) * trainable;
+  const double lin = p == Precision::kF32 ? 4 : p == Precision::kBf16 ? 2 : 1 + 4.0 / 128;
+  const double hi = p == Precision::kF32 ? 4 : 2;
+  const int64_t H = c.hidden_size, nh = c.num_attention_heads;
+  auto block = [&](const LayerParams& L, double tokens) {
+    // Linear inputs: normed input, q_a output (normed), c_kv (normed), attention output,
+    // post-attention normed input, SwiGLU inputs (gate and up outputs).
+    double linear = double(H + c.q_lora_rank + c.kv_lora_rank + nh * c.v_head_dim + H);
+    double other = double(2 * H + nh * (2 * c.qk_head_dim() + c.v_head_dim));  // residuals, qkv
+    double router = 0;
+    if (L.moe) {
+      const int64_t k = c.num_experts_per_tok;
+      linear += double(2 * k * c.moe_intermediate_size +
+                       2 * c.n_shared_experts * c.moe_intermediate_size);
+      other += double(k * H);  // expert outputs for the gate's gradient
+      router = double(c.n_routed_experts + 2 * k) * 4;
+    } else {
+      linear += double(2 * c.intermediate_size);
+    }
+    return tokens * (linear * lin + other * hi + router);
+  };
+  double acts = 0;
+  for (const LayerParams& L : m.layers) acts += block(L, double(B * T));
+  for (size_t k = 0; k < m.mtp.size(); ++k)
+    acts += block(m.mtp[k], double(B * (T - int64_t(k) - 1))) +
+            double(B * (T - int64_t(k) - 1)) * double(2 * H) * lin;  // eh_proj input
+  acts += double(B * T) * double(2 * H) * hi;                        // final norm in/out
+  r.activations = int64_t(acts);
+  return r;
+}
+
 double TrainModel::forward_flops(int64_t B, int64_t T) const {
   // 2 FLOPs per multiply-add: every matrix a token passes through (a routed expert counts
   // k/E of the time; the embedding is a lookup), plus causal attention (on average (T+1)/2

@@ -35,6 +35,16 @@ struct LossOptions {
   double balance_alpha = 1e-4;  // α of the sequence-wise balance loss (0: off)
 };
 
+// Bytes a training step keeps, by what the recipe stores (the CPU emulation itself keeps f32
+// copies): FP32 master weights and gradients, AdamW's two moments, and the activations cached
+// for backward for B×T tokens — linear-layer inputs (and the SwiGLU input) in the GEMM
+// precision's format (f32 4 B, bf16 2 B, fp8 1 B + an f32 scale per 128), the rest (residual
+// stream, attention q/k/v, expert outputs) in BF16 under bf16/fp8 and FP32 under f32, router
+// logits FP32.
+struct MemoryReport {
+  int64_t weights = 0, grads = 0, moments = 0, activations = 0;
+};
+
 struct StepStats {
   double loss = 0;          // the optimised total
   double loss_main = 0;     // next-token CE
@@ -89,6 +99,8 @@ class TrainModel {
   // Auxiliary-loss-free balancing (TRAINING_SPEC §2): per MoE layer, each expert's
   // e_score_correction_bias moves by γ toward balance (−γ above the mean load, +γ below).
   void update_bias(const std::vector<std::vector<int64_t>>& load, double gamma);
+
+  MemoryReport memory_report(int64_t B, int64_t T, Precision p, bool bf16_moments) const;
 
   // FLOPs of one forward over [B, T] (matrices and attention; backward is about twice that).
   double forward_flops(int64_t B, int64_t T) const;

@@ -149,6 +149,23 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& o) {
     log.write({{"step", step}, {"checkpoint", sum.checkpoint}});
   };
 
+  if (o.progress) {
+    const auto mib = [](int64_t b) { return double(b) / double(1 << 20); };
+    const MemoryReport mr =
+        model.memory_report(cfg.batch_size, cfg.seq_len, cfg.precision, cfg.adamw.bf16_moments);
+    std::string acts;
+    for (Precision p : {Precision::kF32, Precision::kBf16, Precision::kFp8})
+      acts +=
+          fmt::format("{}{} {:.1f}", acts.empty() ? "" : ", ", precision_name(p),
+                      mib(model.memory_report(cfg.batch_size, cfg.seq_len, p, true).activations));
+    fmt::print(stderr,
+               "model {:.2f}M parameters | memory: weights {:.1f} MiB (FP32 master), gradients "
+               "{:.1f} MiB, AdamW moments {:.1f} MiB ({}), activations per step of {}×{} "
+               "tokens {:.1f} MiB ({}; by precision: {} MiB)\n",
+               double(model.num_values()) / 1e6, mib(mr.weights), mib(mr.grads), mib(mr.moments),
+               cfg.adamw.bf16_moments ? "BF16" : "FP32", cfg.batch_size, cfg.seq_len,
+               mib(mr.activations), precision_name(cfg.precision), acts);
+  }
   ProgressBar bar(cfg.steps, cfg.log_every);
   const int64_t eval_batch = std::max<int64_t>(1, cfg.batch_size);
   double window_loss = 0;
