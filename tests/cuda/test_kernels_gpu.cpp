@@ -195,6 +195,9 @@ TEST(GemvGpu, GroupedExpertsWithGatheredRows) {
   g.m = int64_t(rows.size());
   g.groups = int(E);
   g.offsets = doff.get();
+  const std::vector<int32_t> active = {4, 1, 2, 3, 4};  // experts with rows
+  const auto dact = to_device(active);
+  g.active = dact.get();
   cuda::gemv(g, nullptr);
   const std::vector<float> got = to_host(dy, rows.size() * N);
   for (int64_t e = 0; e < E; ++e) {
@@ -291,11 +294,18 @@ TEST_P(RouteGpu, ChoosesAsTheCpu) {
   DevPtr<int32_t> off = to_device(std::vector<int32_t>(size_t(rc.e + 1), -1));
   DevPtr<int32_t> rows = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
   DevPtr<int32_t> pos = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
-  cuda::moe_permute(de.get(), n * rc.k, rc.k, rc.e, off.get(), rows.get(), pos.get(), nullptr);
+  DevPtr<int32_t> active = to_device(std::vector<int32_t>(size_t(rc.e + 1), -1));
+  cuda::moe_permute(de.get(), n * rc.k, rc.k, rc.e, off.get(), rows.get(), pos.get(), active.get(),
+                    nullptr);
   const auto ho = to_host(off, size_t(rc.e + 1));
   const auto hr = to_host(rows, size_t(n * rc.k));
   const auto hp = to_host(pos, size_t(n * rc.k));
   EXPECT_EQ(ho.back(), n * rc.k);
+  const auto ha = to_host(active, size_t(rc.e + 1));
+  std::vector<int32_t> want_active;
+  for (int64_t e = 0; e < rc.e; ++e)
+    if (ho[size_t(e) + 1] > ho[size_t(e)]) want_active.push_back(int32_t(e));
+  EXPECT_EQ(std::vector<int32_t>(ha.begin() + 1, ha.begin() + 1 + ha[0]), want_active);
   for (int64_t a = 0; a < n * rc.k; ++a) {
     const int32_t e = want.expert[size_t(a)], p = hp[size_t(a)];
     EXPECT_TRUE(p >= ho[size_t(e)] && p < ho[size_t(e) + 1]) << a;

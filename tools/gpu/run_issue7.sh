@@ -2,7 +2,8 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [v2lite]   (default: all, in that order)
+# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [profile] [v2lite]   (default: all but
+# profile, which runs ncu over a short batch-1 run of the V3 checkpoint)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,6 +66,14 @@ PY
   log "bench V3 x4 fp8"
   "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1,8,64 --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v3.txt"
+  if has profile; then
+    log "ncu: time per kernel over a short batch-1 run (prefill of 8 + 7 decode steps)"
+    timeout 240 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+      "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1 --steps 4 --prompt 8 \
+      > "$OUT/ncu_v3.txt" 2>&1 || echo "ncu failed or timed out (rc $?)"
+    grep -E "^  [a-zA-Z_].*\(|gpu__time_duration.sum" "$OUT/ncu_v3.txt" | paste - - |
+      awk '{print $0}' | sed -E 's/ +/ /g' | cut -c1-200 | head -40 || true
+  fi
   rm -rf "$CKPT/v3-4l"
 fi
 

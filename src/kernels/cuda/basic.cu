@@ -242,7 +242,7 @@ __global__ void route_kernel(const float* logits, const float* bias, int64_t n, 
 }
 
 __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t k, int64_t e,
-                                   int32_t* offsets, int32_t* rows, int32_t* pos) {
+                                   int32_t* offsets, int32_t* rows, int32_t* pos, int32_t* active) {
   extern __shared__ int32_t cnt[];  // [e + 1]
   for (int64_t i = threadIdx.x; i <= e; i += blockDim.x) cnt[i] = 0;
   __syncthreads();
@@ -252,14 +252,16 @@ __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t
     pos[a] = atomicAdd(&cnt[id(a)], 1);  // rank within the expert (any order)
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t run = 0;
+    int32_t run = 0, na = 0;
     for (int64_t i = 0; i < e; ++i) {
       const int32_t c = cnt[i];
+      if (c > 0) active[1 + na++] = int32_t(i);
       cnt[i] = run;
       offsets[i] = run;
       run += c;
     }
     offsets[e] = run;
+    active[0] = na;
   }
   __syncthreads();
   for (int64_t a = threadIdx.x; a < pairs; a += blockDim.x) {
@@ -368,9 +370,9 @@ void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r
 }
 
 void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int32_t* offsets,
-                 int32_t* rows, int32_t* pos, cudaStream_t s) {
+                 int32_t* rows, int32_t* pos, int32_t* active, cudaStream_t s) {
   moe_permute_kernel<<<1, 1024, size_t(e + 1) * sizeof(int32_t), s>>>(expert, pairs, k, e, offsets,
-                                                                      rows, pos);
+                                                                      rows, pos, active);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

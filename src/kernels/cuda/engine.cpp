@@ -200,6 +200,7 @@ struct Work {
   float *act = nullptr, *act2 = nullptr, *shared_out = nullptr;
   float *router = nullptr, *eweights = nullptr, *eact = nullptr, *eout = nullptr;
   int32_t *experts = nullptr, *offsets = nullptr, *perm_rows = nullptr, *perm_pos = nullptr;
+  int32_t* active = nullptr;
   float *sel = nullptr, *logits = nullptr, *cat = nullptr, *hprev = nullptr;
   uint16_t *xb = nullptr, *wb = nullptr;
   int64_t wb_elems = 0;
@@ -291,6 +292,7 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
     w.experts = a.alloc_n<int32_t>(T * k);
     w.eweights = a.alloc_n<float>(T * k);
     w.offsets = a.alloc_n<int32_t>(E + 1);
+    w.active = a.alloc_n<int32_t>(E + 1);
     w.perm_rows = a.alloc_n<int32_t>(T * k);
     w.perm_pos = a.alloc_n<int32_t>(T * k);
     w.eact = a.alloc_n<float>(T * k * c.moe_intermediate_size);
@@ -479,7 +481,7 @@ struct CudaEngine::Impl {
     r.normalise = c.norm_topk_prob && (r.sigmoid || top > 1);
     r.scale = r.sigmoid || !r.normalise ? float(c.routed_scaling_factor) : 1.0f;
     route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
-    moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, stream);
+    moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, k.active, stream);
     GemvArgs g;  // gate and up of every expert at once, SwiGLU fused
     g.w = L.gate_s;
     g.w2 = L.up_s.w;
@@ -495,6 +497,7 @@ struct CudaEngine::Impl {
     g.m = n * top;
     g.groups = int(E);
     g.offsets = k.offsets;
+    g.active = k.active;
     gemv(g, stream);
     GemvArgs d;  // down of every expert
     d.w = L.down_s;
@@ -508,6 +511,7 @@ struct CudaEngine::Impl {
     d.m = n * top;
     d.groups = int(E);
     d.offsets = k.offsets;
+    d.active = k.active;
     gemv(d, stream);
     if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
     moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,

@@ -3,6 +3,8 @@
 // and the warp sums the lanes. The weight is read from memory once per MT rows, so with few
 // rows the kernel runs at the speed of the weight bytes; F32 accumulation, FP8 block scale
 // applied per 16-value chunk (a chunk never crosses a 128-wide block).
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
 
@@ -21,7 +23,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int64_t g = blockIdx.y;
+  int64_t g = blockIdx.y;
+  if (a.active) {
+    if (g >= a.active[0]) return;
+    g = a.active[1 + g];
+  }
   const int64_t n = int64_t(blockIdx.x) * kWarps + warp;
   if (n >= a.n) return;
   int64_t r0 = 0, r1 = a.m;
@@ -121,7 +127,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 
 template <WType T, int MT, bool SWIGLU>
 void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
-  const dim3 grid(unsigned(ceil_div(a.n, kWarps)), unsigned(a.groups));
+  // With an active list at most min(groups, rows) groups have work.
+  const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
+  const dim3 grid(unsigned(ceil_div(a.n, kWarps)), unsigned(slots));
   if (vec)
     gemv_kernel<T, MT, SWIGLU, true><<<grid, kWarps * 32, 0, s>>>(a);
   else

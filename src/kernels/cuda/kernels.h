@@ -50,6 +50,9 @@ struct GemvArgs {
   int64_t m = 0;
   int groups = 1;
   const int32_t* offsets = nullptr;
+  // Optional [1 + groups]: the number of groups with rows, then their ids (moe_permute writes
+  // it). The grid then spans only `groups` slots (≤ rows), not every expert.
+  const int32_t* active = nullptr;
 };
 void gemv(const GemvArgs& a, cudaStream_t s);
 
@@ -100,9 +103,10 @@ struct RouteArgs {
 void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r, int32_t* expert,
            float* weight, cudaStream_t s);
 // Groups the n·k (token, expert) pairs by expert: offsets [e + 1], rows[p] = the token of the
-// pair at position p, pos[a] = the position of pair a.
+// pair at position p, pos[a] = the position of pair a; active [1 + e]: how many experts have
+// pairs, then their ids in ascending order.
 void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int32_t* offsets,
-                 int32_t* rows, int32_t* pos, cudaStream_t s);
+                 int32_t* rows, int32_t* pos, int32_t* active, cudaStream_t s);
 // y[t] = (shared ? shared[t] : 0) + Σ_j weight[t, j] · expert_out[pos[t·k + j]] over width d.
 void moe_combine(const float* shared, const float* expert_out, const float* weight,
                  const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s);

@@ -19,7 +19,44 @@ constexpr int kAbsorbRows = 8;  // query rows per block of mla_absorb_q
 constexpr int kHeadsPerBlock = 8;
 constexpr int kKeyTile = 32;
 
+// Four consecutive stored elements (4-, 8- or 16-byte aligned) as floats.
 template <WType T>
+__device__ __forceinline__ void load4(const void* p, float* out) {
+  if constexpr (T == WType::F32) {
+    const float4 v = __ldg(static_cast<const float4*>(p));
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+  } else if constexpr (T == WType::E4M3) {
+    const uint32_t u = __ldg(static_cast<const unsigned int*>(p));
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const __half2_raw r =
+          __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t((u >> (16 * j)) & 0xffffu), __NV_E4M3);
+      const float2 f = __half22float2(__half2(r));
+      out[2 * j] = f.x;
+      out[2 * j + 1] = f.y;
+    }
+  } else {
+    const uint2 u = __ldg(static_cast<const uint2*>(p));
+    const uint32_t w[2] = {u.x, u.y};
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      if constexpr (T == WType::BF16) {
+        out[2 * j] = __uint_as_float(w[j] << 16);
+        out[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+      } else {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[j]));
+        out[2 * j] = f.x;
+        out[2 * j + 1] = f.y;
+      }
+    }
+  }
+}
+
+// Each thread owns V consecutive latent columns (V = 4 when dc allows aligned loads).
+template <WType T, int V>
 __global__ void absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr,
                                 int64_t dv, const DevWeight w, float* qc) {
   extern __shared__ float qs[];  // [kAbsorbRows][dn]
@@ -37,21 +74,43 @@ __global__ void absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_
   __syncthreads();
   const int64_t row0 = h * (dn + dv);  // W_UK[h] = kv_b rows row0 .. row0 + dn
   const int64_t scols = ceil_div(dc, w.bk);
-  for (int64_t c = threadIdx.x; c < dc; c += blockDim.x) {
-    float acc[kAbsorbRows];
+  constexpr int ES = WTraits<T>::kSize;
+  for (int64_t c0 = int64_t(threadIdx.x) * V; c0 < dc; c0 += int64_t(blockDim.x) * V) {
+    float acc[kAbsorbRows][V];
 #pragma unroll
-    for (int r = 0; r < kAbsorbRows; ++r) acc[r] = 0.0f;
+    for (int r = 0; r < kAbsorbRows; ++r)
+#pragma unroll
+      for (int v = 0; v < V; ++v) acc[r][v] = 0.0f;
+#pragma unroll 4
     for (int64_t i = 0; i < dn; ++i) {
       const int64_t wr = row0 + i;
-      float wv = load_one<T>(static_cast<const char*>(w.w) + wr * dc * WTraits<T>::kSize, c);
-      if constexpr (T == WType::E4M3) wv *= __ldg(w.scale + (wr / w.bn) * scols + c / w.bk);
+      const char* wrow = static_cast<const char*>(w.w) + wr * dc * ES;
+      float wv[V];
+      if constexpr (V == 4) {
+        load4<T>(wrow + c0 * ES, wv);
+      } else {
+        wv[0] = load_one<T>(wrow, c0);
+      }
+      if constexpr (T == WType::E4M3) {
+        // V = 4 only when bk % 4 == 0: the four columns share a block.
+        const float sc = __ldg(w.scale + (wr / w.bn) * scols + c0 / w.bk);
 #pragma unroll
-      for (int r = 0; r < kAbsorbRows; ++r)
-        if (r < rows) acc[r] = fmaf(qs[r * dn + i], wv, acc[r]);
+        for (int v = 0; v < V; ++v) wv[v] *= sc;
+      }
+#pragma unroll
+      for (int r = 0; r < kAbsorbRows; ++r) {
+        if (r < rows) {
+          const float qv = qs[r * dn + i];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[r][v] = fmaf(qv, wv[v], acc[r][v]);
+        }
+      }
     }
 #pragma unroll
     for (int r = 0; r < kAbsorbRows; ++r)
-      if (r < rows) qc[((t0 + r) * heads + h) * dq + c] = acc[r];
+      if (r < rows)
+#pragma unroll
+        for (int v = 0; v < V; ++v) qc[((t0 + r) * heads + h) * dq + c0 + v] = acc[r][v];
   }
 }
 
@@ -142,23 +201,34 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
 
 }  // namespace
 
+template <WType T>
+void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
+                   const DevWeight& w, float* qc, cudaStream_t s) {
+  const dim3 grid(unsigned(heads), unsigned(ceil_div(n, kAbsorbRows)));
+  const size_t smem = size_t(kAbsorbRows * dn) * sizeof(float);
+  const bool vec = w.k % 4 == 0 && (T != WType::E4M3 || w.bk % 4 == 0) &&
+                   (reinterpret_cast<uintptr_t>(w.w) & 15) == 0;
+  if (vec)
+    absorb_q_kernel<T, 4><<<grid, 128, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
+  else
+    absorb_q_kernel<T, 1><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
+}
+
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                   const DevWeight& kv_b, float* qc, cudaStream_t s) {
   if (n == 0) return;
-  const dim3 grid(unsigned(heads), unsigned(ceil_div(n, kAbsorbRows)));
-  const size_t smem = size_t(kAbsorbRows * dn) * sizeof(float);
   switch (kv_b.type) {
     case WType::F32:
-      absorb_q_kernel<WType::F32><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      absorb_launch<WType::F32>(q, n, heads, dn, dr, dv, kv_b, qc, s);
       break;
     case WType::BF16:
-      absorb_q_kernel<WType::BF16><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      absorb_launch<WType::BF16>(q, n, heads, dn, dr, dv, kv_b, qc, s);
       break;
     case WType::F16:
-      absorb_q_kernel<WType::F16><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      absorb_launch<WType::F16>(q, n, heads, dn, dr, dv, kv_b, qc, s);
       break;
     case WType::E4M3:
-      absorb_q_kernel<WType::E4M3><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, kv_b, qc);
+      absorb_launch<WType::E4M3>(q, n, heads, dn, dr, dv, kv_b, qc, s);
       break;
   }
   DSV3_CUDA_CHECK_LAUNCH();
