@@ -14,6 +14,8 @@ namespace {
 constexpr int kThreads = 256;
 
 // Sum over the block (all threads must call it); `buf` holds kThreads / 32 doubles.
+constexpr int kNormThreads = 1024;
+
 __device__ double block_sum(double v, double* buf) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -30,7 +32,8 @@ __global__ void embedding_kernel(const int32_t* ids, const void* table, WType ty
                                  float* out) {
   const int64_t t = blockIdx.x;
   const int64_t id = ids[t];
-  for (int64_t i = threadIdx.x; i < h; i += blockDim.x) {
+  for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < h;
+       i += int64_t(gridDim.y) * blockDim.x) {
     float v;
     switch (type) {
       case WType::F32:
@@ -52,7 +55,7 @@ __global__ void embedding_kernel(const int32_t* ids, const void* table, WType ty
 
 __global__ void add_rmsnorm_kernel(float* x, int64_t ldx, const float* delta, const float* w,
                                    float eps, int64_t d, float* out, int64_t ldo) {
-  __shared__ double buf[kThreads / 32];
+  __shared__ double buf[kNormThreads / 32];
   float* xr = x + blockIdx.x * ldx;
   double ss = 0;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
@@ -136,7 +139,9 @@ __global__ void weight_to_bf16_kernel(const DevWeight w, uint16_t* out) {
 __global__ void gather_rows_kernel(const float* src, int64_t ld_src, const int32_t* rows, int64_t d,
                                    float* dst) {
   const float* s = src + int64_t(rows[blockIdx.x]) * ld_src;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[blockIdx.x * d + i] = s[i];
+  for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < d;
+       i += int64_t(gridDim.y) * blockDim.x)
+    dst[blockIdx.x * d + i] = s[i];
 }
 
 // The lane holding the largest v (ties to the lower index) over the warp; returns its index.
@@ -275,7 +280,8 @@ __global__ void moe_combine_kernel(const float* shared, const float* expert_out,
                                    const float* weight, const int32_t* pos, int64_t k, int64_t d,
                                    float* y) {
   const int64_t t = blockIdx.x;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+  for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < d;
+       i += int64_t(gridDim.y) * blockDim.x) {
     float v = shared ? shared[t * d + i] : 0.0f;
     for (int64_t j = 0; j < k; ++j)
       v = fmaf(weight[t * k + j], expert_out[int64_t(pos[t * k + j]) * d + i], v);
@@ -292,14 +298,15 @@ unsigned blocks_for(int64_t n) {
 void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int64_t h, float* out,
                cudaStream_t s) {
   if (n == 0) return;
-  embedding_kernel<<<unsigned(n), kThreads, 0, s>>>(ids, table, type, h, out);
+  embedding_kernel<<<dim3(unsigned(n), unsigned(ceil_div(h, kThreads))), kThreads, 0, s>>>(
+      ids, table, type, h, out);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
 void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, float eps, int64_t n,
                  int64_t d, float* out, int64_t ldo, cudaStream_t s) {
   if (n == 0) return;
-  add_rmsnorm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
+  add_rmsnorm_kernel<<<unsigned(n), kNormThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -356,7 +363,8 @@ void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s) {
 void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
                  float* dst, cudaStream_t s) {
   if (n == 0) return;
-  gather_rows_kernel<<<unsigned(n), kThreads, 0, s>>>(src, ld_src, rows, d, dst);
+  gather_rows_kernel<<<dim3(unsigned(n), unsigned(ceil_div(d, kThreads))), kThreads, 0, s>>>(
+      src, ld_src, rows, d, dst);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -379,7 +387,8 @@ void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int
 void moe_combine(const float* shared, const float* expert_out, const float* weight,
                  const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s) {
   if (n == 0) return;
-  moe_combine_kernel<<<unsigned(n), kThreads, 0, s>>>(shared, expert_out, weight, pos, k, d, y);
+  const dim3 grid(unsigned(n), unsigned(ceil_div(d, kThreads)));
+  moe_combine_kernel<<<grid, kThreads, 0, s>>>(shared, expert_out, weight, pos, k, d, y);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

@@ -55,34 +55,45 @@ __device__ __forceinline__ void load4(const void* p, float* out) {
   }
 }
 
-// Each thread owns V consecutive latent columns (V = 4 when dc allows aligned loads).
+// Block (head, 32·V latent columns, up to kAbsorbRows query rows): 32 column groups × 8 slices
+// of the nope dimension, each thread reading V columns of every 8th W_UK row (aligned loads,
+// many in flight), then the 8 slices summed through shared memory.
+constexpr int kAbsorbSlices = 8;
+
 template <WType T, int V>
-__global__ void absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr,
-                                int64_t dv, const DevWeight w, float* qc) {
-  extern __shared__ float qs[];  // [kAbsorbRows][dn]
-  const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.y) * kAbsorbRows;
+__global__ void __launch_bounds__(32 * kAbsorbSlices)
+    absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
+                    const DevWeight w, float* qc) {
+  extern __shared__ float smem[];
+  float* qs = smem;                      // [kAbsorbRows][dn]
+  float* red = smem + kAbsorbRows * dn;  // [kAbsorbSlices][kAbsorbRows][32·V]
+  const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.z) * kAbsorbRows;
   const int rows = int(min(int64_t(kAbsorbRows), n - t0));
   const int64_t dqk = dn + dr, dc = w.k, dq = dc + dr;
   for (int64_t i = threadIdx.x; i < rows * dn; i += blockDim.x) {
     const int64_t r = i / dn, j = i % dn;
     qs[r * dn + j] = q[((t0 + r) * heads + h) * dqk + j];
   }
-  for (int64_t i = threadIdx.x; i < rows * dr; i += blockDim.x) {
-    const int64_t r = i / dr, j = i % dr;
-    qc[((t0 + r) * heads + h) * dq + dc + j] = q[((t0 + r) * heads + h) * dqk + dn + j];
+  if (blockIdx.y == 0) {
+    for (int64_t i = threadIdx.x; i < rows * dr; i += blockDim.x) {
+      const int64_t r = i / dr, j = i % dr;
+      qc[((t0 + r) * heads + h) * dq + dc + j] = q[((t0 + r) * heads + h) * dqk + dn + j];
+    }
   }
   __syncthreads();
+  const int cg = int(threadIdx.x) % 32, slice = int(threadIdx.x) / 32;
+  const int64_t c0 = int64_t(blockIdx.y) * 32 * V + int64_t(cg) * V;
   const int64_t row0 = h * (dn + dv);  // W_UK[h] = kv_b rows row0 .. row0 + dn
   const int64_t scols = ceil_div(dc, w.bk);
   constexpr int ES = WTraits<T>::kSize;
-  for (int64_t c0 = int64_t(threadIdx.x) * V; c0 < dc; c0 += int64_t(blockDim.x) * V) {
-    float acc[kAbsorbRows][V];
+  float acc[kAbsorbRows][V];
 #pragma unroll
-    for (int r = 0; r < kAbsorbRows; ++r)
+  for (int r = 0; r < kAbsorbRows; ++r)
 #pragma unroll
-      for (int v = 0; v < V; ++v) acc[r][v] = 0.0f;
+    for (int v = 0; v < V; ++v) acc[r][v] = 0.0f;
+  if (c0 < dc) {
 #pragma unroll 4
-    for (int64_t i = 0; i < dn; ++i) {
+    for (int64_t i = slice; i < dn; i += kAbsorbSlices) {
       const int64_t wr = row0 + i;
       const char* wrow = static_cast<const char*>(w.w) + wr * dc * ES;
       float wv[V];
@@ -106,11 +117,20 @@ __global__ void absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_
         }
       }
     }
+  }
+  constexpr int kCols = 32 * V;
 #pragma unroll
-    for (int r = 0; r < kAbsorbRows; ++r)
-      if (r < rows)
+  for (int r = 0; r < kAbsorbRows; ++r)
 #pragma unroll
-        for (int v = 0; v < V; ++v) qc[((t0 + r) * heads + h) * dq + c0 + v] = acc[r][v];
+    for (int v = 0; v < V; ++v) red[(slice * kAbsorbRows + r) * kCols + cg * V + v] = acc[r][v];
+  __syncthreads();
+  for (int o = int(threadIdx.x); o < rows * kCols; o += int(blockDim.x)) {
+    const int r = o / kCols, col = o % kCols;
+    const int64_t c = int64_t(blockIdx.y) * kCols + col;
+    if (c >= dc) continue;
+    float sum = 0.0f;
+    for (int sl = 0; sl < kAbsorbSlices; ++sl) sum += red[(sl * kAbsorbRows + r) * kCols + col];
+    qc[((t0 + r) * heads + h) * dq + c] = sum;
   }
 }
 
@@ -204,14 +224,17 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
 template <WType T>
 void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                    const DevWeight& w, float* qc, cudaStream_t s) {
-  const dim3 grid(unsigned(heads), unsigned(ceil_div(n, kAbsorbRows)));
-  const size_t smem = size_t(kAbsorbRows * dn) * sizeof(float);
   const bool vec = w.k % 4 == 0 && (T != WType::E4M3 || w.bk % 4 == 0) &&
                    (reinterpret_cast<uintptr_t>(w.w) & 15) == 0;
+  const int v = vec ? 4 : 1;
+  const dim3 grid(unsigned(heads), unsigned(ceil_div(w.k, 32 * v)),
+                  unsigned(ceil_div(n, kAbsorbRows)));
+  const size_t smem =
+      size_t(kAbsorbRows * dn + kAbsorbSlices * kAbsorbRows * 32 * v) * sizeof(float);
   if (vec)
-    absorb_q_kernel<T, 4><<<grid, 128, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
+    absorb_q_kernel<T, 4><<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
   else
-    absorb_q_kernel<T, 1><<<grid, 256, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
+    absorb_q_kernel<T, 1><<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
 }
 
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
