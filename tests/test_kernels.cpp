@@ -247,3 +247,25 @@ TEST(Threads, ResizingThePoolAfterWorkIsSafe) {
     EXPECT_EQ(sum.load(), 1000) << threads << " threads";
   }
 }
+
+TEST(Threads, OversubscribedPoolRunsEachChunkOnceAndWaits) {
+  // More workers than cores, and jobs alternating between few and many chunks: a worker
+  // descheduled between seeing a job and reading its size once ran a later job's chunk twice
+  // and let the caller return early (a crash in training with 4 threads on 2 cores). Each
+  // index must be visited exactly once, and all of it before parallel_for returns.
+  const int n = num_threads();
+  set_num_threads(8);
+  std::vector<int> hits;
+  for (int rep = 0; rep < 1500; ++rep) {
+    const int64_t len = rep % 3 == 0 ? 2 : 64 + rep % 50;
+    hits.assign(size_t(len), 0);
+    parallel_for(
+        len,
+        [&](int64_t a, int64_t b, int) {
+          for (int64_t i = a; i < b; ++i) ++hits[size_t(i)];
+        },
+        1);
+    for (int64_t i = 0; i < len; ++i) ASSERT_EQ(hits[size_t(i)], 1) << "rep " << rep << " i " << i;
+  }
+  set_num_threads(n);
+}

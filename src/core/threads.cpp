@@ -56,7 +56,7 @@ class Pool {
     }
     cv_.notify_all();
     in_parallel_ = true;
-    run_chunk(0);
+    run_chunk(&fn, n, chunks, 0);
     in_parallel_ = false;
     for (int spin = 0; spin < kSpins && pending_.load(std::memory_order_acquire) != 0; ++spin)
       cpu_relax();
@@ -64,17 +64,17 @@ class Pool {
       std::unique_lock lk(mu_);
       done_cv_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
     }
-    fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
   static constexpr int kSpins = 20000;  // ~100 µs of pause instructions
+  using Fn = std::function<void(int64_t, int64_t, int)>;
 
-  void run_chunk(int c) {
+  void run_chunk(const Fn* fn, int64_t n, int chunks, int c) {
     try {
-      const int64_t begin = n_ * c / chunks_, end = n_ * (c + 1) / chunks_;
-      if (begin < end) (*fn_)(begin, end, c);
+      const int64_t begin = n * c / chunks, end = n * (c + 1) / chunks;
+      if (begin < end) (*fn)(begin, end, c);
     } catch (...) {
       std::lock_guard g(mu_);
       if (!error_) error_ = std::current_exception();
@@ -91,13 +91,24 @@ class Pool {
       if (g == seen) {
         std::unique_lock lk(mu_);
         cv_.wait(lk, [&] { return stopping_.load() || generation_.load() != seen; });
-        g = generation_.load(std::memory_order_acquire);
       }
       if (stopping_.load()) return;
-      seen = g;
-      if (index >= chunks_) continue;
+      // The job's generation and parameters are read together under the lock: a worker that
+      // was descheduled may wake after the caller has moved on to a newer job, and must then
+      // take part in that job (once), never mix one job's generation with another's sizes.
+      const Fn* fn;
+      int64_t n;
+      int chunks;
+      {
+        std::lock_guard lk(mu_);
+        seen = generation_.load(std::memory_order_acquire);
+        fn = fn_;
+        n = n_;
+        chunks = chunks_;
+      }
+      if (index >= chunks) continue;
       in_parallel_ = true;
-      run_chunk(index);
+      run_chunk(fn, n, chunks, index);
       in_parallel_ = false;
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         { std::lock_guard lk(mu_); }  // the caller is either spinning or inside wait()
@@ -119,7 +130,7 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex mu_, run_mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int64_t, int64_t, int)>* fn_ = nullptr;
+  const Fn* fn_ = nullptr;
   int64_t n_ = 0;
   int chunks_ = 0;
   std::atomic<int> pending_{0};
