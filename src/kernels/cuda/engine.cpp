@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/kernels.h"
 #include "model/rope.h"
 
@@ -368,8 +369,8 @@ struct CudaEngine::Impl {
   Impl(const Model& model, const CudaEngineOptions& o)
       : c(model.config()), opt(o), rope_table(RopeTable::build(model.config())) {
     DSV3_CHECK(o.device >= 0, "CUDA engine: bad device index {}", o.device);
-    int count = 0;
-    DSV3_CUDA_CHECK(cudaGetDeviceCount(&count));
+    const int count = device_count();
+    DSV3_CHECK(count > 0, "CUDA engine: no usable CUDA device here (driver missing or too old)");
     DSV3_CHECK(o.device < count, "CUDA engine: device cuda:{} asked for, {} present", o.device,
                count);
     opt.max_context = std::min(opt.max_context, c.max_position_embeddings);
