@@ -138,28 +138,9 @@ double BigramModel::cross_entropy(const std::vector<std::span<const uint32_t>>& 
 }
 
 BigramResult bigram_baseline(const std::string& data_dir, double discount) {
-  const fs::path meta_path = fs::path(data_dir) / "meta.json";
-  std::ifstream in(meta_path);
-  DSV3_CHECK(in.good(), "{} not found: prepare the data with `dsv3 data prepare`",
-             meta_path.string());
-  nlohmann::json meta;
-  try {
-    meta = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail("{} is not valid JSON: {}", meta_path.string(), e.what());
-  }
-  auto open_split = [&](const char* split) {
-    std::vector<std::shared_ptr<TokenShard>> shards;
-    DSV3_CHECK(
-        meta.contains(split) && meta[split].contains("shards") && meta[split]["shards"].is_array(),
-        "{} lists no {} shards", meta_path.string(), split);
-    for (const auto& name : meta[split]["shards"]) {
-      DSV3_CHECK(name.is_string(), "{}: shard names must be strings", meta_path.string());
-      shards.push_back(TokenShard::open((fs::path(data_dir) / name.get<std::string>()).string()));
-    }
-    return shards;
-  };
-  const auto train = open_split("train"), val = open_split("val");
+  const SplitShards train_split = open_split(data_dir, "train");
+  const auto& train = train_split.shards;
+  const auto val = open_split(data_dir, "val").shards;
   auto spans = [](const std::vector<std::shared_ptr<TokenShard>>& shards, int64_t& tokens) {
     std::vector<std::span<const uint32_t>> s;
     for (const auto& sh : shards) {
@@ -173,7 +154,7 @@ BigramResult bigram_baseline(const std::string& data_dir, double discount) {
   DSV3_CHECK(r.val_tokens >= 2,
              "the val split of {} has {} tokens: prepare the data with --val-fraction > 0",
              data_dir, r.val_tokens);
-  r.vocab_size = meta.value("vocab_size", int64_t(0));
+  r.vocab_size = train_split.vocab_size;
   if (r.vocab_size <= 0) {
     uint32_t max_id = 0;
     for (const auto* s : {&train_spans, &val_spans})

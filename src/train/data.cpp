@@ -183,11 +183,7 @@ TokenShard::~TokenShard() {
   if (map_) ::munmap(map_, bytes_);
 }
 
-DataLoader::DataLoader(const std::string& data_dir, const std::string& split, int64_t seq_len,
-                       uint64_t seed, int64_t vocab_size)
-    : seq_len_(seq_len), seed_(seed) {
-  DSV3_CHECK(split == "train" || split == "val", "unknown data split '{}'", split);
-  DSV3_CHECK(seq_len > 0, "sequence length must be positive, got {}", seq_len);
+SplitShards open_split(const std::string& data_dir, const std::string& split) {
   const fs::path meta_path = fs::path(data_dir) / "meta.json";
   std::ifstream in(meta_path);
   DSV3_CHECK(in.good(), "{} not found: prepare the data with `dsv3 data prepare`",
@@ -198,13 +194,29 @@ DataLoader::DataLoader(const std::string& data_dir, const std::string& split, in
   } catch (const nlohmann::json::exception& e) {
     fail("{} is not valid JSON: {}", meta_path.string(), e.what());
   }
-  const int64_t data_vocab = meta.value("vocab_size", int64_t(0));
-  DSV3_CHECK(data_vocab <= vocab_size,
+  DSV3_CHECK(
+      meta.contains(split) && meta[split].contains("shards") && meta[split]["shards"].is_array(),
+      "{} lists no {} shards", meta_path.string(), split);
+  SplitShards out;
+  out.vocab_size = meta.value("vocab_size", int64_t(0));
+  for (const auto& name : meta[split]["shards"]) {
+    DSV3_CHECK(name.is_string(), "{}: shard names must be strings", meta_path.string());
+    out.shards.push_back(TokenShard::open((fs::path(data_dir) / name.get<std::string>()).string()));
+  }
+  return out;
+}
+
+DataLoader::DataLoader(const std::string& data_dir, const std::string& split, int64_t seq_len,
+                       uint64_t seed, int64_t vocab_size)
+    : seq_len_(seq_len), seed_(seed) {
+  DSV3_CHECK(split == "train" || split == "val", "unknown data split '{}'", split);
+  DSV3_CHECK(seq_len > 0, "sequence length must be positive, got {}", seq_len);
+  SplitShards sp = open_split(data_dir, split);
+  DSV3_CHECK(sp.vocab_size <= vocab_size,
              "{} was tokenised with a {}-token vocabulary but the model has {}: the tokenizer and "
              "the model do not match",
-             data_dir, data_vocab, vocab_size);
-  for (const auto& name : meta.at(split).at("shards")) {
-    auto s = TokenShard::open((fs::path(data_dir) / name.get<std::string>()).string());
+             data_dir, sp.vocab_size, vocab_size);
+  for (auto& s : sp.shards) {
     for (int64_t i = 0; i < s->size(); ++i)
       DSV3_CHECK(int64_t(s->tokens()[i]) < vocab_size,
                  "token shard {} holds id {} at {}, outside the model's vocabulary of {}",

@@ -62,6 +62,15 @@ class TokenShard {
   const uint64_t* doc_starts_ = nullptr;
 };
 
+// One split ("train" / "val") of a `dsv3 data prepare` directory: its shards in order (opened
+// and validated) and the vocabulary size meta.json records (0 if absent). Errors name the
+// file and say how to make one.
+struct SplitShards {
+  std::vector<std::shared_ptr<TokenShard>> shards;
+  int64_t vocab_size = 0;
+};
+SplitShards open_split(const std::string& data_dir, const std::string& split);
+
 // The split's shards as one token stream cut into windows of seq_len + 1 tokens (inputs and
 // the next-token targets), visited in a seeded shuffled order, epoch after epoch.
 class DataLoader {
