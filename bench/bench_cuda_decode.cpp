@@ -2,9 +2,11 @@
 // At batch 1 a token must read every weight it uses once, so
 //   achieved bandwidth = (bytes of the weights one token touches) × tokens/s,
 // compared with a device-to-device cudaMemcpy of 1 GiB (bytes read + written) timed here.
-// Each step includes what a caller gets: the logits copied back to the host.
-// Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64] [--prompt 64]
-//        [--gemv-max-rows 16]
+// Each step includes what a caller gets: the logits copied back to the host. Batch 1 runs
+// twice, eager and from CUDA graphs, and the two greedy runs must pick the same tokens. Then
+// prefill of one long prompt per length in --prefill, on an engine sized for it.
+// Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256] [--prompt 64]
+//        [--prefill 1024,8192] [--gemv-max-rows 16]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -18,6 +20,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/engine.h"
+#include "kernels/cuda/kernels.h"
 
 using namespace dsv3;
 using bench::bytes_per_token;
@@ -56,10 +59,55 @@ double copy_bandwidth() {
   return bw[bw.size() / 2];
 }
 
+// Prompts of `len` tokens for `b` sequences, deterministic and spread over the vocabulary.
+std::vector<StepEngine::Input> prompts(std::vector<LatentCache>& caches, int b, int len,
+                                       int64_t vocab) {
+  std::vector<StepEngine::Input> in;
+  for (int i = 0; i < b; ++i) {
+    std::vector<int32_t> ids(static_cast<size_t>(len));
+    for (int j = 0; j < len; ++j)
+      ids[size_t(j)] = int32_t((7919 * (int64_t(i) * len + j) + 13) % vocab);
+    in.push_back({&caches[size_t(i)], ids, false});
+  }
+  return in;
+}
+
+struct DecodeRun {
+  double prefill_tps = 0, tps = 0, ms = 0;
+  std::vector<int32_t> tokens;  // greedy tokens of sequence 0, for the graph-vs-eager check
+};
+
+// Prefill of `prompt` tokens per sequence, 3 warm-up steps, then `steps` timed greedy steps.
+DecodeRun decode(const cuda::CudaEngine& engine, int b, int prompt, int steps) {
+  const int64_t v = engine.config().vocab_size;
+  std::vector<LatentCache> caches;
+  for (int i = 0; i < b; ++i) caches.push_back(engine.new_cache(prompt + steps + 8));
+  std::vector<StepEngine::Input> in = prompts(caches, b, prompt, v);
+  DecodeRun r;
+  const auto t_pre = Clock::now();
+  Tensor logits = engine.step(in);
+  r.prefill_tps = double(b) * prompt / secs(t_pre, Clock::now());
+  const auto next = [&] {
+    for (int i = 0; i < b; ++i) {
+      const float* row = logits.ptr<float>() + int64_t(i) * v;
+      in[size_t(i)].tokens = {int32_t(std::max_element(row, row + v) - row)};
+    }
+    r.tokens.push_back(in[0].tokens[0]);
+    logits = engine.step(in);
+  };
+  for (int s = 0; s < 3; ++s) next();  // warm-up: cuBLASLt plans, graph capture
+  const auto t0 = Clock::now();
+  for (int s = 0; s < steps; ++s) next();
+  const double t = secs(t0, Clock::now());
+  r.tps = double(b) * steps / t;
+  r.ms = 1e3 * t / steps;
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, batches = "1,8,64";
+  std::string model_dir, batches = "1,8,64,256", prefills = "1024,8192";
   int steps = 32, prompt = 64, gemv_rows = 16;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -71,74 +119,110 @@ int main(int argc, char** argv) {
       batches = v;
     else if (k == "--prompt")
       prompt = std::stoi(v);
+    else if (k == "--prefill")
+      prefills = v;
     else if (k == "--gemv-max-rows")
       gemv_rows = std::stoi(v);
   }
   if (model_dir.empty()) {
     fmt::print(stderr,
-               "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64] [--prompt N] "
-               "[--gemv-max-rows N]\n");
+               "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256] [--prompt N] "
+               "[--prefill 1024,8192 | none] [--gemv-max-rows N]\n");
     return 2;
   }
+  int rc = 0;
   try {
     DSV3_CHECK(cuda::device_count() > 0, "no CUDA device");
     const std::vector<int> bs = parse_list(batches);
+    const std::vector<int> pls = prefills == "none" ? std::vector<int>() : parse_list(prefills);
     const auto t_load = Clock::now();
     const Model model(ModelWeights::load(model_dir));
-    cuda::CudaEngineOptions opt;
-    opt.max_sequences = *std::max_element(bs.begin(), bs.end());
-    opt.max_context = prompt + steps + 8;
-    opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
-    opt.gemv_max_rows = gemv_rows;
-    const cuda::CudaEngine engine(model, opt);
     const ModelConfig& c = model.config();
-    fmt::print("device {}\n", cuda::device_summary(0));
-    fmt::print(
-        "engine memory {:.2f} GiB (weights {:.2f}, caches {:.2f}, activations {:.2f}); "
-        "load + upload {:.1f} s\n",
-        double(engine.memory().total()) / (1u << 30), double(engine.memory().weights) / (1u << 30),
-        double(engine.memory().caches) / (1u << 30), double(engine.memory().workspace) / (1u << 30),
-        secs(t_load, Clock::now()));
     const double bw = copy_bandwidth();
     const size_t per_tok = bytes_per_token(model.weights());
+    fmt::print("device {}\n", cuda::device_summary(0));
     fmt::print("device-to-device copy {:.0f} GB/s (read + write)\n", bw / 1e9);
     fmt::print("weights read per token at batch 1: {:.1f} MB\n", double(per_tok) / 1e6);
-    fmt::print("{:>6} {:>10} {:>12} {:>14} {:>12}\n", "batch", "tok/s", "ms/step", "GB/s (b=1)",
-               "prefill tok/s");
-    for (int b : bs) {
-      std::vector<LatentCache> caches;
-      for (int i = 0; i < b; ++i) caches.push_back(engine.new_cache(prompt + steps + 8));
-      std::vector<StepEngine::Input> in;
-      for (int i = 0; i < b; ++i) {
-        std::vector<int32_t> ids(static_cast<size_t>(prompt));
-        for (int j = 0; j < prompt; ++j)
-          ids[size_t(j)] = int32_t((7919 * (i * prompt + j) + 13) % c.vocab_size);
-        in.push_back({&caches[size_t(i)], ids, false});
-      }
-      const auto t_pre = Clock::now();
-      Tensor logits = engine.step(in);
-      const double pre = double(b) * prompt / secs(t_pre, Clock::now());
-      const int64_t v = c.vocab_size;
-      const auto next = [&] {
-        for (int i = 0; i < b; ++i) {
-          const float* row = logits.ptr<float>() + int64_t(i) * v;
-          in[size_t(i)].tokens = {int32_t(std::max_element(row, row + v) - row)};
-        }
-        logits = engine.step(in);
+    std::vector<std::string> table;
+    {
+      cuda::CudaEngineOptions opt;
+      opt.max_sequences = *std::max_element(bs.begin(), bs.end());
+      opt.max_context = prompt + steps + 8;
+      opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
+      opt.gemv_max_rows = gemv_rows;
+      const cuda::CudaEngine engine(model, opt);
+      fmt::print(
+          "decode engine memory {:.2f} GiB (weights {:.2f}, caches {:.2f}, activations {:.2f}); "
+          "load + upload {:.1f} s\n",
+          double(engine.memory().total()) / (1u << 30),
+          double(engine.memory().weights) / (1u << 30), double(engine.memory().caches) / (1u << 30),
+          double(engine.memory().workspace) / (1u << 30), secs(t_load, Clock::now()));
+      const auto row = [&](const std::string& what, const DecodeRun& r, bool bw_col) {
+        const std::string gbs = bw_col
+                                    ? fmt::format("{:.0f} ({:.0f}%)", double(per_tok) * r.tps / 1e9,
+                                                  100.0 * double(per_tok) * r.tps / bw)
+                                    : "-";
+        table.push_back(fmt::format("{:>22} {:>10.1f} {:>10.3f} {:>14} {:>14.0f}", what, r.tps,
+                                    r.ms, gbs, r.prefill_tps));
+        fmt::print("{}\n", table.back());
       };
-      for (int s = 0; s < 3; ++s) next();  // warm-up: cuBLASLt plans, caches
-      const auto t0 = Clock::now();
-      for (int s = 0; s < steps; ++s) next();
-      const double t = secs(t0, Clock::now());
-      const double tps = double(b) * steps / t;
-      const std::string gbs = b == 1 ? fmt::format("{:.0f} ({:.0f}%)", double(per_tok) * tps / 1e9,
-                                                   100.0 * double(per_tok) * tps / bw)
-                                     : "-";
-      fmt::print("{:>6} {:>10.1f} {:>12.3f} {:>14} {:>12.0f}\n", b, tps, 1e3 * t / steps, gbs, pre);
+      for (int b : bs) {
+        if (b == 1) {
+          // The same greedy run eager and from graphs: the tokens must agree exactly (the
+          // logits are bit-identical; tests/cuda check that on the fixtures).
+          engine.set_graphs(false);
+          const DecodeRun eager = decode(engine, 1, prompt, steps);
+          row("decode b=1 eager", eager, true);
+          engine.set_graphs(true);
+          const DecodeRun graph = decode(engine, 1, prompt, steps);
+          row("decode b=1 graph", graph, true);
+          const bool same = graph.tokens == eager.tokens;
+          fmt::print("check: graph replay tokens {} eager tokens ({} graphs captured)\n",
+                     same ? "==" : "!=", engine.graphs_captured());
+          if (!same) rc = 1;
+          // What split-K buys: the same graphs' shapes, one warp per gemv output.
+          cuda::gemv_allow_split_k(false);
+          engine.set_graphs(false);  // new captures would keep the old launch shapes otherwise
+          row("decode b=1 eager,no split-K", decode(engine, 1, prompt, steps), true);
+          cuda::gemv_allow_split_k(true);
+          engine.set_graphs(true);
+        } else {
+          row(fmt::format("decode b={}", b), decode(engine, b, prompt, steps), false);
+        }
+      }
     }
+    if (!pls.empty()) {
+      // A fresh engine with room for one long sequence (the decode engine's caches are short).
+      cuda::CudaEngineOptions opt;
+      opt.max_sequences = 1;
+      opt.max_context = *std::max_element(pls.begin(), pls.end()) + 8;
+      opt.max_step_tokens = 2048;
+      opt.gemv_max_rows = gemv_rows;
+      const cuda::CudaEngine engine(model, opt);
+      for (int len : pls) {
+        for (int rep = 0; rep < 2; ++rep) {  // the first run warms cuBLASLt's plans up
+          std::vector<LatentCache> caches;
+          caches.push_back(engine.new_cache(len + 8));
+          const std::vector<StepEngine::Input> in = prompts(caches, 1, len, c.vocab_size);
+          const auto t0 = Clock::now();
+          engine.step(in);
+          const double t = secs(t0, Clock::now());
+          if (rep == 1) {
+            table.push_back(fmt::format("{:>22} {:>10.1f} {:>10.3f} {:>14} {:>14}",
+                                        fmt::format("prefill {}", len), len / t, 1e3 * t, "-",
+                                        "-"));
+            fmt::print("{}\n", table.back());
+          }
+          if (len >= 4096) break;  // long prompts: one run (the plans are warm by then)
+        }
+      }
+    }
+    fmt::print("\n{:>22} {:>10} {:>10} {:>14} {:>14}\n", "run", "tok/s", "ms/step", "GB/s (b=1)",
+               "prefill tok/s");
+    for (const std::string& line : table) fmt::print("{}\n", line);
   } catch (const Error& e) {
     fmt::print(stderr, "bench_cuda_decode: {}\n", e.what());
     return 1;
   }
-  return 0;
+  return rc;
 }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 #include "infer/engine.h"
@@ -183,6 +184,58 @@ TEST_P(CudaMtpFixture, SpeculativeGreedyEqualsPlainGreedy) {
   const auto fast = generate(engine, {r}, spec, &st);
   EXPECT_EQ(plain[0].tokens, fast[0].tokens);
   EXPECT_GT(st.drafted, 0);
+}
+
+// Prefill of two sequences, then decode steps of both (one asking for hidden states), and when
+// the model has one, MTP steps: every logit and hidden value, in order.
+std::vector<float> scripted_run(const cuda::CudaEngine& engine, const Tensor& ids) {
+  const auto a = row_ids(ids, 0), b = row_ids(ids, 1);
+  const bool mtp = engine.config().num_nextn_predict_layers > 0;
+  std::vector<float> out;
+  const auto keep = [&](const Tensor& t) {
+    out.insert(out.end(), t.ptr<float>(), t.ptr<float>() + t.numel());
+  };
+  LatentCache ca = engine.new_cache(32), cb = engine.new_cache(32);
+  keep(engine.step({{&ca, {a.begin(), a.begin() + 5}}, {&cb, {b.begin(), b.begin() + 4}}}));
+  for (int s = 5; s < 9; ++s) {
+    Tensor hidden;
+    keep(engine.step({{&ca, {a[size_t(s)]}}, {&cb, {b[size_t(s - 1)]}}}, &hidden));
+    keep(hidden);
+    keep(engine.step({{&ca, {a[size_t(s) + 1]}}}));
+    ca.truncate(ca.size() - 1);
+  }
+  if (mtp) {
+    LatentCache m = engine.new_mtp_cache(32);
+    for (int s = 0; s < 3; ++s) {
+      Tensor hidden;
+      keep(engine.step({{&cb, {b[size_t(s + 8)]}}}, &hidden));
+      keep(engine.mtp_step({{&m, {b[size_t(s + 9)]}, hidden}}));
+    }
+  }
+  return out;
+}
+
+TEST_P(CudaFixture, GraphReplayIsBitIdenticalToEager) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids");
+  ASSERT_GE(ids.dim(1), 12);
+  const cuda::CudaEngine engine(model, small(false));
+  engine.set_graphs(false);
+  const std::vector<float> eager = scripted_run(engine, ids);
+  EXPECT_EQ(engine.graphs_captured(), 0);
+  engine.set_graphs(true);
+  const std::vector<float> graphed = scripted_run(engine, ids);
+  EXPECT_GT(engine.graphs_captured(), 0);
+  const std::vector<float> replayed = scripted_run(engine, ids);  // every shape captured before
+  ASSERT_EQ(eager.size(), graphed.size());
+  ASSERT_EQ(eager.size(), replayed.size());
+  for (size_t i = 0; i < eager.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(eager[i])) << i;
+    ASSERT_EQ(std::memcmp(&eager[i], &graphed[i], sizeof(float)), 0) << i;
+    ASSERT_EQ(std::memcmp(&eager[i], &replayed[i], sizeof(float)), 0) << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixture,

@@ -146,18 +146,23 @@ TEST_P(GemvGpu, MatchesCpuLinear) {
             1e-5);
 }
 
-// Vector and scalar paths (K % 16), partial FP8 edge blocks, 1..11 rows.
-INSTANTIATE_TEST_SUITE_P(Shapes, GemvGpu,
-                         ::testing::Values(GemvCase{"fp8", 300, 384, 1},
-                                           GemvCase{"fp8", 300, 384, 5},
-                                           GemvCase{"fp8", 130, 200, 3},
-                                           GemvCase{"bf16", 257, 512, 1},
-                                           GemvCase{"bf16", 96, 36, 11}, GemvCase{"f32", 77, 64, 2},
-                                           GemvCase{"f32", 50, 33, 9}));
+// Vector and scalar paths (K % 16), partial FP8 edge blocks, 1..11 rows; few outputs with long
+// rows split K over 2, 4 or 8 warps (with outputs past the end in the last block).
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GemvGpu,
+    ::testing::Values(GemvCase{"fp8", 40, 4096, 3}, GemvCase{"fp8", 130, 2000, 1},
+                      GemvCase{"bf16", 37, 1032, 2}, GemvCase{"f32", 21, 1001, 3},
+                      GemvCase{"f32", 21, 130, 1}, GemvCase{"fp8", 300, 384, 1},
+                      GemvCase{"fp8", 300, 384, 5}, GemvCase{"fp8", 130, 200, 3},
+                      GemvCase{"bf16", 257, 512, 1}, GemvCase{"bf16", 96, 36, 11},
+                      GemvCase{"f32", 77, 64, 2}, GemvCase{"f32", 50, 33, 9}));
 
-TEST(GemvGpu, GroupedExpertsWithGatheredRows) {
+// K = 2048 splits each output over 4 warps (kernels pick split-K for long rows of few outputs).
+class GroupedGemvGpu : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(GroupedGemvGpu, ExpertsWithGatheredRows) {
   SKIP_WITHOUT_GPU();
-  const int64_t E = 5, N = 136, K = 256, tokens = 7;
+  const int64_t E = 5, N = 136, K = GetParam(), tokens = 7;
   std::vector<TestLinear> experts;
   for (int64_t e = 0; e < E; ++e) experts.push_back(make_linear("fp8", N, K, 10 + e));
   // Stack as the engine does: weights [E·N, K], scales [E·ceil(N/128), ceil(K/128)].
@@ -211,6 +216,8 @@ TEST(GemvGpu, GroupedExpertsWithGatheredRows) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(K, GroupedGemvGpu, ::testing::Values(int64_t(256), int64_t(2048)));
 
 TEST(BasicGpu, AddRmsnormAndRopeMatchCpu) {
   SKIP_WITHOUT_GPU();

@@ -5,6 +5,7 @@
 # Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [profile] [v2lite]   (default: all but
 # profile, which runs ncu over a short batch-1 run of the V3 checkpoint)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
+# Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, BENCH_TIMEOUT (seconds per bench).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/issue7}
@@ -20,7 +21,8 @@ SECONDS=0
 log "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
 nvcc --version | tail -1
-git log -1 --format='commit %h %s' 2>/dev/null || true
+# A snapshot made by `git archive` (tools/gpu/snapshot.sh) has no .git: it names its commit.
+if [ -f COMMIT ]; then echo "commit $(cat COMMIT)"; else git log -1 --format='commit %h %s' || true; fi
 for p in libpcre2-8 cpp-httplib yaml-cpp fmt openblas; do
   pkg-config --exists "$p" && echo "pkg-config: $p present" || echo "pkg-config: $p MISSING"
 done
@@ -38,7 +40,7 @@ if has test; then
   # One process per test with a time limit, so a hang names its test and the rest still run.
   : > "$OUT/gpu_tests.log"
   pass=0; fail=0
-  for t in $("$BUILD/bin/dsv3_gpu_tests" --gtest_list_tests | awk '/^[^ ]/{s=$1} /^  /{print s $1}'); do
+  for t in $("$BUILD/bin/dsv3_gpu_tests" --gtest_list_tests --gtest_filter="${TESTS:-*}" | awk '/^[^ ]/{s=$1} /^  /{print s $1}'); do
     if timeout 60 "$BUILD/bin/dsv3_gpu_tests" --gtest_filter="$t" >> "$OUT/gpu_tests.log" 2>&1; then
       pass=$((pass+1))
     else
@@ -64,12 +66,14 @@ PY
     --config "$CKPT/v3-4l.json" --out "$CKPT/v3-4l" --dtype fp8
   "$BUILD/bin/dsv3" info --model "$CKPT/v3-4l" | tee "$OUT/info_v3.txt"
   log "bench V3 x4 fp8"
-  "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1,8,64 --steps 32 --prompt 64 \
-    2>&1 | tee "$OUT/bench_v3.txt"
+  timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" \
+    --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
+    2>&1 | tee "$OUT/bench_v3.txt" || echo "bench v3 failed or timed out"
   if has profile; then
     log "ncu: time per kernel over a short batch-1 run (prefill of 8 + 7 decode steps)"
-    timeout 240 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
-      "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1 --steps 4 --prompt 8 \
+    timeout 120 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+      --launch-count 400 "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1 \
+      --steps 4 --prompt 8 --prefill none \
       > "$OUT/ncu_v3.txt" 2>&1 || echo "ncu failed or timed out (rc $?)"
     grep -E "^  [a-zA-Z_].*\(|gpu__time_duration.sum" "$OUT/ncu_v3.txt" | paste - - |
       awk '{print $0}' | sed -E 's/ +/ /g' | cut -c1-200 | head -40 || true
@@ -84,7 +88,8 @@ if has v2lite; then
     --config tests/fixtures/configs/deepseek_v2_lite.json --out "$CKPT/v2lite" --dtype bf16
   "$BUILD/bin/dsv3" info --model "$CKPT/v2lite" | tee "$OUT/info_v2lite.txt"
   log "bench V2-Lite bf16"
-  "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v2lite" --batch 1,8,64 --steps 32 --prompt 64 \
-    2>&1 | tee "$OUT/bench_v2lite.txt"
+  timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v2lite" \
+    --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
+    2>&1 | tee "$OUT/bench_v2lite.txt" || echo "bench v2lite failed or timed out"
 fi
 log "done in ${SECONDS}s"

@@ -54,10 +54,10 @@ __device__ __forceinline__ float load_one(const void* row, int64_t i) {
   }
 }
 
-// 16 bytes at p (16-byte aligned) decoded into WTraits<T>::kChunk floats.
+// 16 loaded bytes decoded into WTraits<T>::kChunk floats. Split from the load so a kernel can
+// put several loads in flight before it decodes the first.
 template <WType T>
-__device__ __forceinline__ void load_chunk(const void* p, float* out) {
-  const uint4 v = __ldg(static_cast<const uint4*>(p));
+__device__ __forceinline__ void decode_chunk(const uint4 v, float* out) {
   const uint32_t u[4] = {v.x, v.y, v.z, v.w};
   if constexpr (T == WType::F32) {
 #pragma unroll
@@ -88,6 +88,12 @@ __device__ __forceinline__ void load_chunk(const void* p, float* out) {
       }
     }
   }
+}
+
+// 16 bytes at p (16-byte aligned) decoded into WTraits<T>::kChunk floats.
+template <WType T>
+__device__ __forceinline__ void load_chunk(const void* p, float* out) {
+  decode_chunk<T>(__ldg(static_cast<const uint4*>(p)), out);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -365,6 +367,9 @@ struct CudaEngine::Impl {
   int32_t* h_ints = nullptr;
   float* h_rows = nullptr;
   float* h_logits = nullptr;
+  // Captured decode graphs by (mtp, rows, logit rows, attention span, hidden wanted).
+  std::map<std::tuple<bool, int64_t, int64_t, int64_t, bool>, cudaGraphExec_t> graphs;
+  int64_t captured = 0;
 
   Impl(const Model& model, const CudaEngineOptions& o)
       : c(model.config()), opt(o), rope_table(RopeTable::build(model.config())) {
@@ -406,6 +411,7 @@ struct CudaEngine::Impl {
     // Nothing can be reported from a destructor; a failure here would also show in the next
     // checked call of whoever uses the device next.
     if (stream) (void)cudaStreamSynchronize(stream);
+    drop_graphs();
     if (stream) (void)cudaStreamDestroy(stream);
     blas.reset();
     (void)cudaFreeHost(h_ints);
@@ -589,6 +595,104 @@ struct CudaEngine::Impl {
     const float* hprev;  // MTP: host rows of the main model's hidden states
   };
 
+  void drop_graphs() {
+    for (auto& [key, exec] : graphs) (void)cudaGraphExecDestroy(exec);
+    graphs.clear();
+  }
+
+  // The attention's key splits follow the chunk's last position. Rounded up to a multiple of
+  // kSpanStep, one captured graph serves kSpanStep consecutive decode steps; the eager path
+  // rounds the same way, so both launch the same kernels with the same arguments.
+  static constexpr int64_t kSpanStep = 256;
+  int64_t attention_span(int64_t max_pos) const {
+    return std::min(ceil_div(max_pos + 1, kSpanStep) * kSpanStep, opt.max_context);
+  }
+
+  // Everything a chunk of n rows runs on the stream, from the upload of its integers (staged in
+  // h_ints, and for the MTP module the previous hidden rows in h_rows) to the final norm and
+  // the copy of the hidden rows to h_rows. Kernel arguments depend only on (n, span, mtp), so
+  // this is what a graph captures.
+  const DevLayer* enqueue_body(int64_t n, int64_t span, bool mtp, bool want_hidden) {
+    Work& k = m.work;
+    const int64_t T = k.T, H = c.hidden_size;
+    const int64_t max_pos = span - 1;
+    DSV3_CUDA_CHECK(cudaMemcpyAsync(k.ints, h_ints, size_t(4 * T) * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, stream));
+    const float eps = float(c.rms_norm_eps);
+    const float* pending = nullptr;
+    const DevLayer* head_layer = nullptr;
+    if (!mtp) {
+      embedding(k.ints, n, m.embed, m.embed_type, H, k.x, stream);
+      for (size_t l = 0; l < m.layers.size(); ++l)
+        pending = block(m.layers[l], m.pool, int64_t(l), n, max_pos, pending);
+      add_rmsnorm(k.x, H, pending, m.final_norm, eps, n, H, k.xn, H, stream);
+    } else {
+      const DevLayer& L = m.mtp[0];
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(k.hprev, h_rows, size_t(n * H) * sizeof(float),
+                                      cudaMemcpyHostToDevice, stream));
+      // MODEL_SPEC §6: x = eh_proj([enorm(embed(t_{i+1})) ; hnorm(h_i)]).
+      embedding(k.ints, n, m.embed, m.embed_type, H, k.h, stream);
+      add_rmsnorm(k.h, H, nullptr, L.enorm, eps, n, H, k.cat, 2 * H, stream);
+      add_rmsnorm(k.hprev, H, nullptr, L.hnorm, eps, n, H, k.cat + H, 2 * H, stream);
+      linear(k.cat, n, L.eh_proj, k.x);
+      pending = block(L, m.mtp_pool, 0, n, max_pos, nullptr);
+      add_rmsnorm(k.x, H, pending, L.head_norm, eps, n, H, k.xn, H, stream);
+      head_layer = &L;
+    }
+    if (want_hidden)
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(h_rows, k.xn, size_t(n * H) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, stream));
+    return head_layer;
+  }
+
+  // Logits of selected rows s0 .. s0 + cnt (indices in ints[3T ...]) into h_logits.
+  void enqueue_logits(int64_t s0, int64_t cnt, const DevWeight& head) {
+    Work& k = m.work;
+    const int64_t H = c.hidden_size, V = c.vocab_size;
+    gather_rows(k.xn, H, k.ints + 3 * k.T + s0, cnt, H, k.sel, stream);
+    linear(k.sel, cnt, head, k.logits);
+    DSV3_CUDA_CHECK(cudaMemcpyAsync(h_logits, k.logits, size_t(cnt * V) * sizeof(float),
+                                    cudaMemcpyDeviceToHost, stream));
+  }
+
+  // A chunk whose every linear runs our gemv (no cuBLASLt: its plans and workspaces stay out of
+  // graphs) and whose logits fit one pass is replayed from a graph.
+  bool graph_eligible(int64_t n, int64_t nsel) const {
+    return opt.graphs && (!blas || n <= opt.gemv_max_rows) && nsel <= m.work.logit_rows;
+  }
+
+  // Replays (capturing first if needed) the graph of this chunk shape. False if capture is not
+  // possible here; the caller then runs the chunk eagerly (and graphs stay off).
+  bool launch_graph(int64_t n, int64_t nsel, int64_t span, bool mtp, bool want_hidden) {
+    const auto key = std::make_tuple(mtp, n, nsel, span, want_hidden);
+    auto it = graphs.find(key);
+    if (it == graphs.end()) {
+      if (graphs.size() >= 64) drop_graphs();  // long runs of many shapes: start over
+      cudaGraph_t g = nullptr;
+      DSV3_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+      try {
+        const DevLayer* hl = enqueue_body(n, span, mtp, want_hidden);
+        if (nsel > 0) enqueue_logits(0, nsel, hl ? hl->head : m.lm_head);
+      } catch (const Error&) {
+        // Leave the stream usable; the eager path reports the error again if it is real.
+        (void)cudaStreamEndCapture(stream, &g);
+        if (g) (void)cudaGraphDestroy(g);
+        (void)cudaGetLastError();
+        opt.graphs = false;
+        return false;
+      }
+      DSV3_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t err = cudaGraphInstantiate(&exec, g, 0);
+      (void)cudaGraphDestroy(g);
+      DSV3_CUDA_CHECK(err);
+      it = graphs.emplace(key, exec).first;
+      ++captured;
+    }
+    DSV3_CUDA_CHECK(cudaGraphLaunch(it->second, stream));
+    return true;
+  }
+
   // Runs one chunk (≤ T tokens) through the main model (mtp = false) or the MTP module.
   void run_chunk(const std::vector<Piece>& pieces, bool mtp) {
     Work& k = m.work;
@@ -608,46 +712,22 @@ struct CudaEngine::Impl {
         }
       }
     }
-    DSV3_CUDA_CHECK(cudaMemcpyAsync(k.ints, h_ints, size_t(4 * T) * sizeof(int32_t),
-                                    cudaMemcpyHostToDevice, stream));
-    const float eps = float(c.rms_norm_eps);
-    const float* pending = nullptr;
-    const DevLayer* head_layer = nullptr;
-    if (!mtp) {
-      embedding(k.ints, n, m.embed, m.embed_type, H, k.x, stream);
-      for (size_t l = 0; l < m.layers.size(); ++l)
-        pending = block(m.layers[l], m.pool, int64_t(l), n, max_pos, pending);
-      add_rmsnorm(k.x, H, pending, m.final_norm, eps, n, H, k.xn, H, stream);
-    } else {
-      const DevLayer& L = m.mtp[0];
+    if (mtp) {
       int64_t r = 0;
       for (const Piece& p : pieces) {
         std::memcpy(h_rows + r * H, p.hprev, size_t((p.end - p.begin) * H) * sizeof(float));
         r += p.end - p.begin;
       }
-      DSV3_CUDA_CHECK(cudaMemcpyAsync(k.hprev, h_rows, size_t(n * H) * sizeof(float),
-                                      cudaMemcpyHostToDevice, stream));
-      // MODEL_SPEC §6: x = eh_proj([enorm(embed(t_{i+1})) ; hnorm(h_i)]).
-      embedding(k.ints, n, m.embed, m.embed_type, H, k.h, stream);
-      add_rmsnorm(k.h, H, nullptr, L.enorm, eps, n, H, k.cat, 2 * H, stream);
-      add_rmsnorm(k.hprev, H, nullptr, L.hnorm, eps, n, H, k.cat + H, 2 * H, stream);
-      linear(k.cat, n, L.eh_proj, k.x);
-      pending = block(L, m.mtp_pool, 0, n, max_pos, nullptr);
-      add_rmsnorm(k.x, H, pending, L.head_norm, eps, n, H, k.xn, H, stream);
-      head_layer = &L;
     }
-    const DevWeight& head = head_layer ? head_layer->head : m.lm_head;
     bool want_hidden = false;
     for (const Piece& p : pieces) want_hidden |= p.hidden_dst != nullptr;
-    if (want_hidden)
-      DSV3_CUDA_CHECK(cudaMemcpyAsync(h_rows, k.xn, size_t(n * H) * sizeof(float),
-                                      cudaMemcpyDeviceToHost, stream));
+    const int64_t span = attention_span(max_pos);
+    const DevWeight& head = mtp ? m.mtp[0].head : m.lm_head;
+    const bool replayed = graph_eligible(n, nsel) && launch_graph(n, nsel, span, mtp, want_hidden);
+    if (!replayed) enqueue_body(n, span, mtp, want_hidden);
     for (int64_t s0 = 0; s0 < nsel; s0 += k.logit_rows) {
       const int64_t cnt = std::min(k.logit_rows, nsel - s0);
-      gather_rows(k.xn, H, k.ints + 3 * T + s0, cnt, H, k.sel, stream);
-      linear(k.sel, cnt, head, k.logits);
-      DSV3_CUDA_CHECK(cudaMemcpyAsync(h_logits, k.logits, size_t(cnt * V) * sizeof(float),
-                                      cudaMemcpyDeviceToHost, stream));
+      if (!replayed) enqueue_logits(s0, cnt, head);
       DSV3_CUDA_CHECK(cudaStreamSynchronize(stream));
       for (int64_t i = 0; i < cnt; ++i)
         std::memcpy(sel_dst[size_t(s0 + i)], h_logits + i * V, size_t(V) * sizeof(float));
@@ -745,6 +825,14 @@ const MemoryPlan& CudaEngine::memory() const {
 
 void CudaEngine::synchronize() const {
   DSV3_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
+}
+
+void CudaEngine::set_graphs(bool on) const {
+  impl_->opt.graphs = on;
+}
+
+int64_t CudaEngine::graphs_captured() const {
+  return impl_->captured;
 }
 
 LatentCache CudaEngine::new_cache(int64_t capacity) const {

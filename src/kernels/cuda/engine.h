@@ -4,6 +4,7 @@
 // launch serves all of them. Everything lives in ONE device allocation made at construction:
 // weights, the latent caches of all sequences (F32, [slots][layers][capacity][kv_lora + rope]),
 // and the activations of one forward chunk. One stream; every CUDA call and launch is checked.
+// Decode steps replay CUDA graphs (CudaEngineOptions::graphs).
 //
 // Arithmetic: activations F32. Linears with few rows (decode) run our gemv kernel, which decodes
 // weights in registers and accumulates in F32 (matches the CPU to ~1e-6 of the logits' std);
@@ -27,6 +28,10 @@ struct CudaEngineOptions {
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
   int64_t gemv_max_rows = 16;     // linears over more rows use cuBLASLt (BF16 tensor cores)
   bool exact = false;             // F32 gemv for every linear (tests against the CPU)
+  // Decode-sized chunks (every linear on the gemv path) run as a CUDA graph captured once per
+  // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
+  // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).
+  bool graphs = true;
 };
 
 // Device bytes the engine allocates for a model (computed without a GPU).
@@ -53,6 +58,10 @@ class CudaEngine : public StepEngine {
   const MemoryPlan& memory() const;
   // Waits for the engine's stream (benchmarks; step() already returns finished results).
   void synchronize() const;
+  // Turns graph replay on or off for later steps (benchmarks and tests compare the two).
+  void set_graphs(bool on) const;
+  // Graphs captured so far (each is replayed for every later chunk of the same shape).
+  int64_t graphs_captured() const;
 
  private:
   struct Impl;

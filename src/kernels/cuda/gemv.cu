@@ -1,8 +1,12 @@
-// Skinny GEMM for decode (kernels.h GemvArgs): one warp per output feature. Each lane streams
-// 16-byte chunks of the weight row (decoded in registers), dots them with up to MT input rows
-// and the warp sums the lanes. The weight is read from memory once per MT rows, so with few
-// rows the kernel runs at the speed of the weight bytes; F32 accumulation, FP8 block scale
-// applied per 16-value chunk (a chunk never crosses a 128-wide block).
+// Skinny GEMM for decode (kernels.h GemvArgs): `ks` warps per output feature (split-K within a
+// block: warp j of an output takes the 16-byte chunks j, j + ks, ... of each lane's stride, and
+// the block sums the ks partial dots in a fixed order, so results do not depend on timing).
+// Each lane streams 16-byte chunks of the weight row (decoded in registers), kUnroll of them in
+// flight before the first is used, dots them with up to MT input rows and the warp sums the
+// lanes. The weight is read from memory once per MT rows, so with few rows the kernel runs at
+// the speed of the weight bytes; F32 accumulation, FP8 block scale applied per 16-value chunk
+// (a chunk never crosses a 128-wide block). Small matrices (few outputs, long rows: kv_a, the
+// router, q_a) would leave most SMs idle with one warp per output; `ks` > 1 fills them.
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
@@ -13,39 +17,75 @@ namespace dsv3::cuda {
 namespace {
 
 constexpr int kWarps = 8;
+constexpr int kUnroll = 4;
 
 __device__ __forceinline__ float silu(float g) {
   return g / (1.0f + expf(-g));
 }
 
+// acc[mm] += sc · (w · x[mm]) over one decoded chunk at column k0 (and the same for w2).
+template <int CH, int MT, bool SWIGLU>
+__device__ __forceinline__ void dot_chunk(const float* wv, const float* wv2, float sc, float sc2,
+                                          const float* const* xr, int64_t k0, int cnt, float* acc,
+                                          float* acc2) {
+#pragma unroll
+  for (int mm = 0; mm < MT; ++mm) {
+    if (mm < cnt) {
+      float xv[CH];
+#pragma unroll
+      for (int c = 0; c < CH; c += 4) {
+        const float4 f = __ldg(reinterpret_cast<const float4*>(xr[mm] + k0 + c));
+        xv[c] = f.x;
+        xv[c + 1] = f.y;
+        xv[c + 2] = f.z;
+        xv[c + 3] = f.w;
+      }
+      float d = 0.0f, d2 = 0.0f;
+#pragma unroll
+      for (int c = 0; c < CH; ++c) {
+        d = fmaf(wv[c], xv[c], d);
+        if constexpr (SWIGLU) d2 = fmaf(wv2[c], xv[c], d2);
+      }
+      acc[mm] = fmaf(d, sc, acc[mm]);
+      if constexpr (SWIGLU) acc2[mm] = fmaf(d2, sc2, acc2[mm]);
+    }
+  }
+}
+
 template <WType T, int MT, bool SWIGLU, bool VEC>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a, const int ks) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
+  __shared__ float red[2][MT][kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int sub = warp % ks;  // this warp's share of K
   int64_t g = blockIdx.y;
   if (a.active) {
-    if (g >= a.active[0]) return;
+    if (g >= a.active[0]) return;  // uniform over the block
     g = a.active[1 + g];
   }
-  const int64_t n = int64_t(blockIdx.x) * kWarps + warp;
-  if (n >= a.n) return;
+  const int64_t n = int64_t(blockIdx.x) * (kWarps / ks) + warp / ks;
+  // With ks > 1 every warp must reach the block's barriers, so a warp past the last output
+  // computes nothing but does not leave.
+  const bool valid = n < a.n;
+  if (!valid && ks == 1) return;
   int64_t r0 = 0, r1 = a.m;
   if (a.offsets) {
     r0 = max(int64_t(a.offsets[g]), int64_t(0));
     r1 = min(int64_t(a.offsets[g + 1]), a.m);
   }
-  if (r0 >= r1) return;
-  const int64_t K = a.w.k;
-  const int64_t wrow = g * a.w_group_rows + a.w_row0 + n;
-  const char* w1 = static_cast<const char*>(a.w.w) + wrow * K * ES;
-  const char* w2 = SWIGLU ? static_cast<const char*>(a.w2) + wrow * K * ES : nullptr;
+  if (r0 >= r1) return;  // uniform over the block
+  const int64_t K = valid ? a.w.k : 0;
+  const int64_t nn = valid ? n : 0;
+  const int64_t wrow = g * a.w_group_rows + a.w_row0 + nn;
+  const char* w1 = static_cast<const char*>(a.w.w) + wrow * a.w.k * ES;
+  const char* w2 = SWIGLU ? static_cast<const char*>(a.w2) + wrow * a.w.k * ES : nullptr;
   const float* s1 = nullptr;
   const float* s2 = nullptr;
   if constexpr (T == WType::E4M3) {
-    const int64_t scols = ceil_div(K, a.w.bk);
+    const int64_t scols = ceil_div(a.w.k, a.w.bk);
     const int64_t srow =
-        a.scale_group_rows > 0 ? g * a.scale_group_rows + (a.w_row0 + n) / a.w.bn : wrow / a.w.bn;
+        a.scale_group_rows > 0 ? g * a.scale_group_rows + (a.w_row0 + nn) / a.w.bn : wrow / a.w.bn;
     s1 = a.w.scale + srow * scols;
     if (SWIGLU) s2 = a.scale2 + srow * scols;
   }
@@ -62,8 +102,33 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 #pragma unroll
     for (int mm = 0; mm < MT; ++mm) acc[mm] = acc2[mm] = 0.0f;
     if constexpr (VEC) {
-#pragma unroll 2
-      for (int64_t k0 = int64_t(lane) * CH; k0 < K; k0 += 32 * CH) {
+      const int64_t step = int64_t(ks) * 32 * CH;
+      int64_t k0 = (int64_t(sub) * 32 + lane) * CH;
+      // kUnroll chunks per lane in flight: a warp alone must cover the memory latency when a
+      // row is short (K = 2048 FP8 is 4 chunks per lane).
+      for (; k0 + (kUnroll - 1) * step < K; k0 += kUnroll * step) {
+        uint4 raw[kUnroll], raw2[SWIGLU ? kUnroll : 1];
+        float sc[kUnroll], sc2[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t k = k0 + u * step;
+          raw[u] = __ldg(reinterpret_cast<const uint4*>(w1 + k * ES));
+          if constexpr (SWIGLU) raw2[u] = __ldg(reinterpret_cast<const uint4*>(w2 + k * ES));
+          sc[u] = sc2[u] = 1.0f;
+          if constexpr (T == WType::E4M3) {
+            sc[u] = __ldg(s1 + k / a.w.bk);
+            if constexpr (SWIGLU) sc2[u] = __ldg(s2 + k / a.w.bk);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          float wv[CH], wv2[SWIGLU ? CH : 1];
+          decode_chunk<T>(raw[u], wv);
+          if constexpr (SWIGLU) decode_chunk<T>(raw2[u], wv2);
+          dot_chunk<CH, MT, SWIGLU>(wv, wv2, sc[u], sc2[u], xr, k0 + u * step, cnt, acc, acc2);
+        }
+      }
+      for (; k0 < K; k0 += step) {
         float wv[CH], wv2[SWIGLU ? CH : 1];
         load_chunk<T>(w1 + k0 * ES, wv);
         if constexpr (SWIGLU) load_chunk<T>(w2 + k0 * ES, wv2);
@@ -72,31 +137,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
           sc = __ldg(s1 + k0 / a.w.bk);
           if constexpr (SWIGLU) sc2 = __ldg(s2 + k0 / a.w.bk);
         }
-#pragma unroll
-        for (int mm = 0; mm < MT; ++mm) {
-          if (mm < cnt) {
-            float xv[CH];
-#pragma unroll
-            for (int c = 0; c < CH; c += 4) {
-              const float4 f = __ldg(reinterpret_cast<const float4*>(xr[mm] + k0 + c));
-              xv[c] = f.x;
-              xv[c + 1] = f.y;
-              xv[c + 2] = f.z;
-              xv[c + 3] = f.w;
-            }
-            float d = 0.0f, d2 = 0.0f;
-#pragma unroll
-            for (int c = 0; c < CH; ++c) {
-              d = fmaf(wv[c], xv[c], d);
-              if constexpr (SWIGLU) d2 = fmaf(wv2[c], xv[c], d2);
-            }
-            acc[mm] = fmaf(d, sc, acc[mm]);
-            if constexpr (SWIGLU) acc2[mm] = fmaf(d2, sc2, acc2[mm]);
-          }
-        }
+        dot_chunk<CH, MT, SWIGLU>(wv, wv2, sc, sc2, xr, k0, cnt, acc, acc2);
       }
     } else {
-      for (int64_t k = lane; k < K; k += 32) {
+      for (int64_t k = int64_t(sub) * 32 + lane; k < K; k += int64_t(ks) * 32) {
         float wv = load_one<T>(w1, k), wv2 = 0.0f;
         if constexpr (SWIGLU) wv2 = load_one<T>(w2, k);
         if constexpr (T == WType::E4M3) {
@@ -115,25 +159,77 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
     }
 #pragma unroll
     for (int mm = 0; mm < MT; ++mm) {
-      const float v = warp_sum(acc[mm]);
-      const float v2 = SWIGLU ? warp_sum(acc2[mm]) : 0.0f;
-      if (lane == 0 && mm < cnt) {
-        float* y = a.y + (p0 + mm) * a.ldy + g * a.y_goff + n;
-        *y = SWIGLU ? silu(v) * v2 : v;
+      acc[mm] = warp_sum(acc[mm]);
+      if constexpr (SWIGLU) acc2[mm] = warp_sum(acc2[mm]);
+    }
+    if (ks > 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int mm = 0; mm < MT; ++mm) {
+          red[0][mm][warp] = acc[mm];
+          red[1][mm][warp] = acc2[mm];
+        }
+      }
+      __syncthreads();
+      if (sub == 0) {
+#pragma unroll
+        for (int mm = 0; mm < MT; ++mm) {
+          float v = 0.0f, v2 = 0.0f;
+          for (int j = 0; j < ks; ++j) {
+            v += red[0][mm][warp + j];
+            v2 += red[1][mm][warp + j];
+          }
+          acc[mm] = v;
+          acc2[mm] = v2;
+        }
+      }
+      __syncthreads();  // red is reused by the next pass over rows
+    }
+    if (valid && sub == 0 && lane == 0) {
+#pragma unroll
+      for (int mm = 0; mm < MT; ++mm) {
+        if (mm < cnt) {
+          float* y = a.y + (p0 + mm) * a.ldy + g * a.y_goff + n;
+          *y = SWIGLU ? silu(acc[mm]) * acc2[mm] : acc[mm];
+        }
       }
     }
   }
+}
+
+int sm_count() {
+  static const int count = [] {
+    int dev = 0, c = 0;
+    DSV3_CUDA_CHECK(cudaGetDevice(&dev));
+    DSV3_CUDA_CHECK(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev));
+    return std::max(c, 1);
+  }();
+  return count;
+}
+
+bool g_split_k = true;
+
+// Warps per output: double while fewer warps than ~48 per SM (3/4 of what an H100 SM holds)
+// would run and each warp still gets at least one 16-byte chunk per lane.
+int split_k(const GemvArgs& a, int64_t slots, int chunk) {
+  const int64_t want = int64_t(48) * sm_count();
+  int ks = 1;
+  while (g_split_k && ks < kWarps && a.n * slots * ks < want &&
+         a.w.k >= int64_t(2 * ks) * 32 * chunk)
+    ks *= 2;
+  return ks;
 }
 
 template <WType T, int MT, bool SWIGLU>
 void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
   // With an active list at most min(groups, rows) groups have work.
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
-  const dim3 grid(unsigned(ceil_div(a.n, kWarps)), unsigned(slots));
+  const int ks = split_k(a, slots, vec ? WTraits<T>::kChunk : 1);
+  const dim3 grid(unsigned(ceil_div(a.n, kWarps / ks)), unsigned(slots));
   if (vec)
-    gemv_kernel<T, MT, SWIGLU, true><<<grid, kWarps * 32, 0, s>>>(a);
+    gemv_kernel<T, MT, SWIGLU, true><<<grid, kWarps * 32, 0, s>>>(a, ks);
   else
-    gemv_kernel<T, MT, SWIGLU, false><<<grid, kWarps * 32, 0, s>>>(a);
+    gemv_kernel<T, MT, SWIGLU, false><<<grid, kWarps * 32, 0, s>>>(a, ks);
 }
 
 template <WType T, int MT>
@@ -151,8 +247,11 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   bool vec = a.w.k % CH == 0 && a.ldx % 4 == 0 && a.x_goff % 4 == 0 && aligned(a.x) &&
              aligned(a.w.w) && (!a.w2 || aligned(a.w2));
   if (T == WType::E4M3) vec = vec && a.w.bk % CH == 0;
-  // Rows per pass: the weight is re-read (mostly from L2) once per MT rows of a group.
-  const int64_t rows = a.offsets ? 4 : a.m;
+  // Rows per pass: the weight is re-read (mostly from L2) once per MT rows of a group. Grouped
+  // rows (experts) are sized by their mean per launched group: at batch 1 each expert has one
+  // row, and MT = 4 would cost registers (occupancy) for nothing.
+  const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
+  const int64_t rows = a.offsets ? ceil_div(a.m, std::max<int64_t>(slots, 1)) : a.m;
   if (rows <= 1)
     launch_mt<T, 1>(a, vec, s);
   else if (rows <= 2)
@@ -164,6 +263,10 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
 }
 
 }  // namespace
+
+void gemv_allow_split_k(bool on) {
+  g_split_k = on;
+}
 
 void gemv(const GemvArgs& a, cudaStream_t s) {
   if (a.n == 0 || a.m == 0 || a.groups == 0) return;

@@ -55,6 +55,9 @@ struct GemvArgs {
   const int32_t* active = nullptr;
 };
 void gemv(const GemvArgs& a, cudaStream_t s);
+// Benchmarks only: false makes later gemv launches use one warp per output (no split-K), to
+// measure what the split buys. Process-wide; default true.
+void gemv_allow_split_k(bool on);
 
 // out[t] = table[ids[t]] as F32. table [V, H] of `type`.
 void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int64_t h, float* out,
