@@ -207,7 +207,7 @@ int main(int argc, char** argv) {
           const auto t0 = Clock::now();
           engine.step(in);
           const double t = secs(t0, Clock::now());
-          if (rep == 1) {
+          if (rep == 1 || len >= 4096) {
             table.push_back(fmt::format("{:>22} {:>10.1f} {:>10.3f} {:>14} {:>14}",
                                         fmt::format("prefill {}", len), len / t, 1e3 * t, "-",
                                         "-"));

@@ -51,6 +51,18 @@ if has test; then
   echo "gpu tests: $pass passed, $fail failed"
 fi
 
+# ncu over a short batch-1 run (prefill of 8 tokens, then eager decode steps): time per kernel.
+profile() {
+  log "ncu: time per kernel, $2, batch 1 (first $3 launches: prefill of 8 + eager decode)"
+  timeout 120 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+    --launch-count "$3" "$BUILD/bin/bench_cuda_decode" --model "$1" --batch 1 \
+    --steps 4 --prompt 8 --prefill none > "$OUT/ncu_$2.txt" 2>&1 ||
+    echo "ncu failed or timed out (rc $?)"
+  grep -E "^  [a-zA-Z_].*\(|gpu__time_duration.sum" "$OUT/ncu_$2.txt" | paste - - |
+    sed -E 's/ +/ /g; s/\(const [^)]*\)|\(GemvArgs, int, int\)//; s/Device 0, CC 9.0, //' |
+    cut -c1-160 | head -40 || true
+}
+
 # DeepSeek-V3 dims with 4 layers (3 dense + 1 MoE of 256 experts), FP8 blocks, no MTP.
 if has v3; then
   log "init DeepSeek-V3 x4 layers (fp8)"
@@ -69,15 +81,7 @@ PY
   timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" \
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v3.txt" || echo "bench v3 failed or timed out"
-  if has profile; then
-    log "ncu: time per kernel over a short batch-1 run (prefill of 8 + 7 decode steps)"
-    timeout 120 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
-      --launch-count 400 "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1 \
-      --steps 4 --prompt 8 --prefill none \
-      > "$OUT/ncu_v3.txt" 2>&1 || echo "ncu failed or timed out (rc $?)"
-    grep -E "^  [a-zA-Z_].*\(|gpu__time_duration.sum" "$OUT/ncu_v3.txt" | paste - - |
-      awk '{print $0}' | sed -E 's/ +/ /g' | cut -c1-200 | head -40 || true
-  fi
+  has profile && profile "$CKPT/v3-4l" v3 400
   rm -rf "$CKPT/v3-4l"
 fi
 
@@ -91,5 +95,6 @@ if has v2lite; then
   timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v2lite" \
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v2lite.txt" || echo "bench v2lite failed or timed out"
+  has profile && profile "$CKPT/v2lite" v2lite 1000
 fi
 log "done in ${SECONDS}s"

@@ -26,7 +26,7 @@ __device__ __forceinline__ float silu(float g) {
 // acc[mm] += sc · (w · x[mm]) over one decoded chunk at column k0 (and the same for w2).
 template <int CH, int MT, bool SWIGLU>
 __device__ __forceinline__ void dot_chunk(const float* wv, const float* wv2, float sc, float sc2,
-                                          const float* const* xr, int64_t k0, int cnt, float* acc,
+                                          const float* const* xr, int k0, int cnt, float* acc,
                                           float* acc2) {
 #pragma unroll
   for (int mm = 0; mm < MT; ++mm) {
@@ -53,7 +53,8 @@ __device__ __forceinline__ void dot_chunk(const float* wv, const float* wv2, flo
 }
 
 template <WType T, int MT, bool SWIGLU, bool VEC>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a, const int ks) {
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const GemvArgs a, const int ks, const int bk_shift) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
   __shared__ float red[2][MT][kWarps];
@@ -102,42 +103,42 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a, con
 #pragma unroll
     for (int mm = 0; mm < MT; ++mm) acc[mm] = acc2[mm] = 0.0f;
     if constexpr (VEC) {
-      const int64_t step = int64_t(ks) * 32 * CH;
-      int64_t k0 = (int64_t(sub) * 32 + lane) * CH;
-      // kUnroll chunks per lane in flight: a warp alone must cover the memory latency when a
-      // row is short (K = 2048 FP8 is 4 chunks per lane).
-      for (; k0 + (kUnroll - 1) * step < K; k0 += kUnroll * step) {
+      // Column indices fit 32 bits (K < 2^31) and the FP8 scale column is a shift when the
+      // block width is a power of two (always 128 in DeepSeek's checkpoints): a 64-bit
+      // division per 16-byte chunk made the FP8 kernels instruction-bound (ncu, V3 dims).
+      const int step = ks * 32 * CH;
+      const int Ki = int(K);
+      // kUnroll chunks per lane in flight, the last batch predicated: a row of K = 1536 FP8
+      // (q_b) is 3 chunks per lane, which a serial remainder loop would fetch one at a time.
+      for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += kUnroll * step) {
         uint4 raw[kUnroll], raw2[SWIGLU ? kUnroll : 1];
         float sc[kUnroll], sc2[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int64_t k = k0 + u * step;
-          raw[u] = __ldg(reinterpret_cast<const uint4*>(w1 + k * ES));
-          if constexpr (SWIGLU) raw2[u] = __ldg(reinterpret_cast<const uint4*>(w2 + k * ES));
+          const int k = k0 + u * step;
+          raw[u] = make_uint4(0, 0, 0, 0);
+          if constexpr (SWIGLU) raw2[u] = make_uint4(0, 0, 0, 0);
           sc[u] = sc2[u] = 1.0f;
-          if constexpr (T == WType::E4M3) {
-            sc[u] = __ldg(s1 + k / a.w.bk);
-            if constexpr (SWIGLU) sc2[u] = __ldg(s2 + k / a.w.bk);
+          if (k < Ki) {
+            raw[u] = __ldg(reinterpret_cast<const uint4*>(w1 + k * ES));
+            if constexpr (SWIGLU) raw2[u] = __ldg(reinterpret_cast<const uint4*>(w2 + k * ES));
+            if constexpr (T == WType::E4M3) {
+              const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
+              sc[u] = __ldg(s1 + sk);
+              if constexpr (SWIGLU) sc2[u] = __ldg(s2 + sk);
+            }
           }
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          float wv[CH], wv2[SWIGLU ? CH : 1];
-          decode_chunk<T>(raw[u], wv);
-          if constexpr (SWIGLU) decode_chunk<T>(raw2[u], wv2);
-          dot_chunk<CH, MT, SWIGLU>(wv, wv2, sc[u], sc2[u], xr, k0 + u * step, cnt, acc, acc2);
+          const int k = k0 + u * step;
+          if (k < Ki) {
+            float wv[CH], wv2[SWIGLU ? CH : 1];
+            decode_chunk<T>(raw[u], wv);
+            if constexpr (SWIGLU) decode_chunk<T>(raw2[u], wv2);
+            dot_chunk<CH, MT, SWIGLU>(wv, wv2, sc[u], sc2[u], xr, k, cnt, acc, acc2);
+          }
         }
-      }
-      for (; k0 < K; k0 += step) {
-        float wv[CH], wv2[SWIGLU ? CH : 1];
-        load_chunk<T>(w1 + k0 * ES, wv);
-        if constexpr (SWIGLU) load_chunk<T>(w2 + k0 * ES, wv2);
-        float sc = 1.0f, sc2 = 1.0f;
-        if constexpr (T == WType::E4M3) {
-          sc = __ldg(s1 + k0 / a.w.bk);
-          if constexpr (SWIGLU) sc2 = __ldg(s2 + k0 / a.w.bk);
-        }
-        dot_chunk<CH, MT, SWIGLU>(wv, wv2, sc, sc2, xr, k0, cnt, acc, acc2);
       }
     } else {
       for (int64_t k = int64_t(sub) * 32 + lane; k < K; k += int64_t(ks) * 32) {
@@ -226,10 +227,13 @@ void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int ks = split_k(a, slots, vec ? WTraits<T>::kChunk : 1);
   const dim3 grid(unsigned(ceil_div(a.n, kWarps / ks)), unsigned(slots));
+  int bk_shift = -1;
+  for (int sh = 0; sh < 31; ++sh)
+    if (a.w.bk == (1 << sh)) bk_shift = sh;
   if (vec)
-    gemv_kernel<T, MT, SWIGLU, true><<<grid, kWarps * 32, 0, s>>>(a, ks);
+    gemv_kernel<T, MT, SWIGLU, true><<<grid, kWarps * 32, 0, s>>>(a, ks, bk_shift);
   else
-    gemv_kernel<T, MT, SWIGLU, false><<<grid, kWarps * 32, 0, s>>>(a, ks);
+    gemv_kernel<T, MT, SWIGLU, false><<<grid, kWarps * 32, 0, s>>>(a, ks, bk_shift);
 }
 
 template <WType T, int MT>

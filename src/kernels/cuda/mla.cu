@@ -91,6 +91,9 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
   for (int r = 0; r < kAbsorbRows; ++r)
 #pragma unroll
     for (int v = 0; v < V; ++v) acc[r][v] = 0.0f;
+  // The scale's column is fixed per thread, its row found by a 32-bit division: 64-bit
+  // divisions per element made this kernel instruction-bound (31 us per call at V3 dims).
+  const int scale_col = int(c0) / w.bk;
   if (c0 < dc) {
 #pragma unroll 4
     for (int64_t i = slice; i < dn; i += kAbsorbSlices) {
@@ -104,7 +107,7 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
       }
       if constexpr (T == WType::E4M3) {
         // V = 4 only when bk % 4 == 0: the four columns share a block.
-        const float sc = __ldg(w.scale + (wr / w.bn) * scols + c0 / w.bk);
+        const float sc = __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + scale_col);
 #pragma unroll
         for (int v = 0; v < V; ++v) wv[v] *= sc;
       }
@@ -161,11 +164,14 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   for (int64_t i = threadIdx.x; i < kHeadsPerBlock * dc; i += blockDim.x) o_s[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   __syncthreads();
+  const int Di = int(D), ldki = int(ldk);
   for (int64_t j0 = kbeg; j0 < kend; j0 += kKeyTile) {
     const int nk = int(min(int64_t(kKeyTile), kend - j0));
-    for (int64_t i = threadIdx.x; i < nk * D; i += blockDim.x) {
-      const int64_t r = i / D, c = i % D;
-      k_s[r * ldk + c] = keys[(j0 + r) * D + c];
+    // 32-bit index arithmetic: 64-bit division per element dominated this loop.
+    const float* kt = keys + j0 * D;
+    for (int i = int(threadIdx.x); i < nk * Di; i += int(blockDim.x)) {
+      const int r = i / Di, c = i - r * Di;
+      k_s[r * ldki + c] = kt[i];
     }
     __syncthreads();
     if (active) {
@@ -173,9 +179,15 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
       if (lane < nk) {
         const float* qh = q_s + warp * D;
         const float* kr = k_s + lane * ldk;
-        float d = 0.0f;
-        for (int64_t c = 0; c < D; ++c) d = fmaf(qh[c], kr[c], d);
-        s = d * scale;
+        // Four independent sums: one dependent chain of D = 576 FMAs was latency-bound.
+        float d4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int c = 0;
+        for (; c + 4 <= Di; c += 4) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) d4[q] = fmaf(qh[c + q], kr[c + q], d4[q]);
+        }
+        for (; c < Di; ++c) d4[0] = fmaf(qh[c], kr[c], d4[0]);
+        s = ((d4[0] + d4[1]) + (d4[2] + d4[3])) * scale;
       }
       const float m_new = fmaxf(m, warp_max(s));
       const float p = lane < nk ? expf(s - m_new) : 0.0f;
@@ -184,10 +196,23 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
       p_s[warp * kKeyTile + lane] = p;
       __syncwarp();
       float* o = o_s + warp * dc;
-      for (int64_t c = lane; c < dc; c += 32) {
-        float acc = o[c] * alpha;
-        for (int j = 0; j < nk; ++j) acc = fmaf(p_s[warp * kKeyTile + j], k_s[j * ldk + c], acc);
-        o[c] = acc;
+      const float* pw = p_s + warp * kKeyTile;
+      const int dci = int(dc);
+      // Four output columns per lane at once, so four FMA chains run side by side.
+      for (int c0 = lane; c0 < dci; c0 += 128) {
+        float acc[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[q] = c0 + 32 * q < dci ? o[c0 + 32 * q] * alpha : 0.0f;
+        for (int j = 0; j < nk; ++j) {
+          const float pj = pw[j];
+          const float* kr = k_s + j * ldki + c0;
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (c0 + 32 * q < dci) acc[q] = fmaf(pj, kr[32 * q], acc[q]);
+        }
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (c0 + 32 * q < dci) o[c0 + 32 * q] = acc[q];
       }
       m = m_new;
     }
