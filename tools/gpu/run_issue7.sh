@@ -81,7 +81,7 @@ PY
   timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" \
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v3.txt" || echo "bench v3 failed or timed out"
-  has profile && profile "$CKPT/v3-4l" v3 400
+  if has profile; then profile "$CKPT/v3-4l" v3 400; fi
   rm -rf "$CKPT/v3-4l"
 fi
 
@@ -95,6 +95,6 @@ if has v2lite; then
   timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v2lite" \
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v2lite.txt" || echo "bench v2lite failed or timed out"
-  has profile && profile "$CKPT/v2lite" v2lite 1000
+  if has profile; then profile "$CKPT/v2lite" v2lite 1000; fi
 fi
 log "done in ${SECONDS}s"
