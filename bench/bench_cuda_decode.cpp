@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
                                     ? fmt::format("{:.0f} ({:.0f}%)", double(per_tok) * r.tps / 1e9,
                                                   100.0 * double(per_tok) * r.tps / bw)
                                     : "-";
-        table.push_back(fmt::format("{:>22} {:>10.1f} {:>10.3f} {:>14} {:>14.0f}", what, r.tps,
+        table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14.0f}", what, r.tps,
                                     r.ms, gbs, r.prefill_tps));
         fmt::print("{}\n", table.back());
       };
@@ -180,11 +180,15 @@ int main(int argc, char** argv) {
           fmt::print("check: graph replay tokens {} eager tokens ({} graphs captured)\n",
                      same ? "==" : "!=", engine.graphs_captured());
           if (!same) rc = 1;
-          // What split-K buys: the same graphs' shapes, one warp per gemv output.
+          // What the gemv variants buy, eager (captured graphs keep the launch shapes they
+          // were captured with): one output per warp, then also no split-K.
+          engine.set_graphs(false);
+          cuda::gemv_allow_rows_per_warp(false);
+          row("b=1 eager,1 row/warp", decode(engine, 1, prompt, steps), true);
           cuda::gemv_allow_split_k(false);
-          engine.set_graphs(false);  // new captures would keep the old launch shapes otherwise
-          row("decode b=1 eager,no split-K", decode(engine, 1, prompt, steps), true);
+          row("b=1 eager,1 row,no split", decode(engine, 1, prompt, steps), true);
           cuda::gemv_allow_split_k(true);
+          cuda::gemv_allow_rows_per_warp(true);
           engine.set_graphs(true);
         } else {
           row(fmt::format("decode b={}", b), decode(engine, b, prompt, steps), false);
@@ -208,7 +212,7 @@ int main(int argc, char** argv) {
           engine.step(in);
           const double t = secs(t0, Clock::now());
           if (rep == 1 || len >= 4096) {
-            table.push_back(fmt::format("{:>22} {:>10.1f} {:>10.3f} {:>14} {:>14}",
+            table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14}",
                                         fmt::format("prefill {}", len), len / t, 1e3 * t, "-",
                                         "-"));
             fmt::print("{}\n", table.back());
@@ -217,7 +221,7 @@ int main(int argc, char** argv) {
         }
       }
     }
-    fmt::print("\n{:>22} {:>10} {:>10} {:>14} {:>14}\n", "run", "tok/s", "ms/step", "GB/s (b=1)",
+    fmt::print("\n{:>24} {:>10} {:>10} {:>14} {:>14}\n", "run", "tok/s", "ms/step", "GB/s (b=1)",
                "prefill tok/s");
     for (const std::string& line : table) fmt::print("{}\n", line);
   } catch (const Error& e) {

@@ -110,11 +110,13 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int Ki = int(K);
       // kUnroll chunks per lane in flight, the last batch predicated: a row of K = 1536 FP8
       // (q_b) is 3 chunks per lane, which a serial remainder loop would fetch one at a time.
-      for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += kUnroll * step) {
-        uint4 raw[kUnroll], raw2[SWIGLU ? kUnroll : 1];
-        float sc[kUnroll], sc2[kUnroll];
+      // Fewer chunks per batch when many rows share it: registers (occupancy) at batch 8+.
+      constexpr int kU = MT >= 4 ? 2 : kUnroll;
+      for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += kU * step) {
+        uint4 raw[kU], raw2[SWIGLU ? kU : 1];
+        float sc[kU], sc2[kU];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < kU; ++u) {
           const int k = k0 + u * step;
           raw[u] = make_uint4(0, 0, 0, 0);
           if constexpr (SWIGLU) raw2[u] = make_uint4(0, 0, 0, 0);
@@ -130,7 +132,7 @@ __global__ void __launch_bounds__(kWarps * 32)
           }
         }
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < kU; ++u) {
           const int k = k0 + u * step;
           if (k < Ki) {
             float wv[CH], wv2[SWIGLU ? CH : 1];
@@ -198,6 +200,153 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// One input row per pass (decode at batch 1; experts with one row each): every warp computes
+// NR consecutive outputs, so each chunk of x it loads serves NR weight rows. With one output
+// per warp, a 16-byte FP8 chunk needs 64 bytes of x; at V3's K = 16384 (o_proj) x does not stay
+// in L1 and the L2 traffic for x, 4x the weight bytes, held the kernel at ~1.1 TB/s (ncu).
+template <WType T, int NR, bool SWIGLU>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_rows_kernel(const GemvArgs a, const int ks, const int bk_shift) {
+  constexpr int CH = WTraits<T>::kChunk;
+  constexpr int ES = WTraits<T>::kSize;
+  constexpr int U = 2;  // chunks per lane and row in one batch: U · NR (· 2) loads in flight
+  __shared__ float red[2][NR][kWarps];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int sub = warp % ks;
+  int64_t g = blockIdx.y;
+  if (a.active) {
+    if (g >= a.active[0]) return;  // uniform over the block
+    g = a.active[1 + g];
+  }
+  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * NR;
+  const bool any = n0 < a.n;
+  if (!any && ks == 1) return;  // with ks > 1 every warp must reach the barriers
+  int64_t r0 = 0, r1 = a.m;
+  if (a.offsets) {
+    r0 = max(int64_t(a.offsets[g]), int64_t(0));
+    r1 = min(int64_t(a.offsets[g + 1]), a.m);
+  }
+  if (r0 >= r1) return;  // uniform over the block
+  const int Ki = any ? int(a.w.k) : 0;
+  const char* w1[NR];
+  const char* w2[NR];
+  const float* s1[NR];
+  const float* s2[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    // Rows past the end read the last row (in bounds) and are never written.
+    const int64_t n = min(n0 + r, a.n - 1);
+    const int64_t wrow = g * a.w_group_rows + a.w_row0 + n;
+    w1[r] = static_cast<const char*>(a.w.w) + wrow * a.w.k * ES;
+    w2[r] = SWIGLU ? static_cast<const char*>(a.w2) + wrow * a.w.k * ES : nullptr;
+    s1[r] = s2[r] = nullptr;
+    if constexpr (T == WType::E4M3) {
+      const int64_t scols = ceil_div(a.w.k, a.w.bk);
+      const int64_t srow =
+          a.scale_group_rows > 0 ? g * a.scale_group_rows + (a.w_row0 + n) / a.w.bn : wrow / a.w.bn;
+      s1[r] = a.w.scale + srow * scols;
+      if (SWIGLU) s2[r] = a.scale2 + srow * scols;
+    }
+  }
+  const int step = ks * 32 * CH;
+  for (int64_t p = r0; p < r1; ++p) {
+    const int64_t row = a.x_rows ? a.x_rows[p] : p;
+    const float* xr = a.x + row * a.ldx + g * a.x_goff;
+    float acc[NR], acc2[NR];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = 0.0f;
+    for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += U * step) {
+      uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
+      float sc[U][NR], sc2[U][NR];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k = k0 + u * step;
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          raw[u][r] = make_uint4(0, 0, 0, 0);
+          if constexpr (SWIGLU) raw2[u][r] = make_uint4(0, 0, 0, 0);
+          sc[u][r] = sc2[u][r] = 1.0f;
+          if (k < Ki) {
+            raw[u][r] = __ldg(reinterpret_cast<const uint4*>(w1[r] + k * ES));
+            if constexpr (SWIGLU)
+              raw2[u][r] = __ldg(reinterpret_cast<const uint4*>(w2[r] + k * ES));
+            if constexpr (T == WType::E4M3) {
+              const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
+              sc[u][r] = __ldg(s1[r] + sk);
+              if constexpr (SWIGLU) sc2[u][r] = __ldg(s2[r] + sk);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k = k0 + u * step;
+        if (k < Ki) {
+          float xv[CH];
+#pragma unroll
+          for (int c = 0; c < CH; c += 4) {
+            const float4 f = __ldg(reinterpret_cast<const float4*>(xr + k + c));
+            xv[c] = f.x;
+            xv[c + 1] = f.y;
+            xv[c + 2] = f.z;
+            xv[c + 3] = f.w;
+          }
+#pragma unroll
+          for (int r = 0; r < NR; ++r) {
+            float wv[CH];
+            decode_chunk<T>(raw[u][r], wv);
+            float d = 0.0f;
+#pragma unroll
+            for (int c = 0; c < CH; ++c) d = fmaf(wv[c], xv[c], d);
+            acc[r] = fmaf(d, sc[u][r], acc[r]);
+            if constexpr (SWIGLU) {
+              decode_chunk<T>(raw2[u][r], wv);
+              float d2 = 0.0f;
+#pragma unroll
+              for (int c = 0; c < CH; ++c) d2 = fmaf(wv[c], xv[c], d2);
+              acc2[r] = fmaf(d2, sc2[u][r], acc2[r]);
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      acc[r] = warp_sum(acc[r]);
+      if constexpr (SWIGLU) acc2[r] = warp_sum(acc2[r]);
+    }
+    if (ks > 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          red[0][r][warp] = acc[r];
+          red[1][r][warp] = acc2[r];
+        }
+      }
+      __syncthreads();
+      if (sub == 0) {
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          float v = 0.0f, v2 = 0.0f;
+          for (int j = 0; j < ks; ++j) {
+            v += red[0][r][warp + j];
+            v2 += red[1][r][warp + j];
+          }
+          acc[r] = v;
+          acc2[r] = v2;
+        }
+      }
+      __syncthreads();  // red is reused by the next row
+    }
+    if (any && sub == 0 && lane == 0) {
+      float* y = a.y + p * a.ldy + g * a.y_goff;
+#pragma unroll
+      for (int r = 0; r < NR; ++r)
+        if (n0 + r < a.n) y[n0 + r] = SWIGLU ? silu(acc[r]) * acc2[r] : acc[r];
+    }
+  }
+}
+
 int sm_count() {
   static const int count = [] {
     int dev = 0, c = 0;
@@ -209,27 +358,40 @@ int sm_count() {
 }
 
 bool g_split_k = true;
+bool g_rows_per_warp = true;
 
 // Warps per output: double while fewer warps than ~48 per SM (3/4 of what an H100 SM holds)
 // would run and each warp still gets at least one 16-byte chunk per lane.
-int split_k(const GemvArgs& a, int64_t slots, int chunk) {
+int split_k(const GemvArgs& a, int64_t slots, int chunk, int rows_per_warp = 1) {
   const int64_t want = int64_t(48) * sm_count();
+  const int64_t warps = ceil_div(a.n, rows_per_warp) * slots;
   int ks = 1;
-  while (g_split_k && ks < kWarps && a.n * slots * ks < want &&
-         a.w.k >= int64_t(2 * ks) * 32 * chunk)
+  while (g_split_k && ks < kWarps && warps * ks < want && a.w.k >= int64_t(2 * ks) * 32 * chunk)
     ks *= 2;
   return ks;
 }
 
+int shift_of(int bk) {
+  for (int sh = 0; sh < 31; ++sh)
+    if (bk == (1 << sh)) return sh;
+  return -1;
+}
+
+template <WType T, bool SWIGLU>
+void launch_rows(const GemvArgs& a, cudaStream_t s) {
+  constexpr int NR = SWIGLU ? 2 : 4;  // SwiGLU already streams two weights per output
+  const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
+  const int ks = split_k(a, slots, WTraits<T>::kChunk, NR);
+  const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots));
+  gemv_rows_kernel<T, NR, SWIGLU><<<grid, kWarps * 32, 0, s>>>(a, ks, shift_of(a.w.bk));
+}
 template <WType T, int MT, bool SWIGLU>
 void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
   // With an active list at most min(groups, rows) groups have work.
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int ks = split_k(a, slots, vec ? WTraits<T>::kChunk : 1);
   const dim3 grid(unsigned(ceil_div(a.n, kWarps / ks)), unsigned(slots));
-  int bk_shift = -1;
-  for (int sh = 0; sh < 31; ++sh)
-    if (a.w.bk == (1 << sh)) bk_shift = sh;
+  const int bk_shift = shift_of(a.w.bk);
   if (vec)
     gemv_kernel<T, MT, SWIGLU, true><<<grid, kWarps * 32, 0, s>>>(a, ks, bk_shift);
   else
@@ -256,7 +418,12 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   // row, and MT = 4 would cost registers (occupancy) for nothing.
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int64_t rows = a.offsets ? ceil_div(a.m, std::max<int64_t>(slots, 1)) : a.m;
-  if (rows <= 1)
+  if (rows <= 1 && vec && g_rows_per_warp) {
+    if (a.w2)
+      launch_rows<T, true>(a, s);
+    else
+      launch_rows<T, false>(a, s);
+  } else if (rows <= 1)
     launch_mt<T, 1>(a, vec, s);
   else if (rows <= 2)
     launch_mt<T, 2>(a, vec, s);
@@ -270,6 +437,10 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
 
 void gemv_allow_split_k(bool on) {
   g_split_k = on;
+}
+
+void gemv_allow_rows_per_warp(bool on) {
+  g_rows_per_warp = on;
 }
 
 void gemv(const GemvArgs& a, cudaStream_t s) {

@@ -58,6 +58,9 @@ void gemv(const GemvArgs& a, cudaStream_t s);
 // Benchmarks only: false makes later gemv launches use one warp per output (no split-K), to
 // measure what the split buys. Process-wide; default true.
 void gemv_allow_split_k(bool on);
+// Benchmarks only: false sends single-row passes to the general kernel (one output per warp)
+// instead of the one that computes several outputs per warp.
+void gemv_allow_rows_per_warp(bool on);
 
 // out[t] = table[ids[t]] as F32. table [V, H] of `type`.
 void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int64_t h, float* out,
