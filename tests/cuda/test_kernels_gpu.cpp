@@ -147,10 +147,12 @@ TEST_P(GemvGpu, MatchesCpuLinear) {
 }
 
 // Vector and scalar paths (K % 16), partial FP8 edge blocks, 1..11 rows; few outputs with long
-// rows split K over 2, 4 or 8 warps (with outputs past the end in the last block).
+// rows split K over 2, 4 or 8 warps (with outputs past the end in the last block); one row
+// takes the kernel with 4 outputs per warp (2 with SwiGLU).
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GemvGpu,
-    ::testing::Values(GemvCase{"fp8", 40, 4096, 3}, GemvCase{"fp8", 130, 2000, 1},
+    ::testing::Values(GemvCase{"fp8", 70, 4096, 1}, GemvCase{"bf16", 70, 4096, 1},
+                      GemvCase{"fp8", 40, 4096, 3}, GemvCase{"fp8", 130, 2000, 1},
                       GemvCase{"bf16", 37, 1032, 2}, GemvCase{"f32", 21, 1001, 3},
                       GemvCase{"f32", 21, 130, 1}, GemvCase{"fp8", 300, 384, 1},
                       GemvCase{"fp8", 300, 384, 5}, GemvCase{"fp8", 130, 200, 3},
