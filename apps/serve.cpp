@@ -118,9 +118,11 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--api-key", o.api_key, "require 'Authorization: Bearer KEY' on /v1/ endpoints")
       ->envname("DSV3_API_KEY");
   cmd->add_option("--max-batch-tokens", o.scheduler.max_batch_tokens,
-                  "cache tokens all running sequences may reserve (prompt + max_tokens each, "
-                  "in 64-token blocks)")
+                  "size of the paged latent cache in tokens (64-token blocks); each running "
+                  "sequence reserves prompt + max_tokens of it, less a shared prefix")
       ->capture_default_str();
+  cmd->add_flag("!--no-prefix-caching", o.scheduler.prefix_caching,
+                "do not share cache blocks of identical prompt prefixes between requests");
   cmd->add_option("--max-seqs", o.scheduler.max_seqs, "sequences in the running batch at most")
       ->capture_default_str();
   cmd->add_option("--max-waiting", o.scheduler.max_waiting,

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 #include "infer/engine.h"
@@ -127,4 +128,104 @@ TEST(Engine, ContextOverflowIsAClearError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("capacity"), std::string::npos) << e.what();
   }
+}
+
+// ---- the paged cache ----
+
+TEST(Engine, ScatteredBlocksGiveBitIdenticalLogits) {
+  const Model model(ModelWeights::load(fixture("v3_yarn_qlora_bf16")));
+  const auto ref = SafetensorsFile::open(fixture("v3_yarn_qlora_bf16") + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids");
+  const auto a = row_ids(ids, 0), b = row_ids(ids, 1);
+  const Engine engine(model);
+  // Two sequences growing in turn from one pool of 3-row blocks: their tables interleave, so
+  // attention reads rows gathered from scattered blocks.
+  auto pool =
+      std::make_shared<BlockPool>(model.config(), model.config().num_hidden_layers, 16, 3, false);
+  LatentCache pa(pool, 24), pb(pool, 24);
+  ASSERT_TRUE(pa.reserve_rest());
+  ASSERT_TRUE(pb.reserve_rest());
+  LatentCache ca = engine.new_cache(24), cb = engine.new_cache(24);
+  auto same = [&](const Tensor& x, const Tensor& y) {
+    ASSERT_EQ(x.numel(), y.numel());
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), x.nbytes()), 0);
+  };
+  same(engine.step({{&pa, {a.begin(), a.begin() + 4}, true}}),
+       engine.step({{&ca, {a.begin(), a.begin() + 4}, true}}));
+  same(engine.step({{&pb, {b.begin(), b.begin() + 2}, true}}),
+       engine.step({{&cb, {b.begin(), b.begin() + 2}, true}}));
+  for (size_t i = 0; i < 6; ++i) {
+    same(engine.step({{&pa, {a[4 + i]}}}), engine.step({{&ca, {a[4 + i]}}}));
+    same(engine.step({{&pb, {b[2 + i]}}}), engine.step({{&cb, {b[2 + i]}}}));
+  }
+  const auto ta = pa.block_table(), tb = pb.block_table();
+  EXPECT_EQ(ta.size(), 4u);  // 10 rows in 3-row blocks
+  bool scattered = false;
+  for (size_t i = 1; i < ta.size(); ++i) scattered |= ta[i] != ta[i - 1] + 1;
+  EXPECT_TRUE(scattered);
+  EXPECT_EQ(pool->used_blocks(), int64_t(ta.size() + tb.size()));
+}
+
+TEST(BlockPool, RefcountsFreeListAndPrefixIndex) {
+  const Model model(ModelWeights::load(fixture("v3_plain_f32")));
+  const Engine engine(model);
+  auto pool =
+      std::make_shared<BlockPool>(model.config(), model.config().num_hidden_layers, 6, 2, true);
+  const std::vector<int32_t> p = {5, 6, 7, 8, 9};
+  {
+    LatentCache first(pool, 8);
+    EXPECT_EQ(first.attach_prefix(p), 0);  // nothing cached yet
+    ASSERT_TRUE(first.reserve_rest());
+    EXPECT_EQ(pool->reserved_blocks(), 4);
+    EXPECT_EQ(pool->available_blocks(), 2);
+    engine.step({{&first, p}});
+    EXPECT_EQ(pool->used_blocks(), 3);
+    EXPECT_EQ(pool->cached_blocks(), 2);  // [5 6] and [5 6 | 7 8]; [9] is not full
+    EXPECT_EQ(pool->match(p).blocks, 2);
+    EXPECT_EQ(pool->match(p).free, 0);
+    EXPECT_EQ(pool->match(std::vector<int32_t>{5, 6, 7, 9, 9}).blocks, 1);
+    EXPECT_EQ(pool->match(std::vector<int32_t>{6, 6, 7, 8, 9}).blocks, 0);
+
+    LatentCache second(pool, 8);
+    EXPECT_EQ(second.attach_prefix(p), 4);
+    EXPECT_EQ(second.size(), 4);
+    const std::vector<int32_t> ft = first.block_table();
+    EXPECT_EQ(second.block_table(), std::vector<int32_t>(ft.begin(), ft.begin() + 2));
+    for (int32_t b : second.block_table()) EXPECT_EQ(pool->refcount(b), 2);
+    // A prompt that is exactly the cached blocks still computes its last token.
+    LatentCache third(pool, 8);
+    EXPECT_EQ(third.attach_prefix(std::vector<int32_t>{5, 6, 7, 8}), 2);
+    EXPECT_FALSE(LatentCache(pool, 64).reserve_rest());  // more than the pool has
+  }
+  // All gone: every block is free, nothing promised, the full prompt blocks still findable.
+  EXPECT_EQ(pool->used_blocks(), 0);
+  EXPECT_EQ(pool->reserved_blocks(), 0);
+  EXPECT_EQ(pool->available_blocks(), 6);
+  EXPECT_EQ(pool->match(p).blocks, 2);
+  EXPECT_EQ(pool->match(p).free, 2);
+  // Handing out blocks takes the prefix-less ones first, and evicts cached ones last.
+  ASSERT_TRUE(pool->reserve(4));
+  for (int i = 0; i < 4; ++i) pool->take_reserved();
+  EXPECT_EQ(pool->cached_blocks(), 2);
+  ASSERT_TRUE(pool->reserve(1));
+  pool->take_reserved();
+  EXPECT_EQ(pool->cached_blocks(), 1);
+  EXPECT_EQ(pool->match(p).blocks, 0);  // the first block of the chain went
+}
+
+TEST(BlockPool, TruncateUnpublishesOverwrittenBlocks) {
+  const Model model(ModelWeights::load(fixture("v3_plain_f32")));
+  const Engine engine(model);
+  auto pool =
+      std::make_shared<BlockPool>(model.config(), model.config().num_hidden_layers, 4, 2, true);
+  LatentCache c(pool, 8);
+  ASSERT_TRUE(c.reserve_rest());
+  engine.step({{&c, {1, 2, 3, 4}}});
+  EXPECT_EQ(pool->cached_blocks(), 2);
+  c.truncate(3);  // [3 4] will be overwritten
+  EXPECT_EQ(pool->cached_blocks(), 1);
+  engine.step({{&c, {5}}});
+  EXPECT_EQ(pool->cached_blocks(), 2);
+  EXPECT_EQ(pool->match(std::vector<int32_t>{1, 2, 3, 5, 0}).blocks, 2);
+  EXPECT_EQ(pool->match(std::vector<int32_t>{1, 2, 3, 4, 0}).blocks, 1);
 }

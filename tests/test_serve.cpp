@@ -227,6 +227,116 @@ TEST_F(ServeScheduler, NChoicesShareOneChannel) {
     EXPECT_EQ(c.tokens, std::vector<int32_t>(ref.greedy[0].begin(), ref.greedy[0].begin() + 4));
 }
 
+// ---- the paged cache: prefix sharing, refcounts, admission by free blocks ----
+
+TEST_F(ServeScheduler, SharedPrefixGivesTheTokensEachGetsAlone) {
+  const Reference ref = reference();
+  const int n = int(ref.greedy[0].size());
+  SchedulerOptions opt;
+  opt.block_tokens = 2;  // the fixture's context is 64 tokens: small blocks to share
+  Scheduler sched(*engine_, nullptr, opt);
+  // A runs alone: its prompt and generated tokens fill blocks that become shareable.
+  Request a = greedy_request(ref.prompts[0], n);
+  ASSERT_EQ(sched.submit(a), Scheduler::Submit::kOk);
+  while (sched.step()) {
+  }
+  EXPECT_EQ(sched.stats().prefix_hit_tokens, 0);
+  EXPECT_GT(sched.stats().blocks_cached, 0);
+  // B: the same prompt (shares its first 4 tokens). C: A's prompt and 3 tokens of its
+  // answer, i.e. a follow-up turn (shares 6). D: another prompt, nothing shared. B and C run
+  // while sharing blocks with each other.
+  std::vector<int32_t> follow = ref.prompts[0];
+  follow.insert(follow.end(), ref.greedy[0].begin(), ref.greedy[0].begin() + 3);
+  Request b = greedy_request(ref.prompts[0], n), c = greedy_request(follow, n - 3),
+          d = greedy_request(ref.prompts[1], n);
+  for (Request* r : {&b, &c, &d}) ASSERT_EQ(sched.submit(*r), Scheduler::Submit::kOk);
+  sched.step();
+  EXPECT_EQ(sched.stats().prefix_hit_tokens, 4 + 6);
+  // The first two blocks are held by B and C (the cached, unreferenced ones count as free).
+  EXPECT_EQ(sched.pool().refcount(0), 2);
+  while (sched.step()) {
+  }
+  std::vector<Collected> gb(1), gc(1), gd(1);
+  drain(*b.channel, &gb);
+  drain(*c.channel, &gc);
+  drain(*d.channel, &gd);
+  EXPECT_EQ(gb[0].tokens, ref.greedy[0]);
+  EXPECT_EQ(gc[0].tokens, std::vector<int32_t>(ref.greedy[0].begin() + 3, ref.greedy[0].end()));
+  EXPECT_EQ(gd[0].tokens, ref.greedy[1]);
+  const SchedulerStats st = sched.stats();
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_EQ(st.blocks_reserved, 0);
+  EXPECT_EQ(st.blocks_free, st.blocks_total);
+  EXPECT_EQ(st.prompt_tokens, int64_t(3 * 5 + 8));
+}
+
+TEST_F(ServeScheduler, CancelAndRetireReleaseSharedBlocks) {
+  const Reference ref = reference();
+  SchedulerOptions opt;
+  opt.block_tokens = 2;
+  Scheduler sched(*engine_, nullptr, opt);
+  Request a = greedy_request(ref.prompts[0], 30);
+  ASSERT_EQ(sched.submit(a), Scheduler::Submit::kOk);
+  sched.step();  // A's prompt: blocks [0 1], [2 3] published
+  Request b = greedy_request(ref.prompts[0], 30);
+  ASSERT_EQ(sched.submit(b), Scheduler::Submit::kOk);
+  sched.step();
+  const BlockPool& pool = sched.pool();
+  EXPECT_EQ(pool.refcount(0), 2);
+  EXPECT_EQ(pool.refcount(1), 2);
+  // Each reserved its whole capacity (35 tokens: 18 blocks), B less the 2 it shares.
+  EXPECT_EQ(pool.used_blocks() + pool.reserved_blocks(), 18 + 16);
+  a.channel->cancel();
+  sched.step();
+  EXPECT_EQ(pool.refcount(0), 1);  // B still holds the shared prefix
+  EXPECT_EQ(pool.used_blocks() + pool.reserved_blocks(), 18);
+  b.channel->cancel();
+  sched.step();
+  EXPECT_EQ(pool.used_blocks(), 0);
+  EXPECT_EQ(pool.reserved_blocks(), 0);
+  EXPECT_EQ(pool.refcount(0), 0);
+  EXPECT_GE(pool.cached_blocks(), 2);  // the prefix outlives its sequences
+  std::vector<Collected> ga(1), gb(1);
+  drain(*a.channel, &ga);
+  drain(*b.channel, &gb);
+  EXPECT_EQ(ga[0].finish_reason, "cancelled");
+  EXPECT_EQ(gb[0].finish_reason, "cancelled");
+}
+
+TEST_F(ServeScheduler, WaitsForFreeBlocksAndSharingLowersTheNeed) {
+  const Reference ref = reference();
+  SchedulerOptions opt;
+  opt.block_tokens = 4;
+  opt.max_batch_tokens = 5 * 4;  // 5 blocks
+  Scheduler sched(*engine_, nullptr, opt);
+  // 5 + 6 tokens: 3 blocks each. C shares A's first block while A runs, so it needs 2 and
+  // both fit (alone they would need 6); then B finds no free block and waits its turn.
+  Request a = greedy_request(ref.prompts[0], 6), c = greedy_request(ref.prompts[0], 6),
+          b = greedy_request(ref.prompts[1], 6);
+  ASSERT_EQ(sched.submit(a), Scheduler::Submit::kOk);
+  sched.step();
+  ASSERT_EQ(sched.submit(c), Scheduler::Submit::kOk);
+  sched.step();
+  EXPECT_EQ(sched.stats().running, 2);
+  EXPECT_EQ(sched.stats().prefix_hit_tokens, 4);
+  EXPECT_EQ(sched.stats().blocks_used + sched.stats().blocks_reserved, 5);
+  ASSERT_EQ(sched.submit(b), Scheduler::Submit::kOk);
+  sched.step();
+  EXPECT_EQ(sched.stats().running, 2);
+  EXPECT_EQ(sched.stats().waiting, 1);
+  while (sched.step()) {
+  }
+  std::vector<Collected> ga(1), gb(1), gc(1);
+  drain(*a.channel, &ga);
+  drain(*b.channel, &gb);
+  drain(*c.channel, &gc);
+  EXPECT_EQ(ga[0].tokens, std::vector<int32_t>(ref.greedy[0].begin(), ref.greedy[0].begin() + 6));
+  EXPECT_EQ(gc[0].tokens, ga[0].tokens);
+  EXPECT_EQ(gb[0].tokens, std::vector<int32_t>(ref.greedy[1].begin(), ref.greedy[1].begin() + 6));
+  EXPECT_EQ(sched.stats().blocks_used, 0);
+  EXPECT_EQ(sched.stats().blocks_reserved, 0);
+}
+
 // ---- request validation ----
 
 namespace {

@@ -85,7 +85,8 @@ Tensor Engine::step(const std::vector<Input>& inputs, Tensor* hidden) const {
   const auto& layers = model_.weights().layers;
   for (size_t l = 0; l < layers.size(); ++l)
     block(layers[l], int64_t(l), x, caches, counts, positions);
-  for (size_t i = 0; i < caches.size(); ++i) caches[i]->commit(counts[i]);
+  // With their ids, the rows' full blocks become prefixes other sequences can share.
+  for (size_t i = 0; i < caches.size(); ++i) caches[i]->commit(inputs[i].tokens);
   ops::rmsnorm(x, model_.weights().final_norm, float(c.rms_norm_eps), x);
   if (hidden) *hidden = x;
 

@@ -1,5 +1,6 @@
 // The CPU inference engine: runs new tokens of several sequences through the model in one
-// step, each sequence against its own latent cache (absorbed MLA, MODEL_SPEC §3). Sequences in
+// step, each sequence against its own latent cache (absorbed MLA, MODEL_SPEC §3; rows read
+// and written through the cache's block table, infer/kv_cache.h). Sequences in
 // a step may have any lengths; the linear layers and experts see all rows at once, attention
 // runs per sequence. The MTP module (MODEL_SPEC §6) has its own step and caches, for drafting.
 #pragma once

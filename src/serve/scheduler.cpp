@@ -14,8 +14,8 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-int64_t round_up_blocks(int64_t tokens) {
-  return (tokens + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+int64_t blocks_of(int64_t tokens, int64_t block) {
+  return (tokens + block - 1) / block;
 }
 
 }  // namespace
@@ -52,8 +52,8 @@ struct Scheduler::Seq {
   std::unique_ptr<infer::Sampler> sampler;
   std::unique_ptr<TextStream> text;
   LatentCache cache;
-  int64_t reserve = 0;  // cache tokens reserved (whole blocks)
-  size_t fed = 0;       // prompt tokens in the cache
+  int64_t reserve = 0;  // cache capacity: whole blocks, reserved in the pool at admission
+  size_t fed = 0;       // prompt tokens in the cache (shared prefix blocks included)
   int32_t last = -1;    // newest token, not yet in the cache
   int32_t generated = 0;
   bool done = false;
@@ -65,21 +65,28 @@ Scheduler::Scheduler(const Engine& engine, const Tokenizer* tok, SchedulerOption
   DSV3_CHECK(opt_.max_seqs >= 1, "--max-seqs {} must be at least 1", opt_.max_seqs);
   DSV3_CHECK(opt_.prefill_chunk >= 1, "--prefill-chunk {} must be at least 1", opt_.prefill_chunk);
   DSV3_CHECK(opt_.max_waiting >= 0, "--max-waiting {} must not be negative", opt_.max_waiting);
-  DSV3_CHECK(opt_.max_batch_tokens >= kBlockTokens,
+  DSV3_CHECK(opt_.block_tokens >= 1, "cache blocks of {} tokens", opt_.block_tokens);
+  DSV3_CHECK(opt_.max_batch_tokens >= opt_.block_tokens,
              "--max-batch-tokens {} must be at least one block ({} tokens)", opt_.max_batch_tokens,
-             kBlockTokens);
+             opt_.block_tokens);
+  pool_ = std::make_shared<BlockPool>(engine.config(), engine.config().num_hidden_layers,
+                                      opt_.max_batch_tokens / opt_.block_tokens, opt_.block_tokens,
+                                      opt_.prefix_caching);
+  stats_.blocks_total = stats_.blocks_free = pool_->blocks();
 }
 
 Scheduler::~Scheduler() = default;
 
 int64_t Scheduler::reservation(const Request& req) const {
   const int64_t want = int64_t(req.prompt.size()) + int64_t(req.params.max_new_tokens);
-  return int64_t(std::max(req.n, 1)) * round_up_blocks(std::min(want, context_));
+  return int64_t(std::max(req.n, 1)) * blocks_of(std::min(want, context_), opt_.block_tokens) *
+         opt_.block_tokens;
 }
 
 Scheduler::Submit Scheduler::submit(Request req) {
   if (closed_) return Submit::kShuttingDown;
-  if (reservation(req) > opt_.max_batch_tokens || req.n > opt_.max_seqs) return Submit::kTooLarge;
+  if (reservation(req) > pool_->blocks() * opt_.block_tokens || req.n > opt_.max_seqs)
+    return Submit::kTooLarge;
   std::vector<std::unique_ptr<Seq>> group;
   const auto now = Clock::now();
   for (int i = 0; i < req.n; ++i) {
@@ -89,8 +96,7 @@ Scheduler::Submit Scheduler::submit(Request req) {
     s->prompt = req.prompt;
     s->sampler = std::make_unique<infer::Sampler>(req.params, req.prompt, uint64_t(i));
     if (tok_) s->text = std::make_unique<TextStream>(*tok_, req.params.stop_strings);
-    s->reserve = round_up_blocks(
-        std::min(int64_t(req.prompt.size()) + int64_t(req.params.max_new_tokens), context_));
+    s->reserve = reservation(req) / std::max(req.n, 1);
     s->submitted = now;
     group.push_back(std::move(s));
   }
@@ -183,14 +189,24 @@ bool Scheduler::step() {
         waiting_.pop_front();
         continue;
       }
-      int64_t need = 0;
-      for (auto& s : group) need += s->reserve;
+      // Blocks: each choice's capacity less the prefix blocks the pool already holds (shared,
+      // not taken), plus the cached ones nobody references now (sharing them takes them off
+      // the free list).
+      const BlockPool::PrefixMatch m = pool_->match(group.front()->prompt);
+      int64_t need = m.free;
+      for (auto& s : group) need += blocks_of(s->reserve, opt_.block_tokens) - m.blocks;
       if (int64_t(running_.size() + admitted.size() + group.size()) > opt_.max_seqs ||
-          reserved_ + need > opt_.max_batch_tokens)
+          need > pool_->available_blocks())
         break;
-      reserved_ += need;
       for (auto& s : group) {
         stats_.prompt_tokens += int64_t(s->prompt.size());
+        if (s->sampler->params().max_new_tokens > 0) {
+          s->cache = LatentCache(pool_, s->reserve);
+          const int64_t shared = s->cache.attach_prefix(s->prompt);
+          DSV3_ASSERT(s->cache.reserve_rest());
+          s->fed = size_t(shared);
+          stats_.prefix_hit_tokens += shared;
+        }
         admitted.push_back(std::move(s));
       }
       waiting_.pop_front();
@@ -198,11 +214,7 @@ bool Scheduler::step() {
     stats_.waiting = int64_t(waiting_.size());
   }
   for (auto& s : admitted) {
-    if (s->sampler->params().max_new_tokens == 0) {
-      finish(*s, "length");
-    } else {
-      s->cache = engine_.new_cache(s->reserve);
-    }
+    if (s->sampler->params().max_new_tokens == 0) finish(*s, "length");
     running_.push_back(std::move(s));
   }
   for (auto& s : running_)
@@ -251,13 +263,12 @@ bool Scheduler::step() {
     }
   }
 
-  // Retire finished sequences and free their caches.
+  // Retire finished sequences: their blocks go back to the pool (shared ones once their last
+  // sequence goes), with their reservations.
   int64_t cache_tokens = 0;
   std::vector<std::unique_ptr<Seq>> still;
   for (auto& s : running_) {
-    if (s->done) {
-      reserved_ -= s->reserve;
-    } else {
+    if (!s->done) {
       cache_tokens += s->cache.size();
       still.push_back(std::move(s));
     }
@@ -268,7 +279,12 @@ bool Scheduler::step() {
     if (!inputs.empty()) ++stats_.steps;
     stats_.running = int64_t(running_.size());
     stats_.cache_tokens = cache_tokens;
-    stats_.reserved_tokens = reserved_;
+    stats_.reserved_tokens = (pool_->used_blocks() + pool_->reserved_blocks()) * opt_.block_tokens;
+    stats_.blocks_total = pool_->blocks();
+    stats_.blocks_used = pool_->used_blocks();
+    stats_.blocks_free = pool_->free_blocks();
+    stats_.blocks_reserved = pool_->reserved_blocks();
+    stats_.blocks_cached = pool_->cached_blocks();
   }
   return worked;
 }

@@ -3,11 +3,12 @@
 // prompts, so a long prompt never stalls the streams already running. HTTP threads submit()
 // requests and read their tokens from a per-request Channel.
 //
-// Memory: each sequence reserves cache capacity for prompt + max_tokens, rounded up to
-// kBlockTokens-token blocks, from a global budget (max_batch_tokens). A request is admitted
-// only while the reservations fit, so a running sequence can never run out of cache. The
-// blocks are accounting only: each sequence still owns one contiguous LatentCache of the
-// reserved capacity (no paging, no prefix sharing).
+// Memory: one BlockPool of max_batch_tokens / block_tokens blocks holds every sequence's
+// latent rows (infer/kv_cache.h). At admission a sequence shares the pool's full blocks that
+// already hold a prefix of its prompt (prefill starts after them) and reserves blocks for the
+// rest of prompt + max_tokens; it takes them as it grows, so a running sequence can never run
+// out of cache and no preemption is needed, while blocks not yet taken keep their cached
+// prefixes for other requests. Retiring or cancelling a sequence releases its blocks.
 #pragma once
 
 #include <atomic>
@@ -72,10 +73,12 @@ struct Request {
 };
 
 struct SchedulerOptions {
-  int64_t max_batch_tokens = 16384;  // cache tokens reserved by all running sequences
-  int64_t max_seqs = 16;             // running sequences
-  int64_t max_waiting = 64;          // queued requests before 429
-  int64_t prefill_chunk = 256;       // prompt tokens per step, over all prefilling sequences
+  int64_t max_batch_tokens = 16384;     // cache tokens reserved by all running sequences
+  int64_t max_seqs = 16;                // running sequences
+  int64_t max_waiting = 64;             // queued requests before 429
+  int64_t prefill_chunk = 256;          // prompt tokens per step, over all prefilling sequences
+  int64_t block_tokens = kBlockTokens;  // cache rows per block (small ones in tests)
+  bool prefix_caching = true;           // share full blocks of identical prompt prefixes
 };
 
 // A fixed-bucket histogram (Prometheus semantics: cumulative buckets, sum, count).
@@ -91,7 +94,10 @@ struct Histogram {
 struct SchedulerStats {
   int64_t waiting = 0, running = 0;
   int64_t cache_tokens = 0;     // tokens held in running sequences' caches
-  int64_t reserved_tokens = 0;  // blocks reserved x kBlockTokens
+  int64_t reserved_tokens = 0;  // blocks held or promised x block_tokens
+  int64_t blocks_total = 0, blocks_used = 0, blocks_free = 0, blocks_reserved = 0;
+  int64_t blocks_cached = 0;      // full blocks indexed by their prefix (in use or free)
+  int64_t prefix_hit_tokens = 0;  // prompt tokens taken from shared blocks, not computed
   int64_t prompt_tokens = 0, generated_tokens = 0, steps = 0;
   Histogram ttft{{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
   Histogram itl{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
@@ -126,6 +132,8 @@ class Scheduler {
 
   SchedulerStats stats() const;
   const SchedulerOptions& options() const { return opt_; }
+  // The cache pool; read it on the engine thread only (or while no step runs).
+  const BlockPool& pool() const { return *pool_; }
 
  private:
   struct Seq;
@@ -145,8 +153,8 @@ class Scheduler {
   SchedulerStats stats_;
 
   // Engine thread only.
+  std::shared_ptr<BlockPool> pool_;
   std::vector<std::unique_ptr<Seq>> running_;
-  int64_t reserved_ = 0;
 };
 
 }  // namespace dsv3::serve

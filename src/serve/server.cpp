@@ -18,6 +18,8 @@ using nlohmann::json;
 namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(200);
+// How often a non-streaming response writes a space while it waits (see generate()).
+constexpr auto kHeartbeat = std::chrono::milliseconds(200);
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -250,13 +252,44 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
   ++active_;
   job->active = &active_;
 
+  const Tokenizer* tok = &tok_;
   if (!job->pr.stream) {
-    while (job->finished < job->pr.n)
-      for (TokenEvent& ev : job->ch->pop_all(kPoll)) job->apply(tok_, ev);
-    return send_json(res, 200, job->final_response());
+    // httplib 0.11 tells a handler nothing about its client, and a socket the peer closed
+    // still selects as writable: only a write finds out (the first after the close draws a
+    // reset, the next fails). So while the answer is being generated, one space (JSON allows
+    // leading whitespace) goes out each kHeartbeat; a failed write cancels the sequences.
+    // An answer ready within kHeartbeat is sent without any.
+    auto last_write =
+        std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    res.set_chunked_content_provider(
+        "application/json",
+        [job, tok, last_write](size_t, httplib::DataSink& sink) {
+          if (job->done_sent) return false;
+          for (TokenEvent& ev : job->ch->pop_all(kPoll)) job->apply(*tok, ev);
+          std::string out;
+          if (job->finished == job->pr.n)
+            out = job->final_response().dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+          else if (std::chrono::steady_clock::now() - *last_write >= kHeartbeat)
+            out = " ";
+          if (!out.empty()) {
+            if (!sink.write(out.data(), out.size())) {
+              job->ch->cancel();
+              return false;
+            }
+            *last_write = std::chrono::steady_clock::now();
+          }
+          if (job->finished == job->pr.n) {
+            job->done_sent = true;
+            sink.done();
+          }
+          return true;
+        },
+        [job](bool success) {
+          if (!success) job->ch->cancel();
+        });
+    return;
   }
   res.set_header("Cache-Control", "no-cache");
-  const Tokenizer* tok = &tok_;
   res.set_chunked_content_provider(
       "text/event-stream",
       [job, tok](size_t, httplib::DataSink& sink) {
@@ -320,10 +353,23 @@ std::string Server::metrics_text() const {
   scalar("dsv3_cache_tokens", "gauge", "Tokens held in the running sequences' caches.",
          double(st.cache_tokens));
   scalar("dsv3_cache_reserved_tokens", "gauge",
-         "Cache capacity reserved by running sequences (64-token blocks).",
+         "Cache blocks held or promised by running sequences, in tokens (64-token blocks).",
          double(st.reserved_tokens));
   scalar("dsv3_cache_budget_tokens", "gauge", "The --max-batch-tokens budget.",
          double(sched_->options().max_batch_tokens));
+  scalar("dsv3_cache_blocks_total", "gauge", "Blocks in the cache pool.", double(st.blocks_total));
+  scalar("dsv3_cache_blocks_used", "gauge", "Blocks referenced by running sequences.",
+         double(st.blocks_used));
+  scalar("dsv3_cache_blocks_free", "gauge",
+         "Blocks no sequence references (cached prefixes included).", double(st.blocks_free));
+  scalar("dsv3_cache_blocks_reserved", "gauge",
+         "Free blocks promised to running sequences, not yet taken.", double(st.blocks_reserved));
+  scalar("dsv3_cache_blocks_cached", "gauge",
+         "Full blocks indexed by their token prefix, shareable by new requests.",
+         double(st.blocks_cached));
+  scalar("dsv3_prefix_cache_hit_tokens_total", "counter",
+         "Prompt tokens read from shared prefix blocks instead of being computed.",
+         double(st.prefix_hit_tokens));
   auto hist = [&](const char* name, const char* help, const Histogram& h) {
     o += fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
     uint64_t cum = 0;

@@ -260,6 +260,69 @@ async function metrics() {
   };
 }
 
+test("a non-streaming client that disconnects frees its sequence", async () => {
+  // Long, since the server notices the client only at its next keep-alive write or two.
+  const body = { model, prompt: "Go on", max_tokens: 1900, temperature: 0 };
+  const full = await client.completions.create(body);
+  const fullLength = full.usage.completion_tokens;
+  assert.ok(fullLength > 200, `the reference run is too short to test with (${fullLength})`);
+  const before = await metrics();
+  const ac = new AbortController();
+  const pending = fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
+    body: JSON.stringify(body),
+    signal: ac.signal,
+  }).then((r) => r.text());
+  // Give up once it is generating, as a client with a short timeout would.
+  let m = await metrics();
+  for (let i = 0; i < 200 && m("dsv3_running_sequences") === 0; ++i) {
+    await new Promise((res) => setTimeout(res, 10));
+    m = await metrics();
+  }
+  assert.equal(m("dsv3_running_sequences"), 1);
+  ac.abort();
+  await assert.rejects(pending);
+  let after = await metrics();
+  for (let i = 0; i < 200 && after("dsv3_running_sequences") !== 0; ++i) {
+    await new Promise((res) => setTimeout(res, 50));
+    after = await metrics();
+  }
+  assert.equal(after("dsv3_running_sequences"), 0);
+  const generated = after("dsv3_generation_tokens_total") - before("dsv3_generation_tokens_total");
+  assert.ok(generated < fullLength, `generated ${generated} of ${fullLength}: not cancelled`);
+});
+
+test("a slow non-streaming answer is still one JSON document", async () => {
+  // Long enough for the server's keep-alive spaces to precede the JSON.
+  const r = await fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
+    body: JSON.stringify({ model, prompt: "Go on", max_tokens: 600, temperature: 0 }),
+  });
+  assert.equal(r.status, 200);
+  assert.match(r.headers.get("content-type"), /application\/json/);
+  const j = JSON.parse(await r.text());
+  assert.ok(j.usage.completion_tokens > 0);
+});
+
+test("prefix cache: a repeated long prompt reuses blocks and gives the same tokens", async () => {
+  const prompt = "The quick brown fox jumps over the lazy dog. ".repeat(30);
+  const body = { model, prompt, max_tokens: 8, temperature: 0, return_token_ids: true };
+  const before = await metrics();
+  const a = await client.completions.create(body);
+  const mid = await metrics();
+  const b = await client.completions.create(body);
+  const after = await metrics();
+  assert.deepEqual(b.choices[0].token_ids, a.choices[0].token_ids);
+  assert.equal(mid("dsv3_prefix_cache_hit_tokens_total"), before("dsv3_prefix_cache_hit_tokens_total"));
+  const hit = after("dsv3_prefix_cache_hit_tokens_total") - mid("dsv3_prefix_cache_hit_tokens_total");
+  assert.ok(hit >= 64 && hit % 64 === 0 && hit < a.usage.prompt_tokens,
+            `hit ${hit} of ${a.usage.prompt_tokens} prompt tokens`);
+  assert.ok(after("dsv3_cache_blocks_total") > 0);
+  assert.equal(after("dsv3_cache_blocks_used"), 0);
+});
+
 test("a client that disconnects mid-stream frees its sequence", async () => {
   const body = { model, prompt: "Go on", max_tokens: 600, temperature: 0 };
   // Uncancelled, this greedy request runs long (it is the same tokens every time).
