@@ -8,7 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 packages=(build-essential cmake ninja-build pkg-config git ca-certificates curl
           nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libopenblas-dev
           libgtest-dev libgmock-dev libbenchmark-dev nodejs libcpp-httplib-dev
-          libyaml-cpp-dev)
+          libyaml-cpp-dev chromium)  # chromium: the chat page's headless-browser test
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

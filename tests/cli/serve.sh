@@ -59,6 +59,20 @@ export DSV3_TOKENIZER="$tok" DSV3_MAX_BODY="$max_body"
  timeout 300 node --test --test-timeout=120000 --test-concurrency=1 ./*.test.mjs) ||
   fail "node tests failed"
 
+# The chat page in headless Chromium: the reply must stream into the page (and, with the R1
+# template, into its reasoning element); screenshots are kept under the build directory.
+artifacts="$(cd "$(dirname "$dsv3")/.." && pwd)/test-artifacts"
+mkdir -p "$artifacts"
+page() {
+  local rc=0
+  (cd "$src/tests/serve" && timeout 120 node --experimental-websocket --no-warnings \
+     browser_page.mjs "$@") || rc=$?
+  [ "$rc" = 2 ] && { echo "serve: SKIPPED the browser test: chromium is not installed (scripts/setup.sh installs it)"; return 0; }
+  [ "$rc" = 0 ] || fail "browser test failed ($*)"
+}
+page --url "$DSV3_URL" --api-key "$key" --screenshot "$artifacts/serve-page.png"
+page --url "$DSV3_R1_URL" --expect-reasoning --screenshot "$artifacts/serve-page-r1.png"
+
 # SIGTERM while a stream is in flight: the stream completes, the server exits 0.
 curl -sN --max-time 30 -H "Authorization: Bearer $key" "$DSV3_URL/v1/completions" \
   -d '{"prompt": "Hello", "max_tokens": 40, "temperature": 0, "stream": true}' \
