@@ -14,6 +14,7 @@
 #include "infer/generate.h"
 #include "infer/text_stream.h"
 #include "sampling_flags.h"
+#include "step_engines.h"
 #include "tokenizer/chat_template.h"
 
 namespace dsv3::apps {
@@ -21,7 +22,7 @@ namespace dsv3::apps {
 namespace {
 
 struct ChatArgs {
-  std::string model, tokenizer, template_file, system;
+  std::string model, tokenizer, template_file, system, device = "cpu";
   SamplingFlags sampling;
   bool speculative = false;
 };
@@ -83,8 +84,10 @@ class ThinkSplitter {
 };
 
 void run(const ChatArgs& a) {
+  const int cuda_index = cuda_index_of(a.device);
   const Model model(ModelWeights::load(a.model));
-  const Engine engine(model);
+  const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(model, cuda_index, 1);
+  const StepEngine& engine = *engine_ptr;
   const std::string tok_dir = a.tokenizer.empty() ? a.model : a.tokenizer;
   DSV3_CHECK(std::filesystem::exists(std::filesystem::path(tok_dir) / "tokenizer.json"),
              "{} has no tokenizer.json: pass --tokenizer DIR", tok_dir);
@@ -162,6 +165,7 @@ void add_chat(CLI::App& app) {
   cmd->add_option("--system", a->system, "system prompt");
   a->sampling.add_to(*cmd);
   cmd->add_flag("--speculative", a->speculative, "MTP speculative decoding");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->callback([a] { run(*a); });
 }
 

@@ -9,9 +9,7 @@
 #include "infer/generate.h"
 #include "infer/text_stream.h"
 #include "sampling_flags.h"
-#ifdef DSV3_HAVE_CUDA
-#include "kernels/cuda/engine.h"
-#endif
+#include "step_engines.h"
 
 namespace dsv3::apps {
 
@@ -42,27 +40,13 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
-// The engine for --device: the CPU Engine, or the CUDA one sized for this batch.
-std::unique_ptr<StepEngine> make_engine(const Model& model, int cuda_index, int64_t sequences) {
-  if (cuda_index < 0) return std::make_unique<Engine>(model);
-#ifdef DSV3_HAVE_CUDA
-  cuda::CudaEngineOptions opt;
-  opt.device = cuda_index;
-  opt.max_sequences = std::max<int64_t>(sequences, 1);
-  return std::make_unique<cuda::CudaEngine>(model, opt);
-#else
-  (void)sequences;
-  return nullptr;  // cuda_index_of has already failed
-#endif
-}
-
 void run(const GenerateArgs& a) {
   const int cuda_index = cuda_index_of(a.device);
   DSV3_CHECK(a.prompts.empty() != a.prompt_ids.empty(),
              "give the prompt as --prompt TEXT or as --prompt-ids LIST (not both, not neither)");
   const Model model(ModelWeights::load(a.model));
   const std::unique_ptr<StepEngine> engine_ptr =
-      make_engine(model, cuda_index, int64_t(a.prompts.size() + a.prompt_ids.size()));
+      make_step_engine(model, cuda_index, int64_t(a.prompts.size() + a.prompt_ids.size()));
   const StepEngine& engine = *engine_ptr;
 
   std::unique_ptr<Tokenizer> tok;
