@@ -32,5 +32,6 @@ void add_chat(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_data(CLI::App& app);  // `dsv3 data prepare`
 void add_train(CLI::App& app);
+void add_compare(CLI::App& app);  // `dsv3 compare RUN...`
 
 }  // namespace dsv3::apps

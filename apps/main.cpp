@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   dsv3::apps::add_serve(app);
   dsv3::apps::add_data(app);
   dsv3::apps::add_train(app);
+  dsv3::apps::add_compare(app);
 #endif
   try {
     app.parse(argc, argv);

@@ -234,6 +234,41 @@ TEST(Trainer, BadDataAndMismatchedVocab) {
   EXPECT_NE(error_of([&] { train(j); }).find("train-00000.bin"), std::string::npos);
 }
 
+// `dsv3 compare`: the final whole-split figures, the relative difference from the first run,
+// a run killed mid-write (its partial last line is skipped) and a corrupt record.
+TEST(Trainer, CompareRunsReadsMetrics) {
+  const fs::path a = tmp("dsv3_compare_a"), b = tmp("dsv3_compare_b");
+  fs::create_directories(a);
+  fs::create_directories(b);
+  std::ofstream(a / "metrics.jsonl") << R"({"step":10,"loss_main":5.0,"tokens":100}
+{"step":10,"val_loss":4.5}
+{"step":20,"val_loss":4.0,"full_split":true}
+)";
+  std::ofstream(b / "metrics.jsonl") << R"({"step":10,"loss_main":5.1,"tokens":100}
+{"step":10,"val_loss":4.6}
+{"step":20,"val_loss":4.01,"full_split":true}
+{"step":21,"loss_ma)";
+  const RunMetrics m = read_metrics(b.string());
+  EXPECT_EQ(m.steps, 20);
+  EXPECT_EQ(m.tokens, 100);
+  EXPECT_DOUBLE_EQ(m.final_val, 4.01);
+  ASSERT_EQ(m.val.points.size(), 1u);  // the whole-split figure is not a curve point
+  const fs::path svg = tmp("dsv3_compare.svg");
+  const std::string table = compare_runs({a.string(), b.string()}, {"bf16", "fp8"}, svg.string());
+  EXPECT_NE(table.find("4.0100"), std::string::npos) << table;
+  EXPECT_NE(table.find("+0.250%"), std::string::npos) << table;  // (4.01 - 4) / 4
+  EXPECT_TRUE(fs::exists(svg));
+  EXPECT_NE(error_of([&] {
+              compare_runs({a.string()}, {"x", "y"}, "");
+            }).find("one label per"),
+            std::string::npos);
+  std::ofstream(b / "metrics.jsonl") << R"({"step":1,"loss_main":"high"})"
+                                     << "\n";
+  EXPECT_NE(error_of([&] { read_metrics(b.string()); }).find("metrics.jsonl:1"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_metrics(tmp("dsv3_compare_none").string()); }).find("no metrics"),
+            std::string::npos);
+}
+
 TEST(TrainConfig, ParsesOverridesAndRejectsTypos) {
   json j = base_config("/data", "/out");
   TrainConfig::apply_overrides(j, {"optimizer.lr=0.01", "loss.mtp_lambda=0.1", "out=\"/x\"",

@@ -266,29 +266,53 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& o) {
   return sum;
 }
 
+RunMetrics read_metrics(const std::string& run_dir) {
+  const fs::path path = fs::path(run_dir) / "metrics.jsonl";
+  std::ifstream in(path);
+  DSV3_CHECK(in, "no metrics.jsonl in {} (is it a `dsv3 train` run directory?)", run_dir);
+  RunMetrics m;
+  m.train = {"train loss", {}};
+  m.val = {"validation loss", {}};
+  std::string line;
+  int64_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    const json j = json::parse(line, nullptr, false);
+    // A run killed mid-write leaves a partial last line: skip it, it is not the user's data.
+    if (j.is_discarded() || !j.is_object() || !j.contains("step")) continue;
+    try {
+      const double s = j["step"].get<double>();
+      m.steps = std::max(m.steps, int64_t(s));
+      if (j.contains("loss_main")) m.train.points.push_back({s, j["loss_main"].get<double>()});
+      if (j.contains("val_loss")) {
+        if (j.value("full_split", false))
+          m.final_val = j["val_loss"].get<double>();
+        else
+          m.val.points.push_back({s, j["val_loss"].get<double>()});
+      }
+      if (j.contains("tokens")) m.tokens = std::max(m.tokens, j["tokens"].get<int64_t>());
+      if (j.contains("load_max_over_mean")) {
+        const auto& b = j["load_max_over_mean"];
+        for (size_t l = m.balance.size(); l < b.size(); ++l)
+          m.balance.push_back({fmt::format("MoE layer {}", l), {}});
+        for (size_t l = 0; l < b.size(); ++l)
+          m.balance[l].points.push_back({s, b[l].get<double>()});
+      }
+      if (j.contains("expert_load"))
+        m.loads.push_back({s, j["expert_load"].get<std::vector<std::vector<int64_t>>>()});
+    } catch (const json::exception& e) {
+      fail("{}:{}: unexpected value in a metrics record ({})", path.string(), line_no, e.what());
+    }
+  }
+  return m;
+}
+
 void write_plots(const std::string& run_dir) {
   const fs::path run(run_dir);
-  std::ifstream in(run / "metrics.jsonl");
-  DSV3_CHECK(in, "no metrics.jsonl in {}", run_dir);
-  Series train{"train loss", {}}, val{"validation loss", {}};
-  std::vector<Series> balance;
-  std::vector<std::pair<double, std::vector<std::vector<int64_t>>>> loads;  // (step, [layer][e])
-  std::string line;
-  while (std::getline(in, line)) {
-    const json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step")) continue;
-    const double s = j["step"].get<double>();
-    if (j.contains("loss_main")) train.points.push_back({s, j["loss_main"].get<double>()});
-    if (j.contains("val_loss")) val.points.push_back({s, j["val_loss"].get<double>()});
-    if (j.contains("load_max_over_mean")) {
-      const auto& m = j["load_max_over_mean"];
-      for (size_t l = balance.size(); l < m.size(); ++l)
-        balance.push_back({fmt::format("MoE layer {}", l), {}});
-      for (size_t l = 0; l < m.size(); ++l) balance[l].points.push_back({s, m[l].get<double>()});
-    }
-    if (j.contains("expert_load"))
-      loads.push_back({s, j["expert_load"].get<std::vector<std::vector<int64_t>>>()});
-  }
+  const RunMetrics m = read_metrics(run_dir);
+  const Series &train = m.train, &val = m.val;
+  const auto& balance = m.balance;
+  const auto& loads = m.loads;
   PlotOptions lp;
   lp.title = "Loss (nats/token)";
   lp.x_label = "step";
@@ -325,6 +349,42 @@ void write_plots(const std::string& run_dir) {
   hp.title = "Expert load / layer mean over training (columns: MoE layer:expert)";
   hp.x_label = "MoE layer : routed expert";
   heatmap((run / "expert_load.svg").string(), cells, rows, cols, hp);
+}
+
+std::string compare_runs(const std::vector<std::string>& run_dirs,
+                         const std::vector<std::string>& labels, const std::string& svg_path) {
+  DSV3_CHECK(!run_dirs.empty(), "no run directories to compare");
+  DSV3_CHECK(labels.empty() || labels.size() == run_dirs.size(),
+             "{} labels for {} runs: give one label per run, or none", labels.size(),
+             run_dirs.size());
+  std::vector<Series> curves;
+  std::string table = fmt::format("{:<24} {:>8} {:>12} {:>14} {:>12}\n", "run", "steps", "tokens",
+                                  "final val loss", "vs first");
+  double first = std::nan("");
+  for (size_t i = 0; i < run_dirs.size(); ++i) {
+    const RunMetrics m = read_metrics(run_dirs[i]);
+    const std::string label =
+        labels.empty() ? fs::path(run_dirs[i]).lexically_normal().filename().string() : labels[i];
+    // The runs' validation estimates (a few batches every N steps) draw the curves; the
+    // final figure is the whole split, measured once at the end.
+    curves.push_back({label, m.val.points});
+    if (i == 0) first = m.final_val;
+    const std::string rel = i == 0 || !std::isfinite(first) || !std::isfinite(m.final_val)
+                                ? std::string("")
+                                : fmt::format("{:+.3f}%", 100.0 * (m.final_val - first) / first);
+    table += fmt::format("{:<24} {:>8} {:>12} {:>14} {:>12}\n", label, m.steps, m.tokens,
+                         std::isfinite(m.final_val) ? fmt::format("{:.4f}", m.final_val)
+                                                    : std::string("(unfinished)"),
+                         rel);
+  }
+  if (!svg_path.empty()) {
+    PlotOptions p;
+    p.title = "Validation loss (nats/token)";
+    p.x_label = "step";
+    p.y_label = "loss";
+    line_plot(svg_path, curves, p);
+  }
+  return table;
 }
 
 }  // namespace dsv3::train

@@ -8,8 +8,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "train/plot.h"
 #include "train/train_config.h"
 
 namespace dsv3::train {
@@ -38,9 +42,26 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt);
 // from the start of `loader`'s order (0 batches: every sequence of the split, once).
 double evaluate(TrainModel& model, DataLoader& loader, int64_t batch, int64_t batches);
 
+// What a run's metrics.jsonl holds, by step.
+struct RunMetrics {
+  Series train, val;  // main loss per logged step; validation estimates
+  double final_val = std::numeric_limits<double>::quiet_NaN();  // the whole validation split at the
+                                                                // end (NaN: not reached)
+  int64_t steps = 0, tokens = 0;  // the last step and token count logged
+  std::vector<Series> balance;    // max/mean routed load, one series per MoE layer
+  std::vector<std::pair<double, std::vector<std::vector<int64_t>>>> loads;  // (step, [layer][e])
+};
+RunMetrics read_metrics(const std::string& run_dir);
+
 // From RUN/metrics.jsonl: RUN/loss.svg (train and validation loss by step),
 // RUN/expert_balance.svg (max/mean routed load per MoE layer by step) and RUN/expert_load.svg
 // (heatmap of every expert's load over training).
 void write_plots(const std::string& run_dir);
+
+// Several runs side by side (e.g. the same model in bf16 and fp8): a table of steps, tokens,
+// final validation loss and its relative difference from the first run; and, when `svg_path`
+// is given, their validation curves on one plot. Labels default to the directories' names.
+std::string compare_runs(const std::vector<std::string>& run_dirs,
+                         const std::vector<std::string>& labels, const std::string& svg_path);
 
 }  // namespace dsv3::train
