@@ -12,13 +12,15 @@
 #include "commands.h"
 #include "core/error.h"
 #include "serve/server.h"
+#include "step_engines.h"
 
 namespace dsv3::apps {
 
 namespace {
 
 struct ServeArgs {
-  std::string model, tokenizer, template_file, name, port_file;
+  std::string model, tokenizer, template_file, name, port_file, device = "cpu";
+  bool budget_given = false;  // --max-batch-tokens on the command line
   serve::ServerOptions opt;
 };
 
@@ -41,8 +43,19 @@ void run(ServeArgs a) {
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a client that goes away must not end the server
 
+  const int cuda_index = cuda_index_of(a.device);
   const Model model(ModelWeights::load(a.model));
-  const Engine engine(model);
+  // A device engine allocates every sequence's cache up front: max_seqs x max_model_len
+  // (default: the model's context, capped at 4096 tokens there).
+  int64_t& max_len = a.opt.scheduler.max_model_len;
+  if (cuda_index >= 0 && max_len == 0)
+    max_len = std::min<int64_t>(model.config().max_position_embeddings, 4096);
+  // There the memory is allocated anyway: by default every slot may fill.
+  if (cuda_index >= 0 && !a.budget_given)
+    a.opt.scheduler.max_batch_tokens = a.opt.scheduler.max_seqs * max_len;
+  const std::unique_ptr<StepEngine> engine_ptr =
+      make_step_engine(model, cuda_index, a.opt.scheduler.max_seqs, max_len);
+  const StepEngine& engine = *engine_ptr;
   const std::string tok_dir = a.tokenizer.empty() ? a.model : a.tokenizer;
   const std::filesystem::path tok_path(tok_dir);
   DSV3_CHECK(std::filesystem::exists(
@@ -62,7 +75,6 @@ void run(ServeArgs a) {
   serve::ModelInfo info;
   info.name = a.name.empty() ? std::filesystem::path(a.model).filename().string() : a.name;
   if (info.name.empty()) info.name = "dsv3";
-  info.context = model.config().max_position_embeddings;
   info.vocab = model.config().vocab_size;
 
   serve::Server server(engine, tok, tpl, info, a.opt);
@@ -73,10 +85,12 @@ void run(ServeArgs a) {
     f.close();
     std::filesystem::rename(a.port_file + ".tmp", a.port_file);
   }
+  const serve::Scheduler& sched = server.scheduler();
   fmt::print(stderr,
-             "dsv3 serve: model '{}' on http://{}:{}/ (context {}, budget {} tokens, {} "
+             "dsv3 serve: model '{}' on http://{}:{}/ ({}, context {}, budget {} tokens{}, {} "
              "sequences)\n",
-             info.name, a.opt.host, port, info.context, a.opt.scheduler.max_batch_tokens,
+             info.name, a.opt.host, port, a.device, sched.context(),
+             a.opt.scheduler.max_batch_tokens, sched.paged() ? " paged" : "",
              a.opt.scheduler.max_seqs);
 
   std::thread signals([&] {
@@ -117,14 +131,25 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--port-file", a->port_file, "write the port here once listening");
   cmd->add_option("--api-key", o.api_key, "require 'Authorization: Bearer KEY' on /v1/ endpoints")
       ->envname("DSV3_API_KEY");
-  cmd->add_option("--max-batch-tokens", o.scheduler.max_batch_tokens,
-                  "size of the paged latent cache in tokens (64-token blocks); each running "
-                  "sequence reserves prompt + max_tokens of it, less a shared prefix")
-      ->capture_default_str();
+  CLI::Option* budget =
+      cmd->add_option("--max-batch-tokens", o.scheduler.max_batch_tokens,
+                      "size of the paged latent cache in tokens (64-token blocks); each running "
+                      "sequence reserves prompt + max_tokens of it, less a shared prefix (on "
+                      "CUDA: a budget over the engine's caches, default max-seqs x "
+                      "max-model-len)")
+          ->capture_default_str();
   cmd->add_flag("!--no-prefix-caching", o.scheduler.prefix_caching,
                 "do not share cache blocks of identical prompt prefixes between requests");
   cmd->add_option("--max-seqs", o.scheduler.max_seqs, "sequences in the running batch at most")
       ->capture_default_str();
+  cmd->add_option("--device", a->device,
+                  "cpu, cuda or cuda:N (on CUDA each sequence's cache is the engine's own, no "
+                  "prefix sharing)")
+      ->capture_default_str();
+  cmd->add_option("--max-model-len", o.scheduler.max_model_len,
+                  "longest sequence (prompt + output) a request may make (default: the model's "
+                  "context; on CUDA at most 4096, since max-seqs caches of it are allocated at "
+                  "start)");
   cmd->add_option("--max-waiting", o.scheduler.max_waiting,
                   "requests waiting for admission before 429")
       ->capture_default_str();
@@ -139,7 +164,10 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--shutdown-grace", o.shutdown_grace_s,
                   "seconds in-flight requests get to finish after SIGTERM/SIGINT")
       ->capture_default_str();
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a, budget] {
+    a->budget_given = budget->count() > 0;
+    run(*a);
+  });
 }
 
 }  // namespace dsv3::apps

@@ -4,12 +4,15 @@
 // (reference.safetensors), however requests are interleaved and prompts chunked.
 #include <gtest/gtest.h>
 
+#include "infer/engine.h"
 #include "io/safetensors.h"
 #include "serve/api.h"
 #include "serve/scheduler.h"
+#include "test_util.h"
 
 using namespace dsv3;
 using namespace dsv3::serve;
+using dsv3::test_util::error_of;
 using nlohmann::json;
 
 namespace {
@@ -80,14 +83,20 @@ Engine* ServeScheduler::engine_ = nullptr;
 
 }  // namespace
 
-TEST_F(ServeScheduler, InterleavedChunkedBatchEqualsTransformersGreedy) {
+// Both cache layouts: the paged pool, and each sequence's own engine cache (what a device
+// engine gets: the same scheduler path the CUDA server runs).
+class ServeSchedulerCaches : public ServeScheduler, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(ServeSchedulerCaches, InterleavedChunkedBatchEqualsTransformersGreedy) {
   const Reference ref = reference();
   ASSERT_GE(ref.prompts.size(), 2u);
   const int n = int(ref.greedy[0].size());
   // Small prefill chunks, so prompts are split and share steps with other sequences' decodes.
   SchedulerOptions opt;
   opt.prefill_chunk = 3;
+  opt.paged = GetParam();
   Scheduler sched(*engine_, nullptr, opt);
+  EXPECT_EQ(sched.paged(), GetParam());
   std::vector<Request> reqs;
   std::vector<std::vector<Collected>> got(ref.prompts.size(), std::vector<Collected>(1));
   for (size_t b = 0; b < ref.prompts.size(); ++b) {
@@ -108,6 +117,46 @@ TEST_F(ServeScheduler, InterleavedChunkedBatchEqualsTransformersGreedy) {
   EXPECT_EQ(st.running, 0);
   EXPECT_EQ(st.reserved_tokens, 0);
   EXPECT_EQ(st.generated_tokens, int64_t(ref.prompts.size()) * n);
+}
+INSTANTIATE_TEST_SUITE_P(Layouts, ServeSchedulerCaches, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "Paged" : "EngineCaches"; });
+
+// Engine-owned caches: admission by the token budget (exact sizes, not blocks), release at
+// retirement, and --max-model-len capping the sequence.
+TEST_F(ServeScheduler, EngineCachesAdmitWithinTheBudgetAndMaxModelLen) {
+  const Reference ref = reference();
+  SchedulerOptions opt;
+  opt.paged = false;
+  opt.max_model_len = 8;
+  opt.max_batch_tokens = 16;  // two sequences of min(5 + 6, 8) = 8 tokens
+  Scheduler sched(*engine_, nullptr, opt);
+  EXPECT_EQ(sched.context(), 8);
+  EXPECT_FALSE(sched.paged());
+  EXPECT_NE(error_of([&] { sched.pool(); }).find("no block pool"), std::string::npos);
+  std::vector<Request> reqs;
+  for (int i = 0; i < 3; ++i) {
+    reqs.push_back(greedy_request(ref.prompts[0], 6));
+    EXPECT_EQ(sched.reservation(reqs.back()), 8);
+    ASSERT_EQ(sched.submit(reqs.back()), Scheduler::Submit::kOk);
+  }
+  sched.step();
+  EXPECT_EQ(sched.stats().running, 2);  // the third waits for budget
+  EXPECT_EQ(sched.stats().waiting, 1);
+  EXPECT_EQ(sched.stats().reserved_tokens, 16);
+  for (int guard = 0; guard < 100 && sched.step(); ++guard) {
+  }
+  for (auto& r : reqs) {
+    std::vector<Collected> got(1);
+    drain(*r.channel, &got);
+    // Positions 0..7: the 5-token prompt leaves room for 3 tokens.
+    EXPECT_EQ(got[0].finish_reason, "length");
+    EXPECT_EQ(got[0].tokens,
+              std::vector<int32_t>(ref.greedy[0].begin(), ref.greedy[0].begin() + 3));
+  }
+  EXPECT_EQ(sched.stats().reserved_tokens, 0);
+  Request big = greedy_request(std::vector<int32_t>(5, 1), 6);
+  big.n = 3;  // 24 tokens > the budget of 16
+  EXPECT_EQ(sched.submit(big), Scheduler::Submit::kTooLarge);
 }
 
 TEST_F(ServeScheduler, AloneEqualsTransformersGreedy) {

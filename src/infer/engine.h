@@ -27,6 +27,7 @@ class Engine : public StepEngine {
   // A cache for one sequence of up to `capacity` tokens (default: the model's context).
   LatentCache new_cache(int64_t capacity = 0) const override;
   LatentCache new_mtp_cache(int64_t capacity = 0) const override;
+  bool takes_pooled_caches() const override { return true; }
 
   // Logits F32 [rows, V]: per input, all its rows or its last, in input order. `hidden`
   // receives the final-normed hidden states F32 [all new tokens, H] (the MTP input).

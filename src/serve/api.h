@@ -27,7 +27,7 @@ struct ApiError : std::runtime_error {
 
 struct ModelInfo {
   std::string name;     // served model name: requests must name it
-  int64_t context = 0;  // max_position_embeddings
+  int64_t context = 0;  // longest sequence (prompt + output) a request may make
   int64_t vocab = 0;    // model vocabulary size
 };
 

@@ -52,41 +52,59 @@ struct Scheduler::Seq {
   std::unique_ptr<infer::Sampler> sampler;
   std::unique_ptr<TextStream> text;
   LatentCache cache;
-  int64_t reserve = 0;  // cache capacity: whole blocks, reserved in the pool at admission
-  size_t fed = 0;       // prompt tokens in the cache (shared prefix blocks included)
-  int32_t last = -1;    // newest token, not yet in the cache
+  int64_t reserve = 0;         // cache capacity (whole blocks when paged), reserved at admission
+  int64_t engine_reserve = 0;  // of engine_reserved_, while this sequence holds an engine cache
+  size_t fed = 0;              // prompt tokens in the cache (shared prefix blocks included)
+  int32_t last = -1;           // newest token, not yet in the cache
   int32_t generated = 0;
   bool done = false;
   Clock::time_point submitted, last_token;
 };
 
-Scheduler::Scheduler(const Engine& engine, const Tokenizer* tok, SchedulerOptions opt)
-    : engine_(engine), tok_(tok), opt_(opt), context_(engine.config().max_position_embeddings) {
+Scheduler::Scheduler(const StepEngine& engine, const Tokenizer* tok, SchedulerOptions opt)
+    : engine_(engine), tok_(tok), opt_(opt), context_(engine.context()) {
+  DSV3_CHECK(opt_.max_model_len >= 0, "--max-model-len {} must not be negative",
+             opt_.max_model_len);
+  if (opt_.max_model_len > 0) context_ = std::min(context_, opt_.max_model_len);
+  DSV3_CHECK(context_ >= 2, "a context of {} tokens leaves no room to generate", context_);
   DSV3_CHECK(opt_.max_seqs >= 1, "--max-seqs {} must be at least 1", opt_.max_seqs);
   DSV3_CHECK(opt_.prefill_chunk >= 1, "--prefill-chunk {} must be at least 1", opt_.prefill_chunk);
   DSV3_CHECK(opt_.max_waiting >= 0, "--max-waiting {} must not be negative", opt_.max_waiting);
   DSV3_CHECK(opt_.block_tokens >= 1, "cache blocks of {} tokens", opt_.block_tokens);
-  DSV3_CHECK(opt_.max_batch_tokens >= opt_.block_tokens,
-             "--max-batch-tokens {} must be at least one block ({} tokens)", opt_.max_batch_tokens,
-             opt_.block_tokens);
-  pool_ = std::make_shared<BlockPool>(engine.config(), engine.config().num_hidden_layers,
-                                      opt_.max_batch_tokens / opt_.block_tokens, opt_.block_tokens,
-                                      opt_.prefix_caching);
-  stats_.blocks_total = stats_.blocks_free = pool_->blocks();
+  if (opt_.paged && engine.takes_pooled_caches()) {
+    DSV3_CHECK(opt_.max_batch_tokens >= opt_.block_tokens,
+               "--max-batch-tokens {} must be at least one block ({} tokens)",
+               opt_.max_batch_tokens, opt_.block_tokens);
+    pool_ = std::make_shared<BlockPool>(engine.config(), engine.config().num_hidden_layers,
+                                        opt_.max_batch_tokens / opt_.block_tokens,
+                                        opt_.block_tokens, opt_.prefix_caching);
+    stats_.blocks_total = stats_.blocks_free = pool_->blocks();
+  } else {
+    DSV3_CHECK(opt_.max_batch_tokens >= context_,
+               "--max-batch-tokens {} must hold at least one sequence of the context ({} tokens)",
+               opt_.max_batch_tokens, context_);
+  }
 }
 
 Scheduler::~Scheduler() = default;
 
+const BlockPool& Scheduler::pool() const {
+  DSV3_CHECK(pool_, "this scheduler's caches are the engine's own: there is no block pool");
+  return *pool_;
+}
+
 int64_t Scheduler::reservation(const Request& req) const {
-  const int64_t want = int64_t(req.prompt.size()) + int64_t(req.params.max_new_tokens);
-  return int64_t(std::max(req.n, 1)) * blocks_of(std::min(want, context_), opt_.block_tokens) *
-         opt_.block_tokens;
+  const int64_t want =
+      std::min(int64_t(req.prompt.size()) + int64_t(req.params.max_new_tokens), context_);
+  // A paged cache grows by whole blocks; an engine's own cache is sized exactly.
+  const int64_t per_choice = pool_ ? blocks_of(want, opt_.block_tokens) * opt_.block_tokens : want;
+  return int64_t(std::max(req.n, 1)) * per_choice;
 }
 
 Scheduler::Submit Scheduler::submit(Request req) {
   if (closed_) return Submit::kShuttingDown;
-  if (reservation(req) > pool_->blocks() * opt_.block_tokens || req.n > opt_.max_seqs)
-    return Submit::kTooLarge;
+  const int64_t budget = pool_ ? pool_->blocks() * opt_.block_tokens : opt_.max_batch_tokens;
+  if (reservation(req) > budget || req.n > opt_.max_seqs) return Submit::kTooLarge;
   std::vector<std::unique_ptr<Seq>> group;
   const auto now = Clock::now();
   for (int i = 0; i < req.n; ++i) {
@@ -189,23 +207,33 @@ bool Scheduler::step() {
         waiting_.pop_front();
         continue;
       }
-      // Blocks: each choice's capacity less the prefix blocks the pool already holds (shared,
-      // not taken), plus the cached ones nobody references now (sharing them takes them off
-      // the free list).
-      const BlockPool::PrefixMatch m = pool_->match(group.front()->prompt);
-      int64_t need = m.free;
-      for (auto& s : group) need += blocks_of(s->reserve, opt_.block_tokens) - m.blocks;
-      if (int64_t(running_.size() + admitted.size() + group.size()) > opt_.max_seqs ||
-          need > pool_->available_blocks())
-        break;
+      if (int64_t(running_.size() + admitted.size() + group.size()) > opt_.max_seqs) break;
+      const bool generates = group.front()->sampler->params().max_new_tokens > 0;
+      if (pool_) {
+        // Blocks: each choice's capacity less the prefix blocks the pool already holds
+        // (shared, not taken), plus the cached ones nobody references now (sharing them takes
+        // them off the free list).
+        const BlockPool::PrefixMatch m = pool_->match(group.front()->prompt);
+        int64_t need = m.free;
+        for (auto& s : group) need += blocks_of(s->reserve, opt_.block_tokens) - m.blocks;
+        if (need > pool_->available_blocks()) break;
+      } else if (generates) {
+        int64_t need = 0;
+        for (auto& s : group) need += s->reserve;
+        if (engine_reserved_ + need > opt_.max_batch_tokens) break;
+      }
       for (auto& s : group) {
         stats_.prompt_tokens += int64_t(s->prompt.size());
-        if (s->sampler->params().max_new_tokens > 0) {
+        if (generates && pool_) {
           s->cache = LatentCache(pool_, s->reserve);
           const int64_t shared = s->cache.attach_prefix(s->prompt);
           DSV3_ASSERT(s->cache.reserve_rest());
           s->fed = size_t(shared);
           stats_.prefix_hit_tokens += shared;
+        } else if (generates) {
+          s->cache = engine_.new_cache(s->reserve);
+          s->engine_reserve = s->reserve;
+          engine_reserved_ += s->reserve;
         }
         admitted.push_back(std::move(s));
       }
@@ -222,7 +250,7 @@ bool Scheduler::step() {
 
   // One engine step: every decoding sequence's newest token, plus prompt chunks from the
   // prefilling ones within the per-step prefill budget.
-  std::vector<Engine::Input> inputs;
+  std::vector<StepEngine::Input> inputs;
   std::vector<Seq*> in_step;
   int64_t prefill_budget = opt_.prefill_chunk;
   for (auto& sp : running_) {
@@ -271,6 +299,8 @@ bool Scheduler::step() {
     if (!s->done) {
       cache_tokens += s->cache.size();
       still.push_back(std::move(s));
+    } else {
+      engine_reserved_ -= s->engine_reserve;
     }
   }
   running_ = std::move(still);
@@ -279,12 +309,17 @@ bool Scheduler::step() {
     if (!inputs.empty()) ++stats_.steps;
     stats_.running = int64_t(running_.size());
     stats_.cache_tokens = cache_tokens;
-    stats_.reserved_tokens = (pool_->used_blocks() + pool_->reserved_blocks()) * opt_.block_tokens;
-    stats_.blocks_total = pool_->blocks();
-    stats_.blocks_used = pool_->used_blocks();
-    stats_.blocks_free = pool_->free_blocks();
-    stats_.blocks_reserved = pool_->reserved_blocks();
-    stats_.blocks_cached = pool_->cached_blocks();
+    if (pool_) {
+      stats_.reserved_tokens =
+          (pool_->used_blocks() + pool_->reserved_blocks()) * opt_.block_tokens;
+      stats_.blocks_total = pool_->blocks();
+      stats_.blocks_used = pool_->used_blocks();
+      stats_.blocks_free = pool_->free_blocks();
+      stats_.blocks_reserved = pool_->reserved_blocks();
+      stats_.blocks_cached = pool_->cached_blocks();
+    } else {
+      stats_.reserved_tokens = engine_reserved_;
+    }
   }
   return worked;
 }

@@ -3,12 +3,15 @@
 // prompts, so a long prompt never stalls the streams already running. HTTP threads submit()
 // requests and read their tokens from a per-request Channel.
 //
-// Memory: one BlockPool of max_batch_tokens / block_tokens blocks holds every sequence's
-// latent rows (infer/kv_cache.h). At admission a sequence shares the pool's full blocks that
-// already hold a prefix of its prompt (prefill starts after them) and reserves blocks for the
-// rest of prompt + max_tokens; it takes them as it grows, so a running sequence can never run
-// out of cache and no preemption is needed, while blocks not yet taken keep their cached
-// prefixes for other requests. Retiring or cancelling a sequence releases its blocks.
+// Memory, on an engine that takes pooled caches (the CPU one): one BlockPool of
+// max_batch_tokens / block_tokens blocks holds every sequence's latent rows
+// (infer/kv_cache.h). At admission a sequence shares the pool's full blocks that already hold
+// a prefix of its prompt (prefill starts after them) and reserves blocks for the rest of
+// prompt + max_tokens; it takes them as it grows, so a running sequence can never run out of
+// cache and no preemption is needed, while blocks not yet taken keep their cached prefixes for
+// other requests. Retiring or cancelling a sequence releases its blocks.
+// On a device engine (or with `paged` off) each sequence gets its own engine.new_cache() of
+// the same reserved size, counted against the same max_batch_tokens budget; no prefix sharing.
 #pragma once
 
 #include <atomic>
@@ -22,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "infer/engine.h"
 #include "infer/sampler.h"
+#include "infer/step_engine.h"
 #include "infer/text_stream.h"
 #include "tokenizer/tokenizer.h"
 
@@ -79,6 +82,10 @@ struct SchedulerOptions {
   int64_t prefill_chunk = 256;          // prompt tokens per step, over all prefilling sequences
   int64_t block_tokens = kBlockTokens;  // cache rows per block (small ones in tests)
   bool prefix_caching = true;           // share full blocks of identical prompt prefixes
+  // Caches in one host BlockPool when the engine takes them; false: every sequence's cache
+  // from engine.new_cache(), as a device engine needs (tests run that path on the CPU).
+  bool paged = true;
+  int64_t max_model_len = 0;  // longest sequence (prompt + output); 0: the engine's context
 };
 
 // A fixed-bucket histogram (Prometheus semantics: cumulative buckets, sum, count).
@@ -106,7 +113,7 @@ struct SchedulerStats {
 class Scheduler {
  public:
   // `tok` may be null: then events carry no text and stop strings are not checked.
-  Scheduler(const Engine& engine, const Tokenizer* tok, SchedulerOptions opt);
+  Scheduler(const StepEngine& engine, const Tokenizer* tok, SchedulerOptions opt);
   ~Scheduler();
 
   enum class Submit { kOk, kQueueFull, kTooLarge, kShuttingDown };
@@ -132,15 +139,19 @@ class Scheduler {
 
   SchedulerStats stats() const;
   const SchedulerOptions& options() const { return opt_; }
-  // The cache pool; read it on the engine thread only (or while no step runs).
-  const BlockPool& pool() const { return *pool_; }
+  // The longest sequence a request may make (prompt + output).
+  int64_t context() const { return context_; }
+  // Whether sequences' caches live in the shared, paged pool (else each is the engine's own).
+  bool paged() const { return pool_ != nullptr; }
+  // The cache pool (paged() only); read it on the engine thread only (or while no step runs).
+  const BlockPool& pool() const;
 
  private:
   struct Seq;
   void finish(Seq& s, const std::string& reason);
   void deliver(Seq& s, const infer::SampleResult& r);
 
-  const Engine& engine_;
+  const StepEngine& engine_;
   const Tokenizer* tok_;
   SchedulerOptions opt_;
   int64_t context_;
@@ -153,7 +164,8 @@ class Scheduler {
   SchedulerStats stats_;
 
   // Engine thread only.
-  std::shared_ptr<BlockPool> pool_;
+  std::shared_ptr<BlockPool> pool_;  // null: each sequence's cache is the engine's own
+  int64_t engine_reserved_ = 0;      // tokens those caches hold (their capacities)
   std::vector<std::unique_ptr<Seq>> running_;
 };
 

@@ -177,15 +177,16 @@ std::string sse(const json& j) {
 
 }  // namespace
 
-Server::Server(const Engine& engine, const Tokenizer& tok, const ChatTemplate& tpl, ModelInfo model,
-               ServerOptions opt)
-    : engine_(engine),
-      tok_(tok),
+Server::Server(const StepEngine& engine, const Tokenizer& tok, const ChatTemplate& tpl,
+               ModelInfo model, ServerOptions opt)
+    : tok_(tok),
       tpl_(tpl),
       model_(std::move(model)),
       opt_(std::move(opt)),
       sched_(std::make_unique<Scheduler>(engine, &tok, opt_.scheduler)),
       http_(std::make_unique<httplib::Server>()) {
+  // Requests are held to what the scheduler's caches hold (--max-model-len, a device's slots).
+  model_.context = sched_->context();
   routes();
 }
 

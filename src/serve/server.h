@@ -28,7 +28,9 @@ struct ServerOptions {
 
 class Server {
  public:
-  Server(const Engine& engine, const Tokenizer& tok, const ChatTemplate& tpl, ModelInfo model,
+  // `engine`: the CPU Engine or a device one; `model.context` is replaced by the scheduler's
+  // (the engine's context, or --max-model-len).
+  Server(const StepEngine& engine, const Tokenizer& tok, const ChatTemplate& tpl, ModelInfo model,
          ServerOptions opt);
   ~Server();
 
@@ -49,7 +51,6 @@ class Server {
   std::string metrics_text() const;
   void count(const std::string& endpoint, int status);
 
-  const Engine& engine_;
   const Tokenizer& tok_;
   const ChatTemplate& tpl_;
   ModelInfo model_;
