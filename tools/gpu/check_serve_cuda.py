@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""`dsv3 serve --device cuda` on a GPU machine (issue 8; run by tools/gpu/run_issue8.sh).
+
+Starts the real server on the CUDA engine and checks, over HTTP with nothing but the standard
+library (the GPU machine has no npm):
+  - concurrent greedy /v1/completions (batched on the GPU) each give the token ids that
+    `dsv3 generate --device cuda` gives the same prompt alone, and a streamed request the same;
+  - the same ids as the CPU engine (`dsv3 generate --device cpu`), where logit margins allow:
+    reported, not required (prefill of longer prompts runs BF16 tensor cores on the GPU);
+  - a prompt over --max-model-len is a 400 with code context_length_exceeded;
+  - after the requests the cache budget is back to 0 (metrics), and SIGTERM exits 0.
+Exit status 1 on any failed requirement.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away,",
+    "1, 2, 3, 4, 5,",
+    "DeepSeek-V3 uses multi-head latent attention because",
+    "Hello",
+]
+N = 24
+
+
+def generate_ids(a, prompt, device):
+    out = subprocess.run(
+        [a.dsv3, "generate", "--model", a.model, "--tokenizer", a.tokenizer, "--prompt", prompt,
+         "-n", str(N), "-t", "0", "--print-ids", "--device", device],
+        check=True, capture_output=True, text=True, timeout=120).stdout
+    return [int(t) for t in out.strip().split("\n")[-1].split()]
+
+
+def post(url, path, body, timeout=120):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def completion_ids(url, prompt):
+    status, text = post(url, "/v1/completions", {
+        "model": "m", "prompt": prompt, "max_tokens": N, "temperature": 0,
+        "return_token_ids": True})
+    assert status == 200, (status, text)
+    return json.loads(text)["choices"][0]["token_ids"]
+
+
+def streamed_ids(url, prompt):
+    status, text = post(url, "/v1/completions", {
+        "model": "m", "prompt": prompt, "max_tokens": N, "temperature": 0, "stream": True,
+        "return_token_ids": True})
+    assert status == 200, (status, text)
+    ids = []
+    for line in text.split("\n"):
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for c in json.loads(line[6:]).get("choices", []):
+                ids += c.get("token_ids", [])
+    return ids
+
+
+def metric(url, name):
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        for line in r.read().decode().split("\n"):
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dsv3", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--device", default="cuda", help="cpu: try the script without a GPU")
+    a = p.parse_args()
+    failures = []
+
+    t0 = time.time()
+    alone = {q: generate_ids(a, q, a.device) for q in PROMPTS}
+    cpu = {q: generate_ids(a, q, "cpu") for q in PROMPTS}
+    print(f"generate: {len(PROMPTS)} prompts on cuda and cpu in {time.time() - t0:.1f} s")
+
+    port_file = os.path.join(tempfile.mkdtemp(), "port")
+    log = open(os.path.join(os.environ.get("OUT", "/tmp"), "serve_cuda.log"), "w")
+    server = subprocess.Popen(
+        [a.dsv3, "serve", "--model", a.model, "--tokenizer", a.tokenizer, "--device", a.device,
+         "--port", "0", "--port-file", port_file, "--max-seqs", "8", "--max-model-len", "256",
+         "--served-model-name", "m"], stdout=log, stderr=log)
+    url = None
+    for _ in range(600):
+        if server.poll() is not None:
+            print(f"FAIL: dsv3 serve --device {a.device} exited at start; log:")
+            print(open(log.name).read())
+            return 1
+        if os.path.exists(port_file):
+            url = f"http://127.0.0.1:{open(port_file).read().strip()}"
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5)
+                break
+            except OSError:
+                pass
+        time.sleep(0.1)
+    try:
+        t0 = time.time()
+        with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+            batched = dict(zip(PROMPTS, pool.map(lambda q: completion_ids(url, q), PROMPTS)))
+        print(f"serve: {len(PROMPTS)} concurrent requests in {time.time() - t0:.2f} s")
+        for q in PROMPTS:
+            same_cpu = batched[q] == cpu[q]
+            ok = batched[q] == alone[q]
+            print(f"  {'ok  ' if ok else 'FAIL'} batched == generate alone"
+                  f"{'' if ok else f' ({batched[q]} vs {alone[q]})'}; == cpu: {same_cpu}  {q!r}")
+            if not ok:
+                failures.append(f"batched != alone for {q!r}")
+        s = streamed_ids(url, PROMPTS[0])
+        print(f"  {'ok  ' if s == alone[PROMPTS[0]] else 'FAIL'} streamed == generate alone")
+        if s != alone[PROMPTS[0]]:
+            failures.append("streamed != alone")
+        status, text = post(url, "/v1/completions", {"model": "m", "prompt": "word " * 400,
+                                                     "max_tokens": 4})
+        code = json.loads(text).get("error", {}).get("code") if text.startswith("{") else None
+        ok = status == 400 and code == "context_length_exceeded"
+        print(f"  {'ok  ' if ok else 'FAIL'} prompt over --max-model-len: {status} {code}")
+        if not ok:
+            failures.append(f"long prompt gave {status} {text[:200]}")
+        reserved = metric(url, "dsv3_cache_reserved_tokens")
+        print(f"  {'ok  ' if reserved == 0 else 'FAIL'} reserved cache tokens after: {reserved}")
+        if reserved != 0:
+            failures.append(f"reserved tokens {reserved}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        rc = server.wait(timeout=60)
+    print(f"  {'ok  ' if rc == 0 else 'FAIL'} SIGTERM: exit {rc}")
+    if rc != 0:
+        failures.append(f"exit {rc}")
+    agree = sum(batched[q] == cpu[q] for q in PROMPTS)
+    print(f"serve --device {a.device}: {len(failures)} failures; == CPU greedy ids on "
+          f"{agree}/{len(PROMPTS)} prompts")
+    for f in failures:
+        print("FAIL:", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
