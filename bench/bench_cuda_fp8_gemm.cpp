@@ -278,10 +278,11 @@ int main(int argc, char** argv) {
         cudaFree(dws);
         cudaFree(dxs);
       }
+    // FP8 tensor-core products are summed with limited precision before each promotion to F32
+    // (TRAINING_SPEC §4; our Hopper model in train/fp8.h gives ~1.6e-4 at K = 512), so even
+    // the right layout is not at F32's 1e-7; a wrong one is O(1).
     fmt::print("layout: {} (error {:.2e}: {})\n", best, best_err,
-               best_err < 1e-5   ? "F32 accumulation"
-               : best_err < 5e-3 ? "BF16 output rounding"
-                                 : "NO layout matched");
+               best_err < 1e-3 ? "matches" : "NO layout matched");
 
     // ---- 2. speed at DeepSeek-V3 shapes, M tokens ----
     struct Shape {
