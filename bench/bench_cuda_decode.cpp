@@ -4,7 +4,9 @@
 // compared with a device-to-device cudaMemcpy of 1 GiB (bytes read + written) timed here.
 // Each step includes what a caller gets: the logits copied back to the host. Batch 1 runs
 // twice, eager and from CUDA graphs, and the two greedy runs must pick the same tokens. Then
-// prefill of one long prompt per length in --prefill, on an engine sized for it.
+// prefill of one long prompt per length in --prefill, on an engine sized for it, with FP8
+// weights' GEMMs on the FP8 tensor cores (block-scaled cuBLASLt) and, in the same run, on BF16
+// copies (the path before it).
 // Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows 16]
 #include <cuda_runtime.h>
@@ -195,13 +197,15 @@ int main(int argc, char** argv) {
         }
       }
     }
-    if (!pls.empty()) {
+    for (const bool fp8 : {true, false}) {
+      if (pls.empty()) break;
       // A fresh engine with room for one long sequence (the decode engine's caches are short).
       cuda::CudaEngineOptions opt;
       opt.max_sequences = 1;
       opt.max_context = *std::max_element(pls.begin(), pls.end()) + 8;
       opt.max_step_tokens = 2048;
       opt.gemv_max_rows = gemv_rows;
+      opt.fp8_gemm = fp8;
       const cuda::CudaEngine engine(model, opt);
       for (int len : pls) {
         for (int rep = 0; rep < 2; ++rep) {  // the first run warms cuBLASLt's plans up
@@ -213,8 +217,8 @@ int main(int argc, char** argv) {
           const double t = secs(t0, Clock::now());
           if (rep == 1 || len >= 4096) {
             table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14}",
-                                        fmt::format("prefill {}", len), len / t, 1e3 * t, "-",
-                                        "-"));
+                                        fmt::format("prefill {}{}", len, fp8 ? "" : " bf16"),
+                                        len / t, 1e3 * t, "-", "-"));
             fmt::print("{}\n", table.back());
           }
           if (len >= 4096) break;  // long prompts: one run (the plans are warm by then)

@@ -2,8 +2,9 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [profile] [v2lite]   (default: all but
-# profile, which runs ncu over a short batch-1 run of the V3 checkpoint)
+# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [profile] [v2lite] [b1]   (default: build
+# test v3 v2lite; profile runs ncu over a short batch-1 run of the V3 checkpoint; b1 benches the
+# 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, BENCH_TIMEOUT (seconds per bench).
 set -euo pipefail
@@ -103,5 +104,16 @@ if has v2lite; then
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v2lite.txt" || echo "bench v2lite failed or timed out"
   if has profile; then profile "$CKPT/v2lite" v2lite 1000; fi
+fi
+# configs/bench-1b.json (12 layers, hidden 1280, FP8): quick to make, every dense K a multiple of
+# 128, so its prefill exercises the FP8 tensor-core GEMMs.
+if has b1; then
+  log "init bench-1b (fp8)"
+  [ -f "$CKPT/b1/config.json" ] || "$BUILD/bin/dsv3" init --config configs/bench-1b.json \
+    --out "$CKPT/b1" --dtype fp8 > /dev/null
+  log "bench bench-1b fp8"
+  timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/b1" \
+    --batch "${BATCHES:-1,8,64}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
+    2>&1 | tee "$OUT/bench_b1.txt" || echo "bench b1 failed or timed out"
 fi
 log "done in ${SECONDS}s"

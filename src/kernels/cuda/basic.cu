@@ -126,6 +126,28 @@ __global__ void to_bf16_kernel(const float* x, uint16_t* out, int64_t n) {
   if (i < n) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
 }
 
+// One warp per 1×128 tile, 4 values per lane.
+__global__ void quantize_e4m3_tiles_kernel(const float* x, int64_t rows, int64_t k, uint8_t* q,
+                                           float* scales) {
+  const int64_t tile = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = int(threadIdx.x % 32);
+  const int64_t kb = k / 128;
+  if (tile >= rows * kb) return;  // uniform over the warp
+  const int64_t r = tile / kb, b = tile % kb;
+  const float4 v = *reinterpret_cast<const float4*>(x + r * k + b * 128 + 4 * lane);
+  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+  for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  // As train/fp8.h's tile_scale: at least FLT_MIN, so 1 / scale stays finite.
+  const float scale = amax > 0.0f ? fmaxf(amax / 448.0f, FLT_MIN) : 1.0f;
+  // A true division, as the CPU recipe (train/fp8.h) and f32_to_e4m3 do.
+  const float f[4] = {v.x / scale, v.y / scale, v.z / scale, v.w / scale};
+  uint32_t packed = 0;
+  for (int i = 0; i < 4; ++i)
+    packed |= uint32_t(__nv_cvt_float_to_fp8(f[i], __NV_SATFINITE, __NV_E4M3)) << (8 * i);
+  *reinterpret_cast<uint32_t*>(q + r * k + b * 128 + 4 * lane) = packed;
+  if (lane == 0) scales[b * rows + r] = scale;
+}
+
 template <WType T>
 __global__ void weight_to_bf16_kernel(const DevWeight w, uint16_t* out) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -337,6 +359,15 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStr
 void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   to_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, out, n);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void quantize_e4m3_tiles(const float* x, int64_t rows, int64_t k, uint8_t* q, float* scales,
+                         cudaStream_t s) {
+  const int64_t warps = rows * (k / 128);
+  if (warps == 0) return;
+  quantize_e4m3_tiles_kernel<<<unsigned(ceil_div(warps * 32, kThreads)), kThreads, 0, s>>>(
+      x, rows, k, q, scales);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

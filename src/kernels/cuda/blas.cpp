@@ -38,41 +38,73 @@ Blas::~Blas() {
   if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
+Blas::Plan* Blas::plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes) {
+  auto h = static_cast<cublasLtHandle_t>(handle_);
+  Plan*& p = plans_[{fp8, m, n, k}];
+  if (p) return p;
+  p = new Plan;
+  // Column-major view: yᵀ [n, m] = (w [k, n])ᵀ · xᵀ [k, m].
+  DSV3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  DSV3_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  DSV3_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  const cudaDataType_t in = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+  if (fp8) {
+    const cublasLtMatmulMatrixScale_t am = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F,
+                                      bm = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    DSV3_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &am, sizeof am));
+    DSV3_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bm, sizeof bm));
+  }
+  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, uint64_t(k), uint64_t(n), k));
+  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, uint64_t(k), uint64_t(m), k));
+  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, uint64_t(n), uint64_t(m), n));
+  cublasLtMatmulPreference_t pref = nullptr;
+  DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof workspace_bytes));
+  cublasLtMatmulHeuristicResult_t r{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  p->ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
+  if (p->ok) {
+    p->algo = r.algo;
+    p->workspace = r.workspaceSize;
+  }
+  return p;
+}
+
 bool Blas::matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const void* w, float* y,
                        void* workspace, size_t workspace_bytes, cudaStream_t s) {
-  auto h = static_cast<cublasLtHandle_t>(handle_);
-  Plan*& p = plans_[{m, n, k}];
-  if (!p) {
-    p = new Plan;
-    // Column-major view: yᵀ [n, m] = (w [k, n])ᵀ · xᵀ [k, m].
-    DSV3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    DSV3_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    DSV3_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
-    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
-    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, uint64_t(n), uint64_t(m), n));
-    cublasLtMatmulPreference_t pref = nullptr;
-    DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof workspace_bytes));
-    cublasLtMatmulHeuristicResult_t r{};
-    int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    p->ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
-    if (p->ok) {
-      p->algo = r.algo;
-      p->workspace = r.workspaceSize;
-    }
-  }
+  const Plan* p = plan(false, m, n, k, workspace_bytes);
   if (!p->ok) return false;
   const float alpha = 1.0f, beta = 0.0f;
-  DSV3_CUBLAS_CHECK(cublasLtMatmul(h, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
-                                   &p->algo, workspace, workspace_bytes, s));
+  DSV3_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, w, p->a,
+                                   x, p->b, &beta, y, p->c, y, p->c, &p->algo, workspace,
+                                   workspace_bytes, s));
+  return true;
+}
+
+bool Blas::matmul_fp8_block(int64_t m, int64_t n, int64_t k, const void* x, const float* x_scale,
+                            const void* w, const float* w_scale, float* y, void* workspace,
+                            size_t workspace_bytes, cudaStream_t s) {
+  if (k % 128 != 0) return false;
+  const Plan* p = plan(true, m, n, k, workspace_bytes);
+  if (!p->ok) return false;
+  // The scale pointers are part of the descriptor; setting them is a host-side store.
+  DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                                   &w_scale, sizeof w_scale));
+  DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                   &x_scale, sizeof x_scale));
+  const float alpha = 1.0f, beta = 0.0f;
+  DSV3_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, w, p->a,
+                                   x, p->b, &beta, y, p->c, y, p->c, &p->algo, workspace,
+                                   workspace_bytes, s));
   return true;
 }
 

@@ -1,5 +1,6 @@
-// cuBLASLt for the GEMMs with many rows (prefill, large batches): BF16 inputs on the tensor
-// cores, F32 accumulation and output. One plan (layouts + heuristic algorithm) per shape.
+// cuBLASLt for the GEMMs with many rows (prefill, large batches) on the tensor cores, F32
+// output: BF16 inputs, or FP8 E4M3 inputs with DeepSeek-V3's block scales (CUDA 12.9+ on
+// Hopper). One plan (layouts + heuristic algorithm) per shape and kind.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,10 +23,19 @@ class Blas {
   bool matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const void* w, float* y,
                    void* workspace, size_t workspace_bytes, cudaStream_t s);
 
+  // The same with x E4M3 [m, k] in 1×128 tiles, scales x_scale [k / 128][m] (rows fastest:
+  // what cuBLASLt reads, bench/bench_cuda_fp8_gemm.cpp), and w E4M3 [n, k] with 128×128 block
+  // scales [ceil(n / 128)][k / 128] as checkpoints store them; k a multiple of 128. The tensor
+  // cores sum products with limited precision between F32 promotions (~1e-4 relative).
+  bool matmul_fp8_block(int64_t m, int64_t n, int64_t k, const void* x, const float* x_scale,
+                        const void* w, const float* w_scale, float* y, void* workspace,
+                        size_t workspace_bytes, cudaStream_t s);
+
  private:
   struct Plan;
+  Plan* plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes);
   void* handle_ = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t>, Plan*> plans_;
+  std::map<std::tuple<bool, int64_t, int64_t, int64_t>, Plan*> plans_;
 };
 
 }  // namespace dsv3::cuda

@@ -420,6 +420,13 @@ struct CudaEngine::Impl {
     (void)cudaFree(base);
   }
 
+  // FP8 weights in 128×128 blocks over many rows: E4M3 activations in 1×128 tiles on the FP8
+  // tensor cores (the weight is read as stored, not dequantised).
+  bool use_fp8_gemm(int64_t rows, const DevWeight& w) const {
+    return blas && opt.fp8_gemm && rows > opt.gemv_max_rows && w.type == WType::E4M3 &&
+           w.bn == 128 && w.bk == 128 && w.k % 128 == 0;
+  }
+
   bool use_blas(int64_t rows, const DevWeight& w) const {
     return blas && rows > opt.gemv_max_rows && w.type != WType::F32 &&
            (w.type == WType::BF16 || w.rows * w.k <= m.work.wb_elems);
@@ -428,6 +435,16 @@ struct CudaEngine::Impl {
   // y [rows, w.rows] = x [rows, w.k] · Wᵀ.
   void linear(const float* x, int64_t rows, const DevWeight& w, float* y, bool allow_blas = true) {
     const Work& k = m.work;
+    if (allow_blas && use_fp8_gemm(rows, w)) {
+      // The quantised copy and its scales fit in the BF16 staging buffer (1 + 1/32 bytes per
+      // value against 2).
+      auto* xq = reinterpret_cast<uint8_t*>(k.xb);
+      auto* xs = reinterpret_cast<float*>(xq + ceil_div(rows * w.k, 16) * 16);
+      quantize_e4m3_tiles(x, rows, w.k, xq, xs, stream);
+      if (blas->matmul_fp8_block(rows, w.rows, w.k, xq, xs, w.w, w.scale, y, k.blas_ws,
+                                 k.blas_ws_bytes, stream))
+        return;
+    }
     if (allow_blas && use_blas(rows, w)) {
       to_bf16(x, k.xb, rows * w.k, stream);
       const void* wb = w.w;
@@ -451,7 +468,7 @@ struct CudaEngine::Impl {
 
   void mlp(const DevMlp& p, const float* in, int64_t n, float* out) {
     const int64_t inter = p.gate.rows;
-    if (use_blas(n, p.gate)) {
+    if (use_blas(n, p.gate) || use_fp8_gemm(n, p.gate)) {
       linear(in, n, p.gate, m.work.act);
       linear(in, n, p.up, m.work.act2);
       silu_mul(m.work.act, m.work.act2, m.work.act, n * inter, stream);

@@ -8,9 +8,11 @@
 //
 // Arithmetic: activations F32. Linears with few rows (decode) run our gemv kernel, which decodes
 // weights in registers and accumulates in F32 (matches the CPU to ~1e-6 of the logits' std);
-// with more rows than `gemv_max_rows` they run cuBLASLt on BF16 copies of the activations (and
-// of FP8 weights, dequantised per GEMM), F32 accumulate (~1e-3 relative). `exact` keeps every
-// linear on the F32 path.
+// with more rows than `gemv_max_rows` they run cuBLASLt: FP8 weights with 128×128 blocks on
+// FP8 tensor cores, activations quantised to E4M3 1×128 tiles (DeepSeek-V3's own inference
+// numerics, `fp8_gemm`), other weights on BF16 copies of the activations (and of the weight,
+// dequantised per GEMM), F32 accumulate (~1e-3 relative). `exact` keeps every linear on the
+// F32 path.
 #pragma once
 
 #include <cstddef>
@@ -28,6 +30,7 @@ struct CudaEngineOptions {
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
   int64_t gemv_max_rows = 16;     // linears over more rows use cuBLASLt (BF16 tensor cores)
   bool exact = false;             // F32 gemv for every linear (tests against the CPU)
+  bool fp8_gemm = true;           // FP8 block-scaled GEMMs for FP8 weights over many rows
   // Decode-sized chunks (every linear on the gemv path) run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).

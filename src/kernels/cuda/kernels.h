@@ -93,6 +93,12 @@ void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s);
 // F32 -> BF16 (round to nearest even), n elements.
 void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
+// x F32 [rows, k] -> E4M3 q [rows, k] in 1×128 tiles (k a multiple of 128), as the training
+// recipe quantises (train/fp8.h): per tile scale = max(amax / 448, FLT_MIN) (1 for an all-zero
+// tile), q = x / scale rounded to nearest even and saturated; scales [k / 128][rows] (rows
+// fastest, the layout Blas::matmul_fp8_block takes).
+void quantize_e4m3_tiles(const float* x, int64_t rows, int64_t k, uint8_t* q, float* scales,
+                         cudaStream_t s);
 // A weight of any stored dtype -> BF16 [rows, k] (FP8 dequantised with its block scales).
 void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s);
 // dst[i] = src[rows[i]] for rows of width d.
