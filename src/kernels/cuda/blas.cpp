@@ -38,7 +38,8 @@ Blas::~Blas() {
   if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
-Blas::Plan* Blas::plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes) {
+Blas::Plan* Blas::plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes,
+                       const float* w_scale, const float* x_scale) {
   auto h = static_cast<cublasLtHandle_t>(handle_);
   Plan*& p = plans_[{fp8, m, n, k}];
   if (p) return p;
@@ -58,6 +59,12 @@ Blas::Plan* Blas::plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspa
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &am, sizeof am));
     DSV3_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bm, sizeof bm));
+    // The heuristic finds no algorithm while the scale pointers are unset (seen on the H200,
+    // cuBLASLt 13.1): give it the first call's; later calls set their own.
+    DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                                     &w_scale, sizeof w_scale));
+    DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                     &x_scale, sizeof x_scale));
   }
   DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, uint64_t(k), uint64_t(n), k));
   DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, uint64_t(k), uint64_t(m), k));
@@ -94,7 +101,7 @@ bool Blas::matmul_fp8_block(int64_t m, int64_t n, int64_t k, const void* x, cons
                             const void* w, const float* w_scale, float* y, void* workspace,
                             size_t workspace_bytes, cudaStream_t s) {
   if (k % 128 != 0) return false;
-  const Plan* p = plan(true, m, n, k, workspace_bytes);
+  const Plan* p = plan(true, m, n, k, workspace_bytes, w_scale, x_scale);
   if (!p->ok) return false;
   // The scale pointers are part of the descriptor; setting them is a host-side store.
   DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,

@@ -33,7 +33,8 @@ class Blas {
 
  private:
   struct Plan;
-  Plan* plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes);
+  Plan* plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes,
+             const float* w_scale = nullptr, const float* x_scale = nullptr);
   void* handle_ = nullptr;
   std::map<std::tuple<bool, int64_t, int64_t, int64_t>, Plan*> plans_;
 };

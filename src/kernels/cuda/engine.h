@@ -10,9 +10,9 @@
 // weights in registers and accumulates in F32 (matches the CPU to ~1e-6 of the logits' std);
 // with more rows than `gemv_max_rows` they run cuBLASLt: FP8 weights with 128×128 blocks on
 // FP8 tensor cores, activations quantised to E4M3 1×128 tiles (DeepSeek-V3's own inference
-// numerics, `fp8_gemm`), other weights on BF16 copies of the activations (and of the weight,
-// dequantised per GEMM), F32 accumulate (~1e-3 relative). `exact` keeps every linear on the
-// F32 path.
+// numerics, `fp8_gemm`, off by default for now), other weights on BF16 copies of the activations
+// (and of the weight, dequantised per GEMM), F32 accumulate (~1e-3 relative). `exact` keeps every
+// linear on the F32 path.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +30,10 @@ struct CudaEngineOptions {
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
   int64_t gemv_max_rows = 16;     // linears over more rows use cuBLASLt (BF16 tensor cores)
   bool exact = false;             // F32 gemv for every linear (tests against the CPU)
-  bool fp8_gemm = true;           // FP8 block-scaled GEMMs for FP8 weights over many rows
+  // FP8 block-scaled GEMMs for FP8 weights over many rows. Off until the GPU tests
+  // (tests/cuda/test_fp8_gemm_gpu.cpp) have passed on a GPU: the first run found cuBLASLt's
+  // heuristic needs the scale pointers set, fixed since but not yet run there.
+  bool fp8_gemm = false;
   // Decode-sized chunks (every linear on the gemv path) run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).
