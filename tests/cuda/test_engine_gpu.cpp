@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "gpu_test_util.h"
 #include "infer/engine.h"
 #include "infer/generate.h"
 #include "io/safetensors.h"
@@ -23,18 +24,7 @@ std::string fixture(const std::string& name) {
   return std::string(DSV3_SOURCE_DIR) + "/tests/fixtures/models/" + name;
 }
 
-// max|a - b| / std(b) over n values.
-double err_vs_std(const float* a, const float* b, int64_t n) {
-  double mean = 0, mx = 0;
-  for (int64_t i = 0; i < n; ++i) mean += b[i];
-  mean /= double(n);
-  double var = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    var += (b[i] - mean) * (b[i] - mean);
-    mx = std::max(mx, double(std::fabs(a[i] - b[i])));
-  }
-  return mx / std::sqrt(var / double(n));
-}
+using gpu_test::err_vs_std;
 
 std::vector<int32_t> row_ids(const Tensor& ids, int64_t b, int64_t len = -1) {
   const int32_t* p = ids.ptr<int32_t>() + b * ids.dim(1);
@@ -50,9 +40,6 @@ cuda::CudaEngineOptions small(bool exact, int64_t gemv_max_rows = 16, int64_t st
   o.gemv_max_rows = gemv_max_rows;
   return o;
 }
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
 
 class CudaFixture : public ::testing::TestWithParam<const char*> {};
 class CudaMtpFixture : public ::testing::TestWithParam<const char*> {};

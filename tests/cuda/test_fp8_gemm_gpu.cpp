@@ -15,6 +15,7 @@
 #include <random>
 
 #include "core/dtype.h"
+#include "gpu_test_util.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -27,34 +28,10 @@ using namespace dsv3;
 
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
-
-struct CudaFree {
-  void operator()(void* p) const { (void)cudaFree(p); }
-};
-template <class T>
-using DevPtr = std::unique_ptr<T, CudaFree>;
-
-template <class T>
-DevPtr<T> device_buffer(size_t n) {
-  void* p = nullptr;
-  DSV3_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  DSV3_CUDA_CHECK(cudaMemset(p, 0xff, std::max<size_t>(n, 1) * sizeof(T)));  // NaN / 0xff poison
-  return DevPtr<T>(static_cast<T*>(p));
-}
-template <class T>
-DevPtr<T> to_device(const std::vector<T>& v) {
-  DevPtr<T> d = device_buffer<T>(v.size());
-  DSV3_CUDA_CHECK(cudaMemcpy(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
-template <class T>
-std::vector<T> to_host(const T* p, size_t n) {
-  std::vector<T> h(n);
-  DSV3_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return h;
-}
+using gpu_test::device_buffer;
+using gpu_test::err_vs_std;
+using gpu_test::to_device;
+using gpu_test::to_host;
 
 // N(0, 1) values with a magnitude 2^U{-3..3} per 128 × 128 block (tile_rows = 1: per 1×128
 // tile), and one all-zero tile and one outlier.
@@ -154,18 +131,6 @@ TEST_P(Fp8GemmGpu, QuantiserIsExactAndGemmMatchesFloat64) {
 INSTANTIATE_TEST_SUITE_P(Shapes, Fp8GemmGpu,
                          ::testing::Values(Fp8Case{37, 320, 512}, Fp8Case{256, 384, 1024},
                                            Fp8Case{17, 2112, 256}));
-
-// max|a - b| / std(b).
-double err_vs_std(const float* a, const float* b, int64_t n) {
-  double mean = 0, mx = 0, var = 0;
-  for (int64_t i = 0; i < n; ++i) mean += b[i];
-  mean /= double(n);
-  for (int64_t i = 0; i < n; ++i) {
-    var += (b[i] - mean) * (b[i] - mean);
-    mx = std::max(mx, double(std::fabs(a[i] - b[i])));
-  }
-  return mx / std::sqrt(var / double(n));
-}
 
 TEST(Fp8GemmGpu, EnginePrefillOnFp8TensorCoresStaysNearTheExactPath) {
   SKIP_WITHOUT_GPU();

@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 
+#include "gpu_test_util.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/kernels.h"
@@ -18,32 +19,10 @@ using namespace dsv3;
 
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"
+using gpu_test::DevPtr;
+using gpu_test::to_device;
+using gpu_test::to_host;
 
-struct CudaFree {
-  void operator()(void* p) const { (void)cudaFree(p); }
-};
-template <class T>
-using DevPtr = std::unique_ptr<T, CudaFree>;
-
-template <class T>
-DevPtr<T> to_device(const T* src, size_t n) {
-  void* p = nullptr;
-  DSV3_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  DSV3_CUDA_CHECK(cudaMemcpy(p, src, n * sizeof(T), cudaMemcpyHostToDevice));
-  return DevPtr<T>(static_cast<T*>(p));
-}
-template <class T>
-DevPtr<T> to_device(const std::vector<T>& v) {
-  return to_device(v.data(), v.size());
-}
-template <class T>
-std::vector<T> to_host(const DevPtr<T>& p, size_t n) {
-  std::vector<T> h(n);
-  DSV3_CUDA_CHECK(cudaMemcpy(h.data(), p.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
-  return h;
-}
 // n floats of NaN (every output must be written).
 DevPtr<float> poisoned(size_t n) {
   std::vector<float> v(n, NAN);
