@@ -56,7 +56,7 @@ export DSV3_R1_URL="http://127.0.0.1:$(cat "$tmp/r1.port")"
 export DSV3_API_KEY="$key" DSV3_MODEL_NAME=tiny DSV3_BIN="$dsv3" DSV3_MODEL_DIR="$tmp/m"
 export DSV3_TOKENIZER="$tok" DSV3_MAX_BODY="$max_body"
 (cd "$src/tests/serve" &&
- timeout 300 node --test --test-timeout=120000 --test-concurrency=1 ./*.test.mjs) ||
+ timeout 800 node --test --test-timeout=700000 --test-concurrency=1 ./*.test.mjs) ||
   fail "node tests failed"
 
 # The chat page in headless Chromium: the reply must stream into the page (and, with the R1
