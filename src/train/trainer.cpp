@@ -365,9 +365,11 @@ std::string compare_runs(const std::vector<std::string>& run_dirs,
     const RunMetrics m = read_metrics(run_dirs[i]);
     const std::string label =
         labels.empty() ? fs::path(run_dirs[i]).lexically_normal().filename().string() : labels[i];
-    // The runs' validation estimates (a few batches every N steps) draw the curves; the
-    // final figure is the whole split, measured once at the end.
-    curves.push_back({label, m.val.points});
+    // The runs' validation estimates (a few batches every N steps) draw the curves, ending at
+    // the final figure: the whole split, measured once at the end.
+    Series curve{label, m.val.points};
+    if (std::isfinite(m.final_val)) curve.points.push_back({double(m.steps), m.final_val});
+    curves.push_back(std::move(curve));
     if (i == 0) first = m.final_val;
     const std::string rel = i == 0 || !std::isfinite(first) || !std::isfinite(m.final_val)
                                 ? std::string("")
