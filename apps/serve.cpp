@@ -18,6 +18,10 @@ namespace dsv3::apps {
 
 namespace {
 
+// A device engine allocates max-seqs caches of max-model-len tokens at start; without
+// --max-model-len they hold the model's context up to this many tokens.
+constexpr int64_t kDeviceMaxModelLen = 4096;
+
 struct ServeArgs {
   std::string model, tokenizer, template_file, name, port_file, device = "cpu";
   bool budget_given = false;  // --max-batch-tokens on the command line
@@ -45,11 +49,9 @@ void run(ServeArgs a) {
 
   const int cuda_index = cuda_index_of(a.device);
   const Model model(ModelWeights::load(a.model));
-  // A device engine allocates every sequence's cache up front: max_seqs x max_model_len
-  // (default: the model's context, capped at 4096 tokens there).
   int64_t& max_len = a.opt.scheduler.max_model_len;
   if (cuda_index >= 0 && max_len == 0)
-    max_len = std::min<int64_t>(model.config().max_position_embeddings, 4096);
+    max_len = std::min(model.config().max_position_embeddings, kDeviceMaxModelLen);
   // There the memory is allocated anyway: by default every slot may fill.
   if (cuda_index >= 0 && !a.budget_given)
     a.opt.scheduler.max_batch_tokens = a.opt.scheduler.max_seqs * max_len;

@@ -24,10 +24,10 @@ class StepEngine {
 
   // A cache for one sequence of up to `capacity` tokens (default: context()).
   virtual LatentCache new_cache(int64_t capacity = 0) const = 0;
+  virtual LatentCache new_mtp_cache(int64_t capacity = 0) const = 0;
   // Whether step() also takes caches whose rows live in a host BlockPool (the server's paged
   // cache with prefix sharing); a device engine takes only its own new_cache() ones.
   virtual bool takes_pooled_caches() const { return false; }
-  virtual LatentCache new_mtp_cache(int64_t capacity = 0) const = 0;
 
   struct Input {
     LatentCache* cache;

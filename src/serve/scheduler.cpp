@@ -52,10 +52,9 @@ struct Scheduler::Seq {
   std::unique_ptr<infer::Sampler> sampler;
   std::unique_ptr<TextStream> text;
   LatentCache cache;
-  int64_t reserve = 0;         // cache capacity (whole blocks when paged), reserved at admission
-  int64_t engine_reserve = 0;  // of engine_reserved_, while this sequence holds an engine cache
-  size_t fed = 0;              // prompt tokens in the cache (shared prefix blocks included)
-  int32_t last = -1;           // newest token, not yet in the cache
+  int64_t reserve = 0;  // cache capacity (whole blocks when paged), reserved at admission
+  size_t fed = 0;       // prompt tokens in the cache (shared prefix blocks included)
+  int32_t last = -1;    // newest token, not yet in the cache
   int32_t generated = 0;
   bool done = false;
   Clock::time_point submitted, last_token;
@@ -232,8 +231,7 @@ bool Scheduler::step() {
           stats_.prefix_hit_tokens += shared;
         } else if (generates) {
           s->cache = engine_.new_cache(s->reserve);
-          s->engine_reserve = s->reserve;
-          engine_reserved_ += s->reserve;
+          engine_reserved_ += s->cache.capacity();
         }
         admitted.push_back(std::move(s));
       }
@@ -299,8 +297,8 @@ bool Scheduler::step() {
     if (!s->done) {
       cache_tokens += s->cache.size();
       still.push_back(std::move(s));
-    } else {
-      engine_reserved_ -= s->engine_reserve;
+    } else if (!pool_) {
+      engine_reserved_ -= s->cache.capacity();  // 0 for a sequence that never had a cache
     }
   }
   running_ = std::move(still);

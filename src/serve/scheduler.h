@@ -165,7 +165,7 @@ class Scheduler {
 
   // Engine thread only.
   std::shared_ptr<BlockPool> pool_;  // null: each sequence's cache is the engine's own
-  int64_t engine_reserved_ = 0;      // tokens those caches hold (their capacities)
+  int64_t engine_reserved_ = 0;      // the capacities of those caches, summed
   std::vector<std::unique_ptr<Seq>> running_;
 };
 

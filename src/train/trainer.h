@@ -44,9 +44,9 @@ double evaluate(TrainModel& model, DataLoader& loader, int64_t batch, int64_t ba
 
 // What a run's metrics.jsonl holds, by step.
 struct RunMetrics {
-  Series train, val;  // main loss per logged step; validation estimates
-  double final_val = std::numeric_limits<double>::quiet_NaN();  // the whole validation split at the
-                                                                // end (NaN: not reached)
+  Series train, val;  // main loss per logged step; validation estimates (a few batches)
+  // The whole validation split, scored once at the end (NaN: the run did not get there).
+  double final_val = std::numeric_limits<double>::quiet_NaN();
   int64_t steps = 0, tokens = 0;  // the last step and token count logged
   std::vector<Series> balance;    // max/mean routed load, one series per MoE layer
   std::vector<std::pair<double, std::vector<std::vector<int64_t>>>> loads;  // (step, [layer][e])
