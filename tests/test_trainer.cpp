@@ -252,7 +252,10 @@ TEST(Trainer, CompareRunsReadsMetrics) {
   EXPECT_EQ(m.steps, 20);
   EXPECT_EQ(m.tokens, 100);
   EXPECT_DOUBLE_EQ(m.final_val, 4.01);
-  ASSERT_EQ(m.val.points.size(), 1u);  // the whole-split figure is not a curve point
+  ASSERT_EQ(m.val.points.size(), 1u);     // the whole-split figure is not an estimate...
+  const Series curve = m.val_curve("v");  // ...but it ends the plotted curve
+  ASSERT_EQ(curve.points.size(), 2u);
+  EXPECT_EQ(curve.points[1], std::make_pair(20.0, 4.01));
   const fs::path svg = tmp("dsv3_compare.svg");
   const std::string table = compare_runs({a.string(), b.string()}, {"bf16", "fp8"}, svg.string());
   EXPECT_NE(table.find("4.0100"), std::string::npos) << table;

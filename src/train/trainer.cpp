@@ -307,10 +307,17 @@ RunMetrics read_metrics(const std::string& run_dir) {
   return m;
 }
 
+Series RunMetrics::val_curve(const std::string& name) const {
+  Series s{name, val.points};
+  if (std::isfinite(final_val)) s.points.push_back({double(steps), final_val});
+  return s;
+}
+
 void write_plots(const std::string& run_dir) {
   const fs::path run(run_dir);
   const RunMetrics m = read_metrics(run_dir);
-  const Series &train = m.train, &val = m.val;
+  const Series& train = m.train;
+  const Series val = m.val_curve(m.val.name);
   const auto& balance = m.balance;
   const auto& loads = m.loads;
   PlotOptions lp;
@@ -365,11 +372,7 @@ std::string compare_runs(const std::vector<std::string>& run_dirs,
     const RunMetrics m = read_metrics(run_dirs[i]);
     const std::string label =
         labels.empty() ? fs::path(run_dirs[i]).lexically_normal().filename().string() : labels[i];
-    // The runs' validation estimates (a few batches every N steps) draw the curves, ending at
-    // the final figure: the whole split, measured once at the end.
-    Series curve{label, m.val.points};
-    if (std::isfinite(m.final_val)) curve.points.push_back({double(m.steps), m.final_val});
-    curves.push_back(std::move(curve));
+    curves.push_back(m.val_curve(label));
     if (i == 0) first = m.final_val;
     const std::string rel = i == 0 || !std::isfinite(first) || !std::isfinite(m.final_val)
                                 ? std::string("")

@@ -50,6 +50,9 @@ struct RunMetrics {
   int64_t steps = 0, tokens = 0;  // the last step and token count logged
   std::vector<Series> balance;    // max/mean routed load, one series per MoE layer
   std::vector<std::pair<double, std::vector<std::vector<int64_t>>>> loads;  // (step, [layer][e])
+
+  // The validation curve to plot: the estimates, ending at the whole-split figure.
+  Series val_curve(const std::string& name) const;
 };
 RunMetrics read_metrics(const std::string& run_dir);
 
