@@ -150,7 +150,8 @@ LoadResult run_load(int port, int clients, double seconds, const std::string& pr
       httplib::Client cli("127.0.0.1", port);
       cli.set_read_timeout(600);
       LoadResult local;
-      for (int i = 0; Clock::now() < deadline; ++i) {
+      // At least one request each, so a 0-second run is the warm-up it is used as.
+      for (int i = 0; i == 0 || Clock::now() < deadline; ++i) {
         // Distinct prompts: what is measured is batching, not the prefix cache.
         const json body = {{"prompt", fmt::format("Client {} asks question {}: {}", k, i, prompt)},
                            {"max_tokens", max_tokens},
