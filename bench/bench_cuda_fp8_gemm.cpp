@@ -127,7 +127,9 @@ T* upload(const std::vector<T>& v) {
   return d;
 }
 
-// One block-scaled FP8 GEMM plan. Column-major view: yᵀ [n, m] = (W [k, n])ᵀ · xᵀ [k, m]:
+// One block-scaled FP8 GEMM plan. Its own, not Blas::matmul_fp8_block: this probe came first
+// (it found the layouts Blas uses) and times BF16 output, the configuration docs/PERFORMANCE.md
+// records. Column-major view: yᵀ [n, m] = (W [k, n])ᵀ · xᵀ [k, m]:
 // A = weights (BLK128x128), B = activations (VEC128), D F32 or BF16 [n, m] (= y row-major).
 struct Fp8Gemm {
   cublasLtHandle_t h = nullptr;

@@ -132,7 +132,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Fp8GemmGpu,
                          ::testing::Values(Fp8Case{37, 320, 512}, Fp8Case{256, 384, 1024},
                                            Fp8Case{17, 2112, 256}));
 
-TEST(Fp8GemmGpu, EnginePrefillOnFp8TensorCoresStaysNearTheExactPath) {
+TEST(Fp8PrefillGpu, EngineOnFp8TensorCoresStaysNearTheExactPath) {
   SKIP_WITHOUT_GPU();
   // Every projection's K a multiple of 128, so every FP8 linear takes the FP8 GEMM.
   ModelConfig c;
