@@ -1,5 +1,12 @@
 #include "kernels/ops.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <vector>
+
+#include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/cpu/cpu_kernels.h"
 
@@ -18,7 +25,29 @@ void require_f32(const char* op, const char* what, const Tensor& t) {
              dtype_name(t.dtype()));
 }
 
+std::atomic<bool> g_fp8_activations{false};
+
+// x [rows, k] through E4M3 in 1×128 tiles and back: scale = max(amax / 448, FLT_MIN) (1 for an
+// all-zero tile), x' = e4m3(x / scale) · scale (the CUDA engine's quantize_e4m3_tiles).
+std::vector<float> through_e4m3_tiles(const float* x, int64_t rows, int64_t k) {
+  std::vector<float> out(static_cast<size_t>(rows * k));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < k; b += 128) {
+      const float* t = x + r * k + b;
+      float amax = 0.0f;
+      for (int64_t c = 0; c < 128; ++c) amax = std::max(amax, std::fabs(t[c]));
+      const float scale = amax > 0.0f ? std::max(amax / kE4M3Max, FLT_MIN) : 1.0f;
+      for (int64_t c = 0; c < 128; ++c)
+        out[size_t(r * k + b + c)] = e4m3_to_f32(f32_to_e4m3(t[c] / scale)) * scale;
+    }
+  return out;
+}
+
 }  // namespace
+
+void set_fp8_activations(bool on) {
+  g_fp8_activations = on;
+}
 
 void embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
   require_cpu("embedding", out);
@@ -54,6 +83,12 @@ void linear(const Tensor& x, const Linear& w, Tensor& y) {
   DSV3_CHECK(y.ndim() == 2 && y.dim(0) == x.dim(0) && y.dim(1) == w.out_features(),
              "linear: output {} should be [{}, {}]", shape_str(y.shape()), x.dim(0),
              w.out_features());
+  const int64_t k = w.in_features();
+  if (g_fp8_activations && w.quantized() && w.block_n == 128 && w.block_k == 128 && k % 128 == 0) {
+    const std::vector<float> xq = through_e4m3_tiles(x.ptr<float>(), x.dim(0), k);
+    cpu::linear(xq.data(), x.dim(0), w, y.ptr<float>());
+    return;
+  }
   cpu::linear(x.ptr<float>(), x.dim(0), w, y.ptr<float>());
 }
 

@@ -20,6 +20,10 @@ void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out);
 
 // y = x·Wᵀ. x F32 [T, in]; y F32 [T, out].
 void linear(const Tensor& x, const Linear& w, Tensor& y);
+// Process-wide, off by default: FP8 linears with 128×128 blocks (K a multiple of 128) first
+// round their inputs through E4M3 in 1×128 tiles, the numerics of DeepSeek-V3's inference on
+// FP8 tensor cores (the CUDA engine's fp8_gemm). The tests' emulation of that path.
+void set_fp8_activations(bool on);
 
 // x += y (same shape, F32).
 void add_inplace(Tensor& x, const Tensor& y);
