@@ -82,7 +82,7 @@ void print_info(const std::string& dir) {
   opt.max_context = 4096;
   const cuda::MemoryPlan plan = cuda::plan_memory(w, opt);
   fmt::print(
-      "GPU (CUDA)       {} = weights {} + latent cache of 4096 tokens {} (F32) + "
+      "GPU (CUDA)       {} = weights {} + latent cache of 4096 tokens {} (BF16) + "
       "activations of {} tokens {}\n",
       bytes(double(plan.total())), bytes(double(plan.weights)), bytes(double(plan.caches)),
       opt.max_step_tokens, bytes(double(plan.workspace)));

@@ -38,6 +38,7 @@ cuda::CudaEngineOptions small(bool exact, int64_t gemv_max_rows = 16, int64_t st
   o.max_step_tokens = step_tokens;
   o.exact = exact;
   o.gemv_max_rows = gemv_max_rows;
+  o.bf16_cache = false;  // the comparisons at 1e-4 below; Bf16CacheStaysNearTheF32Cache for BF16
   return o;
 }
 
@@ -70,6 +71,16 @@ TEST_P(CudaFixture, PrefillMatchesTransformersBf16Gemm) {
   expect_prefill_matches(GetParam(), small(false, 0), 5e-2);
 }
 
+// The default prefill path: BF16 GEMMs, the BF16 cache and the attention as tensor-core GEMMs
+// (S = qc·cacheᵀ, softmax, P·c_kv), in chunks of 4 tokens so later chunks attend to cached rows
+// (keys rounded up to 64, capped by the cache's capacity) and one chunk holds both sequences.
+TEST_P(CudaFixture, PrefillOnTensorCoresMatchesTransformers) {
+  SKIP_WITHOUT_GPU();
+  cuda::CudaEngineOptions o = small(false, 0, 4);
+  o.bf16_cache = true;
+  expect_prefill_matches(GetParam(), o, 8e-2);
+}
+
 TEST_P(CudaFixture, ChunkedPrefillAndDecodeEqualTheFullForward) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture(GetParam())));
@@ -93,6 +104,32 @@ TEST_P(CudaFixture, ChunkedPrefillAndDecodeEqualTheFullForward) {
   }
   EXPECT_EQ(cache.size(), t);
   std::printf("[ %s ] decode vs CPU full forward: worst max|d|/std = %.2e\n", GetParam(), worst);
+}
+
+// The BF16 latent cache (the default) against the F32 one: prefill, then decode steps that
+// read every cached row; BF16 keeps 8 significant bits of each latent value.
+TEST_P(CudaFixture, Bf16CacheStaysNearTheF32Cache) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids");
+  const int64_t t = ids.dim(1), v = model.config().vocab_size;
+  cuda::CudaEngineOptions o16 = small(false);
+  o16.bf16_cache = true;
+  const cuda::CudaEngine e32(model, small(false)), e16(model, o16);
+  EXPECT_LT(e16.memory().cache_bytes_per_token, e32.memory().cache_bytes_per_token);
+  LatentCache c32 = e32.new_cache(32), c16 = e16.new_cache(32);
+  const auto seq = row_ids(ids, 0);
+  double worst = 0;
+  for (int64_t i = 0; i < t; i = (i == 0 ? 5 : i + 1)) {
+    const std::vector<int32_t> in = i == 0 ? std::vector<int32_t>(seq.begin(), seq.begin() + 5)
+                                           : std::vector<int32_t>{seq[size_t(i)]};
+    const Tensor a = e32.step({{&c32, in, false}}), b = e16.step({{&c16, in, false}});
+    worst = std::max(worst, err_vs_std(b.ptr<float>(), a.ptr<float>(), v));
+  }
+  std::printf("[ %s ] bf16 cache vs f32 cache: worst max|d|/std = %.2e\n", GetParam(), worst);
+  EXPECT_LE(worst, 5e-2);  // measured on the H200: 0.7e-2 .. 2.2e-2 over the fixtures
+  EXPECT_GT(worst, 0.0) << "the BF16 cache was not used";
 }
 
 TEST_P(CudaFixture, GreedyEqualsTransformersGenerate) {
@@ -250,6 +287,10 @@ TEST(CudaEngine, BatchOfDifferentLengthsEqualsOneByOne) {
   EXPECT_LE(err_vs_std(both.ptr<float>() + v, lb.ptr<float>(), v), 1e-5);
 }
 
+// Prefill attention as tensor-core GEMMs (BF16 cache, chunks over gemv_max_rows): two
+// sequences of 100 and 37 tokens in one step, in chunks of 16 tokens, so later chunks attend to
+// cached rows (keys rounded up to 64, then capped by the cache's capacity) and a chunk can hold
+// both sequences; against the exact F32 engine, at BF16's tolerance.
 TEST(CudaEngine, TruncateForgetsRejectedTokens) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture("v3_plain_f32")));

@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 
+#include "core/dtype.h"
 #include "gpu_test_util.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -311,52 +312,66 @@ INSTANTIATE_TEST_SUITE_P(Rules, RouteGpu,
 
 class MlaGpu : public ::testing::TestWithParam<const char*> {};
 
-// Absorbed attention over a long cache (several key splits) vs the CPU's ops::mla_attention.
+// Absorbed attention over a long cache (several key splits) vs the CPU's ops::mla_attention, with
+// the cache in F32 and in BF16 (the CPU then gets the same BF16-rounded values).
 TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const int64_t H = 12, dn = 32, dr = 16, dv = 24, dc = 160, L = 1500, T = 3, start = L - T;
-  const float scale = 0.13f;
-  TestLinear kv_b = make_linear(GetParam(), H * (dn + dv), dc, 11);
-  const std::vector<float> q = randn(size_t(T * H * (dn + dr)), 12);
-  const std::vector<float> ckv = randn(size_t(L * dc), 13), kpe = randn(size_t(L * dr), 14);
-  Tensor want = Tensor::zeros(DType::F32, {T, H, dv});
-  ops::mla_attention(f32_tensor(q, {T, H, dn + dr}), f32_tensor(ckv, {L, dc}),
-                     f32_tensor(kpe, {L, dr}), start, kv_b.cpu, dn, dv, scale, true, want);
-  std::vector<float> rows(static_cast<size_t>(L * (dc + dr)));
-  for (int64_t j = 0; j < L; ++j) {
-    std::copy(ckv.begin() + j * dc, ckv.begin() + (j + 1) * dc, rows.begin() + j * (dc + dr));
-    std::copy(kpe.begin() + j * dr, kpe.begin() + (j + 1) * dr, rows.begin() + j * (dc + dr) + dc);
+  for (const bool bf16 : {false, true}) {
+    const int64_t H = 12, dn = 32, dr = 16, dv = 24, dc = 160, L = 1500, T = 3, start = L - T;
+    const float scale = 0.13f;
+    TestLinear kv_b = make_linear(GetParam(), H * (dn + dv), dc, 11);
+    const std::vector<float> q = randn(size_t(T * H * (dn + dr)), 12);
+    std::vector<float> ckv = randn(size_t(L * dc), 13), kpe = randn(size_t(L * dr), 14);
+    if (bf16) {
+      for (float& v : ckv) v = bf16_to_f32(f32_to_bf16(v));
+      for (float& v : kpe) v = bf16_to_f32(f32_to_bf16(v));
+    }
+    Tensor want = Tensor::zeros(DType::F32, {T, H, dv});
+    ops::mla_attention(f32_tensor(q, {T, H, dn + dr}), f32_tensor(ckv, {L, dc}),
+                       f32_tensor(kpe, {L, dr}), start, kv_b.cpu, dn, dv, scale, true, want);
+    std::vector<float> rows(static_cast<size_t>(L * (dc + dr)));
+    for (int64_t j = 0; j < L; ++j) {
+      std::copy(ckv.begin() + j * dc, ckv.begin() + (j + 1) * dc, rows.begin() + j * (dc + dr));
+      std::copy(kpe.begin() + j * dr, kpe.begin() + (j + 1) * dr,
+                rows.begin() + j * (dc + dr) + dc);
+    }
+    std::vector<uint16_t> rows16(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows16[i] = f32_to_bf16(rows[i]);
+    const auto dpool = to_device(rows);
+    const auto dpool16 = to_device(rows16);
+    cuda::CachePool pool{
+        bf16 ? static_cast<void*>(dpool16.get()) : dpool.get(), 1, L, dc, dr, bf16};
+    const std::vector<int32_t> pos = {int32_t(start), int32_t(start + 1), int32_t(start + 2)};
+    const std::vector<int32_t> slots = {0, 0, 0};
+    const auto dq = to_device(q);
+    const auto dpos = to_device(pos);
+    const auto dslots = to_device(slots);
+    DevPtr<float> qc = poisoned(size_t(T * H * (dc + dr)));
+    DevPtr<float> olat = poisoned(size_t(T * H * dc));
+    DevPtr<float> o = poisoned(size_t(T * H * dv));
+    const int64_t partial_floats = 64 * T * H * (dc + 2);
+    DevPtr<float> partial = poisoned(size_t(partial_floats));
+    cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, qc.get(), nullptr);
+    cuda::mla_attention(qc.get(), T, H, pool, 0, dpos.get(), dslots.get(), start + T - 1, scale,
+                        partial.get(), partial_floats, olat.get(), nullptr);
+    cuda::GemvArgs g;
+    g.w = kv_b.dev;
+    g.n = dv;
+    g.w_group_rows = dn + dv;
+    g.w_row0 = dn;
+    g.x = olat.get();
+    g.ldx = H * dc;
+    g.x_goff = dc;
+    g.y = o.get();
+    g.ldy = H * dv;
+    g.y_goff = dv;
+    g.m = T;
+    g.groups = int(H);
+    cuda::gemv(g, nullptr);
+    EXPECT_LE(rel_err(to_host(o, size_t(T * H * dv)), want.ptr<float>(), size_t(want.numel())),
+              1e-5)
+        << (bf16 ? "bf16" : "f32") << " cache";
   }
-  const auto dpool = to_device(rows);
-  cuda::CachePool pool{dpool.get(), 1, L, dc, dr};
-  const std::vector<int32_t> pos = {int32_t(start), int32_t(start + 1), int32_t(start + 2)};
-  const std::vector<int32_t> slots = {0, 0, 0};
-  const auto dq = to_device(q);
-  const auto dpos = to_device(pos);
-  const auto dslots = to_device(slots);
-  DevPtr<float> qc = poisoned(size_t(T * H * (dc + dr)));
-  DevPtr<float> olat = poisoned(size_t(T * H * dc));
-  DevPtr<float> o = poisoned(size_t(T * H * dv));
-  const int64_t partial_floats = 64 * T * H * (dc + 2);
-  DevPtr<float> partial = poisoned(size_t(partial_floats));
-  cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, qc.get(), nullptr);
-  cuda::mla_attention(qc.get(), T, H, pool, 0, dpos.get(), dslots.get(), start + T - 1, scale,
-                      partial.get(), partial_floats, olat.get(), nullptr);
-  cuda::GemvArgs g;
-  g.w = kv_b.dev;
-  g.n = dv;
-  g.w_group_rows = dn + dv;
-  g.w_row0 = dn;
-  g.x = olat.get();
-  g.ldx = H * dc;
-  g.x_goff = dc;
-  g.y = o.get();
-  g.ldy = H * dv;
-  g.y_goff = dv;
-  g.m = T;
-  g.groups = int(H);
-  cuda::gemv(g, nullptr);
-  EXPECT_LE(rel_err(to_host(o, size_t(T * H * dv)), want.ptr<float>(), size_t(want.numel())), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Weights, MlaGpu, ::testing::Values("bf16", "fp8", "f32"));

@@ -100,17 +100,23 @@ __global__ void latent_to_cache_kernel(const float* kv, const float* w_norm, flo
   const int64_t t = blockIdx.x, dc = pool.dc, row = pool.row();
   const float* src = kv + t * row;
   const int64_t pos = positions[t];
-  float* dst = pool.base + ((int64_t(slots[t]) * pool.layers + layer) * pool.capacity + pos) * row;
+  const int64_t at = pool.at(slots[t], layer, pos);
+  const auto put = [&](int64_t i, float v) {
+    if (pool.bf16)
+      static_cast<uint16_t*>(pool.base)[at + i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    else
+      static_cast<float*>(pool.base)[at + i] = v;
+  };
   double ss = 0;
   for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) ss += double(src[i]) * src[i];
   ss = block_sum(ss, buf);
   const float inv = float(1.0 / sqrt(ss / double(dc) + double(eps)));
-  for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) dst[i] = w_norm[i] * (src[i] * inv);
+  for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) put(i, w_norm[i] * (src[i] * inv));
   for (int64_t f = threadIdx.x; f < half; f += blockDim.x) {
     float p[2] = {src[dc + 2 * f], src[dc + 2 * f + 1]};
     rope_pair(p, float(pos), inv_freq[f], factor);
-    dst[dc + 2 * f] = p[0];
-    dst[dc + 2 * f + 1] = p[1];
+    put(dc + 2 * f, p[0]);
+    put(dc + 2 * f + 1, p[1]);
   }
 }
 
@@ -126,15 +132,39 @@ __global__ void to_bf16_kernel(const float* x, uint16_t* out, int64_t n) {
   if (i < n) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
 }
 
-// One warp per 1×128 tile, 4 values per lane.
-__global__ void quantize_e4m3_tiles_kernel(const float* x, int64_t rows, int64_t k, uint8_t* q,
-                                           float* scales) {
+// One warp per 1×128 tile of an output row, 4 values per lane.
+__global__ void quantize_e4m3_tiles_kernel(const QuantizeArgs a) {
   const int64_t tile = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const int lane = int(threadIdx.x % 32);
-  const int64_t kb = k / 128;
-  if (tile >= rows * kb) return;  // uniform over the warp
+  const int64_t kb = a.k / 128;
+  if (tile >= a.padded_rows * kb) return;  // uniform over the warp
   const int64_t r = tile / kb, b = tile % kb;
-  const float4 v = *reinterpret_cast<const float4*>(x + r * k + b * 128 + 4 * lane);
+  // The output row's group: [s0, s0 + len) in the padded rows, `valid` of them from the input.
+  int64_t s0 = 0, len = a.padded_rows, valid = a.rows, first = 0;
+  if (a.groups > 0) {
+    int lo = 0, hi = a.groups - 1;  // the last group whose padded start is <= r
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (a.padded_offsets[mid] <= r)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    s0 = a.padded_offsets[lo];
+    len = a.padded_offsets[lo + 1] - s0;
+    first = a.offsets[lo];
+    valid = a.offsets[lo + 1] - first;
+  }
+  const int64_t i = r - s0;
+  uint8_t* qrow = a.q + r * a.k + b * 128 + 4 * lane;
+  float* scale_at = a.scales + kb * s0 + b * len + i;
+  if (i >= valid) {  // padding: zero codes, scale 1
+    *reinterpret_cast<uint32_t*>(qrow) = 0;
+    if (lane == 0) *scale_at = 1.0f;
+    return;
+  }
+  const int64_t p = first + i, src = a.x_rows ? a.x_rows[p] : p;
+  const float4 v = *reinterpret_cast<const float4*>(a.x + src * a.ldx + b * 128 + 4 * lane);
   float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
   for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
   // As train/fp8.h's tile_scale: at least FLT_MIN, so 1 / scale stays finite.
@@ -142,10 +172,10 @@ __global__ void quantize_e4m3_tiles_kernel(const float* x, int64_t rows, int64_t
   // A true division, as the CPU recipe (train/fp8.h) and f32_to_e4m3 do.
   const float f[4] = {v.x / scale, v.y / scale, v.z / scale, v.w / scale};
   uint32_t packed = 0;
-  for (int i = 0; i < 4; ++i)
-    packed |= uint32_t(__nv_cvt_float_to_fp8(f[i], __NV_SATFINITE, __NV_E4M3)) << (8 * i);
-  *reinterpret_cast<uint32_t*>(q + r * k + b * 128 + 4 * lane) = packed;
-  if (lane == 0) scales[b * rows + r] = scale;
+  for (int j = 0; j < 4; ++j)
+    packed |= uint32_t(__nv_cvt_float_to_fp8(f[j], __NV_SATFINITE, __NV_E4M3)) << (8 * j);
+  *reinterpret_cast<uint32_t*>(qrow) = packed;
+  if (lane == 0) *scale_at = scale;
 }
 
 template <WType T>
@@ -362,12 +392,10 @@ void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s) {
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
-void quantize_e4m3_tiles(const float* x, int64_t rows, int64_t k, uint8_t* q, float* scales,
-                         cudaStream_t s) {
-  const int64_t warps = rows * (k / 128);
+void quantize_e4m3_tiles(const QuantizeArgs& a, cudaStream_t s) {
+  const int64_t warps = a.padded_rows * (a.k / 128);
   if (warps == 0) return;
-  quantize_e4m3_tiles_kernel<<<unsigned(ceil_div(warps * 32, kThreads)), kThreads, 0, s>>>(
-      x, rows, k, q, scales);
+  quantize_e4m3_tiles_kernel<<<unsigned(ceil_div(warps * 32, kThreads)), kThreads, 0, s>>>(a);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

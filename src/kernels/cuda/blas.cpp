@@ -38,15 +38,17 @@ Blas::~Blas() {
   if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
-Blas::Plan* Blas::plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes,
-                       const float* w_scale, const float* x_scale) {
+Blas::Plan* Blas::plan(const Key& key, size_t workspace_bytes, const float* w_scale,
+                       const float* x_scale) {
   auto h = static_cast<cublasLtHandle_t>(handle_);
-  Plan*& p = plans_[{fp8, m, n, k}];
+  Plan*& p = plans_[key];
   if (p) return p;
   p = new Plan;
-  // Column-major view: yᵀ [n, m] = (w [k, n])ᵀ · xᵀ [k, m].
+  const auto [fp8, w_rows_n, m, n, k, ldx, ldw, ldy] = key.tie();
+  // Column-major view: yᵀ [n, m] = op(w) · xᵀ [k, m], op(w) [n, k]: w [n, k] row-major is
+  // [k, n] column-major (transposed), w [k, n] row-major is [n, k] column-major (as it is).
   DSV3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const cublasOperation_t ta = w_rows_n ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
   DSV3_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   DSV3_CUBLAS_CHECK(
@@ -66,9 +68,12 @@ Blas::Plan* Blas::plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspa
     DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
                                                      &x_scale, sizeof x_scale));
   }
-  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, uint64_t(k), uint64_t(n), k));
-  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, uint64_t(k), uint64_t(m), k));
-  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, uint64_t(n), uint64_t(m), n));
+  if (w_rows_n)
+    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, uint64_t(k), uint64_t(n), ldw));
+  else
+    DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, uint64_t(n), uint64_t(k), ldw));
+  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, uint64_t(k), uint64_t(m), ldx));
+  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, uint64_t(n), uint64_t(m), ldy));
   cublasLtMatmulPreference_t pref = nullptr;
   DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
@@ -88,7 +93,13 @@ Blas::Plan* Blas::plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspa
 
 bool Blas::matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const void* w, float* y,
                        void* workspace, size_t workspace_bytes, cudaStream_t s) {
-  const Plan* p = plan(false, m, n, k, workspace_bytes);
+  return gemm_bf16(true, m, n, k, x, k, w, k, y, n, workspace, workspace_bytes, s);
+}
+
+bool Blas::gemm_bf16(bool w_rows_n, int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
+                     const void* w, int64_t ldw, float* y, int64_t ldy, void* workspace,
+                     size_t workspace_bytes, cudaStream_t s) {
+  const Plan* p = plan({false, w_rows_n, m, n, k, ldx, ldw, ldy}, workspace_bytes);
   if (!p->ok) return false;
   const float alpha = 1.0f, beta = 0.0f;
   DSV3_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, w, p->a,
@@ -100,8 +111,8 @@ bool Blas::matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const voi
 bool Blas::matmul_fp8_block(int64_t m, int64_t n, int64_t k, const void* x, const float* x_scale,
                             const void* w, const float* w_scale, float* y, void* workspace,
                             size_t workspace_bytes, cudaStream_t s) {
-  if (k % 128 != 0) return false;
-  const Plan* p = plan(true, m, n, k, workspace_bytes, w_scale, x_scale);
+  if (k % 128 != 0 || m % 16 != 0) return false;
+  const Plan* p = plan({true, true, m, n, k, k, k, n}, workspace_bytes, w_scale, x_scale);
   if (!p->ok) return false;
   // The scale pointers are part of the descriptor; setting them is a host-side store.
   DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,

@@ -22,21 +22,36 @@ class Blas {
   // cuBLASLt has no algorithm for the shape (the caller falls back to its own kernel).
   bool matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const void* w, float* y,
                    void* workspace, size_t workspace_bytes, cudaStream_t s);
+  // The general BF16 product with leading dimensions (elements, all rows 16-byte aligned):
+  // y [m, n] (ldy) = x [m, k] (ldx) · op(w), op(w) = wᵀ for w [n, k] (ldw) when w_rows_n,
+  // else w [k, n] (ldw) as it is.
+  bool gemm_bf16(bool w_rows_n, int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
+                 const void* w, int64_t ldw, float* y, int64_t ldy, void* workspace,
+                 size_t workspace_bytes, cudaStream_t s);
 
   // The same with x E4M3 [m, k] in 1×128 tiles, scales x_scale [k / 128][m] (rows fastest:
   // what cuBLASLt reads, bench/bench_cuda_fp8_gemm.cpp), and w E4M3 [n, k] with 128×128 block
-  // scales [ceil(n / 128)][k / 128] as checkpoints store them; k a multiple of 128. The tensor
-  // cores sum products with limited precision between F32 promotions (~1e-4 relative).
+  // scales [ceil(n / 128)][round_up(k / 128, 4)] (the checkpoints' layout, each row padded to
+  // 16 bytes); k a multiple of 128, m a multiple of 16 (cuBLASLt 13.1 on the H200 has no
+  // algorithm otherwise; quantize_e4m3_tiles pads). The tensor cores sum products with limited
+  // precision between F32 promotions (~1e-4 relative).
   bool matmul_fp8_block(int64_t m, int64_t n, int64_t k, const void* x, const float* x_scale,
                         const void* w, const float* w_scale, float* y, void* workspace,
                         size_t workspace_bytes, cudaStream_t s);
 
  private:
   struct Plan;
-  Plan* plan(bool fp8, int64_t m, int64_t n, int64_t k, size_t workspace_bytes,
-             const float* w_scale = nullptr, const float* x_scale = nullptr);
+  // Shape and layout of one product: what a plan is made for.
+  struct Key {
+    bool fp8 = false, w_rows_n = true;
+    int64_t m = 0, n = 0, k = 0, ldx = 0, ldw = 0, ldy = 0;
+    auto tie() const { return std::tie(fp8, w_rows_n, m, n, k, ldx, ldw, ldy); }
+    bool operator<(const Key& o) const { return tie() < o.tie(); }
+  };
+  Plan* plan(const Key& key, size_t workspace_bytes, const float* w_scale = nullptr,
+             const float* x_scale = nullptr);
   void* handle_ = nullptr;
-  std::map<std::tuple<bool, int64_t, int64_t, int64_t>, Plan*> plans_;
+  std::map<Key, Plan*> plans_;
 };
 
 }  // namespace dsv3::cuda

@@ -73,6 +73,37 @@ const float* upload_f32(Arena& a, const Tensor& t) {
   return dst;
 }
 
+int64_t round_up(int64_t a, int64_t b) {
+  return (a + b - 1) / b * b;
+}
+
+// FP8 block scales [rows, kb] (the parts one after another) to the device, and for cuBLASLt a
+// copy with each row padded to round_up(kb, 4) (zeros) unless kb already is a multiple of 4.
+void upload_scales(Arena& a, const std::vector<const Tensor*>& parts, DevWeight& w) {
+  const int64_t kb = parts[0]->dim(1), kb_lt = round_up(kb, 4);
+  int64_t rows = 0;
+  for (const Tensor* t : parts) rows += t->dim(0);
+  std::vector<float> all;
+  if (a.real()) {
+    for (const Tensor* t : parts) {
+      const std::vector<float> v = t->to_f32_vector();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+  }
+  float* s = a.alloc_n<float>(rows * kb);
+  if (a.real()) DSV3_CUDA_CHECK(cudaMemcpy(s, all.data(), all.size() * 4, cudaMemcpyHostToDevice));
+  w.scale = w.scale_lt = s;
+  if (kb_lt == kb) return;
+  float* lt = a.alloc_n<float>(rows * kb_lt);
+  if (a.real()) {
+    std::vector<float> padded(size_t(rows * kb_lt), 0.0f);
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(all.begin() + r * kb, all.begin() + (r + 1) * kb, padded.begin() + r * kb_lt);
+    DSV3_CUDA_CHECK(cudaMemcpy(lt, padded.data(), padded.size() * 4, cudaMemcpyHostToDevice));
+  }
+  w.scale_lt = lt;
+}
+
 DevWeight upload_linear(Arena& a, const Linear& l, const std::string& what) {
   DevWeight w;
   w.type = wtype_of(l.weight.dtype(), what);
@@ -84,7 +115,11 @@ DevWeight upload_linear(Arena& a, const Linear& l, const std::string& what) {
   w.bn = int(l.block_n);
   w.bk = int(l.block_k);
   w.w = a.upload(l.weight.data(), l.weight.nbytes());
-  if (l.quantized()) w.scale = upload_f32(a, l.scale_inv);
+  if (l.quantized()) {
+    DSV3_CHECK(l.scale_inv.ndim() == 2, "CUDA engine: {} has block scales of shape {}", what,
+               shape_str(l.scale_inv.shape()));
+    upload_scales(a, {&l.scale_inv}, w);
+  }
   return w;
 }
 
@@ -109,15 +144,13 @@ DevWeight upload_stacked(Arena& a, const std::vector<const Linear*>& ls, const s
   if (l0.quantized()) {
     DSV3_CHECK(w.type == WType::E4M3, "CUDA engine: {} has block scales but is {}", what,
                dtype_name(l0.weight.dtype()));
-    const int64_t per = l0.scale_inv.numel();
-    float* s = a.alloc_n<float>(per * int64_t(ls.size()));
-    for (size_t e = 0; e < ls.size(); ++e) {
-      if (!a.real()) continue;
-      const std::vector<float> v = ls[e]->scale_inv.to_f32_vector();
-      DSV3_CUDA_CHECK(
-          cudaMemcpy(s + int64_t(e) * per, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+    std::vector<const Tensor*> scales;
+    for (const Linear* l : ls) {
+      DSV3_CHECK(l->scale_inv.ndim() == 2 && l->scale_inv.shape() == l0.scale_inv.shape(),
+                 "CUDA engine: the experts of {} differ in their block scales' shape", what);
+      scales.push_back(&l->scale_inv);
     }
-    w.scale = s;
+    upload_scales(a, scales, w);
   } else {
     DSV3_CHECK(w.type != WType::E4M3, "CUDA engine: {} is FP8 without block scales", what);
   }
@@ -207,6 +240,17 @@ struct Work {
   float *sel = nullptr, *logits = nullptr, *cat = nullptr, *hprev = nullptr;
   uint16_t *xb = nullptr, *wb = nullptr;
   int64_t wb_elems = 0;
+  // FP8 GEMMs: activations quantised in 1×128 tiles (rows padded per group), their scales, the
+  // experts' up outputs and padded group offsets.
+  uint8_t* xq = nullptr;
+  float *xs = nullptr, *eact2 = nullptr;
+  int32_t* padded_offsets = nullptr;
+  int64_t xq_bytes = 0;
+  // Prefill attention on the tensor cores (BF16 cache): the queries in BF16, and scores S (F32)
+  // and probabilities P (BF16) of up to attn_elems values per block of rows.
+  uint16_t *qcb = nullptr, *attn_p = nullptr;
+  float* attn_s = nullptr;
+  int64_t attn_elems = 0;
   void* blas_ws = nullptr;
   size_t blas_ws_bytes = 0;
 };
@@ -252,23 +296,27 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   m.inv_freq = inv;
   m.plan.weights = a.used();
 
-  // Latent caches: [slots][layers][capacity][kv_lora + rope] F32.
+  // Latent caches: [slots][layers][capacity][kv_lora + rope], BF16 or F32.
   const size_t before_cache = a.used();
   const int64_t dc = c.kv_lora_rank, dr = c.qk_rope_head_dim;
-  m.pool = {nullptr, c.num_hidden_layers, opt.max_context, dc, dr};
+  const bool bf16_cache = opt.bf16_cache && !opt.exact;
+  const int64_t eb = bf16_cache ? 2 : 4;
+  m.pool = {nullptr, c.num_hidden_layers, opt.max_context, dc, dr, bf16_cache};
   m.pool.base =
-      a.alloc_n<float>(opt.max_sequences * c.num_hidden_layers * opt.max_context * (dc + dr));
+      a.alloc(size_t(opt.max_sequences * c.num_hidden_layers * opt.max_context * (dc + dr) * eb));
   if (!m.mtp.empty()) {
-    m.mtp_pool = {nullptr, 1, opt.max_context, dc, dr};
-    m.mtp_pool.base = a.alloc_n<float>(opt.max_sequences * opt.max_context * (dc + dr));
+    m.mtp_pool = {nullptr, 1, opt.max_context, dc, dr, bf16_cache};
+    m.mtp_pool.base = a.alloc(size_t(opt.max_sequences * opt.max_context * (dc + dr) * eb));
   }
   m.plan.caches = a.used() - before_cache;
-  m.plan.cache_bytes_per_token = size_t(c.num_hidden_layers * (dc + dr)) * sizeof(float);
+  m.plan.cache_bytes_per_token = size_t(c.num_hidden_layers * (dc + dr) * eb);
 
   // Activations for T tokens.
   const size_t before_work = a.used();
   Work& w = m.work;
-  const int64_t T = opt.max_step_tokens, H = c.hidden_size, heads = c.num_attention_heads;
+  // A multiple of 16 rows: FP8 GEMMs run on rows padded so (Blas::matmul_fp8_block).
+  const int64_t T = round_up(opt.max_step_tokens, 16), H = c.hidden_size;
+  const int64_t heads = c.num_attention_heads;
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, V = c.vocab_size;
   const int64_t k = std::max<int64_t>(c.num_experts_per_tok, 1), E = c.n_routed_experts;
   const int64_t inter = std::max(
@@ -298,8 +346,9 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
     w.active = a.alloc_n<int32_t>(E + 1);
     w.perm_rows = a.alloc_n<int32_t>(T * k);
     w.perm_pos = a.alloc_n<int32_t>(T * k);
-    w.eact = a.alloc_n<float>(T * k * c.moe_intermediate_size);
-    w.eout = a.alloc_n<float>(T * k * H);
+    // 16 spare rows: an expert's FP8 GEMM writes its rows padded to 16 (moe()).
+    w.eact = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);
+    w.eout = a.alloc_n<float>((T * k + 16) * H);
   }
   w.logit_rows = std::min<int64_t>(T, 256);
   w.sel = a.alloc_n<float>(w.logit_rows * H);
@@ -320,10 +369,36 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
     }
     for (const DevWeight& x : dense)
       if (x.type != WType::BF16) w.wb_elems = std::max(w.wb_elems, x.rows * x.k);
-    w.xb = a.alloc_n<uint16_t>(T * std::max(max_k_of(dense), 2 * H));
+    // BF16 copies of the widest dense input, or of the experts' T·k rows (BF16 experts).
+    int64_t xb_elems = T * std::max(max_k_of(dense), 2 * H);
+    if (E > 0) xb_elems = std::max(xb_elems, (T * k + 16) * std::max(H, c.moe_intermediate_size));
+    w.xb = a.alloc_n<uint16_t>(xb_elems);
     w.wb = a.alloc_n<uint16_t>(w.wb_elems);
     w.blas_ws_bytes = size_t(32) << 20;
     w.blas_ws = a.alloc(w.blas_ws_bytes);
+    // Quantised activations of the widest FP8 GEMM: T rows, or the experts' T·k rows each
+    // group padded to 16.
+    int64_t fp8_k = 0;
+    for (const DevWeight& x : dense)
+      if (x.type == WType::E4M3) fp8_k = std::max(fp8_k, x.k);
+    int64_t q_rows = T;
+    if (E > 0) {
+      for (const auto* ls : {&m.layers, &m.mtp})
+        for (const DevLayer& L : *ls)
+          if (L.moe) fp8_k = std::max({fp8_k, L.gate_s.k, L.down_s.k});
+      q_rows = std::max(q_rows, T * k + 16 * E);
+      w.padded_offsets = a.alloc_n<int32_t>(E + 1);
+    }
+    if (E > 0) w.eact2 = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);
+    if (bf16_cache) {
+      w.qcb = a.alloc_n<uint16_t>(T * heads * (dc + dr));
+      w.attn_elems = std::min<int64_t>(T * heads * opt.max_context, int64_t(64) << 20);
+      w.attn_s = a.alloc_n<float>(w.attn_elems);
+      w.attn_p = a.alloc_n<uint16_t>(w.attn_elems);
+    }
+    w.xq_bytes = size_t(q_rows * fp8_k);
+    w.xq = a.alloc<uint8_t>(size_t(w.xq_bytes));
+    w.xs = a.alloc_n<float>(q_rows * (fp8_k / 128));
   }
   m.plan.workspace = a.used() - before_work;
   return m;
@@ -367,6 +442,7 @@ struct CudaEngine::Impl {
   int32_t* h_ints = nullptr;
   float* h_rows = nullptr;
   float* h_logits = nullptr;
+  int32_t *h_offsets = nullptr, *h_padded = nullptr;  // experts' rows, [E + 1] each
   // Captured decode graphs by (mtp, rows, logit rows, attention span, hidden wanted).
   std::map<std::tuple<bool, int64_t, int64_t, int64_t, bool>, cudaGraphExec_t> graphs;
   int64_t captured = 0;
@@ -393,6 +469,13 @@ struct CudaEngine::Impl {
     DSV3_CUDA_CHECK(cudaMalloc(&base, plan.used()));
     Arena real(base, plan.used());
     m = layout(model.weights(), opt, real);
+    // Zeroed caches: the prefill attention's GEMMs read whole blocks of cache rows, the unused
+    // ones weighted by 0, which must not be NaN bit patterns.
+    const size_t row_bytes = size_t(m.pool.row() * m.pool.elem_bytes() * opt.max_context);
+    DSV3_CUDA_CHECK(
+        cudaMemset(m.pool.base, 0, row_bytes * size_t(opt.max_sequences * m.pool.layers)));
+    if (m.mtp_pool.base)
+      DSV3_CUDA_CHECK(cudaMemset(m.mtp_pool.base, 0, row_bytes * size_t(opt.max_sequences)));
     DSV3_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     if (!opt.exact) blas = std::make_unique<Blas>();
     for (int64_t s = opt.max_sequences - 1; s >= 0; --s) {
@@ -404,6 +487,8 @@ struct CudaEngine::Impl {
     DSV3_CUDA_CHECK(cudaMallocHost(&h_rows, size_t(T * c.hidden_size) * sizeof(float)));
     DSV3_CUDA_CHECK(
         cudaMallocHost(&h_logits, size_t(m.work.logit_rows * c.vocab_size) * sizeof(float)));
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_offsets, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_padded, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -417,6 +502,8 @@ struct CudaEngine::Impl {
     (void)cudaFreeHost(h_ints);
     (void)cudaFreeHost(h_rows);
     (void)cudaFreeHost(h_logits);
+    (void)cudaFreeHost(h_offsets);
+    (void)cudaFreeHost(h_padded);
     (void)cudaFree(base);
   }
 
@@ -425,6 +512,17 @@ struct CudaEngine::Impl {
   bool use_fp8_gemm(int64_t rows, const DevWeight& w) const {
     return blas && opt.fp8_gemm && rows > opt.gemv_max_rows && w.type == WType::E4M3 &&
            w.bn == 128 && w.bk == 128 && w.k % 128 == 0;
+  }
+
+  // y = x · W_eᵀ for the first `rows` of x ∈ E4M3 [rows, w.k] (scales as quantize_e4m3_tiles
+  // wrote them), W_e the e-th of w's stacked groups of `group_rows` rows (e = 0: all of w).
+  bool fp8_gemm(int64_t rows, const uint8_t* xq, const float* xs, const DevWeight& w, int64_t e,
+                int64_t group_rows, float* y) {
+    const int64_t kb_lt = round_up(w.k / 128, 4);
+    const auto* wq = static_cast<const uint8_t*>(w.w) + e * group_rows * w.k;
+    const float* ws = w.scale_lt + e * (group_rows / 128) * kb_lt;
+    return blas->matmul_fp8_block(rows, group_rows, w.k, xq, xs, wq, ws, y, m.work.blas_ws,
+                                  m.work.blas_ws_bytes, stream);
   }
 
   bool use_blas(int64_t rows, const DevWeight& w) const {
@@ -436,14 +534,16 @@ struct CudaEngine::Impl {
   void linear(const float* x, int64_t rows, const DevWeight& w, float* y, bool allow_blas = true) {
     const Work& k = m.work;
     if (allow_blas && use_fp8_gemm(rows, w)) {
-      // The quantised copy and its scales fit in the BF16 staging buffer (1 + 1/32 bytes per
-      // value against 2).
-      auto* xq = reinterpret_cast<uint8_t*>(k.xb);
-      auto* xs = reinterpret_cast<float*>(xq + ceil_div(rows * w.k, 16) * 16);
-      quantize_e4m3_tiles(x, rows, w.k, xq, xs, stream);
-      if (blas->matmul_fp8_block(rows, w.rows, w.k, xq, xs, w.w, w.scale, y, k.blas_ws,
-                                 k.blas_ws_bytes, stream))
-        return;
+      QuantizeArgs q;
+      q.x = x;
+      q.ldx = w.k;
+      q.rows = rows;
+      q.padded_rows = round_up(rows, 16);  // ≤ T: y has room for the padding rows
+      q.k = w.k;
+      q.q = k.xq;
+      q.scales = k.xs;
+      quantize_e4m3_tiles(q, stream);
+      if (fp8_gemm(q.padded_rows, k.xq, k.xs, w, 0, w.rows, y)) return;
     }
     if (allow_blas && use_blas(rows, w)) {
       to_bf16(x, k.xb, rows * w.k, stream);
@@ -491,7 +591,6 @@ struct CudaEngine::Impl {
   void moe(const DevLayer& L, int64_t n, float* out) {
     Work& k = m.work;
     const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
-    const int64_t inter = c.moe_intermediate_size;
     // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
     linear(k.h, n, L.router, k.router, false);
     RouteArgs r;
@@ -506,6 +605,90 @@ struct CudaEngine::Impl {
     r.scale = r.sigmoid || !r.normalise ? float(c.routed_scaling_factor) : 1.0f;
     route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
     moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, k.active, stream);
+    if (!experts_gemm(L, n)) experts_gemv(L, n);
+    if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
+    moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
+                out, stream);
+  }
+
+  // The routed experts on the tensor cores, one GEMM per expert with rows (cuBLASLt 13.1 has no
+  // grouped block-scaled GEMM), when the experts average expert_gemm_rows rows or more: below
+  // that the gemv kernel, which reads each expert's weights once for all its rows in one
+  // launch, was faster (bench-1b on the H200: 8 rows per expert, 1.8K vs 1.5K tok/s; 128
+  // rows, 25K vs 13K tok/s prefill). FP8 weights with 128×128 blocks run block-scaled on E4M3
+  // inputs, each expert's rows quantised padded to 16, so its GEMMs write up to 15 rows past
+  // its own: zeros, into the next expert's rows, which that expert's GEMM (later on the same
+  // stream) writes again; eact / eout have 16 spare rows for the last. BF16 weights run on
+  // BF16 copies of the rows. eact = SwiGLU(gate, up), eout = down, in moe_permute's order.
+  // False (nothing usable written) if the weights do not suit or cuBLASLt has no algorithm.
+  bool experts_gemm(const DevLayer& L, int64_t n) {
+    Work& k = m.work;
+    const int64_t E = c.n_routed_experts, pairs = n * c.num_experts_per_tok;
+    const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
+    const bool fp8 = use_fp8_gemm(n, L.gate_s) && use_fp8_gemm(n, L.down_s) && inter % 128 == 0;
+    const bool bf16 = blas && L.gate_s.type == WType::BF16 && L.down_s.type == WType::BF16;
+    if (!(fp8 || bf16) || n <= opt.gemv_max_rows || pairs < opt.expert_gemm_rows * E) return false;
+    // The host launches one GEMM per expert, so it needs the counts now.
+    DSV3_CUDA_CHECK(cudaMemcpyAsync(h_offsets, k.offsets, size_t(E + 1) * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, stream));
+    DSV3_CUDA_CHECK(cudaStreamSynchronize(stream));
+    h_padded[0] = 0;
+    for (int64_t e = 0; e < E; ++e)
+      h_padded[e + 1] = h_padded[e] + int32_t(round_up(h_offsets[e + 1] - h_offsets[e], 16));
+    // Per expert with rows: its inputs (FP8 rows padded, BF16 rows as they are) and outputs.
+    const auto each = [&](int64_t width, const DevWeight& w, int64_t group_rows, float* y) {
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t rows = h_offsets[e + 1] - h_offsets[e];
+        if (rows == 0) continue;
+        float* ye = y + int64_t(h_offsets[e]) * group_rows;
+        const bool ok =
+            fp8 ? fp8_gemm(h_padded[e + 1] - h_padded[e], k.xq + h_padded[e] * width,
+                           k.xs + (width / 128) * h_padded[e], w, e, group_rows, ye)
+                : blas->matmul_bf16(rows, group_rows, width, k.xb + int64_t(h_offsets[e]) * width,
+                                    static_cast<const uint16_t*>(w.w) + e * group_rows * width, ye,
+                                    k.blas_ws, k.blas_ws_bytes, stream);
+        if (!ok) return false;
+      }
+      return true;
+    };
+    QuantizeArgs q;
+    if (fp8) {
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(k.padded_offsets, h_padded, size_t(E + 1) * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, stream));
+      q.x = k.h;
+      q.ldx = H;
+      q.x_rows = k.perm_rows;
+      q.padded_rows = h_padded[E];
+      q.k = H;
+      q.groups = int(E);
+      q.offsets = k.offsets;
+      q.padded_offsets = k.padded_offsets;
+      q.q = k.xq;
+      q.scales = k.xs;
+      quantize_e4m3_tiles(q, stream);
+    } else {
+      gather_rows(k.h, H, k.perm_rows, pairs, H, k.eout, stream);  // eout: scratch until down
+      to_bf16(k.eout, k.xb, pairs * H, stream);
+    }
+    if (!each(H, L.gate_s, inter, k.eact) || !each(H, L.up_s, inter, k.eact2)) return false;
+    silu_mul(k.eact, k.eact2, k.eact, pairs * inter, stream);
+    if (fp8) {
+      q.x = k.eact;
+      q.ldx = inter;
+      q.x_rows = nullptr;
+      q.k = inter;
+      quantize_e4m3_tiles(q, stream);
+    } else {
+      to_bf16(k.eact, k.xb, pairs * inter, stream);
+    }
+    return each(inter, L.down_s, H, k.eout);
+  }
+
+  // The routed experts on the gemv kernel: every expert's rows in one launch.
+  void experts_gemv(const DevLayer& L, int64_t n) {
+    Work& k = m.work;
+    const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
+    const int64_t inter = c.moe_intermediate_size;
     GemvArgs g;  // gate and up of every expert at once, SwiGLU fused
     g.w = L.gate_s;
     g.w2 = L.up_s.w;
@@ -537,9 +720,6 @@ struct CudaEngine::Impl {
     d.offsets = k.offsets;
     d.active = k.active;
     gemv(d, stream);
-    if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
-    moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
-                out, stream);
   }
 
   static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -566,8 +746,9 @@ struct CudaEngine::Impl {
     latent_to_cache(k.kv, n, L.kv_a_norm, eps, m.inv_freq, half, rope_table.factor, pos, slot, pool,
                     layer, stream);
     mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, k.qc, stream);
-    mla_attention(k.qc, n, heads, pool, layer, pos, slot, max_pos, float(c.softmax_scale()),
-                  k.partial, k.partial_floats, k.olat, stream);
+    if (!attention_gemm(pool, layer, n))
+      mla_attention(k.qc, n, heads, pool, layer, pos, slot, max_pos, float(c.softmax_scale()),
+                    k.partial, k.partial_floats, k.olat, stream);
     GemvArgs g;  // o[t, h] = W_UV[h] · o_lat[t, h]: one group per head
     g.w = L.kv_b;
     g.n = dv;
@@ -600,6 +781,48 @@ struct CudaEngine::Impl {
     else
       mlp(L.mlp, k.h, n, k.delta);
     return k.delta;
+  }
+
+  // The absorbed attention of a prefill chunk (rows over gemv_max_rows, BF16 cache) as GEMMs on
+  // the tensor cores: every head of a sequence reads the same cache rows, so for a block of its
+  // tokens S [tokens · heads, keys] = qc · cacheᵀ is one GEMM (K = dc + dr), then the causal
+  // softmax (P in BF16, as FlashMLA keeps it), then o_lat = P · c_kv (K = keys). Blocks are
+  // sized so S fits attn_elems; keys run to the block's last position, rounded up to 64 (the
+  // extra cache rows are finite, weighted 0). False (o_lat not written) if it does not apply.
+  struct Span {
+    int64_t row, count, slot, pos0;  // chunk rows [row, row + count) of one sequence
+  };
+  std::vector<Span> spans;  // of the chunk being enqueued eagerly (empty for graphs)
+  bool attention_gemm(const CachePool& pool, int64_t layer, int64_t n) {
+    Work& k = m.work;
+    if (!opt.attention_gemm || !blas || !pool.bf16 || !k.qcb || n <= opt.gemv_max_rows ||
+        spans.empty())
+      return false;
+    const int64_t heads = c.num_attention_heads, dc = pool.dc, D = pool.row();
+    const float scale = float(c.softmax_scale());
+    to_bf16(k.qc, k.qcb, n * heads * D, stream);
+    const auto* cache = static_cast<const uint16_t*>(pool.base);
+    for (const Span& sp : spans) {
+      const uint16_t* keys = cache + pool.at(sp.slot, layer, 0);
+      const int64_t widest = std::min(round_up(sp.pos0 + sp.count, 64), pool.capacity);
+      const int64_t per = std::max<int64_t>(1, k.attn_elems / (round_up(widest, 8) * heads));
+      for (int64_t t0 = 0; t0 < sp.count; t0 += per) {
+        const int64_t t1 = std::min(sp.count, t0 + per), rows = (t1 - t0) * heads;
+        const int64_t cols = std::min(round_up(sp.pos0 + t1, 64), pool.capacity);
+        const int64_t ld = round_up(cols, 8);
+        const uint16_t* q = k.qcb + (sp.row + t0) * heads * D;
+        if (!blas->gemm_bf16(true, rows, cols, D, q, D, keys, D, k.attn_s, ld, k.blas_ws,
+                             k.blas_ws_bytes, stream))
+          return false;
+        mla_prefill_softmax(k.attn_s, ld, rows, heads, sp.pos0 + t0, cols, scale, k.attn_p, ld,
+                            stream);
+        if (!blas->gemm_bf16(false, rows, dc, cols, k.attn_p, ld, keys, D,
+                             k.olat + (sp.row + t0) * heads * dc, dc, k.blas_ws, k.blas_ws_bytes,
+                             stream))
+          return false;
+      }
+    }
+    return true;
   }
 
   struct Piece {
@@ -741,7 +964,17 @@ struct CudaEngine::Impl {
     const int64_t span = attention_span(max_pos);
     const DevWeight& head = mtp ? m.mtp[0].head : m.lm_head;
     const bool replayed = graph_eligible(n, nsel) && launch_graph(n, nsel, span, mtp, want_hidden);
-    if (!replayed) enqueue_body(n, span, mtp, want_hidden);
+    if (!replayed) {
+      spans.clear();
+      int64_t row = 0;
+      for (const Piece& p : pieces) {
+        spans.push_back({row, p.end - p.begin, p.cache->slot() - (mtp ? opt.max_sequences : 0),
+                         p.cache->size()});
+        row += p.end - p.begin;
+      }
+      enqueue_body(n, span, mtp, want_hidden);
+      spans.clear();
+    }
     for (int64_t s0 = 0; s0 < nsel; s0 += k.logit_rows) {
       const int64_t cnt = std::min(k.logit_rows, nsel - s0);
       if (!replayed) enqueue_logits(s0, cnt, head);

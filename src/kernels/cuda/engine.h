@@ -2,7 +2,8 @@
 // whole forward on one GPU. Weights are uploaded once in their stored dtype (FP8 stays FP8 with
 // its block scales, BF16 stays BF16; norms become F32), routed experts stacked per layer so one
 // launch serves all of them. Everything lives in ONE device allocation made at construction:
-// weights, the latent caches of all sequences (F32, [slots][layers][capacity][kv_lora + rope]),
+// weights, the latent caches of all sequences (BF16 by default, [slots][layers][capacity][kv_lora
+// + rope]),
 // and the activations of one forward chunk. One stream; every CUDA call and launch is checked.
 // Decode steps replay CUDA graphs (CudaEngineOptions::graphs).
 //
@@ -10,9 +11,9 @@
 // weights in registers and accumulates in F32 (matches the CPU to ~1e-6 of the logits' std);
 // with more rows than `gemv_max_rows` they run cuBLASLt: FP8 weights with 128×128 blocks on
 // FP8 tensor cores, activations quantised to E4M3 1×128 tiles (DeepSeek-V3's own inference
-// numerics, `fp8_gemm`, off by default for now), other weights on BF16 copies of the activations
-// (and of the weight, dequantised per GEMM), F32 accumulate (~1e-3 relative). `exact` keeps every
-// linear on the F32 path.
+// numerics, `fp8_gemm`; the routed experts one GEMM each), other weights on BF16 copies of the
+// activations (and of the weight, dequantised per GEMM), F32 accumulate (~1e-3 relative). `exact`
+// keeps every linear on the F32 path.
 #pragma once
 
 #include <cstddef>
@@ -29,11 +30,19 @@ struct CudaEngineOptions {
   int64_t max_context = 4096;     // tokens one cache holds
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
   int64_t gemv_max_rows = 16;     // linears over more rows use cuBLASLt (BF16 tensor cores)
-  bool exact = false;             // F32 gemv for every linear (tests against the CPU)
-  // FP8 block-scaled GEMMs for FP8 weights over many rows. Off until the GPU tests
-  // (tests/cuda/test_fp8_gemm_gpu.cpp) have passed on a GPU: the first run found cuBLASLt's
-  // heuristic needs the scale pointers set, fixed since but not yet run there.
-  bool fp8_gemm = false;
+  bool exact = false;             // F32 gemv for every linear and an F32 cache (tests vs the CPU)
+  // The latent cache in BF16 (FlashMLA's format: half the memory and the attention's bytes of
+  // F32, relative error ~2^-9 per value), else F32.
+  bool bf16_cache = true;
+  // FP8 block-scaled GEMMs (cuBLASLt) for FP8 weights with 128×128 blocks over more than
+  // gemv_max_rows rows, the routed experts included; off: BF16 GEMMs on dequantised copies.
+  bool fp8_gemm = true;
+  // Prefill attention (chunks over gemv_max_rows, BF16 cache) as two cuBLASLt GEMMs per block of
+  // rows and a softmax kernel; off: the decode kernel for every row.
+  bool attention_gemm = true;
+  // Routed experts run as one cuBLASLt GEMM each when they average this many rows or more
+  // (prefill), else on the gemv kernel (decode batches).
+  int64_t expert_gemm_rows = 32;
   // Decode-sized chunks (every linear on the gemv path) run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).

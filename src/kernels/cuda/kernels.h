@@ -24,6 +24,9 @@ enum class WType : int { F32 = 0, BF16 = 1, F16 = 2, E4M3 = 3 };
 struct DevWeight {
   const void* w = nullptr;
   const float* scale = nullptr;  // null unless E4M3
+  // The same scales with each row padded to a multiple of 4 blocks, the layout cuBLASLt reads
+  // (Blas::matmul_fp8_block); the same pointer when ceil(k / bk) already is one.
+  const float* scale_lt = nullptr;
   WType type = WType::BF16;
   int64_t rows = 0, k = 0;
   int bn = 128, bk = 128;
@@ -77,13 +80,20 @@ void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, floa
 void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, const float* inv_freq,
           int64_t half, float factor, const int32_t* positions, cudaStream_t s);
 
-// The latent cache: pool [slots][layers][capacity][dc + dr] F32. Row t of kv ([n, dc + dr],
-// the kv_a projection) goes to slot slots[t], position positions[t]: its first dc values
-// RMS-normalised by w_norm, its last dr rotated by RoPE.
+// The latent cache: pool [slots][layers][capacity][dc + dr], F32 or BF16 (half the memory and
+// the attention's bytes; FlashMLA's cache format). Row t of kv ([n, dc + dr], the kv_a
+// projection) goes to slot slots[t], position positions[t]: its first dc values RMS-normalised
+// by w_norm, its last dr rotated by RoPE, computed in F32 and then stored.
 struct CachePool {
-  float* base = nullptr;
+  void* base = nullptr;
   int64_t layers = 0, capacity = 0, dc = 0, dr = 0;
+  bool bf16 = false;
   DSV3_HOST_DEVICE int64_t row() const { return dc + dr; }
+  DSV3_HOST_DEVICE int64_t elem_bytes() const { return bf16 ? 2 : 4; }
+  // Element offset of (slot, layer, position)'s row.
+  DSV3_HOST_DEVICE int64_t at(int64_t slot, int64_t layer, int64_t pos) const {
+    return ((slot * layers + layer) * capacity + pos) * row();
+  }
 };
 void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
                      const float* inv_freq, int64_t half, float factor, const int32_t* positions,
@@ -93,12 +103,27 @@ void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s);
 // F32 -> BF16 (round to nearest even), n elements.
 void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
-// x F32 [rows, k] -> E4M3 q [rows, k] in 1×128 tiles (k a multiple of 128), as the training
-// recipe quantises (train/fp8.h): per tile scale = max(amax / 448, FLT_MIN) (1 for an all-zero
-// tile), q = x / scale rounded to nearest even and saturated; scales [k / 128][rows] (rows
-// fastest, the layout Blas::matmul_fp8_block takes).
-void quantize_e4m3_tiles(const float* x, int64_t rows, int64_t k, uint8_t* q, float* scales,
-                         cudaStream_t s);
+// x F32 -> E4M3 q [padded_rows, k] in 1×128 tiles (k a multiple of 128), as the training recipe
+// quantises (train/fp8.h): per tile scale = max(amax / 448, FLT_MIN) (1 for an all-zero tile),
+// q = x / scale rounded to nearest even and saturated. The rows come in groups, each padded so
+// cuBLASLt takes it (Blas::matmul_fp8_block wants a multiple of 16 rows): without groups, one
+// group of padded_rows whose first `rows` are x's rows 0 .. rows; with groups (the MoE experts),
+// group g holds input rows p in [offsets[g], offsets[g+1]) at output rows padded_offsets[g] + (p
+// - offsets[g]), input row x_rows[p] (or p). Scales of a group starting at output row s0 with
+// len rows: scales + (k / 128) · s0, laid out [k / 128][len] (rows fastest, what cuBLASLt
+// reads). Padding rows get zero codes and scale 1.
+struct QuantizeArgs {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const int32_t* x_rows = nullptr;
+  int64_t rows = 0, padded_rows = 0, k = 0;
+  int groups = 0;
+  const int32_t* offsets = nullptr;         // device, [groups + 1]
+  const int32_t* padded_offsets = nullptr;  // device, [groups + 1]; the last is padded_rows
+  uint8_t* q = nullptr;
+  float* scales = nullptr;
+};
+void quantize_e4m3_tiles(const QuantizeArgs& a, cudaStream_t s);
 // A weight of any stored dtype -> BF16 [rows, k] (FP8 dequantised with its block scales).
 void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s);
 // dst[i] = src[rows[i]] for rows of width d.
@@ -134,5 +159,11 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
                    const int32_t* positions, const int32_t* slots, int64_t max_position,
                    float scale, float* partial, int64_t partial_floats, float* o_lat,
                    cudaStream_t s);
+
+// Prefill attention's softmax over scores S [rows, n] (row stride lds) of `heads` rows per token,
+// the first token at position pos0: P [rows, n] (BF16, row stride ldp) = softmax(scale · S)
+// over each row's columns 0 .. its position (causal), zeros after.
+void mla_prefill_softmax(const float* S, int64_t lds, int64_t rows, int64_t heads, int64_t pos0,
+                         int64_t n, float scale, uint16_t* P, int64_t ldp, cudaStream_t s);
 
 }  // namespace dsv3::cuda

@@ -6,6 +6,9 @@
 //                  tile read into shared memory serves 8 heads; splits are merged afterwards
 //                  (flash-decoding), which keeps the GPU busy when few rows decode long contexts.
 // The output projection W_UV·o_lat is a grouped gemv (one group per head) in the engine.
+// Prefill (many query rows) runs the same absorbed attention as two tensor-core GEMMs per block
+// of rows instead, since every head reads the same cache rows (MQA-like): S = qc·cacheᵀ, then
+// mla_prefill_softmax, then o_lat = P·c_kv (the engine's attention_gemm).
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
@@ -139,8 +142,16 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
 
 constexpr int kFill = 8;
 
-// dst[(i / width) · ld + i % width] = src[i] for i < count, by the whole block.
-__device__ __forceinline__ void fill_shared(const float* __restrict__ src, int count, float* dst,
+__device__ __forceinline__ float to_f32(float v) {
+  return v;
+}
+__device__ __forceinline__ float to_f32(uint16_t v) {
+  return bf16_bits_to_f32(v);
+}
+
+// dst[(i / width) · ld + i % width] = src[i] (as F32) for i < count, by the whole block.
+template <class S>
+__device__ __forceinline__ void fill_shared(const S* __restrict__ src, int count, float* dst,
                                             int width = 1 << 30, int ld = 1 << 30) {
   const int nt = int(blockDim.x);
   for (int i0 = int(threadIdx.x); i0 < count; i0 += kFill * nt) {
@@ -148,7 +159,7 @@ __device__ __forceinline__ void fill_shared(const float* __restrict__ src, int c
 #pragma unroll
     for (int u = 0; u < kFill; ++u) {
       const int i = i0 + u * nt;
-      v[u] = i < count ? __ldg(src + i) : 0.0f;
+      v[u] = i < count ? to_f32(__ldg(src + i)) : 0.0f;
     }
 #pragma unroll
     for (int u = 0; u < kFill; ++u) {
@@ -162,6 +173,8 @@ __device__ __forceinline__ void fill_shared(const float* __restrict__ src, int c
 }
 
 // Partial results per (row, head, split): o [dc] (unnormalised), running max m, sum l.
+// K: the cache's element type (float or BF16 bits).
+template <class K>
 __global__ void __launch_bounds__(kHeadsPerBlock * 32)
     attention_kernel(const float* qc, int64_t heads, CachePool pool, int64_t layer,
                      const int32_t* positions, const int32_t* slots, int64_t split_len, float scale,
@@ -179,7 +192,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   const bool active = h < heads;
   const int64_t pos = positions[t];
   const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
-  const float* keys = pool.base + (int64_t(slots[t]) * pool.layers + layer) * pool.capacity * D;
+  const K* keys = static_cast<const K*>(pool.base) + pool.at(slots[t], layer, 0);
 
   const int Di = int(D), ldki = int(ldk);
   // Shared-memory fills load kFill values per thread before storing any: with one load then
@@ -266,7 +279,55 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
   }
 }
 
+// One block per row of scores: P = softmax(scale · S) over the row's first `valid` columns
+// (its token's position + 1: causal), zeros up to n. Online max / sum, then a second pass.
+__global__ void prefill_softmax_kernel(const float* S, int64_t lds, int64_t heads, int64_t pos0,
+                                       int64_t n, float scale, uint16_t* P, int64_t ldp) {
+  __shared__ float red_m[32], red_l[32];
+  const int64_t r = blockIdx.x;
+  const int64_t valid = min(pos0 + r / heads + 1, n);
+  const float* s = S + r * lds;
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t j = threadIdx.x; j < valid; j += blockDim.x) {
+    const float v = s[j] * scale;
+    const float m_new = fmaxf(m, v);
+    l = l * expf(m - m_new) + expf(v - m_new);
+    m = m_new;
+  }
+  // Merge (m, l) over the warp, then over the warps.
+  for (int o = 16; o > 0; o /= 2) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
+    const float mm = fmaxf(m, m2);
+    l = (m == -INFINITY ? 0.0f : l * expf(m - mm)) + (m2 == -INFINITY ? 0.0f : l2 * expf(m2 - mm));
+    m = mm;
+  }
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, nw = int(blockDim.x) / 32;
+  if (lane == 0) {
+    red_m[warp] = m;
+    red_l[warp] = l;
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < nw; ++w) M = fmaxf(M, red_m[w]);
+  float Lsum = 0.0f;
+  for (int w = 0; w < nw; ++w)
+    if (red_m[w] != -INFINITY) Lsum += red_l[w] * expf(red_m[w] - M);
+  const float inv = 1.0f / Lsum;
+  uint16_t* p = P + r * ldp;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const float v = j < valid ? expf(s[j] * scale - M) * inv : 0.0f;
+    p[j] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
+}
+
 }  // namespace
+
+void mla_prefill_softmax(const float* S, int64_t lds, int64_t rows, int64_t heads, int64_t pos0,
+                         int64_t n, float scale, uint16_t* P, int64_t ldp, cudaStream_t s) {
+  if (rows == 0) return;
+  prefill_softmax_kernel<<<unsigned(rows), 256, 0, s>>>(S, lds, heads, pos0, n, scale, P, ldp);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
 
 template <WType T>
 void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
@@ -326,11 +387,17 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
   const size_t smem = size_t(kHeadsPerBlock * D + kKeyTile * (D + 1) + kHeadsPerBlock * dc +
                              kHeadsPerBlock * kKeyTile) *
                       sizeof(float);
-  DSV3_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kHeadsPerBlock)), unsigned(splits));
-  attention_kernel<<<grid, kHeadsPerBlock * 32, smem, s>>>(qc, heads, pool, layer, positions, slots,
-                                                           split_len, scale, partial);
+  const auto launch = [&](auto kernel) {
+    DSV3_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<grid, kHeadsPerBlock * 32, smem, s>>>(qc, heads, pool, layer, positions, slots,
+                                                   split_len, scale, partial);
+  };
+  if (pool.bf16)
+    launch(attention_kernel<uint16_t>);
+  else
+    launch(attention_kernel<float>);
   DSV3_CUDA_CHECK_LAUNCH();
   merge_kernel<<<unsigned(n * heads), 128, 0, s>>>(partial, splits, dc, o_lat);
   DSV3_CUDA_CHECK_LAUNCH();
