@@ -6,7 +6,8 @@
 // twice, eager and from CUDA graphs, and the two greedy runs must pick the same tokens. Then
 // prefill of one long prompt per length in --prefill, on an engine sized for it, with FP8
 // weights' GEMMs on the FP8 tensor cores (block-scaled cuBLASLt) and, in the same run, on BF16
-// copies (the path before it).
+// copies (the path before it), and with the attention on the decode kernel instead of
+// tensor-core GEMMs; batches over --gemv-max-rows are timed with FP8 GEMMs and without.
 // Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows 16]
 #include <cuda_runtime.h>
@@ -197,7 +198,30 @@ int main(int argc, char** argv) {
         }
       }
     }
-    for (const bool fp8 : {true, false}) {
+    // Batches over gemv_max_rows run their FP8 linears (experts included) as block-scaled
+    // GEMMs; the same batches on BF16 GEMMs over dequantised weights and the experts on the
+    // gemv kernel (the path before), for the ratio.
+    if (std::any_of(bs.begin(), bs.end(), [&](int b) { return b > gemv_rows; })) {
+      cuda::CudaEngineOptions opt;
+      opt.max_sequences = *std::max_element(bs.begin(), bs.end());
+      opt.max_context = prompt + steps + 8;
+      opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
+      opt.gemv_max_rows = gemv_rows;
+      opt.fp8_gemm = false;
+      const cuda::CudaEngine engine(model, opt);
+      for (int b : bs) {
+        if (b <= gemv_rows) continue;
+        const DecodeRun r = decode(engine, b, prompt, steps);
+        table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14.0f}",
+                                    fmt::format("decode b={} bf16", b), r.tps, r.ms, "-",
+                                    r.prefill_tps));
+        fmt::print("{}\n", table.back());
+      }
+    }
+    // Prefill three ways: as an engine runs it by default; the FP8 weights' GEMMs on BF16
+    // copies instead (bf16); the attention on the decode kernel instead of GEMMs (attn kernel).
+    for (const int way : {0, 1, 2}) {
+      const bool fp8 = way != 1;
       if (pls.empty()) break;
       // A fresh engine with room for one long sequence (the decode engine's caches are short).
       cuda::CudaEngineOptions opt;
@@ -206,6 +230,7 @@ int main(int argc, char** argv) {
       opt.max_step_tokens = 2048;
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_gemm = fp8;
+      opt.attention_gemm = way < 2;
       const cuda::CudaEngine engine(model, opt);
       for (int len : pls) {
         for (int rep = 0; rep < 2; ++rep) {  // the first run warms cuBLASLt's plans up
@@ -217,7 +242,10 @@ int main(int argc, char** argv) {
           const double t = secs(t0, Clock::now());
           if (rep == 1 || len >= 4096) {
             table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14}",
-                                        fmt::format("prefill {}{}", len, fp8 ? "" : " bf16"),
+                                        fmt::format("prefill {}{}", len,
+                                                    way == 0   ? ""
+                                                    : way == 1 ? " bf16"
+                                                               : " attn kernel"),
                                         len / t, 1e3 * t, "-", "-"));
             fmt::print("{}\n", table.back());
           }

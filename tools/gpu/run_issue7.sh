@@ -2,9 +2,10 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [profile] [v2lite] [b1]   (default: build
-# test v3 v2lite; profile runs ncu over a short batch-1 run of the V3 checkpoint; b1 benches the
-# 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds)
+# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [profile] [v2lite] [b1] [hf]   (default:
+# build test v3 v2lite; profile runs ncu over a short batch-1 run of the V3 checkpoint; b1 benches
+# the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds; hf makes that model
+# in BF16 and runs it in dsv3 and in HF transformers: logits parity and speed, same GPU)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, BENCH_TIMEOUT (seconds per bench).
 set -euo pipefail
@@ -90,7 +91,7 @@ PY
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v3.txt" || echo "bench v3 failed or timed out"
   if has profile; then profile "$CKPT/v3-4l" v3 400; fi
-  rm -rf "$CKPT/v3-4l"
+  # Kept: a later call on the same (warm) machine skips the 2-minute init.
 fi
 
 # DeepSeek-V2-Lite dims, full depth (27 layers), BF16.
@@ -115,5 +116,23 @@ if has b1; then
   timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/b1" \
     --batch "${BATCHES:-1,8,64}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_b1.txt" || echo "bench b1 failed or timed out"
+fi
+# The peer: the same BF16 checkpoint in HF transformers (tools/reference/bench_hf_cuda.py).
+if has hf; then
+  log "init bench-1b (bf16)"
+  [ -f "$CKPT/b1bf/config.json" ] || "$BUILD/bin/dsv3" init --config configs/bench-1b.json \
+    --out "$CKPT/b1bf" --dtype bf16 > /dev/null
+  python3 tools/reference/bench_hf_cuda.py --model "$CKPT/b1bf" --make-ids "$CKPT/ids.safetensors"
+  "$BUILD/bin/dsv3" forward --model "$CKPT/b1bf" --input "$CKPT/ids.safetensors" \
+    --output "$CKPT/ours.safetensors" --device cuda
+  log "HF transformers, bench-1b bf16"
+  timeout "${BENCH_TIMEOUT:-200}" python3 tools/reference/bench_hf_cuda.py --model "$CKPT/b1bf" \
+    --ids "$CKPT/ids.safetensors" --ours "$CKPT/ours.safetensors" \
+    --batch "${HF_BATCHES:-1,8}" --prefill "${HF_PREFILLS:-1024}" 2>&1 | grep -v Warning |
+    tee "$OUT/hf_b1.txt" || echo "HF bench failed or timed out"
+  log "dsv3, bench-1b bf16"
+  timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/b1bf" \
+    --batch "${HF_BATCHES:-1,8}" --prefill "${HF_PREFILLS:-1024}" --steps 32 --prompt 64 \
+    2>&1 | tee "$OUT/bench_b1bf.txt" || echo "bench b1 bf16 failed or timed out"
 fi
 log "done in ${SECONDS}s"
