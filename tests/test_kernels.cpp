@@ -11,6 +11,7 @@
 #include "kernels/ops.h"
 #include "model/moe.h"
 #include "model/rope.h"
+#include "train/fp8.h"
 
 using namespace dsv3;
 
@@ -98,6 +99,43 @@ TEST(Kernels, Fp8BlockQuantisationError) {
     const float v = w.ptr<float>()[i];
     EXPECT_LE(std::fabs(deq[size_t(i)] - v), std::max(std::fabs(v) / 16.0f, s * 0x1p-10f)) << i;
   }
+}
+
+// The CPU emulation of FP8 inference (the reference of the CUDA engine's FP8 GEMMs): with it on,
+// an FP8 linear with 128×128 blocks sees its input as the training recipe's 1×128 E4M3 tiles
+// (train/fp8.h, a separate implementation) dequantised; other linears are untouched.
+TEST(Kernels, Fp8ActivationsRoundInputsThroughRecipeTiles) {
+  const int64_t rows = 5, in = 256, out = 64;
+  Tensor x = random_f32({rows, in}, 21);
+  for (int64_t c = 128; c < in; ++c) x.ptr<float>()[c] *= 1e-3f;  // a tile of its own scale
+  const Tensor wf = random_f32({out, in}, 22, 0.05f);
+  const Linear w8 = Linear::quantize_fp8(wf.ptr<float>(), out, in);
+  const train::fp8::Quantized q =
+      train::fp8::quantize(x.ptr<float>(), rows, in, train::fp8::Granularity::kRowTiles);
+  const std::vector<float> xd = q.dequantize();
+  Tensor xq = Tensor::zeros(DType::F32, {rows, in});
+  std::copy(xd.begin(), xd.end(), xq.ptr<float>());
+  Tensor want = Tensor::zeros(DType::F32, {rows, out});
+  Tensor plain = Tensor::zeros(DType::F32, {rows, out});
+  ops::linear(xq, w8, want);
+  ops::linear(x, w8, plain);
+  Tensor got = Tensor::zeros(DType::F32, {rows, out});
+  ops::set_fp8_activations(true);
+  ops::linear(x, w8, got);
+  Tensor bf = Tensor::zeros(DType::F32, {rows, out});
+  Tensor bf_plain = Tensor::zeros(DType::F32, {rows, out});
+  const Linear wb = Linear::plain(wf);
+  ops::linear(x, wb, bf);
+  ops::set_fp8_activations(false);
+  ops::linear(x, wb, bf_plain);
+  for (int64_t i = 0; i < rows * out; ++i) {
+    EXPECT_EQ(got.ptr<float>()[i], want.ptr<float>()[i]) << i;
+    EXPECT_EQ(bf.ptr<float>()[i], bf_plain.ptr<float>()[i]) << i;
+  }
+  double diff = 0;
+  for (int64_t i = 0; i < rows * out; ++i)
+    diff = std::max(diff, double(std::fabs(got.ptr<float>()[i] - plain.ptr<float>()[i])));
+  EXPECT_GT(diff, 0.0) << "the input was not rounded";
 }
 
 TEST(Kernels, RmsNorm) {
