@@ -7,7 +7,8 @@
 // prefill of one long prompt per length in --prefill, on an engine sized for it, with FP8
 // weights' GEMMs on the FP8 tensor cores (block-scaled cuBLASLt) and, in the same run, on BF16
 // copies (the path before it), and with the attention on the decode kernel instead of
-// tensor-core GEMMs; batches over --gemv-max-rows are timed with FP8 GEMMs and without.
+// tensor-core GEMMs; batches over --gemv-max-rows are timed with FP8 GEMMs and without. The
+// default prefill's GPU time is also split by stage (CudaEngineOptions::time_stages).
 // Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows 16]
 #include <cuda_runtime.h>
@@ -146,7 +147,7 @@ int main(int argc, char** argv) {
     fmt::print("device {}\n", cuda::device_summary(0));
     fmt::print("device-to-device copy {:.0f} GB/s (read + write)\n", bw / 1e9);
     fmt::print("weights read per token at batch 1: {:.1f} MB\n", double(per_tok) / 1e6);
-    std::vector<std::string> table;
+    std::vector<std::string> table, stages;
     {
       cuda::CudaEngineOptions opt;
       opt.max_sequences = *std::max_element(bs.begin(), bs.end());
@@ -231,15 +232,25 @@ int main(int argc, char** argv) {
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_gemm = fp8;
       opt.attention_gemm = way < 2;
+      opt.time_stages = way == 0;
       const cuda::CudaEngine engine(model, opt);
       for (int len : pls) {
         for (int rep = 0; rep < 2; ++rep) {  // the first run warms cuBLASLt's plans up
           std::vector<LatentCache> caches;
           caches.push_back(engine.new_cache(len + 8));
           const std::vector<StepEngine::Input> in = prompts(caches, 1, len, c.vocab_size);
+          engine.reset_stage_times();
           const auto t0 = Clock::now();
           engine.step(in);
           const double t = secs(t0, Clock::now());
+          if (way == 0 && (rep == 1 || len >= 4096)) {
+            // Where the default path's time goes (GPU time between stage events).
+            std::string line = fmt::format("  prefill {} by stage (ms):", len);
+            for (const auto& [name, ms] : engine.stage_times())
+              if (ms > 0) line += fmt::format(" {} {:.1f};", name, ms);
+            stages.push_back(line);
+            fmt::print("{}\n", line);
+          }
           if (rep == 1 || len >= 4096) {
             table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14}",
                                         fmt::format("prefill {}{}", len,
@@ -256,6 +267,7 @@ int main(int argc, char** argv) {
     fmt::print("\n{:>24} {:>10} {:>10} {:>14} {:>14}\n", "run", "tok/s", "ms/step", "GB/s (b=1)",
                "prefill tok/s");
     for (const std::string& line : table) fmt::print("{}\n", line);
+    for (const std::string& line : stages) fmt::print("{}\n", line);
   } catch (const Error& e) {
     fmt::print(stderr, "bench_cuda_decode: {}\n", e.what());
     return 1;

@@ -291,6 +291,30 @@ TEST(CudaEngine, BatchOfDifferentLengthsEqualsOneByOne) {
 // sequences of 100 and 37 tokens in one step, in chunks of 16 tokens, so later chunks attend to
 // cached rows (keys rounded up to 64, then capped by the cache's capacity) and a chunk can hold
 // both sequences; against the exact F32 engine, at BF16's tolerance.
+// Stage timing records events only: the same logits bit for bit, and time in the stages a MoE
+// model's prefill has.
+TEST(CudaEngine, StageTimesChangeNothingAndCoverThePrefill) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture("v3_yarn_qlora_bf16")));
+  const auto ref = SafetensorsFile::open(fixture("v3_yarn_qlora_bf16") + "/reference.safetensors");
+  const auto a = row_ids(ref->get("input_ids"), 0);
+  cuda::CudaEngineOptions timed = small(false, 0);
+  timed.time_stages = true;
+  const cuda::CudaEngine plain(model, small(false, 0)), clocked(model, timed);
+  LatentCache c1 = plain.new_cache(), c2 = clocked.new_cache();
+  const Tensor x = plain.step({{&c1, a, true}}), y = clocked.step({{&c2, a, true}});
+  ASSERT_EQ(x.numel(), y.numel());
+  EXPECT_EQ(std::memcmp(x.data(), y.data(), x.nbytes()), 0);
+  double total = 0;
+  for (const auto& [name, ms] : clocked.stage_times()) {
+    EXPECT_GE(ms, 0.0) << name;
+    total += ms;
+    std::printf("[ stages ] %s %.3f ms\n", name.c_str(), ms);
+  }
+  EXPECT_GT(total, 0.0);
+  for (const auto& [name, ms] : plain.stage_times()) EXPECT_EQ(ms, 0.0) << name;
+}
+
 TEST(CudaEngine, TruncateForgetsRejectedTokens) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture("v3_plain_f32")));

@@ -63,7 +63,7 @@ fi
 # ncu over a short batch-1 run (prefill of 8 tokens, then eager decode steps): time per kernel.
 profile() {
   log "ncu: time per kernel, $2, batch 1 (first $3 launches: prefill of 8 + eager decode)"
-  timeout 120 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+  timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
     --launch-count "$3" "$BUILD/bin/bench_cuda_decode" --model "$1" --batch 1 \
     --steps 4 --prompt 8 --prefill none > "$OUT/ncu_$2.txt" 2>&1 ||
     echo "ncu failed or timed out (rc $?)"

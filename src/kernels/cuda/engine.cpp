@@ -428,6 +428,25 @@ MemoryPlan plan_memory(const ModelWeights& w, const CudaEngineOptions& opt) {
   return layout(w, opt, a).plan;
 }
 
+// Stages of a chunk for CudaEngineOptions::time_stages.
+enum Stage : int {
+  kStageAttnProj,   // q_a, q_b (or q), kv_a, o_proj
+  kStageAttention,  // cache write, W_UK absorption, scores / softmax / sum, W_UV
+  kStageDense,      // dense layers' MLP
+  kStageRouting,    // router, top-k, permutation, combine
+  kStageExperts,    // routed experts
+  kStageShared,     // shared experts
+  kStageOther,      // embedding, norms, output head, copies
+  kStages
+};
+constexpr const char* kStageNames[kStages] = {"attention projections",
+                                              "attention (absorbed)",
+                                              "dense MLP",
+                                              "routing + combine",
+                                              "routed experts",
+                                              "shared experts",
+                                              "norms, embedding, head, copies"};
+
 struct CudaEngine::Impl {
   const ModelConfig& c;
   CudaEngineOptions opt;
@@ -446,6 +465,34 @@ struct CudaEngine::Impl {
   // Captured decode graphs by (mtp, rows, logit rows, attention span, hidden wanted).
   std::map<std::tuple<bool, int64_t, int64_t, int64_t, bool>, cudaGraphExec_t> graphs;
   int64_t captured = 0;
+  // time_stages: events of the chunk being run (reused), the stage each one starts, totals.
+  bool timing = false;
+  std::vector<cudaEvent_t> events;
+  std::vector<int> event_stage;
+  size_t events_used = 0;
+  double stage_ms[kStages] = {};
+
+  // Records the start of stage s (s < 0: the end of the chunk).
+  void stage(int s) {
+    if (!timing) return;
+    if (events_used == events.size()) {
+      cudaEvent_t e = nullptr;
+      DSV3_CUDA_CHECK(cudaEventCreate(&e));
+      events.push_back(e);
+      event_stage.push_back(0);
+    }
+    DSV3_CUDA_CHECK(cudaEventRecord(events[events_used], stream));
+    event_stage[events_used++] = s;
+  }
+  // After the stream is synchronised: adds the chunk's intervals to the totals.
+  void collect_stages() {
+    for (size_t i = 0; i + 1 < events_used; ++i) {
+      float ms = 0;
+      DSV3_CUDA_CHECK(cudaEventElapsedTime(&ms, events[i], events[i + 1]));
+      if (event_stage[i] >= 0) stage_ms[event_stage[i]] += double(ms);
+    }
+    events_used = 0;
+  }
 
   Impl(const Model& model, const CudaEngineOptions& o)
       : c(model.config()), opt(o), rope_table(RopeTable::build(model.config())) {
@@ -497,6 +544,7 @@ struct CudaEngine::Impl {
     // checked call of whoever uses the device next.
     if (stream) (void)cudaStreamSynchronize(stream);
     drop_graphs();
+    for (cudaEvent_t e : events) (void)cudaEventDestroy(e);
     if (stream) (void)cudaStreamDestroy(stream);
     blas.reset();
     (void)cudaFreeHost(h_ints);
@@ -592,6 +640,7 @@ struct CudaEngine::Impl {
     Work& k = m.work;
     const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
     // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
+    stage(kStageRouting);
     linear(k.h, n, L.router, k.router, false);
     RouteArgs r;
     r.e = E;
@@ -605,8 +654,11 @@ struct CudaEngine::Impl {
     r.scale = r.sigmoid || !r.normalise ? float(c.routed_scaling_factor) : 1.0f;
     route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
     moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, k.active, stream);
+    stage(kStageExperts);
     if (!experts_gemm(L, n)) experts_gemv(L, n);
+    stage(kStageShared);
     if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
+    stage(kStageRouting);
     moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
                 out, stream);
   }
@@ -732,6 +784,7 @@ struct CudaEngine::Impl {
     const float eps = float(c.rms_norm_eps);
     const int32_t* pos = k.ints + k.T;
     const int32_t* slot = k.ints + 2 * k.T;
+    stage(kStageAttnProj);
     if (c.has_q_lora()) {
       linear(k.h, n, L.q_a, k.qa);
       add_rmsnorm(k.qa, c.q_lora_rank, nullptr, L.q_a_norm, eps, n, c.q_lora_rank, k.qa,
@@ -743,6 +796,7 @@ struct CudaEngine::Impl {
     const int64_t half = dr / 2;
     rope(k.q, n, heads, dn + dr, dn, m.inv_freq, half, rope_table.factor, pos, stream);
     linear(k.h, n, L.kv_a, k.kv);
+    stage(kStageAttention);
     latent_to_cache(k.kv, n, L.kv_a_norm, eps, m.inv_freq, half, rope_table.factor, pos, slot, pool,
                     layer, stream);
     mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, k.qc, stream);
@@ -763,6 +817,7 @@ struct CudaEngine::Impl {
     g.m = n;
     g.groups = int(heads);
     gemv(g, stream);
+    stage(kStageAttnProj);
     linear(k.o, n, L.o, out);
   }
 
@@ -773,13 +828,18 @@ struct CudaEngine::Impl {
     Work& k = m.work;
     const int64_t H = c.hidden_size;
     const float eps = float(c.rms_norm_eps);
+    stage(kStageOther);
     add_rmsnorm(k.x, H, pending, L.in_norm, eps, n, H, k.h, H, stream);
     attention(L, pool, layer, n, max_pos, k.delta);
+    stage(kStageOther);
     add_rmsnorm(k.x, H, k.delta, L.post_norm, eps, n, H, k.h, H, stream);
-    if (L.moe)
+    if (L.moe) {
       moe(L, n, k.delta);
-    else
+    } else {
+      stage(kStageDense);
       mlp(L.mlp, k.h, n, k.delta);
+    }
+    stage(kStageOther);
     return k.delta;
   }
 
@@ -936,6 +996,8 @@ struct CudaEngine::Impl {
   // Runs one chunk (≤ T tokens) through the main model (mtp = false) or the MTP module.
   void run_chunk(const std::vector<Piece>& pieces, bool mtp) {
     Work& k = m.work;
+    timing = false;  // also after a chunk that threw
+    events_used = 0;
     const int64_t T = k.T, H = c.hidden_size, V = c.vocab_size;
     int64_t n = 0, nsel = 0, max_pos = 0;
     std::vector<float*> sel_dst;
@@ -964,6 +1026,8 @@ struct CudaEngine::Impl {
     const int64_t span = attention_span(max_pos);
     const DevWeight& head = mtp ? m.mtp[0].head : m.lm_head;
     const bool replayed = graph_eligible(n, nsel) && launch_graph(n, nsel, span, mtp, want_hidden);
+    timing = opt.time_stages && !replayed;
+    stage(kStageOther);
     if (!replayed) {
       spans.clear();
       int64_t row = 0;
@@ -982,7 +1046,10 @@ struct CudaEngine::Impl {
       for (int64_t i = 0; i < cnt; ++i)
         std::memcpy(sel_dst[size_t(s0 + i)], h_logits + i * V, size_t(V) * sizeof(float));
     }
+    stage(-1);
     DSV3_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (timing) collect_stages();
+    timing = false;
     if (want_hidden) {
       int64_t r = 0;
       for (const Piece& p : pieces) {
@@ -1083,6 +1150,16 @@ void CudaEngine::set_graphs(bool on) const {
 
 int64_t CudaEngine::graphs_captured() const {
   return impl_->captured;
+}
+
+std::vector<std::pair<std::string, double>> CudaEngine::stage_times() const {
+  std::vector<std::pair<std::string, double>> out;
+  for (int s = 0; s < kStages; ++s) out.emplace_back(kStageNames[s], impl_->stage_ms[s]);
+  return out;
+}
+
+void CudaEngine::reset_stage_times() const {
+  for (double& t : impl_->stage_ms) t = 0;
 }
 
 LatentCache CudaEngine::new_cache(int64_t capacity) const {

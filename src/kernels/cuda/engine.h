@@ -19,6 +19,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "infer/step_engine.h"
 
@@ -47,6 +50,9 @@ struct CudaEngineOptions {
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).
   bool graphs = true;
+  // GPU time per stage of the chunks run eagerly (prefill, large batches), from CUDA events at
+  // each change of stage: CudaEngine::stage_times(). Off: no events.
+  bool time_stages = false;
 };
 
 // Device bytes the engine allocates for a model (computed without a GPU).
@@ -77,6 +83,11 @@ class CudaEngine : public StepEngine {
   void set_graphs(bool on) const;
   // Graphs captured so far (each is replayed for every later chunk of the same shape).
   int64_t graphs_captured() const;
+  // With time_stages: milliseconds of GPU time per stage since the last reset (the time between
+  // two events goes to the stage before the second, so idle gaps count where they fall, e.g. the
+  // host launching one GEMM per expert), in a fixed order.
+  std::vector<std::pair<std::string, double>> stage_times() const;
+  void reset_stage_times() const;
 
  private:
   struct Impl;
