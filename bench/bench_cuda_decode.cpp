@@ -100,6 +100,7 @@ DecodeRun decode(const cuda::CudaEngine& engine, int b, int prompt, int steps) {
     logits = engine.step(in);
   };
   for (int s = 0; s < 3; ++s) next();  // warm-up: cuBLASLt plans, graph capture
+  engine.reset_stage_times();
   const auto t0 = Clock::now();
   for (int s = 0; s < steps; ++s) next();
   const double t = secs(t0, Clock::now());
@@ -154,6 +155,7 @@ int main(int argc, char** argv) {
       opt.max_context = prompt + steps + 8;
       opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
       opt.gemv_max_rows = gemv_rows;
+      opt.time_stages = true;  // records only chunks run eagerly: batches over gemv_max_rows
       const cuda::CudaEngine engine(model, opt);
       fmt::print(
           "decode engine memory {:.2f} GiB (weights {:.2f}, caches {:.2f}, activations {:.2f}); "
@@ -196,6 +198,13 @@ int main(int argc, char** argv) {
           engine.set_graphs(true);
         } else {
           row(fmt::format("decode b={}", b), decode(engine, b, prompt, steps), false);
+          if (b > gemv_rows) {  // eager steps: where a step's GPU time goes
+            std::string line = fmt::format("  decode b={} by stage (ms/step):", b);
+            for (const auto& [name, ms] : engine.stage_times())
+              if (ms > 0) line += fmt::format(" {} {:.2f};", name, ms / steps);
+            stages.push_back(line);
+            fmt::print("{}\n", line);
+          }
         }
       }
     }
