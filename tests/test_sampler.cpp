@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -523,55 +522,4 @@ TEST(SamplerStop, HoldbackAndRescan) {
   EXPECT_TRUE(StopChecker({}).empty());
   EXPECT_EQ(StopChecker({}).holdback("abc"), 0u);
   EXPECT_THROW(StopChecker({""}), Error);
-}
-
-// ---- speed -----------------------------------------------------------------------------------
-
-TEST(SamplerSpeed, FullVocabularyWellUnderOneMillisecond) {
-  const size_t vocab = 129280;
-  const std::vector<float> logits = model_like_logits(vocab, 1, 2.0f);
-  struct Case {
-    const char* name;
-    float temperature;
-    int32_t k;
-    float p;
-    bool logprobs;
-  } cases[] = {{"top_k=50 top_p=0.9 T=0.7", 0.7f, 50, 0.9f, false},
-               {"top_k=50 top_p=0.9 T=0.7 +5 logprobs", 0.7f, 50, 0.9f, true},
-               {"top_p=0.9 only", 1.0f, 0, 0.9f, false},
-               {"plain T=1", 1.0f, 0, 1.0f, false},
-               {"greedy", 0.0f, 0, 1.0f, false}};
-  std::vector<float> x(vocab);
-  for (const Case& c : cases) {
-    SamplingParams sp;
-    sp.temperature = c.temperature;
-    sp.top_k = c.k;
-    sp.top_p = c.p;
-    sp.repetition_penalty = 1.1f;
-    sp.seed = 3;
-    if (c.logprobs) sp.logprobs = 5;
-    const std::vector<int32_t> prompt(200, 17);
-    Sampler s(sp, prompt);
-    std::vector<double> us;
-    for (int i = 0; i < 60; ++i) {
-      std::copy(logits.begin(), logits.end(), x.begin());
-      const auto t0 = std::chrono::steady_clock::now();
-      if (c.logprobs) {
-        s.sample_with_logprobs(x);
-      } else {
-        s.sample(x);
-      }
-      us.push_back(
-          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(us.begin(), us.end());
-    const double median = us[us.size() / 2];
-    std::printf("  sampler %-38s median %7.1f us\n", c.name, median);
-#if defined(NDEBUG) && !defined(__SANITIZE_ADDRESS__)
-    if (c.k == 50) {
-      EXPECT_LT(median, 500.0) << c.name;
-    }
-    EXPECT_LT(median, 5000.0) << c.name;
-#endif
-  }
 }
