@@ -199,9 +199,11 @@ int main(int argc, char** argv) {
         } else {
           row(fmt::format("decode b={}", b), decode(engine, b, prompt, steps), false);
           if (b > gemv_rows) {  // eager steps: where a step's GPU time goes
-            std::string line = fmt::format("  decode b={} by stage (ms/step):", b);
-            for (const auto& [name, ms] : engine.stage_times())
-              if (ms > 0) line += fmt::format(" {} {:.2f};", name, ms / steps);
+            std::string line = fmt::format("  decode b={} by stage, ms/step GPU (host):", b);
+            for (const auto& st : engine.stage_times())
+              if (st.gpu_ms > 0)
+                line += fmt::format(" {} {:.2f} ({:.2f});", st.name, st.gpu_ms / steps,
+                                    st.host_ms / steps);
             stages.push_back(line);
             fmt::print("{}\n", line);
           }
@@ -254,9 +256,10 @@ int main(int argc, char** argv) {
           const double t = secs(t0, Clock::now());
           if (way == 0 && (rep == 1 || len >= 4096)) {
             // Where the default path's time goes (GPU time between stage events).
-            std::string line = fmt::format("  prefill {} by stage (ms):", len);
-            for (const auto& [name, ms] : engine.stage_times())
-              if (ms > 0) line += fmt::format(" {} {:.1f};", name, ms);
+            std::string line = fmt::format("  prefill {} by stage, ms GPU (host):", len);
+            for (const auto& st : engine.stage_times())
+              if (st.gpu_ms > 0)
+                line += fmt::format(" {} {:.1f} ({:.1f});", st.name, st.gpu_ms, st.host_ms);
             stages.push_back(line);
             fmt::print("{}\n", line);
           }

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -470,7 +471,8 @@ struct CudaEngine::Impl {
   std::vector<cudaEvent_t> events;
   std::vector<int> event_stage;
   size_t events_used = 0;
-  double stage_ms[kStages] = {};
+  double stage_ms[kStages] = {}, stage_host_ms[kStages] = {};
+  std::chrono::steady_clock::time_point stage_t0;
 
   // Records the start of stage s (s < 0: the end of the chunk).
   void stage(int s) {
@@ -482,6 +484,11 @@ struct CudaEngine::Impl {
       event_stage.push_back(0);
     }
     DSV3_CUDA_CHECK(cudaEventRecord(events[events_used], stream));
+    const auto now = std::chrono::steady_clock::now();
+    if (events_used > 0 && event_stage[events_used - 1] >= 0)
+      stage_host_ms[event_stage[events_used - 1]] +=
+          std::chrono::duration<double, std::milli>(now - stage_t0).count();
+    stage_t0 = now;
     event_stage[events_used++] = s;
   }
   // After the stream is synchronised: adds the chunk's intervals to the totals.
@@ -1152,14 +1159,16 @@ int64_t CudaEngine::graphs_captured() const {
   return impl_->captured;
 }
 
-std::vector<std::pair<std::string, double>> CudaEngine::stage_times() const {
-  std::vector<std::pair<std::string, double>> out;
-  for (int s = 0; s < kStages; ++s) out.emplace_back(kStageNames[s], impl_->stage_ms[s]);
+std::vector<CudaEngine::StageTime> CudaEngine::stage_times() const {
+  std::vector<StageTime> out;
+  for (int s = 0; s < kStages; ++s)
+    out.push_back({kStageNames[s], impl_->stage_ms[s], impl_->stage_host_ms[s]});
   return out;
 }
 
 void CudaEngine::reset_stage_times() const {
   for (double& t : impl_->stage_ms) t = 0;
+  for (double& t : impl_->stage_host_ms) t = 0;
 }
 
 LatentCache CudaEngine::new_cache(int64_t capacity) const {

@@ -20,7 +20,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "infer/step_engine.h"
@@ -83,10 +82,15 @@ class CudaEngine : public StepEngine {
   void set_graphs(bool on) const;
   // Graphs captured so far (each is replayed for every later chunk of the same shape).
   int64_t graphs_captured() const;
-  // With time_stages: milliseconds of GPU time per stage since the last reset (the time between
-  // two events goes to the stage before the second, so idle gaps count where they fall, e.g. the
-  // host launching one GEMM per expert), in a fixed order.
-  std::vector<std::pair<std::string, double>> stage_times() const;
+  // With time_stages: per stage since the last reset, in a fixed order, the GPU time (between
+  // the events that open and close it, so idle gaps count where they fall) and the host's time
+  // enqueueing it, waits included (the routed experts' GEMM path reads their row counts, which
+  // waits for the work before it). Host time near GPU time elsewhere: bound by launches.
+  struct StageTime {
+    std::string name;
+    double gpu_ms = 0, host_ms = 0;
+  };
+  std::vector<StageTime> stage_times() const;
   void reset_stage_times() const;
 
  private:
