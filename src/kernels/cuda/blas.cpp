@@ -91,6 +91,14 @@ Blas::Plan* Blas::plan(const Key& key, size_t workspace_bytes, const float* w_sc
   return p;
 }
 
+void Blas::run(const Plan& p, const void* x, const void* w, float* y, void* workspace,
+               size_t workspace_bytes, cudaStream_t s) {
+  const float alpha = 1.0f, beta = 0.0f;
+  DSV3_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.desc, &alpha, w, p.a,
+                                   x, p.b, &beta, y, p.c, y, p.c, &p.algo, workspace,
+                                   workspace_bytes, s));
+}
+
 bool Blas::matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const void* w, float* y,
                        void* workspace, size_t workspace_bytes, cudaStream_t s) {
   return gemm_bf16(true, m, n, k, x, k, w, k, y, n, workspace, workspace_bytes, s);
@@ -101,10 +109,7 @@ bool Blas::gemm_bf16(bool w_rows_n, int64_t m, int64_t n, int64_t k, const void*
                      size_t workspace_bytes, cudaStream_t s) {
   const Plan* p = plan({false, w_rows_n, m, n, k, ldx, ldw, ldy}, workspace_bytes);
   if (!p->ok) return false;
-  const float alpha = 1.0f, beta = 0.0f;
-  DSV3_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, w, p->a,
-                                   x, p->b, &beta, y, p->c, y, p->c, &p->algo, workspace,
-                                   workspace_bytes, s));
+  run(*p, x, w, y, workspace, workspace_bytes, s);
   return true;
 }
 
@@ -119,10 +124,7 @@ bool Blas::matmul_fp8_block(int64_t m, int64_t n, int64_t k, const void* x, cons
                                                    &w_scale, sizeof w_scale));
   DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
                                                    &x_scale, sizeof x_scale));
-  const float alpha = 1.0f, beta = 0.0f;
-  DSV3_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, w, p->a,
-                                   x, p->b, &beta, y, p->c, y, p->c, &p->algo, workspace,
-                                   workspace_bytes, s));
+  run(*p, x, w, y, workspace, workspace_bytes, s);
   return true;
 }
 

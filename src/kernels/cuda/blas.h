@@ -50,6 +50,9 @@ class Blas {
   };
   Plan* plan(const Key& key, size_t workspace_bytes, const float* w_scale = nullptr,
              const float* x_scale = nullptr);
+  // y = x · op(w) with a plan's layouts and algorithm.
+  void run(const Plan& p, const void* x, const void* w, float* y, void* workspace,
+           size_t workspace_bytes, cudaStream_t s);
   void* handle_ = nullptr;
   std::map<Key, Plan*> plans_;
 };

@@ -246,7 +246,6 @@ struct Work {
   uint8_t* xq = nullptr;
   float *xs = nullptr, *eact2 = nullptr;
   int32_t* padded_offsets = nullptr;
-  int64_t xq_bytes = 0;
   // Prefill attention on the tensor cores (BF16 cache): the queries in BF16, and scores S (F32)
   // and probabilities P (BF16) of up to attn_elems values per block of rows.
   uint16_t *qcb = nullptr, *attn_p = nullptr;
@@ -389,16 +388,15 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
           if (L.moe) fp8_k = std::max({fp8_k, L.gate_s.k, L.down_s.k});
       q_rows = std::max(q_rows, T * k + 16 * E);
       w.padded_offsets = a.alloc_n<int32_t>(E + 1);
+      w.eact2 = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);
     }
-    if (E > 0) w.eact2 = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);
     if (bf16_cache) {
       w.qcb = a.alloc_n<uint16_t>(T * heads * (dc + dr));
       w.attn_elems = std::min<int64_t>(T * heads * opt.max_context, int64_t(64) << 20);
       w.attn_s = a.alloc_n<float>(w.attn_elems);
       w.attn_p = a.alloc_n<uint16_t>(w.attn_elems);
     }
-    w.xq_bytes = size_t(q_rows * fp8_k);
-    w.xq = a.alloc<uint8_t>(size_t(w.xq_bytes));
+    w.xq = a.alloc<uint8_t>(size_t(q_rows * fp8_k));
     w.xs = a.alloc_n<float>(q_rows * (fp8_k / 128));
   }
   m.plan.workspace = a.used() - before_work;
