@@ -6,9 +6,10 @@
 // twice, eager and from CUDA graphs, and the two greedy runs must pick the same tokens. Then
 // prefill of one long prompt per length in --prefill, on an engine sized for it, with FP8
 // weights' GEMMs on the FP8 tensor cores (block-scaled cuBLASLt) and, in the same run, on BF16
-// copies (the path before it), and with the attention on the decode kernel instead of
-// tensor-core GEMMs; batches over --gemv-max-rows are timed with FP8 GEMMs and without. The
-// default prefill's GPU time is also split by stage (CudaEngineOptions::time_stages).
+// copies (the path before it), and with the attention in the absorbed form on the decode kernel
+// instead of the non-absorbed flash kernel; batches over --gemv-max-rows are timed with FP8
+// GEMMs and without. Eager decode steps and the default prefill's GPU time are also split by
+// stage (CudaEngineOptions::time_stages).
 // Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows 16]
 #include <cuda_runtime.h>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "cuda_bench.h"
 #include "decode_bytes.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -38,30 +40,6 @@ double secs(Clock::time_point a, Clock::time_point b) {
 }
 
 // Median of 10 device-to-device copies of 1 GiB: (read + written) bytes per second.
-double copy_bandwidth() {
-  const size_t n = size_t(1) << 30;
-  void *a = nullptr, *b = nullptr;
-  DSV3_CUDA_CHECK(cudaMalloc(&a, n));
-  DSV3_CUDA_CHECK(cudaMalloc(&b, n));
-  DSV3_CUDA_CHECK(cudaMemset(a, 1, n));
-  cudaEvent_t e0, e1;
-  DSV3_CUDA_CHECK(cudaEventCreate(&e0));
-  DSV3_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<double> bw;
-  for (int rep = 0; rep < 13; ++rep) {
-    DSV3_CUDA_CHECK(cudaEventRecord(e0));
-    DSV3_CUDA_CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    DSV3_CUDA_CHECK(cudaEventRecord(e1));
-    DSV3_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    DSV3_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    if (rep >= 3) bw.push_back(2.0 * double(n) / (double(ms) * 1e-3));
-  }
-  DSV3_CUDA_CHECK(cudaFree(a));
-  DSV3_CUDA_CHECK(cudaFree(b));
-  std::sort(bw.begin(), bw.end());
-  return bw[bw.size() / 2];
-}
 
 // Prompts of `len` tokens for `b` sequences, deterministic and spread over the vocabulary.
 std::vector<StepEngine::Input> prompts(std::vector<LatentCache>& caches, int b, int len,
@@ -143,7 +121,7 @@ int main(int argc, char** argv) {
     const auto t_load = Clock::now();
     const Model model(ModelWeights::load(model_dir));
     const ModelConfig& c = model.config();
-    const double bw = copy_bandwidth();
+    const double bw = bench::copy_bandwidth();
     const size_t per_tok = bytes_per_token(model.weights());
     fmt::print("device {}\n", cuda::device_summary(0));
     fmt::print("device-to-device copy {:.0f} GB/s (read + write)\n", bw / 1e9);
@@ -155,7 +133,7 @@ int main(int argc, char** argv) {
       opt.max_context = prompt + steps + 8;
       opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
       opt.gemv_max_rows = gemv_rows;
-      opt.time_stages = true;  // records only chunks run eagerly: batches over gemv_max_rows
+      opt.time_stages = true;  // records only chunks run eagerly (not graph replays)
       const cuda::CudaEngine engine(model, opt);
       fmt::print(
           "decode engine memory {:.2f} GiB (weights {:.2f}, caches {:.2f}, activations {:.2f}); "
@@ -172,6 +150,16 @@ int main(int argc, char** argv) {
                                     r.ms, gbs, r.prefill_tps));
         fmt::print("{}\n", table.back());
       };
+      // Where an eager step's GPU time goes (the last decode run's, per step).
+      const auto stage_line = [&](int b) {
+        std::string line = fmt::format("  decode b={} by stage, ms/step GPU (host):", b);
+        for (const auto& st : engine.stage_times())
+          if (st.gpu_ms > 0)
+            line +=
+                fmt::format(" {} {:.2f} ({:.2f});", st.name, st.gpu_ms / steps, st.host_ms / steps);
+        stages.push_back(line);
+        fmt::print("{}\n", line);
+      };
       for (int b : bs) {
         if (b == 1) {
           // The same greedy run eager and from graphs: the tokens must agree exactly (the
@@ -179,6 +167,7 @@ int main(int argc, char** argv) {
           engine.set_graphs(false);
           const DecodeRun eager = decode(engine, 1, prompt, steps);
           row("decode b=1 eager", eager, true);
+          stage_line(1);
           engine.set_graphs(true);
           const DecodeRun graph = decode(engine, 1, prompt, steps);
           row("decode b=1 graph", graph, true);
@@ -198,15 +187,12 @@ int main(int argc, char** argv) {
           engine.set_graphs(true);
         } else {
           row(fmt::format("decode b={}", b), decode(engine, b, prompt, steps), false);
-          if (b > gemv_rows) {  // eager steps: where a step's GPU time goes
-            std::string line = fmt::format("  decode b={} by stage, ms/step GPU (host):", b);
-            for (const auto& st : engine.stage_times())
-              if (st.gpu_ms > 0)
-                line += fmt::format(" {} {:.2f} ({:.2f});", st.name, st.gpu_ms / steps,
-                                    st.host_ms / steps);
-            stages.push_back(line);
-            fmt::print("{}\n", line);
+          if (b <= gemv_rows) {  // graph replays record no stages: the same batch eagerly
+            engine.set_graphs(false);
+            row(fmt::format("decode b={} eager", b), decode(engine, b, prompt, steps), false);
+            engine.set_graphs(true);
           }
+          stage_line(b);
         }
       }
     }
@@ -231,7 +217,8 @@ int main(int argc, char** argv) {
       }
     }
     // Prefill three ways: as an engine runs it by default; the FP8 weights' GEMMs on BF16
-    // copies instead (bf16); the attention on the decode kernel instead of GEMMs (attn kernel).
+    // copies instead (bf16); the attention in the absorbed form on the decode kernel (tensor
+    // cores) instead of the flash kernel (absorbed).
     for (const int way : {0, 1, 2}) {
       const bool fp8 = way != 1;
       if (pls.empty()) break;
@@ -242,7 +229,7 @@ int main(int argc, char** argv) {
       opt.max_step_tokens = 2048;
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_gemm = fp8;
-      opt.attention_gemm = way < 2;
+      opt.flash_prefill = way != 2;
       opt.time_stages = way == 0;
       const cuda::CudaEngine engine(model, opt);
       for (int len : pls) {
@@ -268,7 +255,7 @@ int main(int argc, char** argv) {
                                         fmt::format("prefill {}{}", len,
                                                     way == 0   ? ""
                                                     : way == 1 ? " bf16"
-                                                               : " attn kernel"),
+                                                               : " absorbed"),
                                         len / t, 1e3 * t, "-", "-"));
             fmt::print("{}\n", table.back());
           }

@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
+#include <tuple>
 
 #include "core/dtype.h"
 #include "gpu_test_util.h"
@@ -375,5 +377,169 @@ TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Weights, MlaGpu, ::testing::Values("bf16", "fp8", "f32"));
+
+// The non-absorbed prefill attention (flash_prefill) against float64 on the same BF16 values:
+// 100 query rows of 3 heads at positions 37 .. 136 (a cached prefix), keys' rope part from a
+// cache-like buffer of wider rows, once over all keys and once in key chunks of 64 (the state
+// carried between launches), at the three head sizes the models here use. P is rounded to
+// BF16 before P·V (as FlashAttention does): ≤ 8e-3 of max|o|.
+class FlashGpu : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
+
+TEST_P(FlashGpu, CausalWithPrefixMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  const auto [dn, dr, dv] = GetParam();
+  const int64_t H = 3, n = 100, pos0 = 37, keys = pos0 + n, dc = 64, D = dc + dr;
+  const int64_t dq = dn + dr, dkv = dn + dv;
+  const auto bf16 = [](std::vector<float> v) {  // values exactly representable in BF16
+    for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
+    return v;
+  };
+  const auto bits = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+    return b;
+  };
+  const std::vector<float> q = bf16(randn(size_t(n * H * dq), 51));
+  const std::vector<float> kv = bf16(randn(size_t(keys * H * dkv), 52));
+  const std::vector<float> cache = bf16(randn(size_t(keys * D), 53));
+  const double scale = 1.0 / std::sqrt(double(dq));
+  std::vector<double> want(size_t(n * H * dv), 0.0);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t valid = pos0 + t + 1;
+      std::vector<double> s(static_cast<size_t>(valid), 0.0);
+      double mx = -INFINITY, sum = 0;
+      for (int64_t j = 0; j < valid; ++j) {
+        double acc = 0;
+        for (int64_t d = 0; d < dn; ++d)
+          acc += double(q[size_t((t * H + h) * dq + d)]) * kv[size_t((j * H + h) * dkv + d)];
+        for (int64_t d = 0; d < dr; ++d)
+          acc += double(q[size_t((t * H + h) * dq + dn + d)]) * cache[size_t(j * D + dc + d)];
+        s[size_t(j)] = acc * scale;
+        mx = std::max(mx, s[size_t(j)]);
+      }
+      for (double& x : s) sum += x = std::exp(x - mx);
+      for (int64_t j = 0; j < valid; ++j)
+        for (int64_t d = 0; d < dv; ++d)
+          want[size_t((t * H + h) * dv + d)] +=
+              s[size_t(j)] / sum * kv[size_t((j * H + h) * dkv + dn + d)];
+    }
+  }
+  double ref = 0;
+  for (double w : want) ref = std::max(ref, std::fabs(w));
+  const auto dq_ = to_device(bits(q)), dkv_ = to_device(bits(kv)), dcache = to_device(bits(cache));
+  for (const int64_t chunk : {keys, int64_t(64)}) {
+    DevPtr<float> o = poisoned(size_t(n * H * dv));
+    DevPtr<float> ml = poisoned(size_t(n * H * 2));
+    cuda::FlashArgs f;
+    f.q = dq_.get();
+    f.ldq = H * dq;
+    f.kpe = dcache.get() + dc;
+    f.ldkpe = D;
+    f.ldkv = H * dkv;
+    f.dn = dn;
+    f.dr = dr;
+    f.dv = dv;
+    f.heads = H;
+    f.n = n;
+    f.pos0 = pos0;
+    f.scale_log2 = float(scale * 1.4426950408889634);
+    f.o = o.get();
+    f.ldo = H * dv;
+    f.ml = ml.get();
+    ASSERT_TRUE(cuda::flash_prefill_supported(dn, dr, dv));
+    for (int64_t kb = 0; kb < keys; kb += chunk) {
+      f.kv = dkv_.get() + kb * H * dkv;  // as the engine's buffer: the chunk's keys only
+      f.k_begin = kb;
+      f.k_end = std::min(keys, kb + chunk);
+      f.first = kb == 0;
+      f.last = f.k_end == keys;
+      cuda::flash_prefill(f, nullptr);
+    }
+    const std::vector<float> got = to_host(o, size_t(n * H * dv));
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (std::isnan(got[i])) worst = INFINITY;
+      worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
+    }
+    EXPECT_LE(worst / ref, 8e-3) << "key chunks of " << chunk;
+    std::printf("[ flash %d/%d/%d ] key chunks of %lld: max|d|/max|o| = %.2e\n", dn, dr, dv,
+                static_cast<long long>(chunk), worst / ref);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, FlashGpu,
+                         ::testing::Values(std::make_tuple(128, 64, 128),
+                                           std::make_tuple(64, 32, 64),
+                                           std::make_tuple(16, 8, 16)));
+
+// The absorbed decode attention on the tensor cores (mla_attention_tc) against float64 on the
+// same BF16 values: three query rows of two sequences at positions 299, 40 and 0 (many key
+// splits, a partial last tile, a single key), at DeepSeek-V3's 128 heads, V2-Lite's 16 (fewer
+// than a block's 64) and bench-1b's 10 heads of kv_lora 256. P is BF16 before P·c_kv: ≤ 8e-3
+// of max|o_lat|.
+class MlaTcGpu : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
+
+TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  const auto [heads, dc, dr] = GetParam();
+  const int64_t H = heads, D = dc + dr, cap = 320, n = 3;
+  cuda::CachePool pool{nullptr, 2, cap, dc, dr, true};
+  ASSERT_TRUE(cuda::mla_attention_tc_supported(pool));
+  const auto bf16 = [](std::vector<float> v) {
+    for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
+    return v;
+  };
+  const auto bits = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+    return b;
+  };
+  // Two slots × 2 layers × cap rows; the test reads layer 1.
+  const std::vector<float> cache = bf16(randn(size_t(2 * 2 * cap * D), 61));
+  const std::vector<float> qc = bf16(randn(size_t(n * H * D), 62, 0.2f));
+  const std::vector<int32_t> pos = {299, 40, 0}, slot = {1, 0, 1};
+  const int64_t layer = 1;
+  const double scale = 1.0 / std::sqrt(192.0);
+  std::vector<double> want(size_t(n * H * dc), 0.0);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* rows = cache.data() + pool.at(slot[size_t(t)], layer, 0);
+    for (int64_t h = 0; h < H; ++h) {
+      const float* q = qc.data() + (t * H + h) * D;
+      std::vector<double> s(static_cast<size_t>(pos[size_t(t)] + 1), 0.0);
+      double mx = -INFINITY, sum = 0;
+      for (size_t j = 0; j < s.size(); ++j) {
+        double acc = 0;
+        for (int64_t d = 0; d < D; ++d) acc += double(q[d]) * rows[int64_t(j) * D + d];
+        mx = std::max(mx, s[j] = acc * scale);
+      }
+      for (double& x : s) sum += x = std::exp(x - mx);
+      for (size_t j = 0; j < s.size(); ++j)
+        for (int64_t c = 0; c < dc; ++c)
+          want[size_t((t * H + h) * dc + c)] += s[j] / sum * rows[int64_t(j) * D + c];
+    }
+  }
+  double ref = 0;
+  for (double w : want) ref = std::max(ref, std::fabs(w));
+  const auto dcache = to_device(bits(cache)), dq = to_device(bits(qc));
+  const auto dpos = to_device(pos), dslot = to_device(slot);
+  pool.base = dcache.get();
+  const int64_t partial_floats = 64 * n * H * (dc + 2);
+  DevPtr<float> partial = poisoned(size_t(partial_floats));
+  DevPtr<float> olat = poisoned(size_t(n * H * dc));
+  cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299, float(scale),
+                         partial.get(), partial_floats, olat.get(), nullptr);
+  const std::vector<float> got = to_host(olat, size_t(n * H * dc));
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    worst = std::isnan(got[i]) ? INFINITY : std::max(worst, std::fabs(double(got[i]) - want[i]));
+  EXPECT_LE(worst / ref, 8e-3);
+  std::printf("[ mla tc %d heads, %d/%d ] max|d|/max|o| = %.2e\n", heads, dc, dr, worst / ref);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MlaTcGpu,
+                         ::testing::Values(std::make_tuple(128, 512, 64),
+                                           std::make_tuple(16, 512, 64),
+                                           std::make_tuple(10, 256, 32)));
 
 }  // namespace

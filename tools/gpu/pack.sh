@@ -11,10 +11,10 @@ cd "$(dirname "$0")/../.."
 grep -qxF "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_NATIVE=OFF -DDSV3_CUDA=ON \
   -DDSV3_WERROR=ON > /dev/null
-cmake --build build-gpu --target dsv3_cli dsv3_gpu_tests bench_cuda_decode bench_cuda_fp8_gemm -j"$(nproc)"
+cmake --build build-gpu --target dsv3_cli dsv3_gpu_tests bench_cuda_decode bench_cuda_fp8_gemm bench_cuda_mla -j"$(nproc)"
 rm -rf .gpu
 mkdir -p .gpu/bin .gpu/lib .gpu/tokenizer
-cp build-gpu/bin/{dsv3,dsv3_gpu_tests,bench_cuda_decode,bench_cuda_fp8_gemm} .gpu/bin/
+cp build-gpu/bin/{dsv3,dsv3_gpu_tests,bench_cuda_decode,bench_cuda_fp8_gemm,bench_cuda_mla} .gpu/bin/
 # Only libraries with no newer build on the GPU image that ours could shadow badly (not
 # libstdc++, OpenBLAS or gfortran, which are there).
 for l in $(ldd build-gpu/bin/dsv3 | awk '/=>/ {print $3}'); do

@@ -2,10 +2,11 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [v3] [profile] [v2lite] [b1] [hf]   (default:
+# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [v3] [profile] [v2lite] [b1] [hf]   (default:
 # build test v3 v2lite; profile runs ncu over a short batch-1 run of the V3 checkpoint; b1 benches
 # the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds; hf makes that model
-# in BF16 and runs it in dsv3 and in HF transformers: logits parity and speed, same GPU)
+# in BF16 and runs it in dsv3 and in HF transformers: logits parity and speed, same GPU; mla
+# times the MLA decode and prefill kernels at DeepSeek-V3's sizes, bench_cuda_mla)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, BENCH_TIMEOUT (seconds per bench).
 set -euo pipefail
@@ -33,7 +34,7 @@ if has build; then
   log "configure + build (DSV3_MINIMAL)"
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_MINIMAL=ON -DDSV3_CUDA=ON \
     -DDSV3_WERROR=ON > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-  cmake --build "$BUILD" --target dsv3_gpu_tests dsv3_cli bench_cuda_decode -j"$(nproc)" \
+  cmake --build "$BUILD" --target dsv3_gpu_tests dsv3_cli bench_cuda_decode bench_cuda_mla -j"$(nproc)" \
     > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
 fi
 
@@ -58,6 +59,11 @@ if has test; then
     grep -E "^\[ [a-z0-9_]+ .*\]|Failure|Expected|Which is|actual|error:" "$OUT/gpu_tests.log" | head -60 || true
     echo "gpu tests: $pass passed, $fail failed"
   fi
+fi
+
+if has mla; then
+  log "MLA kernels at DeepSeek-V3 sizes"
+  timeout 120 "$BUILD/bin/bench_cuda_mla" 2>&1 | tee "$OUT/bench_mla.txt" || echo "bench mla failed"
 fi
 
 # ncu over a short batch-1 run (prefill of 8 tokens, then eager decode steps): time per kernel.

@@ -44,7 +44,8 @@ Blas::Plan* Blas::plan(const Key& key, size_t workspace_bytes, const float* w_sc
   Plan*& p = plans_[key];
   if (p) return p;
   p = new Plan;
-  const auto [fp8, w_rows_n, m, n, k, ldx, ldw, ldy] = key.tie();
+  const auto [kind, w_rows_n, y_bf16, m, n, k, ldx, ldw, ldy] = key.tie();
+  const bool fp8 = kind == In::E4M3;
   // Column-major view: yᵀ [n, m] = op(w) · xᵀ [k, m], op(w) [n, k]: w [n, k] row-major is
   // [k, n] column-major (transposed), w [k, n] row-major is [n, k] column-major (as it is).
   DSV3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -53,7 +54,7 @@ Blas::Plan* Blas::plan(const Key& key, size_t workspace_bytes, const float* w_sc
       cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   DSV3_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  const cudaDataType_t in = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+  const cudaDataType_t in = fp8 ? CUDA_R_8F_E4M3 : kind == In::F32 ? CUDA_R_32F : CUDA_R_16BF;
   if (fp8) {
     const cublasLtMatmulMatrixScale_t am = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F,
                                       bm = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
@@ -73,7 +74,8 @@ Blas::Plan* Blas::plan(const Key& key, size_t workspace_bytes, const float* w_sc
   else
     DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, uint64_t(n), uint64_t(k), ldw));
   DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, uint64_t(k), uint64_t(m), ldx));
-  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, uint64_t(n), uint64_t(m), ldy));
+  DSV3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, y_bf16 ? CUDA_R_16BF : CUDA_R_32F,
+                                               uint64_t(n), uint64_t(m), ldy));
   cublasLtMatmulPreference_t pref = nullptr;
   DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   DSV3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
@@ -91,7 +93,7 @@ Blas::Plan* Blas::plan(const Key& key, size_t workspace_bytes, const float* w_sc
   return p;
 }
 
-void Blas::run(const Plan& p, const void* x, const void* w, float* y, void* workspace,
+void Blas::run(const Plan& p, const void* x, const void* w, void* y, void* workspace,
                size_t workspace_bytes, cudaStream_t s) {
   const float alpha = 1.0f, beta = 0.0f;
   DSV3_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.desc, &alpha, w, p.a,
@@ -101,13 +103,21 @@ void Blas::run(const Plan& p, const void* x, const void* w, float* y, void* work
 
 bool Blas::matmul_bf16(int64_t m, int64_t n, int64_t k, const void* x, const void* w, float* y,
                        void* workspace, size_t workspace_bytes, cudaStream_t s) {
-  return gemm_bf16(true, m, n, k, x, k, w, k, y, n, workspace, workspace_bytes, s);
+  return gemm_bf16(true, m, n, k, x, k, w, k, y, n, false, workspace, workspace_bytes, s);
 }
 
 bool Blas::gemm_bf16(bool w_rows_n, int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
-                     const void* w, int64_t ldw, float* y, int64_t ldy, void* workspace,
+                     const void* w, int64_t ldw, void* y, int64_t ldy, bool y_bf16, void* workspace,
                      size_t workspace_bytes, cudaStream_t s) {
-  const Plan* p = plan({false, w_rows_n, m, n, k, ldx, ldw, ldy}, workspace_bytes);
+  const Plan* p = plan({In::BF16, w_rows_n, y_bf16, m, n, k, ldx, ldw, ldy}, workspace_bytes);
+  if (!p->ok) return false;
+  run(*p, x, w, y, workspace, workspace_bytes, s);
+  return true;
+}
+
+bool Blas::matmul_f32(int64_t m, int64_t n, int64_t k, const float* x, const float* w, float* y,
+                      void* workspace, size_t workspace_bytes, cudaStream_t s) {
+  const Plan* p = plan({In::F32, true, false, m, n, k, k, k, n}, workspace_bytes);
   if (!p->ok) return false;
   run(*p, x, w, y, workspace, workspace_bytes, s);
   return true;
@@ -117,7 +127,8 @@ bool Blas::matmul_fp8_block(int64_t m, int64_t n, int64_t k, const void* x, cons
                             const void* w, const float* w_scale, float* y, void* workspace,
                             size_t workspace_bytes, cudaStream_t s) {
   if (k % 128 != 0 || m % 16 != 0) return false;
-  const Plan* p = plan({true, true, m, n, k, k, k, n}, workspace_bytes, w_scale, x_scale);
+  const Plan* p =
+      plan({In::E4M3, true, false, m, n, k, k, k, n}, workspace_bytes, w_scale, x_scale);
   if (!p->ok) return false;
   // The scale pointers are part of the descriptor; setting them is a host-side store.
   DSV3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,

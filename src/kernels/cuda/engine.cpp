@@ -169,6 +169,7 @@ struct DevLayer {
   bool moe = false;
   DevMlp mlp;
   DevWeight router;
+  const float* router_f32 = nullptr;  // the router in F32 for its GEMM (not the exact engine)
   const float* bias = nullptr;
   DevWeight gate_s, up_s, down_s;  // stacked experts
   bool has_shared = false;
@@ -183,8 +184,8 @@ DevMlp upload_mlp(Arena& a, const MlpWeights& m, const std::string& what) {
           upload_linear(a, m.down, what + ".down_proj")};
 }
 
-DevLayer upload_layer(Arena& a, const ModelConfig& c, const LayerWeights& L,
-                      const std::string& name) {
+DevLayer upload_layer(Arena& a, const ModelConfig& c, const CudaEngineOptions& opt,
+                      const LayerWeights& L, const std::string& name) {
   DevLayer d;
   d.in_norm = upload_f32(a, L.input_norm);
   d.post_norm = upload_f32(a, L.post_attention_norm);
@@ -205,6 +206,7 @@ DevLayer upload_layer(Arena& a, const ModelConfig& c, const LayerWeights& L,
     d.mlp = upload_mlp(a, L.mlp, name + ".mlp");
   } else {
     d.router = upload_linear(a, Linear::plain(L.moe.gate), name + ".mlp.gate");
+    if (!opt.exact) d.router_f32 = upload_f32(a, L.moe.gate);
     d.bias = upload_f32(a, L.moe.bias);
     std::vector<const Linear*> g, u, dn;
     for (const MlpWeights& e : L.moe.experts) {
@@ -246,11 +248,12 @@ struct Work {
   uint8_t* xq = nullptr;
   float *xs = nullptr, *eact2 = nullptr;
   int32_t* padded_offsets = nullptr;
-  // Prefill attention on the tensor cores (BF16 cache): the queries in BF16, and scores S (F32)
-  // and probabilities P (BF16) of up to attn_elems values per block of rows.
-  uint16_t *qcb = nullptr, *attn_p = nullptr;
-  float* attn_s = nullptr;
-  int64_t attn_elems = 0;
+  // Attention on the tensor cores (BF16 cache): the queries in BF16 (qcb: absorbed, or
+  // non-absorbed for flash_prefill); for flash_prefill also kv_b's output of up to kv_keys keys
+  // of one sequence (BF16 [keys, heads, dn + dv]) and the row state between key chunks.
+  uint16_t *qcb = nullptr, *kvb = nullptr;
+  int64_t kv_keys = 0;
+  float* flash_ml = nullptr;
   void* blas_ws = nullptr;
   size_t blas_ws_bytes = 0;
 };
@@ -284,10 +287,10 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   m.final_norm = upload_f32(a, mw.final_norm);
   m.lm_head = upload_linear(a, Linear::plain(mw.lm_head), "lm_head.weight");
   for (size_t l = 0; l < mw.layers.size(); ++l)
-    m.layers.push_back(upload_layer(a, c, mw.layers[l], "model.layers." + std::to_string(l)));
+    m.layers.push_back(upload_layer(a, c, opt, mw.layers[l], "model.layers." + std::to_string(l)));
   for (size_t l = 0; l < mw.mtp.size(); ++l)
     m.mtp.push_back(
-        upload_layer(a, c, mw.mtp[l], "model.layers." + std::to_string(mw.layers.size() + l)));
+        upload_layer(a, c, opt, mw.mtp[l], "model.layers." + std::to_string(mw.layers.size() + l)));
   const RopeTable rope = RopeTable::build(c);
   float* inv = a.alloc_n<float>(int64_t(rope.inv_freq.size()));
   if (a.real())
@@ -362,8 +365,9 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
     std::vector<DevWeight> dense = {m.lm_head};
     for (const auto* ls : {&m.layers, &m.mtp}) {
       for (const DevLayer& L : *ls) {
-        for (const DevWeight& x : {L.q_a, L.q_b, L.q, L.kv_a, L.o, L.mlp.gate, L.mlp.up, L.mlp.down,
-                                   L.shared.gate, L.shared.up, L.shared.down, L.eh_proj, L.head})
+        for (const DevWeight& x :
+             {L.q_a, L.q_b, L.q, L.kv_a, L.kv_b, L.o, L.mlp.gate, L.mlp.up, L.mlp.down,
+              L.shared.gate, L.shared.up, L.shared.down, L.eh_proj, L.head})
           if (x.w) dense.push_back(x);
       }
     }
@@ -391,10 +395,14 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
       w.eact2 = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);
     }
     if (bf16_cache) {
-      w.qcb = a.alloc_n<uint16_t>(T * heads * (dc + dr));
-      w.attn_elems = std::min<int64_t>(T * heads * opt.max_context, int64_t(64) << 20);
-      w.attn_s = a.alloc_n<float>(w.attn_elems);
-      w.attn_p = a.alloc_n<uint16_t>(w.attn_elems);
+      w.qcb = a.alloc_n<uint16_t>(T * heads * std::max(dc + dr, dn + dr));
+      // Keys per chunk: the whole context up to 512 MiB of decompressed keys and values
+      // (DeepSeek-V3: 8K keys; longer prompts take several chunks).
+      const int64_t key_bytes = heads * (dn + dv) * 2;
+      w.kv_keys = std::min(opt.max_context,
+                           std::max<int64_t>(64, (int64_t(512) << 20) / key_bytes / 64 * 64));
+      w.kvb = a.alloc_n<uint16_t>(w.kv_keys * heads * (dn + dv));
+      w.flash_ml = a.alloc_n<float>(T * heads * 2);
     }
     w.xq = a.alloc<uint8_t>(size_t(q_rows * fp8_k));
     w.xs = a.alloc_n<float>(q_rows * (fp8_k / 128));
@@ -521,8 +529,8 @@ struct CudaEngine::Impl {
     DSV3_CUDA_CHECK(cudaMalloc(&base, plan.used()));
     Arena real(base, plan.used());
     m = layout(model.weights(), opt, real);
-    // Zeroed caches: the prefill attention's GEMMs read whole blocks of cache rows, the unused
-    // ones weighted by 0, which must not be NaN bit patterns.
+    // Zeroed caches: rows not yet written hold zeros, not NaN bit patterns, should a kernel
+    // ever read a padded tile of them (each masks them out).
     const size_t row_bytes = size_t(m.pool.row() * m.pool.elem_bytes() * opt.max_context);
     DSV3_CUDA_CHECK(
         cudaMemset(m.pool.base, 0, row_bytes * size_t(opt.max_sequences * m.pool.layers)));
@@ -646,7 +654,10 @@ struct CudaEngine::Impl {
     const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
     // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
     stage(kStageRouting);
-    linear(k.h, n, L.router, k.router, false);
+    if (!(L.router_f32 && blas && n > opt.gemv_max_rows &&
+          blas->matmul_f32(n, E, H, k.h, L.router_f32, k.router, k.blas_ws, k.blas_ws_bytes,
+                           stream)))
+      linear(k.h, n, L.router, k.router, false);
     RouteArgs r;
     r.e = E;
     r.k = top;
@@ -804,10 +815,20 @@ struct CudaEngine::Impl {
     stage(kStageAttention);
     latent_to_cache(k.kv, n, L.kv_a_norm, eps, m.inv_freq, half, rope_table.factor, pos, slot, pool,
                     layer, stream);
+    if (flash_attention(L, pool, layer, n)) {
+      stage(kStageAttnProj);
+      linear(k.o, n, L.o, out);
+      return;
+    }
     mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, k.qc, stream);
-    if (!attention_gemm(pool, layer, n))
+    if (opt.attention_tensor_cores && k.qcb && mla_attention_tc_supported(pool)) {
+      to_bf16(k.qc, k.qcb, n * heads * pool.row(), stream);
+      mla_attention_tc(k.qcb, n, heads, pool, layer, pos, slot, max_pos, float(c.softmax_scale()),
+                       k.partial, k.partial_floats, k.olat, stream);
+    } else {
       mla_attention(k.qc, n, heads, pool, layer, pos, slot, max_pos, float(c.softmax_scale()),
                     k.partial, k.partial_floats, k.olat, stream);
+    }
     GemvArgs g;  // o[t, h] = W_UV[h] · o_lat[t, h]: one group per head
     g.w = L.kv_b;
     g.n = dv;
@@ -848,43 +869,62 @@ struct CudaEngine::Impl {
     return k.delta;
   }
 
-  // The absorbed attention of a prefill chunk (rows over gemv_max_rows, BF16 cache) as GEMMs on
-  // the tensor cores: every head of a sequence reads the same cache rows, so for a block of its
-  // tokens S [tokens · heads, keys] = qc · cacheᵀ is one GEMM (K = dc + dr), then the causal
-  // softmax (P in BF16, as FlashMLA keeps it), then o_lat = P · c_kv (K = keys). Blocks are
-  // sized so S fits attn_elems; keys run to the block's last position, rounded up to 64 (the
-  // extra cache rows are finite, weighted 0). False (o_lat not written) if it does not apply.
+  // Chunk rows [row, row + count) of one sequence, its first at position pos0.
   struct Span {
-    int64_t row, count, slot, pos0;  // chunk rows [row, row + count) of one sequence
+    int64_t row, count, slot, pos0;
   };
   std::vector<Span> spans;  // of the chunk being enqueued eagerly (empty for graphs)
-  bool attention_gemm(const CachePool& pool, int64_t layer, int64_t n) {
+
+  // Prefill attention in the non-absorbed form (chunks over gemv_max_rows, BF16 cache): per
+  // sequence, K/V of its keys from one GEMM of the cached latents with kv_b (BF16 out), then
+  // flash_prefill over them with the chunk's queries, o straight into o_proj's input. Per
+  // score dn + dr multiply-adds instead of dc + dr, nothing of S written out. False (o not
+  // written) if it does not apply.
+  bool flash_attention(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n) {
     Work& k = m.work;
-    if (!opt.attention_gemm || !blas || !pool.bf16 || !k.qcb || n <= opt.gemv_max_rows ||
-        spans.empty())
-      return false;
+    const int dn = int(c.qk_nope_head_dim), dr = int(c.qk_rope_head_dim), dv = int(c.v_head_dim);
     const int64_t heads = c.num_attention_heads, dc = pool.dc, D = pool.row();
-    const float scale = float(c.softmax_scale());
-    to_bf16(k.qc, k.qcb, n * heads * D, stream);
+    if (!opt.flash_prefill || !blas || !pool.bf16 || !k.kvb || n <= opt.gemv_max_rows ||
+        spans.empty() || !flash_prefill_supported(dn, dr, dv) || dc % 8 != 0)
+      return false;
+    const int64_t wkv = heads * (dn + dv), dq = heads * (dn + dr);
+    to_bf16(k.q, k.qcb, n * dq, stream);
+    const void* w = L.kv_b.w;
+    if (L.kv_b.type != WType::BF16) {
+      weight_to_bf16(L.kv_b, k.wb, stream);
+      w = k.wb;
+    }
     const auto* cache = static_cast<const uint16_t*>(pool.base);
+    FlashArgs f;
+    f.ldq = dq;
+    f.ldkv = wkv;
+    f.ldkpe = D;
+    f.dn = dn;
+    f.dr = dr;
+    f.dv = dv;
+    f.heads = heads;
+    f.scale_log2 = float(c.softmax_scale()) * 1.4426950408889634f;
+    f.ldo = heads * dv;
+    f.ml = k.flash_ml;
+    f.kv = k.kvb;
     for (const Span& sp : spans) {
-      const uint16_t* keys = cache + pool.at(sp.slot, layer, 0);
-      const int64_t widest = std::min(round_up(sp.pos0 + sp.count, 64), pool.capacity);
-      const int64_t per = std::max<int64_t>(1, k.attn_elems / (round_up(widest, 8) * heads));
-      for (int64_t t0 = 0; t0 < sp.count; t0 += per) {
-        const int64_t t1 = std::min(sp.count, t0 + per), rows = (t1 - t0) * heads;
-        const int64_t cols = std::min(round_up(sp.pos0 + t1, 64), pool.capacity);
-        const int64_t ld = round_up(cols, 8);
-        const uint16_t* q = k.qcb + (sp.row + t0) * heads * D;
-        if (!blas->gemm_bf16(true, rows, cols, D, q, D, keys, D, k.attn_s, ld, k.blas_ws,
-                             k.blas_ws_bytes, stream))
+      const uint16_t* rows = cache + pool.at(sp.slot, layer, 0);
+      const int64_t keys = sp.pos0 + sp.count;
+      f.q = k.qcb + sp.row * dq;
+      f.kpe = rows + dc;
+      f.n = sp.count;
+      f.pos0 = sp.pos0;
+      f.o = k.o + sp.row * heads * dv;
+      for (int64_t kb = 0; kb < keys; kb += k.kv_keys) {
+        const int64_t ke = std::min(keys, kb + k.kv_keys);
+        if (!blas->gemm_bf16(true, ke - kb, wkv, dc, rows + kb * D, D, w, dc, k.kvb, wkv, true,
+                             k.blas_ws, k.blas_ws_bytes, stream))
           return false;
-        mla_prefill_softmax(k.attn_s, ld, rows, heads, sp.pos0 + t0, cols, scale, k.attn_p, ld,
-                            stream);
-        if (!blas->gemm_bf16(false, rows, dc, cols, k.attn_p, ld, keys, D,
-                             k.olat + (sp.row + t0) * heads * dc, dc, k.blas_ws, k.blas_ws_bytes,
-                             stream))
-          return false;
+        f.k_begin = kb;
+        f.k_end = ke;
+        f.first = kb == 0;
+        f.last = ke == keys;
+        flash_prefill(f, stream);
       }
     }
     return true;

@@ -39,9 +39,15 @@ struct CudaEngineOptions {
   // FP8 block-scaled GEMMs (cuBLASLt) for FP8 weights with 128×128 blocks over more than
   // gemv_max_rows rows, the routed experts included; off: BF16 GEMMs on dequantised copies.
   bool fp8_gemm = true;
-  // Prefill attention (chunks over gemv_max_rows, BF16 cache) as two cuBLASLt GEMMs per block of
-  // rows and a softmax kernel; off: the decode kernel for every row.
-  bool attention_gemm = true;
+  // Prefill attention (chunks over gemv_max_rows, BF16 cache) in the non-absorbed form on the
+  // tensor cores: keys and values decompressed by one GEMM, then a flash-attention kernel
+  // (kernels/cuda/flash.cu). Off, or head sizes it has no kernel for: the absorbed form, as
+  // decode runs it.
+  bool flash_prefill = true;
+  // The absorbed attention (decode steps; prefill when flash_prefill does not apply) on the
+  // BF16 tensor cores (mla_attention_tc: BF16 cache of kv_lora 512 / rope 64 or 256 / 32,
+  // queries and P in BF16); off, or other sizes: the F32 CUDA-core kernel.
+  bool attention_tensor_cores = true;
   // Routed experts run as one cuBLASLt GEMM each when they average this many rows or more
   // (prefill), else on the gemv kernel (decode batches).
   int64_t expert_gemm_rows = 32;

@@ -160,10 +160,37 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
                    float scale, float* partial, int64_t partial_floats, float* o_lat,
                    cudaStream_t s);
 
-// Prefill attention's softmax over scores S [rows, n] (row stride lds) of `heads` rows per token,
-// the first token at position pos0: P [rows, n] (BF16, row stride ldp) = softmax(scale · S)
-// over each row's columns 0 .. its position (causal), zeros after.
-void mla_prefill_softmax(const float* S, int64_t lds, int64_t rows, int64_t heads, int64_t pos0,
-                         int64_t n, float scale, uint16_t* P, int64_t ldp, cudaStream_t s);
+// mla_attention on the BF16 tensor cores for a BF16 cache of kv_lora 512 / rope 64 (DeepSeek-V3,
+// V2-Lite, Moonlight) or 256 / 32: qc in BF16 [n, H, dc + dr] (rows 16-byte aligned), P in
+// BF16 before P·c_kv; the same o_lat. mla_attention_tc_supported says when it applies.
+bool mla_attention_tc_supported(const CachePool& pool);
+void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
+                      int64_t layer, const int32_t* positions, const int32_t* slots,
+                      int64_t max_position, float scale, float* partial, int64_t partial_floats,
+                      float* o_lat, cudaStream_t s);
+
+// MLA prefill attention, non-absorbed (kernels/cuda/flash.cu): per head h and query row t of
+// one sequence (position pos0 + t), o[t, h] = softmax(scale · q[t, h] · K[h]ᵀ) · V[h] over the
+// keys 0 .. pos0 + t, K[h] rows [k_nope ; k_pe], V[h] rows v. All inputs BF16:
+//   q [n, heads, dn + dr] (rope part rotated), row stride ldq;
+//   kv [keys k_begin .. k_end, heads, dn + dv] (k_nope then v per head: kv_b's output), stride
+//   ldkv; kpe: the sequence's k_pe of key 0 (stride ldkpe; shared by the heads, in the cache).
+// Long contexts run in key chunks: `first` starts the row state, otherwise it continues from
+// o (unnormalised) and ml [n, heads, 2] (max, sum); `last` writes o normalised (F32 [n, heads,
+// dv], row stride ldo), otherwise the state. dn, dr, dv multiples of 8, every row 16-byte
+// aligned; flash_prefill_supported says which head sizes are compiled.
+struct FlashArgs {
+  const void *q = nullptr, *kv = nullptr, *kpe = nullptr;
+  int64_t ldq = 0, ldkv = 0, ldkpe = 0;
+  int dn = 0, dr = 0, dv = 0;
+  int64_t heads = 0, n = 0, pos0 = 0, k_begin = 0, k_end = 0;
+  bool first = true, last = true;
+  float scale_log2 = 0;  // softmax scale · log2(e)
+  float* o = nullptr;
+  int64_t ldo = 0;
+  float* ml = nullptr;
+};
+bool flash_prefill_supported(int dn, int dr, int dv);
+void flash_prefill(const FlashArgs& a, cudaStream_t s);
 
 }  // namespace dsv3::cuda

@@ -6,13 +6,13 @@
 //                  tile read into shared memory serves 8 heads; splits are merged afterwards
 //                  (flash-decoding), which keeps the GPU busy when few rows decode long contexts.
 // The output projection W_UV·o_lat is a grouped gemv (one group per head) in the engine.
-// Prefill (many query rows) runs the same absorbed attention as two tensor-core GEMMs per block
-// of rows instead, since every head reads the same cache rows (MQA-like): S = qc·cacheᵀ, then
-// mla_prefill_softmax, then o_lat = P·c_kv (the engine's attention_gemm).
+//  mla_attention_tc: the same on the BF16 tensor cores, the heads of a row as the M dimension.
+// Prefill runs the non-absorbed form instead (flash.cu).
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace dsv3::cuda {
 
@@ -262,6 +262,176 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   }
 }
 
+// The absorbed attention on the BF16 tensor cores (FlashMLA's idea, mma.sync instead of wgmma):
+// the heads of a query row all read the same cache rows, so they are the M dimension of
+// S = qc · cacheᵀ (K = dc + dr) and of o_lat += P · c_kv (N = dc; c_kv is the first dc columns
+// of the same cache tile, read once). A block: one query row, 64 heads, one split of its keys,
+// 8 warps as 4 groups of 16 heads × 2 halves. For each tile of 32 keys, each warp scores its 16
+// heads against its 16 keys; the scores meet in shared memory, both warps of a group take the
+// same softmax of all 32 (identical arithmetic, so identical P), and each adds P · c_kv into its
+// half of the dc columns (128 accumulators a thread at dc = 512). Rows past `heads` are zeros,
+// never written. Writes the same partials as attention_kernel, for merge_kernel.
+constexpr int kTcHeads = 64, kTcKeys = 32, kTcWarps = 8, kTcPad = 8;
+
+template <int DC, int DR>
+__global__ void __launch_bounds__(kTcWarps * 32)
+    attention_tc_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
+                        const int32_t* positions, const int32_t* slots, int64_t split_len,
+                        float scale_log2, float* partial) {
+  constexpr int DK = DC + DR, SK = DK + kTcPad, SS = kTcKeys + 4, DH = DC / 2;
+  static_assert(DK % 16 == 0 && DH % 16 == 0, "head sizes the tensor-core tiles cover");
+  extern __shared__ __align__(16) uint16_t tc_smem[];           // (the other kernels declare float)
+  uint16_t* sq = tc_smem;                                       // [64][SK]
+  uint16_t* sk = sq + kTcHeads * SK;                            // [2][32][SK]
+  float* ss = reinterpret_cast<float*>(sk + 2 * kTcKeys * SK);  // [64][SS] scores
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane / 4, t4 = lane % 4, grp = warp / 2, half = warp % 2;
+  const int64_t t = blockIdx.x, h0 = int64_t(blockIdx.y) * kTcHeads;
+  const int64_t split = blockIdx.z, splits = gridDim.z;
+  const int64_t pos = positions[t];
+  const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
+  const uint16_t* keys = static_cast<const uint16_t*>(pool.base) + pool.at(slots[t], layer, 0);
+
+  for (int c = int(threadIdx.x); c < kTcHeads * (DK / 8); c += kTcWarps * 32) {
+    const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
+    const bool ok = h0 + r < heads;
+    cp16(sq + r * SK + d, ok ? qc + (t * heads + h0 + r) * DK + d : qc, ok);
+  }
+  const auto load = [&](int64_t j0, int buf) {
+    uint16_t* dst = sk + buf * kTcKeys * SK;
+    for (int c = int(threadIdx.x); c < kTcKeys * (DK / 8); c += kTcWarps * 32) {
+      const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
+      const bool ok = j0 + r < kend;
+      cp16(dst + r * SK + d, ok ? keys + (j0 + r) * DK + d : keys, ok);
+    }
+  };
+  if (kbeg < kend) load(kbeg, 0);
+  cp_commit();
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float o[DH / 8][4];
+#pragma unroll
+  for (int i = 0; i < DH / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  const uint16_t* qrow = sq + (grp * 16 + lane % 16) * SK + (lane / 16) * 8;
+  for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kTcKeys, ++it) {
+    const int buf = int(it & 1);
+    cp_wait_all();
+    __syncthreads();  // tile in; every warp done with the other buffer and with ss
+    if (j0 + kTcKeys < kend) load(j0 + kTcKeys, buf ^ 1);
+    cp_commit();
+    const uint16_t* tile = sk + buf * kTcKeys * SK;
+    // This warp's 16 heads × its 16 keys (two tiles of 8).
+    float sc[2][4] = {};
+    const uint16_t* krow =
+        tile + (half * 16 + (lane / 16) * 8 + lane % 8) * SK + ((lane / 8) % 2) * 8;
+#pragma unroll 4
+    for (int kk = 0; kk < DK / 16; ++kk) {
+      uint32_t a[4], b[4];
+      ldsm_x4(a, qrow + kk * 16);
+      ldsm_x4(b, krow + kk * 16);
+      mma(sc[0], a, b[0], b[1]);
+      mma(sc[1], a, b[2], b[3]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int col = half * 16 + nt * 8 + 2 * t4;
+      float* r0 = ss + (grp * 16 + g) * SS + col;
+      float* r1 = r0 + 8 * SS;
+      r0[0] = sc[nt][0] * scale_log2;
+      r0[1] = sc[nt][1] * scale_log2;
+      r1[0] = sc[nt][2] * scale_log2;
+      r1[1] = sc[nt][3] * scale_log2;
+    }
+    __syncthreads();
+    // The group's 16 heads × 32 keys from shared memory in A-fragment order: keys
+    // 16kk + 2t (+1, +8, +9) of rows g and g + 8. Keys past the split's end are masked.
+    float v[2][2][4];  // [kk][row g / g + 8][4 keys]
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const float* src = ss + (grp * 16 + g + 8 * rr) * SS + kk * 16 + 2 * t4;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = kk * 16 + 2 * t4 + (e & 1) + (e >> 1) * 8;
+          const float x = j0 + key < kend ? src[(e & 1) + (e >> 1) * 8] : -INFINITY;
+          v[kk][rr][e] = x;
+          mx[rr] = fmaxf(mx[rr], x);
+        }
+      }
+    }
+    float corr[2], base[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
+      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
+      base[rr] = mx[rr] == -INFINITY ? 0.0f : mx[rr];
+      corr[rr] = exp2f(m[rr] - base[rr]);
+      m[rr] = mx[rr];
+      l[rr] *= corr[rr];
+    }
+#pragma unroll
+    for (int i = 0; i < DH / 8; ++i) {
+      o[i][0] *= corr[0];
+      o[i][1] *= corr[0];
+      o[i][2] *= corr[1];
+      o[i][3] *= corr[1];
+    }
+    uint32_t p[2][4];
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      float e[2][4];
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          e[rr][q] = exp2f(v[kk][rr][q] - base[rr]);
+          l[rr] += e[rr][q];
+        }
+      }
+      p[kk][0] = pack_bf16(e[0][0], e[0][1]);  // row g, keys 2t, 2t + 1
+      p[kk][1] = pack_bf16(e[1][0], e[1][1]);  // row g + 8
+      p[kk][2] = pack_bf16(e[0][2], e[0][3]);  // row g, keys 2t + 8, 2t + 9
+      p[kk][3] = pack_bf16(e[1][2], e[1][3]);
+    }
+    // o_lat[:, half] += P · c_kv[:, half]: the tile's first DC columns as V (transposed loads).
+    const uint16_t* vrow =
+        tile + (((lane / 8) % 2) * 8 + lane % 8) * SK + half * DH + (lane / 16) * 8;
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+#pragma unroll
+      for (int nt = 0; nt < DH / 8; nt += 2) {
+        uint32_t b[4];
+        ldsm_x4_t(b, vrow + kk * 16 * SK + nt * 8);
+        mma(o[nt], p[kk], b[0], b[1]);
+        mma(o[nt + 1], p[kk], b[2], b[3]);
+      }
+    }
+  }
+  cp_wait_all();
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
+  }
+  // Partials in attention_kernel's units: max of scale · s (natural log), unnormalised o.
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int64_t h = h0 + grp * 16 + g + 8 * rr;
+    if (h >= heads) continue;
+    float* out = partial + ((t * heads + h) * splits + split) * (DC + 2);
+#pragma unroll
+    for (int i = 0; i < DH / 8; ++i)
+      *reinterpret_cast<float2*>(out + half * DH + i * 8 + 2 * t4) = {o[i][2 * rr],
+                                                                      o[i][2 * rr + 1]};
+    if (half == 0 && t4 == 0) {
+      out[DC] = m[rr] == -INFINITY ? -INFINITY : m[rr] * 0.6931471805599453f;
+      out[DC + 1] = l[rr];
+    }
+  }
+}
+
 __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, float* o_lat) {
   const int64_t th = blockIdx.x;  // row · heads + head
   const float* p = partial + th * splits * (dc + 2);
@@ -279,55 +449,7 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
   }
 }
 
-// One block per row of scores: P = softmax(scale · S) over the row's first `valid` columns
-// (its token's position + 1: causal), zeros up to n. Online max / sum, then a second pass.
-__global__ void prefill_softmax_kernel(const float* S, int64_t lds, int64_t heads, int64_t pos0,
-                                       int64_t n, float scale, uint16_t* P, int64_t ldp) {
-  __shared__ float red_m[32], red_l[32];
-  const int64_t r = blockIdx.x;
-  const int64_t valid = min(pos0 + r / heads + 1, n);
-  const float* s = S + r * lds;
-  float m = -INFINITY, l = 0.0f;
-  for (int64_t j = threadIdx.x; j < valid; j += blockDim.x) {
-    const float v = s[j] * scale;
-    const float m_new = fmaxf(m, v);
-    l = l * expf(m - m_new) + expf(v - m_new);
-    m = m_new;
-  }
-  // Merge (m, l) over the warp, then over the warps.
-  for (int o = 16; o > 0; o /= 2) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
-    const float mm = fmaxf(m, m2);
-    l = (m == -INFINITY ? 0.0f : l * expf(m - mm)) + (m2 == -INFINITY ? 0.0f : l2 * expf(m2 - mm));
-    m = mm;
-  }
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, nw = int(blockDim.x) / 32;
-  if (lane == 0) {
-    red_m[warp] = m;
-    red_l[warp] = l;
-  }
-  __syncthreads();
-  float M = -INFINITY;
-  for (int w = 0; w < nw; ++w) M = fmaxf(M, red_m[w]);
-  float Lsum = 0.0f;
-  for (int w = 0; w < nw; ++w)
-    if (red_m[w] != -INFINITY) Lsum += red_l[w] * expf(red_m[w] - M);
-  const float inv = 1.0f / Lsum;
-  uint16_t* p = P + r * ldp;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    const float v = j < valid ? expf(s[j] * scale - M) * inv : 0.0f;
-    p[j] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-  }
-}
-
 }  // namespace
-
-void mla_prefill_softmax(const float* S, int64_t lds, int64_t rows, int64_t heads, int64_t pos0,
-                         int64_t n, float scale, uint16_t* P, int64_t ldp, cudaStream_t s) {
-  if (rows == 0) return;
-  prefill_softmax_kernel<<<unsigned(rows), 256, 0, s>>>(S, lds, heads, pos0, n, scale, P, ldp);
-  DSV3_CUDA_CHECK_LAUNCH();
-}
 
 template <WType T>
 void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
@@ -398,6 +520,44 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
     launch(attention_kernel<uint16_t>);
   else
     launch(attention_kernel<float>);
+  DSV3_CUDA_CHECK_LAUNCH();
+  merge_kernel<<<unsigned(n * heads), 128, 0, s>>>(partial, splits, dc, o_lat);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+bool mla_attention_tc_supported(const CachePool& pool) {
+  return pool.bf16 && ((pool.dc == 512 && pool.dr == 64) || (pool.dc == 256 && pool.dr == 32));
+}
+
+void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
+                      int64_t layer, const int32_t* positions, const int32_t* slots,
+                      int64_t max_position, float scale, float* partial, int64_t partial_floats,
+                      float* o_lat, cudaStream_t s) {
+  if (n == 0) return;
+  const int64_t dc = pool.dc, D = pool.row();
+  // Enough blocks for two waves of one block per SM, at least one key tile per split, no more
+  // splits than the scratch holds.
+  const int64_t blocks = n * ceil_div(heads, kTcHeads);
+  int64_t splits = std::max<int64_t>(1, ceil_div(264, blocks));
+  splits = std::min(splits, ceil_div(max_position + 1, kTcKeys));
+  splits = std::max<int64_t>(1, std::min(splits, partial_floats / (n * heads * (dc + 2))));
+  const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kTcKeys) * kTcKeys;
+  const size_t smem = size_t((kTcHeads + 2 * kTcKeys) * (D + kTcPad)) * 2 +  // q, 2 key tiles
+                      size_t(kTcHeads * (kTcKeys + 4)) * 4;                  // scores
+  const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kTcHeads)), unsigned(splits));
+  const float scale_log2 = scale * 1.4426950408889634f;
+  const auto launch = [&](auto kernel) {
+    DSV3_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<grid, kTcWarps * 32, smem, s>>>(qc, heads, pool, layer, positions, slots, split_len,
+                                             scale_log2, partial);
+  };
+  if (dc == 512 && pool.dr == 64)
+    launch(attention_tc_kernel<512, 64>);
+  else if (dc == 256 && pool.dr == 32)
+    launch(attention_tc_kernel<256, 32>);
+  else
+    DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // callers check mla_attention_tc_supported
   DSV3_CUDA_CHECK_LAUNCH();
   merge_kernel<<<unsigned(n * heads), 128, 0, s>>>(partial, splits, dc, o_lat);
   DSV3_CUDA_CHECK_LAUNCH();

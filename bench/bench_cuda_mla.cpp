@@ -1,0 +1,179 @@
+// The two MLA attention kernels at DeepSeek-V3's sizes (128 heads, kv_lora 512, rope 64, nope
+// 128, v 128), each against the ceiling measured in the same run:
+// 1. Decode (absorbed, over the BF16 latent cache; mla_attention_tc on the tensor cores and
+//    mla_attention on the CUDA cores): GB/s of cache read against a device-to-device copy, and
+//    TFLOP/s (at 128 heads a cache row feeds 128 · 2 · (576 + 512) FLOPs: compute-bound).
+//    FlashMLA reports up to 3000 GB/s memory-bound and 660 TFLOP/s compute-bound on the H800.
+// 2. Prefill (flash_prefill, non-absorbed, causal): TFLOP/s of its useful work, 2 · heads ·
+//    n(n+1)/2 · (dn + dr + dv), against a square cuBLASLt BF16 GEMM (the dense peak in
+//    practice).
+// Inputs are random; the kernels' numerics are tested in tests/cuda/test_kernels_gpu.cpp.
+// Usage: bench_cuda_mla [--batch 64] [--context 4096] [--prefill 1024,8192]
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "cuda_bench.h"
+#include "kernels/cuda/blas.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/kernels.h"
+
+using namespace dsv3;
+
+namespace {
+
+constexpr int64_t kHeads = 128, kDc = 512, kDr = 64, kDn = 128, kDv = 128;
+
+void* device_random(size_t bytes) {
+  void* p = nullptr;
+  DSV3_CUDA_CHECK(cudaMalloc(&p, bytes));
+  // Small finite BF16 / F32 values: 0x3c3c is ~0.0115 in BF16, ~0.0115 as each F32 half too.
+  DSV3_CUDA_CHECK(cudaMemset(p, 0x3c, bytes));
+  return p;
+}
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> v;
+  size_t i = 0;
+  while (i < s.size()) {
+    const size_t j = s.find(',', i);
+    v.push_back(std::stoi(s.substr(i, j - i)));
+    i = j == std::string::npos ? s.size() : j + 1;
+  }
+  return v;
+}
+
+// Decode: `batch` sequences each at the last position of `context` cached rows.
+void decode(int64_t batch, int64_t context, double copy_bw) {
+  cuda::CachePool pool{nullptr, 1, context, kDc, kDr, true};
+  const size_t cache_bytes = size_t(batch * context * pool.row() * 2);
+  pool.base = device_random(cache_bytes);
+  auto* qc = static_cast<float*>(device_random(size_t(batch * kHeads * pool.row()) * 4));
+  auto* olat = static_cast<float*>(device_random(size_t(batch * kHeads * kDc) * 4));
+  // The engine's split scratch for its default 512-token chunks.
+  const int64_t partial_floats = 512 * kHeads * (kDc + 2);
+  auto* partial = static_cast<float*>(device_random(size_t(partial_floats) * 4));
+  std::vector<int32_t> pos(size_t(batch), int32_t(context - 1)),
+      slots(static_cast<size_t>(batch), 0);
+  for (int64_t b = 0; b < batch; ++b) slots[size_t(b)] = int32_t(b);
+  int32_t *dpos = nullptr, *dslots = nullptr;
+  DSV3_CUDA_CHECK(cudaMalloc(&dpos, pos.size() * 4));
+  DSV3_CUDA_CHECK(cudaMalloc(&dslots, slots.size() * 4));
+  DSV3_CUDA_CHECK(cudaMemcpy(dpos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
+  DSV3_CUDA_CHECK(cudaMemcpy(dslots, slots.data(), slots.size() * 4, cudaMemcpyHostToDevice));
+  void* qcb = device_random(size_t(batch * kHeads * pool.row()) * 2);
+  // Bytes that must move (the cache rows, the queries, the outputs) and the useful FLOPs: per
+  // head and key, dc + dr multiply-adds for the score and dc for the sum.
+  const double bytes = double(cache_bytes) + double(batch * kHeads * (pool.row() + kDc) * 4);
+  const double flops = 2.0 * double(batch * kHeads * context) * double(pool.row() + kDc);
+  for (const bool tc : {true, false}) {
+    const double ms = bench::time_ms([&] {
+      if (tc)
+        cuda::mla_attention_tc(static_cast<const uint16_t*>(qcb), batch, kHeads, pool, 0, dpos,
+                               dslots, context - 1, 0.1f, partial, partial_floats, olat, nullptr);
+      else
+        cuda::mla_attention(qc, batch, kHeads, pool, 0, dpos, dslots, context - 1, 0.1f, partial,
+                            partial_floats, olat, nullptr);
+    });
+    fmt::print(
+        "decode {:>13} batch {:>3} context {:>6}: {:8.3f} ms {:6.0f} GB/s ({:.0f}% of copy) "
+        "{:6.1f} TFLOP/s\n",
+        tc ? "tensor cores," : "CUDA cores,", batch, context, ms, bytes / ms / 1e6,
+        100.0 * bytes / ms / 1e6 / (copy_bw / 1e9), flops / ms / 1e9);
+  }
+  DSV3_CUDA_CHECK(cudaFree(qcb));
+  for (void* p :
+       {pool.base, static_cast<void*>(qc), static_cast<void*>(olat), static_cast<void*>(partial),
+        static_cast<void*>(dpos), static_cast<void*>(dslots)})
+    DSV3_CUDA_CHECK(cudaFree(p));
+}
+
+// Prefill of one n-token prompt (no cached prefix).
+void prefill(int64_t n, double gemm_tflops) {
+  const int64_t dq = kDn + kDr, dkv = kDn + kDv;
+  void* q = device_random(size_t(n * kHeads * dq) * 2);
+  void* kv = device_random(size_t(n * kHeads * dkv) * 2);
+  void* cache = device_random(size_t(n * (kDc + kDr)) * 2);
+  auto* o = static_cast<float*>(device_random(size_t(n * kHeads * kDv) * 4));
+  cuda::FlashArgs f;
+  f.q = q;
+  f.ldq = kHeads * dq;
+  f.kv = kv;
+  f.ldkv = kHeads * dkv;
+  f.kpe = static_cast<const uint16_t*>(cache) + kDc;
+  f.ldkpe = kDc + kDr;
+  f.dn = int(kDn);
+  f.dr = int(kDr);
+  f.dv = int(kDv);
+  f.heads = kHeads;
+  f.n = n;
+  f.k_end = n;
+  f.scale_log2 = 0.1f;
+  f.o = o;
+  f.ldo = kHeads * kDv;
+  const double ms = bench::time_ms([&] { cuda::flash_prefill(f, nullptr); }, 5);
+  const double flops = 2.0 * double(kHeads) * double(n) * double(n + 1) / 2 * double(dq + kDv);
+  const double tflops = flops / ms / 1e9;
+  fmt::print("prefill {:>6} tokens: {:8.3f} ms  {:6.1f} TFLOP/s  ({:.0f}% of the BF16 GEMM)\n", n,
+             ms, tflops, 100.0 * tflops / gemm_tflops);
+  for (void* p : {q, kv, cache, static_cast<void*>(o)}) DSV3_CUDA_CHECK(cudaFree(p));
+}
+
+double bf16_gemm_tflops() {
+  const int64_t s = 8192;
+  void* x = device_random(size_t(s * s) * 2);
+  void* w = device_random(size_t(s * s) * 2);
+  auto* y = static_cast<float*>(device_random(size_t(s * s) * 4));
+  const size_t ws_bytes = size_t(32) << 20;
+  void* ws = device_random(ws_bytes);
+  cuda::Blas blas;
+  double ms = 0;
+  if (blas.matmul_bf16(s, s, s, x, w, y, ws, ws_bytes, nullptr))
+    ms = bench::time_ms([&] { blas.matmul_bf16(s, s, s, x, w, y, ws, ws_bytes, nullptr); });
+  for (void* p : {x, w, static_cast<void*>(y), ws}) DSV3_CUDA_CHECK(cudaFree(p));
+  DSV3_CHECK(ms > 0, "cuBLASLt found no BF16 algorithm for {0}x{0}x{0}", s);
+  return 2.0 * double(s) * double(s) * double(s) / ms / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t batch = 64, context = 4096;
+  std::string prefills = "1024,8192";
+  bool bad = argc % 2 == 0;  // flags come with values
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--batch")
+      batch = std::stoll(v);
+    else if (k == "--context")
+      context = std::stoll(v);
+    else if (k == "--prefill")
+      prefills = v;
+    else
+      bad = true;
+  }
+  if (bad || batch <= 0 || context <= 0) {
+    fmt::print(stderr,
+               "usage: bench_cuda_mla [--batch 64] [--context 4096] [--prefill 1024,8192]\n");
+    return 2;
+  }
+  try {
+    DSV3_CHECK(cuda::device_count() > 0, "no CUDA device");
+    fmt::print("device {}\n", cuda::device_summary(0));
+    const double bw = bench::copy_bandwidth();
+    const double gemm = bf16_gemm_tflops();
+    fmt::print("device-to-device copy {:.0f} GB/s; cuBLASLt BF16 8192^3 {:.0f} TFLOP/s\n", bw / 1e9,
+               gemm);
+    decode(batch, context, bw);
+    decode(1, context * 4, bw);
+    for (const int n : parse_list(prefills)) prefill(n, gemm);
+  } catch (const Error& e) {
+    fmt::print(stderr, "bench_cuda_mla: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
