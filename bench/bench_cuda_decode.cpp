@@ -11,7 +11,7 @@
 // GEMMs and without. Eager decode steps and the default prefill's GPU time are also split by
 // stage (CudaEngineOptions::time_stages).
 // Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256] [--prompt 64]
-//        [--prefill 1024,8192] [--gemv-max-rows 16]
+//        [--prefill 1024,8192] [--gemv-max-rows N (default: the engine's)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -91,7 +91,8 @@ DecodeRun decode(const cuda::CudaEngine& engine, int b, int prompt, int steps) {
 
 int main(int argc, char** argv) {
   std::string model_dir, batches = "1,8,64,256", prefills = "1024,8192";
-  int steps = 32, prompt = 64, gemv_rows = 16;
+  int steps = 32, prompt = 64;
+  int gemv_rows = int(cuda::CudaEngineOptions{}.gemv_max_rows);
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -187,7 +188,7 @@ int main(int argc, char** argv) {
           engine.set_graphs(true);
         } else {
           row(fmt::format("decode b={}", b), decode(engine, b, prompt, steps), false);
-          if (b <= gemv_rows) {  // graph replays record no stages: the same batch eagerly
+          if (b <= opt.graph_max_rows) {  // replays record no stages: the same batch eagerly
             engine.set_graphs(false);
             row(fmt::format("decode b={} eager", b), decode(engine, b, prompt, steps), false);
             engine.set_graphs(true);
@@ -241,7 +242,7 @@ int main(int argc, char** argv) {
           const auto t0 = Clock::now();
           engine.step(in);
           const double t = secs(t0, Clock::now());
-          if (way == 0 && (rep == 1 || len >= 4096)) {
+          if (way == 0 && rep == 1) {
             // Where the default path's time goes (GPU time between stage events).
             std::string line = fmt::format("  prefill {} by stage, ms GPU (host):", len);
             for (const auto& st : engine.stage_times())
@@ -250,7 +251,7 @@ int main(int argc, char** argv) {
             stages.push_back(line);
             fmt::print("{}\n", line);
           }
-          if (rep == 1 || len >= 4096) {
+          if (rep == 1) {
             table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14}",
                                         fmt::format("prefill {}{}", len,
                                                     way == 0   ? ""
@@ -259,7 +260,6 @@ int main(int argc, char** argv) {
                                         len / t, 1e3 * t, "-", "-"));
             fmt::print("{}\n", table.back());
           }
-          if (len >= 4096) break;  // long prompts: one run (the plans are warm by then)
         }
       }
     }

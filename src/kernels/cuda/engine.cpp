@@ -689,13 +689,21 @@ struct CudaEngine::Impl {
   // stream) writes again; eact / eout have 16 spare rows for the last. BF16 weights run on
   // BF16 copies of the rows. eact = SwiGLU(gate, up), eout = down, in moe_permute's order.
   // False (nothing usable written) if the weights do not suit or cuBLASLt has no algorithm.
+  bool experts_fp8(const DevLayer& L, int64_t n) const {
+    return use_fp8_gemm(n, L.gate_s) && use_fp8_gemm(n, L.down_s) &&
+           c.moe_intermediate_size % 128 == 0;
+  }
+  bool experts_on_gemm(const DevLayer& L, int64_t n) const {
+    const bool bf16 = blas && L.gate_s.type == WType::BF16 && L.down_s.type == WType::BF16;
+    return (experts_fp8(L, n) || bf16) && n > opt.gemv_max_rows &&
+           n * c.num_experts_per_tok >= opt.expert_gemm_rows * c.n_routed_experts;
+  }
   bool experts_gemm(const DevLayer& L, int64_t n) {
     Work& k = m.work;
     const int64_t E = c.n_routed_experts, pairs = n * c.num_experts_per_tok;
     const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
-    const bool fp8 = use_fp8_gemm(n, L.gate_s) && use_fp8_gemm(n, L.down_s) && inter % 128 == 0;
-    const bool bf16 = blas && L.gate_s.type == WType::BF16 && L.down_s.type == WType::BF16;
-    if (!(fp8 || bf16) || n <= opt.gemv_max_rows || pairs < opt.expert_gemm_rows * E) return false;
+    if (!experts_on_gemm(L, n)) return false;
+    const bool fp8 = experts_fp8(L, n);
     // The host launches one GEMM per expert, so it needs the counts now.
     DSV3_CUDA_CHECK(cudaMemcpyAsync(h_offsets, k.offsets, size_t(E + 1) * sizeof(int32_t),
                                     cudaMemcpyDeviceToHost, stream));
@@ -884,8 +892,11 @@ struct CudaEngine::Impl {
     Work& k = m.work;
     const int dn = int(c.qk_nope_head_dim), dr = int(c.qk_rope_head_dim), dv = int(c.v_head_dim);
     const int64_t heads = c.num_attention_heads, dc = pool.dc, D = pool.row();
+    // Chunks of graph_max_rows or fewer take the absorbed form eagerly too, so a replayed graph
+    // and an eager step of the same shape run the same kernels.
     if (!opt.flash_prefill || !blas || !pool.bf16 || !k.kvb || n <= opt.gemv_max_rows ||
-        spans.empty() || !flash_prefill_supported(dn, dr, dv) || dc % 8 != 0)
+        n <= opt.graph_max_rows || spans.empty() || !flash_prefill_supported(dn, dr, dv) ||
+        dc % 8 != 0)
       return false;
     const int64_t wkv = heads * (dn + dv), dq = heads * (dn + dr);
     to_bf16(k.q, k.qcb, n * dq, stream);
@@ -1000,10 +1011,15 @@ struct CudaEngine::Impl {
                                     cudaMemcpyDeviceToHost, stream));
   }
 
-  // A chunk whose every linear runs our gemv (no cuBLASLt: its plans and workspaces stay out of
-  // graphs) and whose logits fit one pass is replayed from a graph.
+  // A decode-sized chunk (graph_max_rows) whose logits fit one pass and with no host wait in it
+  // (the routed experts' GEMM path reads their row counts) is replayed from a graph; cuBLASLt
+  // calls are captured like kernels (fixed workspace, plans made at capture).
   bool graph_eligible(int64_t n, int64_t nsel) const {
-    return opt.graphs && (!blas || n <= opt.gemv_max_rows) && nsel <= m.work.logit_rows;
+    if (!opt.graphs || n > opt.graph_max_rows || nsel > m.work.logit_rows) return false;
+    for (const auto* ls : {&m.layers, &m.mtp})
+      for (const DevLayer& L : *ls)
+        if (L.moe && experts_on_gemm(L, n)) return false;
+    return true;
   }
 
   // Replays (capturing first if needed) the graph of this chunk shape. False if capture is not

@@ -31,8 +31,13 @@ struct CudaEngineOptions {
   int64_t max_sequences = 8;      // latent caches that may exist at once (and as many MTP ones)
   int64_t max_context = 4096;     // tokens one cache holds
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
-  int64_t gemv_max_rows = 16;     // linears over more rows use cuBLASLt (BF16 tensor cores)
-  bool exact = false;             // F32 gemv for every linear and an F32 cache (tests vs the CPU)
+  // Linears over more rows than this use cuBLASLt (tensor cores), up to it the gemv kernel
+  // (F32 activations; each row's result independent of the batch it is in, so a request decodes
+  // the same alone or batched: tools/gpu/check_serve_cuda.py checks it). The GEMMs are faster
+  // from 2 rows (H200, DeepSeek-V3 dims: batch 8 at 1,540 vs 532 tok/s with 1 here) but round
+  // the activations (FP8 or BF16), which tips near-ties: 1 trades batch invariance for speed.
+  int64_t gemv_max_rows = 16;
+  bool exact = false;  // F32 gemv for every linear and an F32 cache (tests vs the CPU)
   // The latent cache in BF16 (FlashMLA's format: half the memory and the attention's bytes of
   // F32, relative error ~2^-9 per value), else F32.
   bool bf16_cache = true;
@@ -51,10 +56,13 @@ struct CudaEngineOptions {
   // Routed experts run as one cuBLASLt GEMM each when they average this many rows or more
   // (prefill), else on the gemv kernel (decode batches).
   int64_t expert_gemm_rows = 32;
-  // Decode-sized chunks (every linear on the gemv path) run as a CUDA graph captured once per
+  // Decode-sized chunks run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).
   bool graphs = true;
+  // The largest chunk (in tokens) replayed from graphs; larger ones (prefill) run eagerly and,
+  // above this size, take flash_prefill.
+  int64_t graph_max_rows = 64;
   // GPU time per stage of the chunks run eagerly (prefill, large batches), from CUDA events at
   // each change of stage: CudaEngine::stage_times(). Off: no events.
   bool time_stages = false;
