@@ -89,6 +89,16 @@ TEST_P(CudaFixture, PrefillMatchesTransformersBf16Gemm) {
   expect_prefill_matches(GetParam(), small(false, 0), 5e-2);
 }
 
+// The routed experts as cuBLASLt GEMMs (one per expert, gate and up fused into one) at any row
+// count: the BF16 fixtures take that path (FP8 with a moe_intermediate_size under 128 and F32
+// weights stay on the gemv kernel).
+TEST_P(CudaFixture, PrefillWithExpertGemmsMatchesTransformers) {
+  SKIP_WITHOUT_GPU();
+  cuda::CudaEngineOptions o = small(false, 0);
+  o.expert_gemm_rows = 1;
+  expect_prefill_matches(GetParam(), o, 5e-2, 1);
+}
+
 // The default prefill path: BF16 GEMMs, the BF16 cache and the attention in the non-absorbed
 // form (keys and values from kv_b, the flash kernel), in chunks of 16 tokens (max_step_tokens
 // rounds up to 16) so one chunk holds both sequences and the second attends to cached rows;
@@ -100,7 +110,8 @@ TEST_P(CudaFixture, PrefillOnTensorCoresMatchesTransformers) {
     cuda::CudaEngineOptions o = small(false, 0, 4);
     o.bf16_cache = true;
     o.flash_prefill = flash;
-    o.graph_max_rows = 0;  // chunks this small would otherwise replay graphs (absorbed form)
+    o.graph_max_rows = 0;    // chunks this small would otherwise replay graphs (absorbed form)
+    o.flash_min_tokens = 1;  // and would count as decode-like
     SCOPED_TRACE(flash ? "flash prefill" : "absorbed");
     expect_prefill_matches(GetParam(), o, 8e-2, 1);
   }

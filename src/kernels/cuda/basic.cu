@@ -120,11 +120,22 @@ __global__ void latent_to_cache_kernel(const float* kv, const float* w_norm, flo
   }
 }
 
+__device__ __forceinline__ float silu_times(float g, float u) {
+  return g / (1.0f + expf(-g)) * u;
+}
+
 __global__ void silu_mul_kernel(const float* gate, const float* up, float* out, int64_t n) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const float g = gate[i];
-  out[i] = g / (1.0f + expf(-g)) * up[i];
+  out[i] = silu_times(gate[i], up[i]);
+}
+
+__global__ void silu_mul_rows_kernel(const float* gate, const float* up, int64_t ld, int64_t width,
+                                     float* out, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = i / width, c = i - r * width;
+  out[i] = silu_times(gate[r * ld + c], up[r * ld + c]);
 }
 
 __global__ void to_bf16_kernel(const float* x, uint16_t* out, int64_t n) {
@@ -383,6 +394,14 @@ void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   silu_mul_kernel<<<blocks_for(n), kThreads, 0, s>>>(gate, up, out, n);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void silu_mul_rows(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
+                   float* out, cudaStream_t s) {
+  const int64_t n = rows * width;
+  if (n == 0) return;
+  silu_mul_rows_kernel<<<blocks_for(n), kThreads, 0, s>>>(gate, up, ld, width, out, n);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

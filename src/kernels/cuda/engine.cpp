@@ -171,7 +171,8 @@ struct DevLayer {
   DevWeight router;
   const float* router_f32 = nullptr;  // the router in F32 for its GEMM (not the exact engine)
   const float* bias = nullptr;
-  DevWeight gate_s, up_s, down_s;  // stacked experts
+  // Stacked experts: per expert its gate rows then its up rows (one GEMM gives both), and down.
+  DevWeight gate_up_s, down_s;
   bool has_shared = false;
   DevMlp shared;
   // MTP layers only.
@@ -208,14 +209,13 @@ DevLayer upload_layer(Arena& a, const ModelConfig& c, const CudaEngineOptions& o
     d.router = upload_linear(a, Linear::plain(L.moe.gate), name + ".mlp.gate");
     if (!opt.exact) d.router_f32 = upload_f32(a, L.moe.gate);
     d.bias = upload_f32(a, L.moe.bias);
-    std::vector<const Linear*> g, u, dn;
+    std::vector<const Linear*> gu, dn;
     for (const MlpWeights& e : L.moe.experts) {
-      g.push_back(&e.gate);
-      u.push_back(&e.up);
+      gu.push_back(&e.gate);
+      gu.push_back(&e.up);
       dn.push_back(&e.down);
     }
-    d.gate_s = upload_stacked(a, g, name + ".mlp.experts.*.gate_proj");
-    d.up_s = upload_stacked(a, u, name + ".mlp.experts.*.up_proj");
+    d.gate_up_s = upload_stacked(a, gu, name + ".mlp.experts.*.{gate,up}_proj");
     d.down_s = upload_stacked(a, dn, name + ".mlp.experts.*.down_proj");
     d.has_shared = L.moe.has_shared;
     if (d.has_shared) d.shared = upload_mlp(a, L.moe.shared, name + ".mlp.shared_experts");
@@ -350,7 +350,7 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
     w.perm_rows = a.alloc_n<int32_t>(T * k);
     w.perm_pos = a.alloc_n<int32_t>(T * k);
     // 16 spare rows: an expert's FP8 GEMM writes its rows padded to 16 (moe()).
-    w.eact = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);
+    w.eact = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);  // SwiGLU output
     w.eout = a.alloc_n<float>((T * k + 16) * H);
   }
   w.logit_rows = std::min<int64_t>(T, 256);
@@ -389,10 +389,10 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
     if (E > 0) {
       for (const auto* ls : {&m.layers, &m.mtp})
         for (const DevLayer& L : *ls)
-          if (L.moe) fp8_k = std::max({fp8_k, L.gate_s.k, L.down_s.k});
+          if (L.moe) fp8_k = std::max({fp8_k, L.gate_up_s.k, L.down_s.k});
       q_rows = std::max(q_rows, T * k + 16 * E);
       w.padded_offsets = a.alloc_n<int32_t>(E + 1);
-      w.eact2 = a.alloc_n<float>((T * k + 16) * c.moe_intermediate_size);
+      w.eact2 = a.alloc_n<float>((T * k + 16) * 2 * c.moe_intermediate_size);  // gate | up
     }
     if (bf16_cache) {
       w.qcb = a.alloc_n<uint16_t>(T * heads * std::max(dc + dr, dn + dr));
@@ -686,15 +686,16 @@ struct CudaEngine::Impl {
   // rows, 25K vs 13K tok/s prefill). FP8 weights with 128×128 blocks run block-scaled on E4M3
   // inputs, each expert's rows quantised padded to 16, so its GEMMs write up to 15 rows past
   // its own: zeros, into the next expert's rows, which that expert's GEMM (later on the same
-  // stream) writes again; eact / eout have 16 spare rows for the last. BF16 weights run on
-  // BF16 copies of the rows. eact = SwiGLU(gate, up), eout = down, in moe_permute's order.
+  // stream) writes again; eact2 / eout have 16 spare rows for the last. BF16 weights run on
+  // BF16 copies of the rows. Gate and up are one GEMM (N = 2 · inter, into eact2), then
+  // eact = SwiGLU(gate, up), eout = down, in moe_permute's order.
   // False (nothing usable written) if the weights do not suit or cuBLASLt has no algorithm.
   bool experts_fp8(const DevLayer& L, int64_t n) const {
-    return use_fp8_gemm(n, L.gate_s) && use_fp8_gemm(n, L.down_s) &&
+    return use_fp8_gemm(n, L.gate_up_s) && use_fp8_gemm(n, L.down_s) &&
            c.moe_intermediate_size % 128 == 0;
   }
   bool experts_on_gemm(const DevLayer& L, int64_t n) const {
-    const bool bf16 = blas && L.gate_s.type == WType::BF16 && L.down_s.type == WType::BF16;
+    const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
     return (experts_fp8(L, n) || bf16) && n > opt.gemv_max_rows &&
            n * c.num_experts_per_tok >= opt.expert_gemm_rows * c.n_routed_experts;
   }
@@ -746,8 +747,8 @@ struct CudaEngine::Impl {
       gather_rows(k.h, H, k.perm_rows, pairs, H, k.eout, stream);  // eout: scratch until down
       to_bf16(k.eout, k.xb, pairs * H, stream);
     }
-    if (!each(H, L.gate_s, inter, k.eact) || !each(H, L.up_s, inter, k.eact2)) return false;
-    silu_mul(k.eact, k.eact2, k.eact, pairs * inter, stream);
+    if (!each(H, L.gate_up_s, 2 * inter, k.eact2)) return false;
+    silu_mul_rows(k.eact2, k.eact2 + inter, 2 * inter, pairs, inter, k.eact, stream);
     if (fp8) {
       q.x = k.eact;
       q.ldx = inter;
@@ -766,12 +767,15 @@ struct CudaEngine::Impl {
     const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
     const int64_t inter = c.moe_intermediate_size;
     GemvArgs g;  // gate and up of every expert at once, SwiGLU fused
-    g.w = L.gate_s;
-    g.w2 = L.up_s.w;
-    g.scale2 = L.up_s.scale;
+    // Expert e's gate rows at 2e · inter, its up rows inter after (and their scale rows).
+    const DevWeight& gu = L.gate_up_s;
+    const int64_t part_scale_rows = ceil_div(inter, gu.bn);
+    g.w = gu;
+    g.w2 = static_cast<const char*>(gu.w) + inter * gu.k * elem_bytes(gu.type);
+    g.scale2 = gu.scale ? gu.scale + part_scale_rows * ceil_div(gu.k, gu.bk) : nullptr;
     g.n = inter;
-    g.w_group_rows = inter;
-    g.scale_group_rows = ceil_div(inter, L.gate_s.bn);
+    g.w_group_rows = 2 * inter;
+    g.scale_group_rows = 2 * part_scale_rows;
     g.x = k.h;
     g.ldx = H;
     g.x_rows = k.perm_rows;
@@ -799,6 +803,7 @@ struct CudaEngine::Impl {
   }
 
   static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+  static int64_t elem_bytes(WType t) { return t == WType::F32 ? 4 : t == WType::E4M3 ? 1 : 2; }
 
   void attention(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n,
                  int64_t max_pos, float* out) {
@@ -893,9 +898,12 @@ struct CudaEngine::Impl {
     const int dn = int(c.qk_nope_head_dim), dr = int(c.qk_rope_head_dim), dv = int(c.v_head_dim);
     const int64_t heads = c.num_attention_heads, dc = pool.dc, D = pool.row();
     // Chunks of graph_max_rows or fewer take the absorbed form eagerly too, so a replayed graph
-    // and an eager step of the same shape run the same kernels.
+    // and an eager step of the same shape run the same kernels. Decode-like chunks (few tokens
+    // per sequence: a batch of 256 single tokens) would decompress every sequence's whole
+    // cache per token; they keep the absorbed form too.
     if (!opt.flash_prefill || !blas || !pool.bf16 || !k.kvb || n <= opt.gemv_max_rows ||
-        n <= opt.graph_max_rows || spans.empty() || !flash_prefill_supported(dn, dr, dv) ||
+        n <= opt.graph_max_rows || spans.empty() ||
+        n < opt.flash_min_tokens * int64_t(spans.size()) || !flash_prefill_supported(dn, dr, dv) ||
         dc % 8 != 0)
       return false;
     const int64_t wkv = heads * (dn + dv), dq = heads * (dn + dr);

@@ -49,6 +49,8 @@ struct CudaEngineOptions {
   // (kernels/cuda/flash.cu). Off, or head sizes it has no kernel for: the absorbed form, as
   // decode runs it.
   bool flash_prefill = true;
+  // ... for chunks whose sequences average at least this many tokens (prefill-like).
+  int64_t flash_min_tokens = 64;
   // The absorbed attention (decode steps; prefill when flash_prefill does not apply) on the
   // BF16 tensor cores (mla_attention_tc: BF16 cache of kv_lora 512 / rope 64 or 256 / 32,
   // queries and P in BF16); off, or other sizes: the F32 CUDA-core kernel.

@@ -101,6 +101,10 @@ void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
 
 // out = silu(gate) ⊙ up over n elements (out may alias gate).
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s);
+// The same over rows: out [rows, width] (contiguous) from gate and up rows of stride ld (the
+// routed experts' fused gate | up GEMM output: up = gate + width, ld = 2 · width).
+void silu_mul_rows(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
+                   float* out, cudaStream_t s);
 // F32 -> BF16 (round to nearest even), n elements.
 void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
 // x F32 -> E4M3 q [padded_rows, k] in 1×128 tiles (k a multiple of 128), as the training recipe
