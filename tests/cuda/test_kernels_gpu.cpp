@@ -40,6 +40,17 @@ std::vector<float> randn(size_t n, uint64_t seed, float std = 1.0f) {
   return v;
 }
 
+// The values rounded to BF16 (exactly representable), and their BF16 bit patterns.
+std::vector<float> bf16_values(std::vector<float> v) {
+  for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
+  return v;
+}
+std::vector<uint16_t> bf16_bits(const std::vector<float>& v) {
+  std::vector<uint16_t> b(v.size());
+  for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+  return b;
+}
+
 double rel_err(const std::vector<float>& a, const float* b, size_t n) {
   double mx = 0, ref = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -390,18 +401,9 @@ TEST_P(FlashGpu, CausalWithPrefixMatchesFloat64) {
   const auto [dn, dr, dv] = GetParam();
   const int64_t H = 3, n = 100, pos0 = 37, keys = pos0 + n, dc = 64, D = dc + dr;
   const int64_t dq = dn + dr, dkv = dn + dv;
-  const auto bf16 = [](std::vector<float> v) {  // values exactly representable in BF16
-    for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
-    return v;
-  };
-  const auto bits = [](const std::vector<float>& v) {
-    std::vector<uint16_t> b(v.size());
-    for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
-    return b;
-  };
-  const std::vector<float> q = bf16(randn(size_t(n * H * dq), 51));
-  const std::vector<float> kv = bf16(randn(size_t(keys * H * dkv), 52));
-  const std::vector<float> cache = bf16(randn(size_t(keys * D), 53));
+  const std::vector<float> q = bf16_values(randn(size_t(n * H * dq), 51));
+  const std::vector<float> kv = bf16_values(randn(size_t(keys * H * dkv), 52));
+  const std::vector<float> cache = bf16_values(randn(size_t(keys * D), 53));
   const double scale = 1.0 / std::sqrt(double(dq));
   std::vector<double> want(size_t(n * H * dv), 0.0);
   for (int64_t t = 0; t < n; ++t) {
@@ -427,7 +429,8 @@ TEST_P(FlashGpu, CausalWithPrefixMatchesFloat64) {
   }
   double ref = 0;
   for (double w : want) ref = std::max(ref, std::fabs(w));
-  const auto dq_ = to_device(bits(q)), dkv_ = to_device(bits(kv)), dcache = to_device(bits(cache));
+  const auto dq_ = to_device(bf16_bits(q)), dkv_ = to_device(bf16_bits(kv)),
+             dcache = to_device(bf16_bits(cache));
   for (const int64_t chunk : {keys, int64_t(64)}) {
     DevPtr<float> o = poisoned(size_t(n * H * dv));
     DevPtr<float> ml = poisoned(size_t(n * H * 2));
@@ -486,18 +489,9 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
   const int64_t H = heads, D = dc + dr, cap = 320, n = 3;
   cuda::CachePool pool{nullptr, 2, cap, dc, dr, true};
   ASSERT_TRUE(cuda::mla_attention_tc_supported(pool));
-  const auto bf16 = [](std::vector<float> v) {
-    for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
-    return v;
-  };
-  const auto bits = [](const std::vector<float>& v) {
-    std::vector<uint16_t> b(v.size());
-    for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
-    return b;
-  };
   // Two slots × 2 layers × cap rows; the test reads layer 1.
-  const std::vector<float> cache = bf16(randn(size_t(2 * 2 * cap * D), 61));
-  const std::vector<float> qc = bf16(randn(size_t(n * H * D), 62, 0.2f));
+  const std::vector<float> cache = bf16_values(randn(size_t(2 * 2 * cap * D), 61));
+  const std::vector<float> qc = bf16_values(randn(size_t(n * H * D), 62, 0.2f));
   const std::vector<int32_t> pos = {299, 40, 0}, slot = {1, 0, 1};
   const int64_t layer = 1;
   const double scale = 1.0 / std::sqrt(192.0);
@@ -521,7 +515,7 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
   }
   double ref = 0;
   for (double w : want) ref = std::max(ref, std::fabs(w));
-  const auto dcache = to_device(bits(cache)), dq = to_device(bits(qc));
+  const auto dcache = to_device(bf16_bits(cache)), dq = to_device(bf16_bits(qc));
   const auto dpos = to_device(pos), dslot = to_device(slot);
   pool.base = dcache.get();
   const int64_t partial_floats = 64 * n * H * (dc + 2);
