@@ -10,7 +10,7 @@
 // instead of the non-absorbed flash kernel; batches over --gemv-max-rows are timed with FP8
 // GEMMs and without. Eager decode steps and the default prefill's GPU time are also split by
 // stage (CudaEngineOptions::time_stages).
-// Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256] [--prompt 64]
+// Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows N (default: the engine's)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -109,15 +109,16 @@ int main(int argc, char** argv) {
       gemv_rows = std::stoi(v);
   }
   if (model_dir.empty()) {
-    fmt::print(stderr,
-               "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256] [--prompt N] "
-               "[--prefill 1024,8192 | none] [--gemv-max-rows N]\n");
+    fmt::print(
+        stderr,
+        "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
+        "[--prefill 1024,8192 | none] [--gemv-max-rows N]\n");
     return 2;
   }
   int rc = 0;
   try {
     DSV3_CHECK(cuda::device_count() > 0, "no CUDA device");
-    const std::vector<int> bs = parse_list(batches);
+    const std::vector<int> bs = batches == "none" ? std::vector<int>() : parse_list(batches);
     const std::vector<int> pls = prefills == "none" ? std::vector<int>() : parse_list(prefills);
     const auto t_load = Clock::now();
     const Model model(ModelWeights::load(model_dir));
@@ -128,7 +129,7 @@ int main(int argc, char** argv) {
     fmt::print("device-to-device copy {:.0f} GB/s (read + write)\n", bw / 1e9);
     fmt::print("weights read per token at batch 1: {:.1f} MB\n", double(per_tok) / 1e6);
     std::vector<std::string> table, stages;
-    {
+    if (!bs.empty()) {
       cuda::CudaEngineOptions opt;
       opt.max_sequences = *std::max_element(bs.begin(), bs.end());
       opt.max_context = prompt + steps + 8;

@@ -2,8 +2,10 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [v3] [profile] [v2lite] [b1] [hf]   (default:
-# build test v3 v2lite; profile runs ncu over a short batch-1 run of the V3 checkpoint; b1 benches
+# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [v3] [profile] [profile_prefill] [v2lite] [b1]
+# [hf]   (default: build test v3 v2lite; profile runs ncu over a short batch-1 run of the V3
+# checkpoint, profile_prefill over one of its 2K-token prefills (the whole bench runs under ncu:
+# slow); b1 benches
 # the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds; hf makes that model
 # in BF16 and runs it in dsv3 and in HF transformers: logits parity and speed, same GPU; mla
 # times the MLA decode and prefill kernels at DeepSeek-V3's sizes, bench_cuda_mla)
@@ -78,6 +80,16 @@ profile() {
     cut -c1-160 | head -40 || true
 }
 
+# ncu over one 2K-token prefill (chunks of 2048): time per kernel, summed by name, to rank what
+# prefill spends (flash attention, the experts' GEMMs, conversions).
+profile_prefill() {
+  log "ncu: time per kernel, $2, one 2,048-token prefill"
+  timeout 240 ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+    "$BUILD/bin/bench_cuda_decode" --model "$1" --batch none --prefill 2048 > "$OUT/ncu_prefill_$2.txt" 2>&1 || echo "ncu failed or timed out (rc $?)"
+  grep -E "^  [a-zA-Z_].*\(|gpu__time_duration.sum" "$OUT/ncu_prefill_$2.txt" | paste - - |
+    sed -E 's/ +/ /g; s/Device 0, CC 9.0, //' | cut -c1-200 | head -60 || true
+}
+
 # DeepSeek-V3 dims with 4 layers (3 dense + 1 MoE of 256 experts), FP8 blocks, no MTP.
 if has v3; then
   log "init DeepSeek-V3 x4 layers (fp8)"
@@ -97,6 +109,7 @@ PY
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
     2>&1 | tee "$OUT/bench_v3.txt" || echo "bench v3 failed or timed out"
   if has profile; then profile "$CKPT/v3-4l" v3 400; fi
+  if has profile_prefill; then profile_prefill "$CKPT/v3-4l" v3; fi
   # Kept: a later call on the same (warm) machine skips the 2-minute init.
 fi
 
