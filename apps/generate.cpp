@@ -20,7 +20,7 @@ struct GenerateArgs {
   std::vector<std::string> prompts;
   std::vector<std::string> prompt_ids;
   SamplingFlags sampling;
-  bool speculative = false, print_ids = false, no_special = false;
+  bool speculative = false, print_ids = false, no_special = false, batch_gemms = false;
 };
 
 std::vector<int32_t> parse_ids(const std::string& s) {
@@ -42,11 +42,12 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 
 void run(const GenerateArgs& a) {
   const int cuda_index = cuda_index_of(a.device);
+  check_batch_gemms(cuda_index, a.batch_gemms);
   DSV3_CHECK(a.prompts.empty() != a.prompt_ids.empty(),
              "give the prompt as --prompt TEXT or as --prompt-ids LIST (not both, not neither)");
   const Model model(ModelWeights::load(a.model));
-  const std::unique_ptr<StepEngine> engine_ptr =
-      make_step_engine(model, cuda_index, int64_t(a.prompts.size() + a.prompt_ids.size()));
+  const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(
+      model, cuda_index, int64_t(a.prompts.size() + a.prompt_ids.size()), 0, a.batch_gemms);
   const StepEngine& engine = *engine_ptr;
 
   std::unique_ptr<Tokenizer> tok;
@@ -151,6 +152,7 @@ void add_generate(CLI::App& app) {
   cmd->add_flag("--print-ids", a->print_ids,
                 "print the generated ids, space-separated, as the last stdout line(s)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  add_batch_gemms_flag(cmd, a->batch_gemms);
   cmd->callback([a] { run(*a); });
 }
 

@@ -25,6 +25,7 @@ constexpr int64_t kDeviceMaxModelLen = 4096;
 struct ServeArgs {
   std::string model, tokenizer, template_file, name, port_file, device = "cpu";
   bool budget_given = false;  // --max-batch-tokens on the command line
+  bool batch_gemms = false;
   serve::ServerOptions opt;
 };
 
@@ -48,6 +49,7 @@ void run(ServeArgs a) {
   signal(SIGPIPE, SIG_IGN);  // a client that goes away must not end the server
 
   const int cuda_index = cuda_index_of(a.device);
+  check_batch_gemms(cuda_index, a.batch_gemms);
   const Model model(ModelWeights::load(a.model));
   int64_t& max_len = a.opt.scheduler.max_model_len;
   if (cuda_index >= 0 && max_len == 0)
@@ -56,7 +58,7 @@ void run(ServeArgs a) {
   if (cuda_index >= 0 && !a.budget_given)
     a.opt.scheduler.max_batch_tokens = a.opt.scheduler.max_seqs * max_len;
   const std::unique_ptr<StepEngine> engine_ptr =
-      make_step_engine(model, cuda_index, a.opt.scheduler.max_seqs, max_len);
+      make_step_engine(model, cuda_index, a.opt.scheduler.max_seqs, max_len, a.batch_gemms);
   const StepEngine& engine = *engine_ptr;
   const std::string tok_dir = a.tokenizer.empty() ? a.model : a.tokenizer;
   const std::filesystem::path tok_path(tok_dir);
@@ -148,6 +150,7 @@ void add_serve(CLI::App& app) {
                   "cpu, cuda or cuda:N (on CUDA each sequence's cache is the engine's own, no "
                   "prefix sharing)")
       ->capture_default_str();
+  add_batch_gemms_flag(cmd, a->batch_gemms);
   cmd->add_option("--max-model-len", o.scheduler.max_model_len,
                   "longest sequence (prompt + output) a request may make (default: the model's "
                   "context; on CUDA at most 4096, since max-seqs caches of it are allocated at "

@@ -44,4 +44,8 @@ mkdir -p "$tmp/noconfig" && cp "$fix/v3_plain_f32/model.safetensors" "$tmp/nocon
 expect_error "config.json" "$dsv3" info --model "$tmp/noconfig"
 expect_error "input_ids" "$dsv3" forward --model "$fix/v3_plain_f32" \
   --input "$fix/v3_plain_f32/model.safetensors" --output "$tmp/o.safetensors"
+expect_error "add --device cuda" "$dsv3" generate --model "$fix/v3_plain_f32" --prompt-ids 1,2 \
+  --batch-gemms
+expect_error "add --device cuda" "$dsv3" serve --model "$fix/v3_plain_f32" --batch-gemms
+"$dsv3" serve --help | grep -q -- "--batch-gemms" || fail "serve --help lacks --batch-gemms"
 echo "model commands: all checks passed"
