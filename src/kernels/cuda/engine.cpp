@@ -247,7 +247,7 @@ struct Work {
   // experts' up outputs and padded group offsets.
   uint8_t* xq = nullptr;
   float *xs = nullptr, *eact2 = nullptr;
-  int32_t* padded_offsets = nullptr;
+  int32_t *padded_offsets = nullptr, *tile_start = nullptr;  // [E + 1] each
   // Attention on the tensor cores (BF16 cache): the queries in BF16 (qcb: absorbed, or
   // non-absorbed for flash_prefill); for flash_prefill also kv_b's output of up to kv_keys keys
   // of one sequence (BF16 [keys, heads, dn + dv]) and the row state between key chunks.
@@ -392,6 +392,7 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
           if (L.moe) fp8_k = std::max({fp8_k, L.gate_up_s.k, L.down_s.k});
       q_rows = std::max(q_rows, T * k + 16 * E);
       w.padded_offsets = a.alloc_n<int32_t>(E + 1);
+      w.tile_start = a.alloc_n<int32_t>(E + 1);
       w.eact2 = a.alloc_n<float>((T * k + 16) * 2 * c.moe_intermediate_size);  // gate | up
     }
     if (bf16_cache) {
@@ -468,7 +469,7 @@ struct CudaEngine::Impl {
   int32_t* h_ints = nullptr;
   float* h_rows = nullptr;
   float* h_logits = nullptr;
-  int32_t *h_offsets = nullptr, *h_padded = nullptr;  // experts' rows, [E + 1] each
+  int32_t *h_offsets = nullptr, *h_padded = nullptr, *h_tiles = nullptr;  // experts, [E + 1]
   // Captured decode graphs by (mtp, rows, logit rows, attention span, hidden wanted).
   std::map<std::tuple<bool, int64_t, int64_t, int64_t, bool>, cudaGraphExec_t> graphs;
   int64_t captured = 0;
@@ -549,6 +550,7 @@ struct CudaEngine::Impl {
         cudaMallocHost(&h_logits, size_t(m.work.logit_rows * c.vocab_size) * sizeof(float)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_offsets, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_padded, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_tiles, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -565,6 +567,7 @@ struct CudaEngine::Impl {
     (void)cudaFreeHost(h_logits);
     (void)cudaFreeHost(h_offsets);
     (void)cudaFreeHost(h_padded);
+    (void)cudaFreeHost(h_tiles);
     (void)cudaFree(base);
   }
 
@@ -713,7 +716,36 @@ struct CudaEngine::Impl {
     for (int64_t e = 0; e < E; ++e)
       h_padded[e + 1] = h_padded[e] + int32_t(round_up(h_offsets[e + 1] - h_offsets[e], 16));
     // Per expert with rows: its inputs (FP8 rows padded, BF16 rows as they are) and outputs.
+    // FP8 experts in one launch per projection (grouped_fp8), when asked for.
+    const bool grouped = fp8 && opt.grouped_experts && grouped_fp8_supported(2 * inter, H) &&
+                         grouped_fp8_supported(H, inter);
+    if (grouped) {
+      h_tiles[0] = 0;
+      for (int64_t e = 0; e < E; ++e)
+        h_tiles[e + 1] = h_tiles[e] + int32_t(grouped_fp8_tiles(h_padded[e + 1] - h_padded[e]));
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(k.tile_start, h_tiles, size_t(E + 1) * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, stream));
+    }
     const auto each = [&](int64_t width, const DevWeight& w, int64_t group_rows, float* y) {
+      if (grouped) {
+        GroupedFp8Args g;
+        g.x = k.xq;
+        g.x_scale = k.xs;
+        g.offsets = k.offsets;
+        g.padded_offsets = k.padded_offsets;
+        g.tile_start = k.tile_start;
+        g.groups = int(E);
+        g.total_tiles = h_tiles[E];
+        g.w = w.w;
+        g.w_scale = w.scale;
+        g.w_scale_ld = ceil_div(w.k, w.bk);
+        g.n = group_rows;
+        g.k = width;
+        g.y = y;
+        g.ldy = group_rows;
+        grouped_fp8(g, stream);
+        return true;
+      }
       for (int64_t e = 0; e < E; ++e) {
         const int64_t rows = h_offsets[e + 1] - h_offsets[e];
         if (rows == 0) continue;

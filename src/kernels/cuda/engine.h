@@ -58,6 +58,10 @@ struct CudaEngineOptions {
   // Routed experts run as one cuBLASLt GEMM each when they average this many rows or more
   // (prefill), else on the gemv kernel (decode batches).
   int64_t expert_gemm_rows = 32;
+  // FP8 routed experts on that path in one launch per projection (grouped_fp8: our mma.sync
+  // kernel) instead of one cuBLASLt GEMM per expert. Off until it has run on a GPU: written
+  // after the last device run of 2026-12-01, tested by GroupedFp8Gpu and the FP8 prefill tests.
+  bool grouped_experts = false;
   // Decode-sized chunks run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).

@@ -134,6 +134,29 @@ void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s);
 void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
                  float* dst, cudaStream_t s);
 
+// The routed experts' block-scaled FP8 GEMMs in one launch (kernels/cuda/grouped_fp8.cu): for
+// each group (expert) e, y[offsets[e] + i] = x_e[i] · W_eᵀ for its valid rows i <
+// offsets[e+1] - offsets[e]. x: E4M3 rows grouped at padded_offsets with tile scales as
+// quantize_e4m3_tiles writes them; W: E4M3 [groups · n, k] with 128×128 block scales
+// w_scale [groups · n / 128][w_scale_ld]; y: F32 rows of ldy. tile_start [groups + 1]: the
+// prefix sums of grouped_fp8_tiles(padded rows of each group), total_tiles the last.
+// n and k multiples of 128 (grouped_fp8_supported).
+struct GroupedFp8Args {
+  const void* x = nullptr;
+  const float* x_scale = nullptr;
+  const int32_t *offsets = nullptr, *padded_offsets = nullptr, *tile_start = nullptr;
+  int groups = 0;
+  int64_t total_tiles = 0;
+  const void* w = nullptr;
+  const float* w_scale = nullptr;
+  int64_t w_scale_ld = 0, n = 0, k = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+int64_t grouped_fp8_tiles(int64_t padded_rows);
+bool grouped_fp8_supported(int64_t n, int64_t k);
+void grouped_fp8(const GroupedFp8Args& a, cudaStream_t s);
+
 // MoE routing (MODEL_SPEC §5), one warp per token, the CPU's rule and tie-breaks: logits
 // [n, e] -> expert [n, k] (descending by biased score) and weight [n, k].
 struct RouteArgs {
