@@ -6,8 +6,9 @@
 // twice, eager and from CUDA graphs, and the two greedy runs must pick the same tokens. Then
 // prefill of one long prompt per length in --prefill, on an engine sized for it, with FP8
 // weights' GEMMs on the FP8 tensor cores (block-scaled cuBLASLt) and, in the same run, on BF16
-// copies (the path before it), and with the attention in the absorbed form on the decode kernel
-// instead of the non-absorbed flash kernel; batches over --gemv-max-rows are timed with FP8
+// copies (the path before it), with the attention in the absorbed form on the decode kernel
+// instead of the non-absorbed flash kernel, and with the FP8 routed experts in one grouped
+// launch per projection (grouped_experts); batches over --gemv-max-rows are timed with FP8
 // GEMMs and without. Eager decode steps and the default prefill's GPU time are also split by
 // stage (CudaEngineOptions::time_stages).
 // Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
@@ -218,10 +219,11 @@ int main(int argc, char** argv) {
         fmt::print("{}\n", table.back());
       }
     }
-    // Prefill three ways: as an engine runs it by default; the FP8 weights' GEMMs on BF16
+    // Prefill four ways: as an engine runs it by default; the FP8 weights' GEMMs on BF16
     // copies instead (bf16); the attention in the absorbed form on the decode kernel (tensor
-    // cores) instead of the flash kernel (absorbed).
-    for (const int way : {0, 1, 2}) {
+    // cores) instead of the flash kernel (absorbed); the FP8 routed experts in one grouped
+    // launch per projection instead of a cuBLASLt GEMM each (grouped experts).
+    for (const int way : {0, 1, 2, 3}) {
       const bool fp8 = way != 1;
       if (pls.empty()) break;
       // A fresh engine with room for one long sequence (the decode engine's caches are short).
@@ -232,7 +234,8 @@ int main(int argc, char** argv) {
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
-      opt.time_stages = way == 0;
+      opt.grouped_experts = way == 3;
+      opt.time_stages = way == 0 || way == 3;
       const cuda::CudaEngine engine(model, opt);
       for (int len : pls) {
         for (int rep = 0; rep < 2; ++rep) {  // the first run warms cuBLASLt's plans up
@@ -243,9 +246,10 @@ int main(int argc, char** argv) {
           const auto t0 = Clock::now();
           engine.step(in);
           const double t = secs(t0, Clock::now());
-          if (way == 0 && rep == 1) {
+          if ((way == 0 || way == 3) && rep == 1) {
             // Where the default path's time goes (GPU time between stage events).
-            std::string line = fmt::format("  prefill {} by stage, ms GPU (host):", len);
+            std::string line = fmt::format("  prefill {}{} by stage, ms GPU (host):", len,
+                                           way == 3 ? " grouped experts" : "");
             for (const auto& st : engine.stage_times())
               if (st.gpu_ms > 0)
                 line += fmt::format(" {} {:.1f} ({:.1f});", st.name, st.gpu_ms, st.host_ms);
@@ -257,7 +261,8 @@ int main(int argc, char** argv) {
                                         fmt::format("prefill {}{}", len,
                                                     way == 0   ? ""
                                                     : way == 1 ? " bf16"
-                                                               : " absorbed"),
+                                                    : way == 2 ? " absorbed"
+                                                               : " grouped experts"),
                                         len / t, 1e3 * t, "-", "-"));
             fmt::print("{}\n", table.back());
           }
