@@ -11,6 +11,8 @@
 // 2. Speed at DeepSeek-V3's projection shapes for M tokens: TFLOP/s of the block-scaled FP8
 //    GEMM against cuBLASLt BF16 (the engine's prefill path today) in the same run, and the
 //    H200's dense FP8 / BF16 peaks for scale.
+// 3. The routed experts at DeepSeek-V3's shapes: our grouped FP8 kernel (one launch for all
+//    256 experts) against one block-scaled cuBLASLt GEMM per expert, in the same run.
 // Usage: bench_cuda_fp8_gemm [--m 4096]
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -27,6 +29,7 @@
 #include "core/error.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kernels.h"
 
 using namespace dsv3;
 
@@ -341,6 +344,70 @@ int main(int argc, char** argv) {
            {static_cast<void*>(x8), static_cast<void*>(w8), static_cast<void*>(sx),
             static_cast<void*>(sw), y, static_cast<void*>(xbd), static_cast<void*>(wbd), work})
         cudaFree(p);
+    }
+
+    // ---- 3. the routed experts: one grouped launch vs one cuBLASLt GEMM per expert ----
+    // DeepSeek-V3's 256 experts with R rows each (8 of 256 chosen per token: a 1K-token prefill
+    // gives R = 32, an 8K one R = 256), the engine's two projections (gate|up fused, down).
+    fmt::print("\n{:<26} {:>5} {:>16} {:>16} {:>8}\n", "experts x rows, n x k", "R",
+               "grouped TFLOP/s", "per-expert TFLOP/s", "ratio");
+    const int64_t E = 256;
+    for (const int64_t R : {int64_t(32), int64_t(256)}) {
+      for (const Shape& s :
+           {Shape{"gate|up (4096 x 7168)", 4096, 7168}, Shape{"down (7168 x 2048)", 7168, 2048}}) {
+        const int64_t N = s.n, K = s.k, P = E * R, kbk = K / 128;
+        uint8_t *x8 = nullptr, *w8 = nullptr;
+        float *sx = nullptr, *sw = nullptr, *y = nullptr;
+        DSV3_CUDA_CHECK(cudaMalloc(&x8, size_t(P * K)));
+        DSV3_CUDA_CHECK(cudaMalloc(&w8, size_t(E * N * K)));
+        DSV3_CUDA_CHECK(cudaMemset(x8, 0x38, size_t(P * K)));      // E4M3 1.0
+        DSV3_CUDA_CHECK(cudaMemset(w8, 0x30, size_t(E * N * K)));  // E4M3 0.5
+        sx = upload(std::vector<float>(size_t(P * kbk), 1.0f / 64));
+        sw = upload(std::vector<float>(size_t(E * (N / 128) * kbk), 1.0f / 64));
+        DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(P * N) * sizeof(float)));
+        std::vector<int32_t> off(size_t(E + 1)), tiles(size_t(E + 1));
+        for (int64_t e = 0; e <= E; ++e) {
+          off[size_t(e)] = int32_t(e * R);
+          tiles[size_t(e)] = int32_t(e * cuda::grouped_fp8_tiles(R));
+        }
+        int32_t* doff = upload(off);
+        int32_t* dtiles = upload(tiles);
+        cuda::GroupedFp8Args g;
+        g.x = x8;
+        g.x_scale = sx;
+        g.offsets = g.padded_offsets = doff;
+        g.tile_start = dtiles;
+        g.groups = int(E);
+        g.total_tiles = tiles.back();
+        g.w = w8;
+        g.w_scale = sw;
+        g.w_scale_ld = kbk;
+        g.n = N;
+        g.k = K;
+        g.y = y;
+        g.ldy = N;
+        const double flop = 2.0 * double(P) * double(N) * double(K);
+        const double grouped =
+            flop / (median_ms([&] { cuda::grouped_fp8(g, nullptr); }, 5) * 1e-3) / 1e12;
+        void* work = nullptr;
+        const size_t work_bytes = size_t(32) << 20;
+        DSV3_CUDA_CHECK(cudaMalloc(&work, work_bytes));
+        bool ok = true;
+        const auto per_expert = [&] {
+          for (int64_t e = 0; e < E; ++e)
+            ok &= blas.matmul_fp8_block(R, N, K, x8 + e * R * K, sx + e * R * kbk, w8 + e * N * K,
+                                        sw + e * (N / 128) * kbk, y + e * R * N, work, work_bytes,
+                                        nullptr);
+        };
+        const double each = flop / (median_ms(per_expert, 5) * 1e-3) / 1e12;
+        fmt::print("{:<26} {:>5} {:>16.0f} {:>16.0f} {:>7.2f}x{}\n",
+                   fmt::format("{} x {}", E, s.name), R, grouped, each, grouped / each,
+                   ok ? "" : " (cuBLASLt: no algorithm)");
+        for (void* p : {static_cast<void*>(x8), static_cast<void*>(w8), static_cast<void*>(sx),
+                        static_cast<void*>(sw), static_cast<void*>(y), static_cast<void*>(doff),
+                        static_cast<void*>(dtiles), work})
+          cudaFree(p);
+      }
     }
     cublasLtDestroy(h);
   } catch (const std::exception& e) {
