@@ -33,6 +33,7 @@ inline std::unique_ptr<StepEngine> make_step_engine(const Model& model, int cuda
 #else
   (void)sequences;
   (void)max_context;
+  (void)batch_gemms;
   fail("this dsv3 was built without the CUDA backend");
 #endif
 }
