@@ -145,25 +145,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashArgs
         mx[e / 2] = fmaxf(mx[e / 2], v);
       }
     }
-    float corr[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
-      // A row with no key yet keeps m = -inf; use 0 so exp2(-inf - m) is 0, not NaN.
-      const float base = mx[rr] == -INFINITY ? 0.0f : mx[rr];
-      corr[rr] = exp2f(m[rr] - base);
-      m[rr] = mx[rr];
-      mx[rr] = base;
-      l[rr] *= corr[rr];
-    }
-#pragma unroll
-    for (int i = 0; i < DV / 8; ++i) {
-      o[i][0] *= corr[0];
-      o[i][1] *= corr[0];
-      o[i][2] *= corr[1];
-      o[i][3] *= corr[1];
-    }
+    online_softmax_rescale(mx, m, l, o);
     uint32_t p[kKeys / 16][4];  // P as A fragments: key tiles 2kk, 2kk + 1
 #pragma unroll
     for (int nt = 0; nt < kKeys / 8; ++nt) {
@@ -191,11 +173,8 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashArgs
 
   // The row sums over the quad, then either the normalised output or the state for the next
   // chunk.
-#pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
-    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
-  }
+  l[0] = quad_sum(l[0]);
+  l[1] = quad_sum(l[1]);
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
     const int64_t row = rr ? row_b : row_a;

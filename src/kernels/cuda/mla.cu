@@ -361,23 +361,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
         }
       }
     }
-    float corr[2], base[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
-      base[rr] = mx[rr] == -INFINITY ? 0.0f : mx[rr];
-      corr[rr] = exp2f(m[rr] - base[rr]);
-      m[rr] = mx[rr];
-      l[rr] *= corr[rr];
-    }
-#pragma unroll
-    for (int i = 0; i < DH / 8; ++i) {
-      o[i][0] *= corr[0];
-      o[i][1] *= corr[0];
-      o[i][2] *= corr[1];
-      o[i][3] *= corr[1];
-    }
+    online_softmax_rescale(mx, m, l, o);  // mx: the base to subtract now
     uint32_t p[2][4];
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
@@ -386,7 +370,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
       for (int rr = 0; rr < 2; ++rr) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          e[rr][q] = exp2f(v[kk][rr][q] - base[rr]);
+          e[rr][q] = exp2f(v[kk][rr][q] - mx[rr]);
           l[rr] += e[rr][q];
         }
       }
@@ -410,11 +394,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     }
   }
   cp_wait_all();
-#pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
-    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
-  }
+  l[0] = quad_sum(l[0]);
+  l[1] = quad_sum(l[1]);
   // Partials in attention_kernel's units: max of scale · s (natural log), unnormalised o.
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {

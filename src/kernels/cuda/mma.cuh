@@ -53,4 +53,41 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Max and sum over the 4 lanes of a quad: the lanes that hold one row of an mma C fragment.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// One online-softmax step (log2 domain) for the two rows g and g + 8 a thread holds: mx
+// arrives as this thread's max over m and the new scores, and leaves as the base to subtract
+// from them before exp2 (the row's max over the quad, or 0 while a row has no key, so
+// exp2(-inf - base) is 0, not NaN). m becomes the row max; l (this thread's part of the sum)
+// and the N accumulator tiles o are rescaled to it.
+template <int N>
+__device__ __forceinline__ void online_softmax_rescale(float (&mx)[2], float (&m)[2], float (&l)[2],
+                                                       float (&o)[N][4]) {
+  float corr[2];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const float row_max = quad_max(mx[rr]);
+    const float base = row_max == -INFINITY ? 0.0f : row_max;
+    corr[rr] = exp2f(m[rr] - base);
+    m[rr] = row_max;
+    mx[rr] = base;
+    l[rr] *= corr[rr];
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    o[i][0] *= corr[0];
+    o[i][1] *= corr[0];
+    o[i][2] *= corr[1];
+    o[i][3] *= corr[1];
+  }
+}
+
 }  // namespace dsv3::cuda
