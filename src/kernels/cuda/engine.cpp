@@ -439,7 +439,7 @@ MemoryPlan plan_memory(const ModelWeights& w, const CudaEngineOptions& opt) {
 // Stages of a chunk for CudaEngineOptions::time_stages.
 enum Stage : int {
   kStageAttnProj,   // q_a, q_b (or q), kv_a, o_proj
-  kStageAttention,  // cache write, W_UK absorption, scores / softmax / sum, W_UV
+  kStageAttention,  // cache write; absorbed (W_UK, attention, W_UV) or flash (kv_b GEMM, kernel)
   kStageDense,      // dense layers' MLP
   kStageRouting,    // router, top-k, permutation, combine
   kStageExperts,    // routed experts
@@ -448,7 +448,7 @@ enum Stage : int {
   kStages
 };
 constexpr const char* kStageNames[kStages] = {"attention projections",
-                                              "attention (absorbed)",
+                                              "attention",
                                               "dense MLP",
                                               "routing + combine",
                                               "routed experts",
@@ -682,6 +682,18 @@ struct CudaEngine::Impl {
                 out, stream);
   }
 
+  // FP8 experts take block-scaled GEMMs; either kind takes the GEMM path below when the chunk
+  // averages expert_gemm_rows rows per expert.
+  bool experts_fp8(const DevLayer& L, int64_t n) const {
+    return use_fp8_gemm(n, L.gate_up_s) && use_fp8_gemm(n, L.down_s) &&
+           c.moe_intermediate_size % 128 == 0;
+  }
+  bool experts_on_gemm(const DevLayer& L, int64_t n) const {
+    const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
+    return (experts_fp8(L, n) || bf16) && n > opt.gemv_max_rows &&
+           n * c.num_experts_per_tok >= opt.expert_gemm_rows * c.n_routed_experts;
+  }
+
   // The routed experts on the tensor cores, one GEMM per expert with rows (cuBLASLt 13.1 has no
   // grouped block-scaled GEMM), when the experts average expert_gemm_rows rows or more: below
   // that the gemv kernel, which reads each expert's weights once for all its rows in one
@@ -693,15 +705,6 @@ struct CudaEngine::Impl {
   // BF16 copies of the rows. Gate and up are one GEMM (N = 2 · inter, into eact2), then
   // eact = SwiGLU(gate, up), eout = down, in moe_permute's order.
   // False (nothing usable written) if the weights do not suit or cuBLASLt has no algorithm.
-  bool experts_fp8(const DevLayer& L, int64_t n) const {
-    return use_fp8_gemm(n, L.gate_up_s) && use_fp8_gemm(n, L.down_s) &&
-           c.moe_intermediate_size % 128 == 0;
-  }
-  bool experts_on_gemm(const DevLayer& L, int64_t n) const {
-    const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
-    return (experts_fp8(L, n) || bf16) && n > opt.gemv_max_rows &&
-           n * c.num_experts_per_tok >= opt.expert_gemm_rows * c.n_routed_experts;
-  }
   bool experts_gemm(const DevLayer& L, int64_t n) {
     Work& k = m.work;
     const int64_t E = c.n_routed_experts, pairs = n * c.num_experts_per_tok;
@@ -715,7 +718,6 @@ struct CudaEngine::Impl {
     h_padded[0] = 0;
     for (int64_t e = 0; e < E; ++e)
       h_padded[e + 1] = h_padded[e] + int32_t(round_up(h_offsets[e + 1] - h_offsets[e], 16));
-    // Per expert with rows: its inputs (FP8 rows padded, BF16 rows as they are) and outputs.
     // FP8 experts in one launch per projection (grouped_fp8), when asked for.
     const bool grouped = fp8 && opt.grouped_experts && grouped_fp8_supported(2 * inter, H) &&
                          grouped_fp8_supported(H, inter);
@@ -726,6 +728,8 @@ struct CudaEngine::Impl {
       DSV3_CUDA_CHECK(cudaMemcpyAsync(k.tile_start, h_tiles, size_t(E + 1) * sizeof(int32_t),
                                       cudaMemcpyHostToDevice, stream));
     }
+    // One projection of every expert with rows: its inputs (FP8 rows padded, BF16 rows as they
+    // are) times its weight, into y in moe_permute's order.
     const auto each = [&](int64_t width, const DevWeight& w, int64_t group_rows, float* y) {
       if (grouped) {
         GroupedFp8Args g;
