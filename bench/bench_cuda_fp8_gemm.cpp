@@ -27,6 +27,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "cuda_bench.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
@@ -200,26 +201,6 @@ double rel_error(const std::vector<float>& y, const std::vector<double>& ref) {
   return std::sqrt(num / den);
 }
 
-template <typename F>
-double median_ms(F&& f, int reps = 20) {
-  cudaEvent_t e0, e1;
-  DSV3_CUDA_CHECK(cudaEventCreate(&e0));
-  DSV3_CUDA_CHECK(cudaEventCreate(&e1));
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    DSV3_CUDA_CHECK(cudaEventRecord(e0));
-    f();
-    DSV3_CUDA_CHECK(cudaEventRecord(e1));
-    DSV3_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    DSV3_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    t.push_back(ms);
-  }
-  std::sort(t.begin(), t.end());
-  return double(t[t.size() / 2]);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -319,7 +300,7 @@ int main(int argc, char** argv) {
       double fp8 = 0;
       {
         Fp8Gemm g(h, M, N, K, CUDA_R_16BF, sw, sx);
-        if (g.ok) fp8 = flop / (median_ms([&] { g.run(w8, x8, y); }) * 1e-3) / 1e12;
+        if (g.ok) fp8 = flop / (bench::time_ms([&] { g.run(w8, x8, y); }, 20) * 1e-3) / 1e12;
       }
       std::vector<uint16_t> xb(size_t(M * K)), wb(size_t(N * K));
       for (size_t i = 0; i < xb.size(); ++i) xb[i] = f32_to_bf16(e4m3_to_f32(xq[i]));
@@ -332,10 +313,12 @@ int main(int argc, char** argv) {
       double bf16 = 0;
       if (blas.matmul_bf16(M, N, K, xbd, wbd, static_cast<float*>(y), work, work_bytes, nullptr))
         bf16 = flop /
-               (median_ms([&] {
-                  blas.matmul_bf16(M, N, K, xbd, wbd, static_cast<float*>(y), work, work_bytes,
-                                   nullptr);
-                }) *
+               (bench::time_ms(
+                    [&] {
+                      blas.matmul_bf16(M, N, K, xbd, wbd, static_cast<float*>(y), work, work_bytes,
+                                       nullptr);
+                    },
+                    20) *
                 1e-3) /
                1e12;
       fmt::print("{:<30} {:>6} {:>12.0f} {:>12.0f} {:>7.2f}x\n", s.name, M, fp8, bf16,
@@ -388,7 +371,7 @@ int main(int argc, char** argv) {
         g.ldy = N;
         const double flop = 2.0 * double(P) * double(N) * double(K);
         const double grouped =
-            flop / (median_ms([&] { cuda::grouped_fp8(g, nullptr); }, 5) * 1e-3) / 1e12;
+            flop / (bench::time_ms([&] { cuda::grouped_fp8(g, nullptr); }, 5) * 1e-3) / 1e12;
         void* work = nullptr;
         const size_t work_bytes = size_t(32) << 20;
         DSV3_CUDA_CHECK(cudaMalloc(&work, work_bytes));
@@ -399,7 +382,7 @@ int main(int argc, char** argv) {
                                         sw + e * (N / 128) * kbk, y + e * R * N, work, work_bytes,
                                         nullptr);
         };
-        const double each = flop / (median_ms(per_expert, 5) * 1e-3) / 1e12;
+        const double each = flop / (bench::time_ms(per_expert, 5) * 1e-3) / 1e12;
         fmt::print("{:<26} {:>5} {:>16.0f} {:>16.0f} {:>7.2f}x{}\n",
                    fmt::format("{} x {}", E, s.name), R, grouped, each, grouped / each,
                    ok ? "" : " (cuBLASLt: no algorithm)");
