@@ -156,18 +156,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashArgs
       p[nt / 2][(nt % 2) * 2] = pack_bf16(p0, p1);
       p[nt / 2][(nt % 2) * 2 + 1] = pack_bf16(p2, p3);
     }
-    // O += P · V: V tile [keys][dv] as B (transposed loads).
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-#pragma unroll
-      for (int nt = 0; nt < DV / 8; nt += 2) {
-        uint32_t b[4];  // keys kk·16 .. +15, dims nt·8 .. +15
-        ldsm_x4_t(b,
-                  tv + (kk * 16 + ((lane / 8) % 2) * 8 + lane % 8) * SV + nt * 8 + (lane / 16) * 8);
-        mma(o[nt], p[kk], b[0], b[1]);
-        mma(o[nt + 1], p[kk], b[2], b[3]);
-      }
-    }
+    mma_pv(o, p, tv, SV, lane);  // O += P · V
   }
   cp_wait_all();
 

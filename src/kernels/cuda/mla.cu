@@ -379,19 +379,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
       p[kk][2] = pack_bf16(e[0][2], e[0][3]);  // row g, keys 2t + 8, 2t + 9
       p[kk][3] = pack_bf16(e[1][2], e[1][3]);
     }
-    // o_lat[:, half] += P · c_kv[:, half]: the tile's first DC columns as V (transposed loads).
-    const uint16_t* vrow =
-        tile + (((lane / 8) % 2) * 8 + lane % 8) * SK + half * DH + (lane / 16) * 8;
-#pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
-#pragma unroll
-      for (int nt = 0; nt < DH / 8; nt += 2) {
-        uint32_t b[4];
-        ldsm_x4_t(b, vrow + kk * 16 * SK + nt * 8);
-        mma(o[nt], p[kk], b[0], b[1]);
-        mma(o[nt + 1], p[kk], b[2], b[3]);
-      }
-    }
+    // o_lat[:, half] += P · c_kv[:, half]: the tile's first DC columns are the values.
+    mma_pv(o, p, tile + half * DH, SK, lane);
   }
   cp_wait_all();
   l[0] = quad_sum(l[0]);

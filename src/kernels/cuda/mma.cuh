@@ -53,6 +53,25 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// o += P · V for KS steps of 16 keys: P as A fragments p[kk] (keys 16kk ..), V in shared memory
+// as rows of `stride` elements, one per key, starting at this warp's first value column (B
+// fragments by transposed loads), NT tiles of 8 columns.
+template <int KS, int NT>
+__device__ __forceinline__ void mma_pv(float (&o)[NT][4], const uint32_t (&p)[KS][4],
+                                       const uint16_t* v, int stride, int lane) {
+  const uint16_t* row = v + (((lane / 8) % 2) * 8 + lane % 8) * stride + (lane / 16) * 8;
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t b[4];  // keys 16kk .. +15, columns 8nt .. +15
+      ldsm_x4_t(b, row + kk * 16 * stride + nt * 8);
+      mma(o[nt], p[kk], b[0], b[1]);
+      mma(o[nt + 1], p[kk], b[2], b[3]);
+    }
+  }
+}
+
 // Max and sum over the 4 lanes of a quad: the lanes that hold one row of an mma C fragment.
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
