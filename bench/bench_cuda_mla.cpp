@@ -7,7 +7,8 @@
 // 2. Prefill (flash_prefill, non-absorbed, causal): TFLOP/s of its useful work, 2 · heads ·
 //    n(n+1)/2 · (dn + dr + dv), against a square cuBLASLt BF16 GEMM (the dense peak in
 //    practice).
-// Inputs are random; the kernels' numerics are tested in tests/cuda/test_kernels_gpu.cpp.
+// Inputs are one constant (the kernels' time does not depend on the values); their numerics are
+// tested in tests/cuda/test_kernels_gpu.cpp.
 // Usage: bench_cuda_mla [--batch 64] [--context 4096] [--prefill 1024,8192]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -17,6 +18,7 @@
 
 #include "core/error.h"
 #include "cuda_bench.h"
+#include "decode_bytes.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -28,35 +30,24 @@ namespace {
 
 constexpr int64_t kHeads = 128, kDc = 512, kDr = 64, kDn = 128, kDv = 128;
 
-void* device_random(size_t bytes) {
+void* device_filled(size_t bytes) {
   void* p = nullptr;
   DSV3_CUDA_CHECK(cudaMalloc(&p, bytes));
-  // Small finite BF16 / F32 values: 0x3c3c is ~0.0115 in BF16, ~0.0115 as each F32 half too.
+  // One small finite value everywhere: 0x3c3c is ~0.0115 in BF16, 0x3c3c3c3c ~0.0115 in F32.
   DSV3_CUDA_CHECK(cudaMemset(p, 0x3c, bytes));
   return p;
-}
-
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  size_t i = 0;
-  while (i < s.size()) {
-    const size_t j = s.find(',', i);
-    v.push_back(std::stoi(s.substr(i, j - i)));
-    i = j == std::string::npos ? s.size() : j + 1;
-  }
-  return v;
 }
 
 // Decode: `batch` sequences each at the last position of `context` cached rows.
 void decode(int64_t batch, int64_t context, double copy_bw) {
   cuda::CachePool pool{nullptr, 1, context, kDc, kDr, true};
   const size_t cache_bytes = size_t(batch * context * pool.row() * 2);
-  pool.base = device_random(cache_bytes);
-  auto* qc = static_cast<float*>(device_random(size_t(batch * kHeads * pool.row()) * 4));
-  auto* olat = static_cast<float*>(device_random(size_t(batch * kHeads * kDc) * 4));
+  pool.base = device_filled(cache_bytes);
+  auto* qc = static_cast<float*>(device_filled(size_t(batch * kHeads * pool.row()) * 4));
+  auto* olat = static_cast<float*>(device_filled(size_t(batch * kHeads * kDc) * 4));
   // The engine's split scratch for its default 512-token chunks.
   const int64_t partial_floats = 512 * kHeads * (kDc + 2);
-  auto* partial = static_cast<float*>(device_random(size_t(partial_floats) * 4));
+  auto* partial = static_cast<float*>(device_filled(size_t(partial_floats) * 4));
   std::vector<int32_t> pos(size_t(batch), int32_t(context - 1)),
       slots(static_cast<size_t>(batch), 0);
   for (int64_t b = 0; b < batch; ++b) slots[size_t(b)] = int32_t(b);
@@ -65,7 +56,7 @@ void decode(int64_t batch, int64_t context, double copy_bw) {
   DSV3_CUDA_CHECK(cudaMalloc(&dslots, slots.size() * 4));
   DSV3_CUDA_CHECK(cudaMemcpy(dpos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
   DSV3_CUDA_CHECK(cudaMemcpy(dslots, slots.data(), slots.size() * 4, cudaMemcpyHostToDevice));
-  void* qcb = device_random(size_t(batch * kHeads * pool.row()) * 2);
+  void* qcb = device_filled(size_t(batch * kHeads * pool.row()) * 2);
   // Bytes that must move (the cache rows, the queries, the outputs) and the useful FLOPs: per
   // head and key, dc + dr multiply-adds for the score and dc for the sum.
   const double bytes = double(cache_bytes) + double(batch * kHeads * (pool.row() + kDc) * 4);
@@ -95,10 +86,10 @@ void decode(int64_t batch, int64_t context, double copy_bw) {
 // Prefill of one n-token prompt (no cached prefix).
 void prefill(int64_t n, double gemm_tflops) {
   const int64_t dq = kDn + kDr, dkv = kDn + kDv;
-  void* q = device_random(size_t(n * kHeads * dq) * 2);
-  void* kv = device_random(size_t(n * kHeads * dkv) * 2);
-  void* cache = device_random(size_t(n * (kDc + kDr)) * 2);
-  auto* o = static_cast<float*>(device_random(size_t(n * kHeads * kDv) * 4));
+  void* q = device_filled(size_t(n * kHeads * dq) * 2);
+  void* kv = device_filled(size_t(n * kHeads * dkv) * 2);
+  void* cache = device_filled(size_t(n * (kDc + kDr)) * 2);
+  auto* o = static_cast<float*>(device_filled(size_t(n * kHeads * kDv) * 4));
   cuda::FlashArgs f;
   f.q = q;
   f.ldq = kHeads * dq;
@@ -125,11 +116,11 @@ void prefill(int64_t n, double gemm_tflops) {
 
 double bf16_gemm_tflops() {
   const int64_t s = 8192;
-  void* x = device_random(size_t(s * s) * 2);
-  void* w = device_random(size_t(s * s) * 2);
-  auto* y = static_cast<float*>(device_random(size_t(s * s) * 4));
+  void* x = device_filled(size_t(s * s) * 2);
+  void* w = device_filled(size_t(s * s) * 2);
+  auto* y = static_cast<float*>(device_filled(size_t(s * s) * 4));
   const size_t ws_bytes = size_t(32) << 20;
-  void* ws = device_random(ws_bytes);
+  void* ws = device_filled(ws_bytes);
   cuda::Blas blas;
   double ms = 0;
   if (blas.matmul_bf16(s, s, s, x, w, y, ws, ws_bytes, nullptr))
@@ -170,7 +161,7 @@ int main(int argc, char** argv) {
                gemm);
     decode(batch, context, bw);
     decode(1, context * 4, bw);
-    for (const int n : parse_list(prefills)) prefill(n, gemm);
+    for (const int n : bench::parse_list(prefills)) prefill(n, gemm);
   } catch (const Error& e) {
     fmt::print(stderr, "bench_cuda_mla: {}\n", e.what());
     return 1;
