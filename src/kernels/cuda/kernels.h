@@ -1,8 +1,9 @@
 // The CUDA kernels of the inference path, as host-side launchers on a stream. Activations are
 // F32 row-major; weights stay in their stored dtype (F32, BF16, FP8 E4M3 with block scales)
 // and are decoded in registers. Each launcher checks its launch (DSV3_CUDA_CHECK_LAUNCH).
-// The CPU kernels (kernels/cpu/) are the reference each of these is tested against
-// (tests/cuda/test_kernels_gpu.cu). Kept free of fmt: .cu files include it.
+// The CPU kernels (kernels/cpu/) are the reference each of these is tested against, or
+// float64 where the CPU has no counterpart (the tensor-core attention and FP8 GEMM kernels;
+// tests/cuda/test_kernels_gpu.cpp, test_fp8_gemm_gpu.cpp). Kept free of fmt: .cu files include it.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -457,13 +457,14 @@ void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t 
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
-int64_t mla_splits(int64_t n, int64_t heads, int64_t dc, int64_t max_position,
-                   int64_t partial_floats) {
-  // Enough blocks to cover the GPU twice over, at least one key tile per split, and no more
-  // splits than the scratch holds.
-  const int64_t blocks = n * ceil_div(heads, kHeadsPerBlock);
+// Key splits of the attention kernels (blocks of heads_per_block heads, key tiles of key_tile):
+// enough blocks to cover the GPU twice over, at least one key tile per split, and no more
+// splits than the scratch holds.
+int64_t mla_splits(int64_t n, int64_t heads, int64_t heads_per_block, int64_t key_tile, int64_t dc,
+                   int64_t max_position, int64_t partial_floats) {
+  const int64_t blocks = n * ceil_div(heads, heads_per_block);
   int64_t splits = std::max<int64_t>(1, ceil_div(264, blocks));
-  splits = std::min(splits, ceil_div(max_position + 1, kKeyTile));
+  splits = std::min(splits, ceil_div(max_position + 1, key_tile));
   splits = std::min(splits, partial_floats / (n * heads * (dc + 2)));
   return std::max<int64_t>(1, splits);
 }
@@ -474,7 +475,8 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
                    cudaStream_t s) {
   if (n == 0) return;
   const int64_t dc = pool.dc, D = pool.row();
-  const int64_t splits = mla_splits(n, heads, dc, max_position, partial_floats);
+  const int64_t splits =
+      mla_splits(n, heads, kHeadsPerBlock, kKeyTile, dc, max_position, partial_floats);
   const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kKeyTile) * kKeyTile;
   const size_t smem = size_t(kHeadsPerBlock * D + kKeyTile * (D + 1) + kHeadsPerBlock * dc +
                              kHeadsPerBlock * kKeyTile) *
@@ -505,12 +507,7 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
                       float* o_lat, cudaStream_t s) {
   if (n == 0) return;
   const int64_t dc = pool.dc, D = pool.row();
-  // Enough blocks for two waves of one block per SM, at least one key tile per split, no more
-  // splits than the scratch holds.
-  const int64_t blocks = n * ceil_div(heads, kTcHeads);
-  int64_t splits = std::max<int64_t>(1, ceil_div(264, blocks));
-  splits = std::min(splits, ceil_div(max_position + 1, kTcKeys));
-  splits = std::max<int64_t>(1, std::min(splits, partial_floats / (n * heads * (dc + 2))));
+  const int64_t splits = mla_splits(n, heads, kTcHeads, kTcKeys, dc, max_position, partial_floats);
   const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kTcKeys) * kTcKeys;
   const size_t smem = size_t((kTcHeads + 2 * kTcKeys) * (D + kTcPad)) * 2 +  // q, 2 key tiles
                       size_t(kTcHeads * (kTcKeys + 4)) * 4;                  // scores
