@@ -130,12 +130,17 @@ int main(int argc, char** argv) {
     fmt::print("device-to-device copy {:.0f} GB/s (read + write)\n", bw / 1e9);
     fmt::print("weights read per token at batch 1: {:.1f} MB\n", double(per_tok) / 1e6);
     std::vector<std::string> table, stages;
-    if (!bs.empty()) {
+    // The decode engines: room for the largest batch of prompt + steps tokens.
+    const auto decode_options = [&] {
       cuda::CudaEngineOptions opt;
       opt.max_sequences = *std::max_element(bs.begin(), bs.end());
       opt.max_context = prompt + steps + 8;
       opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
       opt.gemv_max_rows = gemv_rows;
+      return opt;
+    };
+    if (!bs.empty()) {
+      cuda::CudaEngineOptions opt = decode_options();
       opt.time_stages = true;  // records only chunks run eagerly (not graph replays)
       const cuda::CudaEngine engine(model, opt);
       fmt::print(
@@ -203,11 +208,7 @@ int main(int argc, char** argv) {
     // GEMMs; the same batches on BF16 GEMMs over dequantised weights and the experts on the
     // gemv kernel (the path before), for the ratio.
     if (std::any_of(bs.begin(), bs.end(), [&](int b) { return b > gemv_rows; })) {
-      cuda::CudaEngineOptions opt;
-      opt.max_sequences = *std::max_element(bs.begin(), bs.end());
-      opt.max_context = prompt + steps + 8;
-      opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
-      opt.gemv_max_rows = gemv_rows;
+      cuda::CudaEngineOptions opt = decode_options();
       opt.fp8_gemm = false;
       const cuda::CudaEngine engine(model, opt);
       for (int b : bs) {
