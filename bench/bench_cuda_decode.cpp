@@ -2,16 +2,17 @@
 // At batch 1 a token must read every weight it uses once, so
 //   achieved bandwidth = (bytes of the weights one token touches) × tokens/s,
 // compared with a device-to-device cudaMemcpy of 1 GiB (bytes read + written) timed here.
-// Each step includes what a caller gets: the logits copied back to the host. Batch 1 runs
-// twice, eager and from CUDA graphs, and the two greedy runs must pick the same tokens. Then
-// prefill of one long prompt per length in --prefill, on an engine sized for it, with FP8
-// weights' GEMMs on the FP8 tensor cores (block-scaled cuBLASLt) and, in the same run, on BF16
-// copies (the path before it), with the attention in the absorbed form on the decode kernel
-// instead of the non-absorbed flash kernel, and with the FP8 routed experts in one grouped
-// launch per projection (grouped_experts); batches over --gemv-max-rows are timed with FP8
-// GEMMs and without. Eager decode steps and the default prefill's GPU time are also split by
-// stage (CudaEngineOptions::time_stages).
-// Usage: bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
+// Each step includes what a caller gets: greedy tokens drawn on the GPU (step_sample, as
+// generate and serve run it; batches over 1 also with the logits copied back and the argmax on
+// the host, the path before GPU sampling). Batch 1 runs twice, eager and from CUDA graphs, and the
+// two greedy runs must pick the same tokens. Then prefill of one long prompt per length in
+// --prefill, on an engine sized for it, with FP8 weights' GEMMs on the FP8 tensor cores
+// (block-scaled cuBLASLt) and, in the same run, on BF16 copies (the path before it), with the
+// attention in the absorbed form on the decode kernel instead of the non-absorbed flash kernel, and
+// with the FP8 routed experts in one grouped launch per projection (grouped_experts); batches over
+// --gemv-max-rows are timed with FP8 GEMMs and without. Eager decode steps and the default
+// prefill's GPU time are also split by stage (CudaEngineOptions::time_stages). Usage:
+// bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows N (default: the engine's)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -24,6 +25,7 @@
 #include "core/error.h"
 #include "cuda_bench.h"
 #include "decode_bytes.h"
+#include "infer/sampler.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/engine.h"
@@ -60,23 +62,42 @@ struct DecodeRun {
   std::vector<int32_t> tokens;  // greedy tokens of sequence 0, for the graph-vs-eager check
 };
 
-// Prefill of `prompt` tokens per sequence, 3 warm-up steps, then `steps` timed greedy steps.
-DecodeRun decode(const cuda::CudaEngine& engine, int b, int prompt, int steps) {
+// Prefill of `prompt` tokens per sequence, 3 warm-up steps, then `steps` timed greedy steps:
+// tokens drawn on the GPU by step_sample() (what generate and serve do), or with host_argmax
+// from logits copied back by step() (the path before GPU sampling).
+DecodeRun decode(const cuda::CudaEngine& engine, int b, int prompt, int steps,
+                 bool host_argmax = false) {
   const int64_t v = engine.config().vocab_size;
   std::vector<LatentCache> caches;
   for (int i = 0; i < b; ++i) caches.push_back(engine.new_cache(prompt + steps + 8));
   std::vector<StepEngine::Input> in = prompts(caches, b, prompt, v);
+  infer::SamplingParams greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = steps + 8;
+  std::vector<infer::Sampler> samplers(static_cast<size_t>(b), infer::Sampler(greedy));
+  std::vector<infer::Sampler*> ptrs;
+  for (auto& sm : samplers) ptrs.push_back(&sm);
   DecodeRun r;
+  std::vector<int32_t> tokens(static_cast<size_t>(b));
+  const auto run_step = [&] {
+    if (host_argmax) {
+      const Tensor logits = engine.step(in);
+      for (int i = 0; i < b; ++i) {
+        const float* row = logits.ptr<float>() + int64_t(i) * v;
+        tokens[size_t(i)] = int32_t(std::max_element(row, row + v) - row);
+      }
+    } else {
+      const auto drawn = engine.step_sample(in, ptrs);
+      for (int i = 0; i < b; ++i) tokens[size_t(i)] = drawn[size_t(i)].token;
+    }
+  };
   const auto t_pre = Clock::now();
-  Tensor logits = engine.step(in);
+  run_step();
   r.prefill_tps = double(b) * prompt / secs(t_pre, Clock::now());
   const auto next = [&] {
-    for (int i = 0; i < b; ++i) {
-      const float* row = logits.ptr<float>() + int64_t(i) * v;
-      in[size_t(i)].tokens = {int32_t(std::max_element(row, row + v) - row)};
-    }
+    for (int i = 0; i < b; ++i) in[size_t(i)].tokens = {tokens[size_t(i)]};
     r.tokens.push_back(in[0].tokens[0]);
-    logits = engine.step(in);
+    run_step();
   };
   for (int s = 0; s < 3; ++s) next();  // warm-up: cuBLASLt plans, graph capture
   engine.reset_stage_times();
@@ -201,6 +222,8 @@ int main(int argc, char** argv) {
             engine.set_graphs(true);
           }
           stage_line(b);
+          row(fmt::format("decode b={} host argmax", b), decode(engine, b, prompt, steps, true),
+              false);
         }
       }
     }

@@ -106,8 +106,14 @@ std::vector<GenerationOutput> generate(const StepEngine& engine,
       inputs.push_back({&seqs[i].cache, {p.begin() + fed[i], p.begin() + fed[i] + n}, false});
       fed[i] += n;
     }
+    // Sequences whose prompt ends in this chunk get their first token (drawn on the device
+    // where the engine can).
+    std::vector<infer::Sampler*> samplers;
+    for (size_t i : pending)
+      samplers.push_back(fed[i] == seqs[i].req->prompt.size() ? seqs[i].sampler.get() : nullptr);
     Tensor hidden;
-    Tensor logits = engine.step(inputs, options.speculative ? &hidden : nullptr);
+    const std::vector<infer::SampleResult> drawn =
+        engine.step_sample(inputs, samplers, options.speculative ? &hidden : nullptr);
     ++st.steps;
     std::vector<size_t> still;
     int64_t hrow = 0;
@@ -117,8 +123,7 @@ std::vector<GenerationOutput> generate(const StepEngine& engine,
       const auto& p = s.req->prompt;
       const int64_t n = int64_t(inputs[k].tokens.size());
       const bool last_chunk = fed[i] == p.size();
-      int32_t tok = -1;
-      if (last_chunk) tok = s.sampler->sample(row(logits, int64_t(k)));
+      const int32_t tok = drawn[k].token;
       if (options.speculative) {
         // MTP position j pairs h_j with token j + 1; after the prompt's last position comes
         // the token just sampled.
@@ -155,15 +160,17 @@ std::vector<GenerationOutput> generate(const StepEngine& engine,
       else
         inputs.push_back({&s.cache, {s.last}, false});
     }
-    Tensor hidden;
-    Tensor logits = engine.step(inputs, options.speculative ? &hidden : nullptr);
     ++st.steps;
     st.decode_steps += int64_t(active.size());
     if (!options.speculative) {
-      for (size_t k = 0; k < active.size(); ++k)
-        emit(active[k], seqs[active[k]].sampler->sample(row(logits, int64_t(k))));
+      std::vector<infer::Sampler*> samplers;
+      for (size_t i : active) samplers.push_back(seqs[i].sampler.get());
+      const std::vector<infer::SampleResult> drawn = engine.step_sample(inputs, samplers);
+      for (size_t k = 0; k < active.size(); ++k) emit(active[k], drawn[k].token);
       continue;
     }
+    Tensor hidden;
+    Tensor logits = engine.step(inputs, &hidden);
     // Verify: the main model's token at the first position decides whether the draft stands.
     std::vector<StepEngine::MtpInput> mtp_inputs;
     std::vector<size_t> mtp_seqs;

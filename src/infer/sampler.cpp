@@ -281,6 +281,11 @@ void Sampler::accept(int32_t token) {
   ++num_generated_;
 }
 
+bool Sampler::device_drawable() const {
+  return params_.repetition_penalty == 1.0f && params_.frequency_penalty == 0.0f &&
+         params_.presence_penalty == 0.0f && !params_.logprobs;
+}
+
 void Sampler::apply_penalties(std::span<float> x) const {
   const auto check = [&](int32_t t) {
     DSV3_CHECK(size_t(t) < x.size(),

@@ -129,6 +129,11 @@ class Sampler {
 
   const SamplingParams& params() const { return params_; }
   int32_t num_generated() const { return num_generated_; }
+  // Whether a device engine may draw this sampler's tokens itself (kernels/cuda/sample.cu):
+  // steps 3-7 only, so no penalty (they need the history) and no logprobs (they need the whole
+  // distribution here). It then takes uniform() for a non-greedy draw, as sample() would, and
+  // records its token with accept().
+  bool device_drawable() const;
 
  private:
   void apply_penalties(std::span<float> logits) const;

@@ -9,6 +9,7 @@
 
 #include "core/tensor.h"
 #include "infer/kv_cache.h"
+#include "infer/sampler.h"
 #include "model/model.h"
 
 namespace dsv3 {
@@ -38,6 +39,16 @@ class StepEngine {
   // `hidden` receives the final-normed hidden states F32 [all new tokens, H] (the MTP input).
   virtual Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const = 0;
 
+  // A step whose inputs' last rows turn into tokens: samplers[k] draws input k's token (and
+  // records it) as sample() does, or as sample_with_logprobs() when its params ask for
+  // logprobs; a null sampler gives no token (-1: a prompt chunk short of its end). Inputs must
+  // not ask for all_logits. This default runs step() and the samplers on the CPU; a device
+  // engine draws on its device for the samplers that allow it (Sampler::device_drawable), so
+  // their rows' logits never cross the bus.
+  virtual std::vector<infer::SampleResult> step_sample(const std::vector<Input>& inputs,
+                                                       const std::vector<infer::Sampler*>& samplers,
+                                                       Tensor* hidden = nullptr) const;
+
   struct MtpInput {
     LatentCache* cache;           // from new_mtp_cache()
     std::vector<int32_t> tokens;  // token i + 1 for each position i appended
@@ -46,5 +57,10 @@ class StepEngine {
   // MTP depth 1: logits F32 [inputs, V] of the last row of each input (predicting i + 2).
   virtual Tensor mtp_step(const std::vector<MtpInput>& inputs) const = 0;
 };
+
+// Throws unless step_sample() can take these arguments: one sampler (or null) per input, and
+// no input asking for all its logits.
+void check_sample_inputs(const std::vector<StepEngine::Input>& inputs,
+                         const std::vector<infer::Sampler*>& samplers);
 
 }  // namespace dsv3

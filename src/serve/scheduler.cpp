@@ -269,19 +269,13 @@ bool Scheduler::step() {
   const bool worked = !inputs.empty() || !admitted.empty() || cancel_everything;
   if (!inputs.empty()) {
     try {
-      Tensor logits = engine_.step(inputs);
-      const int64_t V = logits.dim(1);
-      for (size_t k = 0; k < in_step.size(); ++k) {
-        Seq& s = *in_step[k];
-        if (s.fed < s.prompt.size()) continue;  // mid-prompt: no token yet
-        std::span<float> row{logits.ptr<float>() + int64_t(k) * V, size_t(V)};
-        infer::SampleResult r;
-        if (s.sampler->params().logprobs)
-          r = s.sampler->sample_with_logprobs(row);
-        else
-          r.token = s.sampler->sample(row);
-        deliver(s, r);
-      }
+      // Mid-prompt sequences get no token yet.
+      std::vector<infer::Sampler*> samplers;
+      for (Seq* s : in_step)
+        samplers.push_back(s->fed < s->prompt.size() ? nullptr : s->sampler.get());
+      const std::vector<infer::SampleResult> drawn = engine_.step_sample(inputs, samplers);
+      for (size_t k = 0; k < in_step.size(); ++k)
+        if (samplers[k]) deliver(*in_step[k], drawn[k]);
     } catch (const std::exception&) {
       // The engine does not fail on validated input; if it does anyway, end the affected
       // requests rather than the server.

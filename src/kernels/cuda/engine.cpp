@@ -241,6 +241,9 @@ struct Work {
   int32_t *experts = nullptr, *offsets = nullptr, *perm_rows = nullptr, *perm_pos = nullptr;
   int32_t* active = nullptr;
   float *sel = nullptr, *logits = nullptr, *cat = nullptr, *hprev = nullptr;
+  // Rows sampled on the GPU: their parameters and tokens, logit_rows each.
+  SampleParams* sample = nullptr;
+  int32_t* tokens = nullptr;
   uint16_t *xb = nullptr, *wb = nullptr;
   int64_t wb_elems = 0;
   // FP8 GEMMs: activations quantised in 1×128 tiles (rows padded per group), their scales, the
@@ -356,6 +359,8 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   w.logit_rows = std::min<int64_t>(T, 256);
   w.sel = a.alloc_n<float>(w.logit_rows * H);
   w.logits = a.alloc_n<float>(w.logit_rows * V);
+  w.sample = a.alloc_n<SampleParams>(w.logit_rows);
+  w.tokens = a.alloc_n<int32_t>(w.logit_rows);
   if (!m.mtp.empty()) {
     w.cat = a.alloc_n<float>(T * 2 * H);
     w.hprev = a.alloc_n<float>(T * H);
@@ -465,13 +470,17 @@ struct CudaEngine::Impl {
   std::shared_ptr<SlotPool> slots = std::make_shared<SlotPool>();
   std::shared_ptr<SlotPool> mtp_slots = std::make_shared<SlotPool>();
   RopeTable rope_table;
-  // Pinned host staging: the chunk's integers, hidden rows, logits.
+  // Pinned host staging: the chunk's integers, hidden rows, logits, and for the rows sampled
+  // on the GPU their parameters and tokens (T each: every selected row of a chunk).
   int32_t* h_ints = nullptr;
   float* h_rows = nullptr;
   float* h_logits = nullptr;
+  SampleParams* h_sample = nullptr;
+  int32_t* h_tokens = nullptr;
   int32_t *h_offsets = nullptr, *h_padded = nullptr, *h_tiles = nullptr;  // experts, [E + 1]
-  // Captured decode graphs by (mtp, rows, logit rows, attention span, hidden wanted).
-  std::map<std::tuple<bool, int64_t, int64_t, int64_t, bool>, cudaGraphExec_t> graphs;
+  // Captured decode graphs by (mtp, rows, logit rows, attention span, hidden wanted, what the
+  // selected rows return: kLogitsOut | kTokensOut).
+  std::map<std::tuple<bool, int64_t, int64_t, int64_t, bool, int>, cudaGraphExec_t> graphs;
   int64_t captured = 0;
   // time_stages: events of the chunk being run (reused), the stage each one starts, totals.
   bool timing = false;
@@ -548,6 +557,8 @@ struct CudaEngine::Impl {
     DSV3_CUDA_CHECK(cudaMallocHost(&h_rows, size_t(T * c.hidden_size) * sizeof(float)));
     DSV3_CUDA_CHECK(
         cudaMallocHost(&h_logits, size_t(m.work.logit_rows * c.vocab_size) * sizeof(float)));
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_sample, size_t(T) * sizeof(SampleParams)));
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_tokens, size_t(T) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_offsets, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_padded, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_tiles, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
@@ -565,6 +576,8 @@ struct CudaEngine::Impl {
     (void)cudaFreeHost(h_ints);
     (void)cudaFreeHost(h_rows);
     (void)cudaFreeHost(h_logits);
+    (void)cudaFreeHost(h_sample);
+    (void)cudaFreeHost(h_tokens);
     (void)cudaFreeHost(h_offsets);
     (void)cudaFreeHost(h_padded);
     (void)cudaFreeHost(h_tiles);
@@ -993,7 +1006,11 @@ struct CudaEngine::Impl {
     float* logits_dst;   // host row of the piece's first wanted logits (or null)
     bool all_logits;
     const float* hprev;  // MTP: host rows of the main model's hidden states
+    // Instead of logits_dst: the last row's token, sampled on the GPU with these parameters.
+    int32_t* token_dst = nullptr;
+    SampleParams sample{};
   };
+  static constexpr int kLogitsOut = 1, kTokensOut = 2;
 
   void drop_graphs() {
     for (auto& [key, exec] : graphs) (void)cudaGraphExecDestroy(exec);
@@ -1045,14 +1062,24 @@ struct CudaEngine::Impl {
     return head_layer;
   }
 
-  // Logits of selected rows s0 .. s0 + cnt (indices in ints[3T ...]) into h_logits.
-  void enqueue_logits(int64_t s0, int64_t cnt, const DevWeight& head) {
+  // Logits of selected rows s0 .. s0 + cnt (indices in ints[3T ...]); `out` says where they go:
+  // kLogitsOut into h_logits, kTokensOut through the sampler (parameters from h_sample + s0)
+  // into h_tokens + s0 (rows not sampled on the GPU get a greedy token nobody reads).
+  void enqueue_logits(int64_t s0, int64_t cnt, const DevWeight& head, int out) {
     Work& k = m.work;
     const int64_t H = c.hidden_size, V = c.vocab_size;
     gather_rows(k.xn, H, k.ints + 3 * k.T + s0, cnt, H, k.sel, stream);
     linear(k.sel, cnt, head, k.logits);
-    DSV3_CUDA_CHECK(cudaMemcpyAsync(h_logits, k.logits, size_t(cnt * V) * sizeof(float),
-                                    cudaMemcpyDeviceToHost, stream));
+    if (out & kLogitsOut)
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(h_logits, k.logits, size_t(cnt * V) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, stream));
+    if (out & kTokensOut) {
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(k.sample, h_sample + s0, size_t(cnt) * sizeof(SampleParams),
+                                      cudaMemcpyHostToDevice, stream));
+      sample_tokens(k.logits, cnt, V, V, k.sample, k.tokens, stream);
+      DSV3_CUDA_CHECK(cudaMemcpyAsync(h_tokens + s0, k.tokens, size_t(cnt) * sizeof(int32_t),
+                                      cudaMemcpyDeviceToHost, stream));
+    }
   }
 
   // A decode-sized chunk (graph_max_rows) whose logits fit one pass and with no host wait in it
@@ -1068,8 +1095,8 @@ struct CudaEngine::Impl {
 
   // Replays (capturing first if needed) the graph of this chunk shape. False if capture is not
   // possible here; the caller then runs the chunk eagerly (and graphs stay off).
-  bool launch_graph(int64_t n, int64_t nsel, int64_t span, bool mtp, bool want_hidden) {
-    const auto key = std::make_tuple(mtp, n, nsel, span, want_hidden);
+  bool launch_graph(int64_t n, int64_t nsel, int64_t span, bool mtp, bool want_hidden, int out) {
+    const auto key = std::make_tuple(mtp, n, nsel, span, want_hidden, out);
     auto it = graphs.find(key);
     if (it == graphs.end()) {
       if (graphs.size() >= 64) drop_graphs();  // long runs of many shapes: start over
@@ -1077,7 +1104,7 @@ struct CudaEngine::Impl {
       DSV3_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
       try {
         const DevLayer* hl = enqueue_body(n, span, mtp, want_hidden);
-        if (nsel > 0) enqueue_logits(0, nsel, hl ? hl->head : m.lm_head);
+        if (nsel > 0) enqueue_logits(0, nsel, hl ? hl->head : m.lm_head, out);
       } catch (const Error&) {
         // Leave the stream usable; the eager path reports the error again if it is real.
         (void)cudaStreamEndCapture(stream, &g);
@@ -1105,7 +1132,8 @@ struct CudaEngine::Impl {
     events_used = 0;
     const int64_t T = k.T, H = c.hidden_size, V = c.vocab_size;
     int64_t n = 0, nsel = 0, max_pos = 0;
-    std::vector<float*> sel_dst;
+    std::vector<float*> sel_dst;    // per selected row: where its logits go (or null)
+    std::vector<int32_t*> tok_dst;  // ... or where its GPU-sampled token goes
     for (const Piece& p : pieces) {
       for (int64_t j = p.begin; j < p.end; ++j, ++n) {
         const int64_t pos = p.cache->size() + (j - p.begin);
@@ -1113,12 +1141,23 @@ struct CudaEngine::Impl {
         h_ints[T + n] = int32_t(pos);
         h_ints[2 * T + n] = int32_t(p.cache->slot() - (mtp ? opt.max_sequences : 0));
         max_pos = std::max(max_pos, pos);
-        if (p.logits_dst && (p.all_logits || j == p.end - 1)) {
+        const bool last = j == p.end - 1;
+        if ((p.logits_dst && (p.all_logits || last)) || (p.token_dst && last)) {
+          h_sample[nsel] = p.token_dst ? p.sample : SampleParams{};
           h_ints[3 * T + nsel++] = int32_t(n);
-          sel_dst.push_back(p.logits_dst + (p.all_logits ? (j - p.begin) * V : 0));
+          sel_dst.push_back(p.logits_dst ? p.logits_dst + (p.all_logits ? (j - p.begin) * V : 0)
+                                         : nullptr);
+          tok_dst.push_back(p.token_dst);
         }
       }
     }
+    // What the selected rows of a pass of logit_rows return.
+    const auto outputs = [&](int64_t s0, int64_t cnt) {
+      int out = 0;
+      for (int64_t i = s0; i < s0 + cnt; ++i)
+        out |= (sel_dst[size_t(i)] ? kLogitsOut : 0) | (tok_dst[size_t(i)] ? kTokensOut : 0);
+      return out;
+    };
     if (mtp) {
       int64_t r = 0;
       for (const Piece& p : pieces) {
@@ -1130,7 +1169,8 @@ struct CudaEngine::Impl {
     for (const Piece& p : pieces) want_hidden |= p.hidden_dst != nullptr;
     const int64_t span = attention_span(max_pos);
     const DevWeight& head = mtp ? m.mtp[0].head : m.lm_head;
-    const bool replayed = graph_eligible(n, nsel) && launch_graph(n, nsel, span, mtp, want_hidden);
+    const bool replayed =
+        graph_eligible(n, nsel) && launch_graph(n, nsel, span, mtp, want_hidden, outputs(0, nsel));
     timing = opt.time_stages && !replayed;
     stage(kStageOther);
     if (!replayed) {
@@ -1146,10 +1186,13 @@ struct CudaEngine::Impl {
     }
     for (int64_t s0 = 0; s0 < nsel; s0 += k.logit_rows) {
       const int64_t cnt = std::min(k.logit_rows, nsel - s0);
-      if (!replayed) enqueue_logits(s0, cnt, head);
+      if (!replayed) enqueue_logits(s0, cnt, head, outputs(s0, cnt));
       DSV3_CUDA_CHECK(cudaStreamSynchronize(stream));
-      for (int64_t i = 0; i < cnt; ++i)
-        std::memcpy(sel_dst[size_t(s0 + i)], h_logits + i * V, size_t(V) * sizeof(float));
+      for (int64_t i = 0; i < cnt; ++i) {
+        if (float* d = sel_dst[size_t(s0 + i)])
+          std::memcpy(d, h_logits + i * V, size_t(V) * sizeof(float));
+        if (int32_t* d = tok_dst[size_t(s0 + i)]) *d = h_tokens[s0 + i];
+      }
     }
     stage(-1);
     DSV3_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -1181,6 +1224,7 @@ struct CudaEngine::Impl {
         if (q.hprev) q.hprev += (b - p.begin) * c.hidden_size;
         if (q.logits_dst && q.all_logits) q.logits_dst += (b - p.begin) * c.vocab_size;
         if (q.logits_dst && !q.all_logits && q.end != p.end) q.logits_dst = nullptr;
+        if (q.end != p.end) q.token_dst = nullptr;
         chunk.push_back(q);
         b += take;
         used += take;
@@ -1303,6 +1347,82 @@ Tensor CudaEngine::step(const std::vector<Input>& inputs, Tensor* hidden) const 
   }
   im.run(pieces, false);
   return logits;
+}
+
+std::vector<infer::SampleResult> CudaEngine::step_sample(
+    const std::vector<Input>& inputs, const std::vector<infer::Sampler*>& samplers,
+    Tensor* hidden) const {
+  Impl& im = *impl_;
+  DSV3_CUDA_CHECK(cudaSetDevice(im.opt.device));
+  check_sample_inputs(inputs, samplers);
+  const ModelConfig& c = config();
+  const int64_t V = c.vocab_size;
+  int64_t host_rows = 0, n = 0;
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    im.check_cache(inputs[k].cache, false, inputs[k].tokens.size());
+    im.check_ids(inputs[k].tokens);
+    if (samplers[k] && !samplers[k]->device_drawable()) ++host_rows;
+    n += int64_t(inputs[k].tokens.size());
+  }
+  // Only the rows sampled here come back as logits.
+  Tensor logits = Tensor::zeros(DType::F32, {host_rows, V});
+  if (hidden) *hidden = Tensor::zeros(DType::F32, {n, c.hidden_size});
+  std::vector<int32_t> tokens(inputs.size(), -1);
+  std::vector<Impl::Piece> pieces;
+  int64_t lrow = 0, hrow = 0;
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const Input& in = inputs[k];
+    const infer::Sampler* sm = samplers[k];
+    Impl::Piece p{in.cache,
+                  in.tokens.data(),
+                  0,
+                  int64_t(in.tokens.size()),
+                  hidden ? hidden->ptr<float>() + hrow * c.hidden_size : nullptr,
+                  nullptr,
+                  false,
+                  nullptr};
+    if (sm && sm->device_drawable()) {
+      const infer::SamplingParams& sp = sm->params();
+      p.token_dst = &tokens[k];
+      // The uniform is taken now, as sample() would take it (greedy takes none).
+      p.sample = {sp.temperature, sp.top_k, sp.top_p, sp.min_p,
+                  sp.greedy() ? 0.0 : samplers[k]->uniform()};
+    } else if (sm) {
+      p.logits_dst = logits.ptr<float>() + lrow++ * V;
+    }
+    pieces.push_back(p);
+    hrow += int64_t(in.tokens.size());
+  }
+  im.run(pieces, false);
+  std::vector<infer::SampleResult> out(inputs.size());
+  lrow = 0;
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    infer::Sampler* sm = samplers[k];
+    if (!sm) continue;
+    if (!sm->device_drawable()) {
+      const std::span<float> row{logits.ptr<float>() + lrow++ * V, size_t(V)};
+      if (sm->params().logprobs)
+        out[k] = sm->sample_with_logprobs(row);
+      else
+        out[k].token = sm->sample(row);
+      continue;
+    }
+    const int32_t t = tokens[k];
+    // The CPU sampler's errors for the same logits.
+    DSV3_CHECK(t != kSampleNonFinite,
+               "sampler: a logit is NaN or inf; the model produced non-finite output");
+    DSV3_CHECK(t != kSampleAllMasked, "sampler: all {} logits are -inf; no token can be sampled",
+               V);
+    DSV3_CHECK(t != kSampleOverflow,
+               "sampler: the largest logit overflows float at temperature {}; the model produced "
+               "extreme logits",
+               sm->params().temperature);
+    DSV3_CHECK(t >= 0 && t < V, "CUDA engine: the GPU sampler returned token {} (vocabulary {})", t,
+               V);
+    sm->accept(t);
+    out[k].token = t;
+  }
+  return out;
 }
 
 Tensor CudaEngine::mtp_step(const std::vector<MtpInput>& inputs) const {

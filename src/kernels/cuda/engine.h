@@ -92,6 +92,11 @@ class CudaEngine : public StepEngine {
   LatentCache new_cache(int64_t capacity = 0) const override;
   LatentCache new_mtp_cache(int64_t capacity = 0) const override;
   Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const override;
+  // Rows whose sampler is device_drawable() are sampled on the GPU (kernels/cuda/sample.cu):
+  // only their token ids come back; the other rows' logits come back and are sampled here.
+  std::vector<infer::SampleResult> step_sample(const std::vector<Input>& inputs,
+                                               const std::vector<infer::Sampler*>& samplers,
+                                               Tensor* hidden = nullptr) const override;
   Tensor mtp_step(const std::vector<MtpInput>& inputs) const override;
 
   const CudaEngineOptions& options() const;

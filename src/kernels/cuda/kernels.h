@@ -197,6 +197,24 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
                       int64_t max_position, float scale, float* partial, int64_t partial_floats,
                       float* o_lat, cudaStream_t s);
 
+// Token sampling (kernels/cuda/sample.cu): infer::Sampler's steps 3-7 for rows without
+// penalties, one block per row of logits [rows, v] (row stride ld). params[r]: temperature 0 is
+// greedy (the lowest id holding the max); otherwise logits / temperature, top-k (0: off), top-p
+// (1: off), min-p (0: off) keep tokens by the Sampler's rules and the token is where u · (kept
+// mass) falls in the ascending-id CDF of exp(logit - max), u in [0, 1) from the Sampler's
+// generator. tokens[r]: the token, or one of the kSample* codes below.
+struct SampleParams {
+  float temperature = 0;
+  int32_t top_k = 0;
+  float top_p = 1, min_p = 0;
+  double u = 0;
+};
+constexpr int32_t kSampleNonFinite = -1;  // a logit is NaN or +inf
+constexpr int32_t kSampleAllMasked = -2;  // every logit is -inf
+constexpr int32_t kSampleOverflow = -3;   // the largest logit overflows at this temperature
+void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
+                   const SampleParams* params, int32_t* tokens, cudaStream_t s);
+
 // MLA prefill attention, non-absorbed (kernels/cuda/flash.cu): per head h and query row t of
 // one sequence (position pos0 + t), o[t, h] = softmax(scale · q[t, h] · K[h]ᵀ) · V[h] over the
 // keys 0 .. pos0 + t, K[h] rows [k_nope ; k_pe], V[h] rows v. All inputs BF16:

@@ -1,0 +1,337 @@
+// Token sampling on the GPU: infer::Sampler's steps 3-7 (temperature, top-k, top-p, min-p, the
+// draw) for one row of logits per block, so a decode step copies back token ids instead of
+// [rows, V] logits. The kept sets follow the Sampler's rules exactly (top-k keeps ties with the
+// k-th value; top-p keeps the smallest most-likely prefix, ties at the boundary by ascending
+// id; min-p in float64); the masses are sums of exp(logit - max) as the Sampler's exp_nonpos
+// computes them, in 2^-46 fixed point (integer atomics: every run adds the same bits, so a
+// seed gives the same tokens run after run), where the Sampler sums in float64. The two agree
+// unless a top-p boundary or the draw lands within ~1e-9 of the total mass of a boundary
+// (tests/cuda/test_sample_gpu.cpp checks every other case token for token).
+//
+// A row is swept a few times from global memory (L2 for one row: V = 129,280 floats = 505 KiB):
+// a scan (max, non-finite check), 4 radix passes of 8 bits for top-k's k-th value and 4 for
+// top-p's boundary (each a histogram over the still-possible keys), and the draw.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kernels.h"
+
+namespace dsv3::cuda {
+
+namespace {
+
+constexpr int kThreads = 1024, kWarps = kThreads / 32;
+constexpr double kFixed = 70368744177664.0;  // 2^46: a weight ≤ 1 in fixed point
+constexpr uint32_t kTieAll = 0xffffffffu;
+
+// The Sampler's exp_nonpos (infer/sampler.cpp): exp(d) for d ≤ 0 in float, 0 below -87.
+__device__ __forceinline__ float exp_nonpos(float d) {
+  constexpr float kRound = 12582912.0f;
+  const float x = fmaxf(d, -87.0f);
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const uint32_t k = __float_as_uint(t) - __float_as_uint(kRound);
+  const float scale = __uint_as_float((k + 127u) << 23);
+  return d >= -87.0f ? y * scale : 0.0f;
+}
+
+__device__ __forceinline__ uint64_t fixed_weight(float w) {
+  return uint64_t(double(w) * kFixed);
+}
+
+// Order-preserving key of a float: a > b iff key(a) > key(b) (no NaN by the time it is used).
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Every thread gets op over all threads' v, combined in a fixed order (deterministic).
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op, T* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();  // smem may still be read by the previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = smem[0];
+  for (int i = 1; i < kWarps; ++i) v = op(v, smem[i]);
+  return v;
+}
+
+// Exclusive prefix sum of v over threads in thread order; *total gets the sum of all.
+__device__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* smem, uint64_t* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint64_t inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint64_t u = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += u;
+  }
+  __syncthreads();
+  if (lane == 31) smem[warp] = inc;
+  __syncthreads();
+  uint64_t before = 0, all = 0;
+  for (int i = 0; i < kWarps; ++i) {
+    if (i < warp) before += smem[i];
+    all += smem[i];
+  }
+  *total = all;
+  return before + inc - v;
+}
+
+// A row's logits after the temperature, divided as the Sampler divides them (x / T, IEEE).
+struct Row {
+  const float* x;
+  int64_t v;
+  bool scaled;
+  float t;
+  __device__ float at(int64_t i) const { return scaled ? x[i] / t : x[i]; }
+};
+
+// What survives so far: finite, key ≥ k_min (top-k), then top-p's boundary (keys above p_key,
+// or equal with id ≤ p_tie), then min-p.
+struct Kept {
+  uint32_t k_min = 0, p_key = 0, p_tie = kTieAll;
+  bool top_p = false, min_p = false;
+  double log_min_p = 0, min_p_v = 0;
+  float mx = 0;
+  __device__ bool operator()(float v, uint32_t key, int64_t i) const {
+    if (!(v > -INFINITY) || key < k_min) return false;
+    if (top_p && (key < p_key || (key == p_key && uint32_t(i) > p_tie))) return false;
+    if (min_p) {
+      const double d = double(v) - double(mx);
+      if (!(d >= log_min_p - 1e-9 && exp(d) >= min_p_v)) return false;
+    }
+    return true;
+  }
+};
+
+// Radix select, 8 bits a pass from the top: the key where the running total of `weight` over
+// candidates in descending key order first reaches `target`; *before gets the total of the
+// candidates with greater keys. hist: [kWarps][256] (one histogram per warp: fewer collisions).
+template <class Cand, class Weight>
+__device__ uint32_t radix_select(const Row& r, Cand cand, Weight weight, double target,
+                                 uint64_t* hist, uint64_t* before) {
+  __shared__ uint32_t s_digit;
+  __shared__ uint64_t s_before;
+  uint32_t prefix = 0;
+  uint64_t acc = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < kWarps * 256; i += kThreads) hist[i] = 0;
+    __syncthreads();
+    uint64_t* h = hist + (threadIdx.x >> 5) * 256;
+    const uint32_t hi_mask = shift == 24 ? 0u : ~0u << (shift + 8);
+    for (int64_t i = threadIdx.x; i < r.v; i += kThreads) {
+      const float v = r.at(i);
+      const uint32_t key = order_key(v);
+      if ((key & hi_mask) != prefix || !cand(v, key, i)) continue;
+      atomicAdd(reinterpret_cast<unsigned long long*>(&h[(key >> shift) & 255u]),
+                static_cast<unsigned long long>(weight(v)));
+    }
+    __syncthreads();
+    if (threadIdx.x < 256) {
+      uint64_t s = 0;
+      for (int w = 0; w < kWarps; ++w) s += hist[w * 256 + threadIdx.x];
+      hist[threadIdx.x] = s;  // warp 0's row now holds the sums (each thread its own bin)
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int d = 255;
+      for (; d > 0; --d) {
+        if (double(acc + hist[d]) >= target) break;
+        acc += hist[d];
+      }
+      s_digit = uint32_t(d);
+      s_before = acc;
+    }
+    __syncthreads();
+    prefix |= s_digit << shift;
+    acc = s_before;
+    __syncthreads();
+  }
+  *before = acc;
+  return prefix;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(const float* logits, int64_t v, int64_t ld, const SampleParams* params,
+                  int32_t* tokens) {
+  extern __shared__ uint64_t hist[];  // [kWarps][256]
+  __shared__ float s_f[kWarps];
+  __shared__ int s_i[kWarps];
+  __shared__ uint64_t s_u[kWarps];
+  __shared__ uint32_t s_tie;
+  const SampleParams p = params[blockIdx.x];
+  const float* x = logits + blockIdx.x * ld;
+
+  // Scan: max, NaN / +inf, finite count.
+  float mx = -INFINITY;
+  int bad = 0, finite = 0;
+  for (int64_t i = threadIdx.x; i < v; i += kThreads) {
+    const float a = x[i];
+    mx = fmaxf(mx, a);
+    bad |= !(a < INFINITY);
+    finite += a > -INFINITY;
+  }
+  mx = block_reduce(
+      mx, [](float a, float b) { return fmaxf(a, b); }, s_f);
+  bad = block_reduce(
+      bad, [](int a, int b) { return a | b; }, s_i);
+  finite = block_reduce(
+      finite, [](int a, int b) { return a + b; }, s_i);
+  if (bad || finite == 0) {
+    if (threadIdx.x == 0) tokens[blockIdx.x] = bad ? kSampleNonFinite : kSampleAllMasked;
+    return;
+  }
+  if (p.temperature == 0.0f) {  // greedy: the lowest id holding the max
+    int best = INT32_MAX;
+    for (int64_t i = threadIdx.x; i < v; i += kThreads)
+      if (x[i] == mx) {
+        best = int(i);
+        break;
+      }
+    best = block_reduce(
+        best, [](int a, int b) { return min(a, b); }, s_i);
+    if (threadIdx.x == 0) tokens[blockIdx.x] = best;
+    return;
+  }
+  const Row r{x, v, p.temperature != 1.0f, p.temperature};
+  if (p.temperature != 1.0f) {
+    mx /= p.temperature;  // division by a positive number keeps the max the max
+    if (!(mx < INFINITY)) {
+      if (threadIdx.x == 0) tokens[blockIdx.x] = kSampleOverflow;
+      return;
+    }
+  }
+  Kept kept;
+  kept.mx = mx;
+  const auto weight = [mx](float a) { return fixed_weight(exp_nonpos(a - mx)); };
+  uint64_t before = 0;
+  if (p.top_k > 0 && p.top_k < finite) {
+    const Kept none = kept;
+    kept.k_min = radix_select(
+        r, none, [](float) { return uint64_t(1); }, double(p.top_k), hist, &before);
+  }
+  if (p.top_p < 1.0f) {
+    // Total mass of the candidates, then the boundary key and how many of its ties stay.
+    uint64_t z = 0;
+    for (int64_t i = threadIdx.x; i < v; i += kThreads) {
+      const float a = r.at(i);
+      if (kept(a, order_key(a), i)) z += weight(a);
+    }
+    z = block_reduce(
+        z, [](uint64_t a, uint64_t b) { return a + b; }, s_u);
+    const double target = double(p.top_p) * double(z);
+    const uint32_t key = radix_select(r, kept, weight, target, hist, &before);
+    int ties = 0;
+    for (int64_t i = threadIdx.x; i < v; i += kThreads) {
+      const float a = r.at(i);
+      ties += order_key(a) == key && kept(a, key, i);
+    }
+    ties = block_reduce(
+        ties, [](int a, int b) { return a + b; }, s_i);
+    const uint64_t w_tie = weight(key_value(key));
+    int keep = 0;  // ties taken in ascending id order while the mass before them is < target
+    for (uint64_t cum = before; keep < ties && double(cum) < target; cum += w_tie) ++keep;
+    if (threadIdx.x == 0) s_tie = kTieAll;
+    if (keep < ties) {
+      // The id of the keep-th tie: each thread counts the ties in its run of ids.
+      const int64_t per = (v + kThreads - 1) / kThreads, lo = threadIdx.x * per;
+      const int64_t hi = lo + per < v ? lo + per : v;
+      uint64_t mine = 0;
+      for (int64_t i = lo; i < hi; ++i) {
+        const float a = r.at(i);
+        mine += order_key(a) == key && kept(a, key, i);
+      }
+      uint64_t all = 0;
+      const uint64_t start = block_exclusive_scan(mine, s_u, &all);
+      if (start < uint64_t(keep) && uint64_t(keep) <= start + mine) {
+        uint64_t seen = start;
+        for (int64_t i = lo; i < hi; ++i) {
+          const float a = r.at(i);
+          if (order_key(a) == key && kept(a, key, i) && ++seen == uint64_t(keep)) {
+            s_tie = uint32_t(i);
+            break;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    kept.top_p = true;
+    kept.p_key = key;
+    kept.p_tie = s_tie;
+  }
+  if (p.min_p > 0.0f) {
+    kept.min_p = true;
+    kept.min_p_v = double(p.min_p);
+    kept.log_min_p = log(double(p.min_p));
+  }
+
+  // The draw: the first kept id (ascending) whose inclusive mass exceeds u · total.
+  const int64_t per = (v + kThreads - 1) / kThreads, lo = threadIdx.x * per;
+  const int64_t hi = lo + per < v ? lo + per : v;
+  uint64_t mine = 0;
+  int last = -1;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float a = r.at(i);
+    if (!kept(a, order_key(a), i)) continue;
+    const uint64_t w = weight(a);
+    mine += w;
+    if (w > 0) last = int(i);
+  }
+  uint64_t total = 0;
+  const uint64_t start = block_exclusive_scan(mine, s_u, &total);
+  const double target = p.u * double(total);
+  int pick = INT32_MAX;
+  if (double(start) <= target && double(start + mine) > target) {
+    uint64_t cum = start;
+    for (int64_t i = lo; i < hi; ++i) {
+      const float a = r.at(i);
+      if (!kept(a, order_key(a), i)) continue;
+      cum += weight(a);
+      if (double(cum) > target) {
+        pick = int(i);
+        break;
+      }
+    }
+  }
+  pick = block_reduce(
+      pick, [](int a, int b) { return min(a, b); }, s_i);
+  last = block_reduce(
+      last, [](int a, int b) { return max(a, b); }, s_i);
+  // Rounding can put the target at the very end: the last kept token, as the Sampler does.
+  if (threadIdx.x == 0) tokens[blockIdx.x] = pick != INT32_MAX ? pick : last;
+}
+
+}  // namespace
+
+void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
+                   const SampleParams* params, int32_t* tokens, cudaStream_t s) {
+  if (rows == 0) return;
+  constexpr size_t smem = sizeof(uint64_t) * kWarps * 256;  // 64 KiB of histograms
+  static const bool attr = [] {
+    DSV3_CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(smem)));
+    return true;
+  }();
+  (void)attr;
+  sample_kernel<<<unsigned(rows), kThreads, smem, s>>>(logits, v, ld, params, tokens);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dsv3::cuda
