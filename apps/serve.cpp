@@ -54,11 +54,13 @@ void run(ServeArgs a) {
   int64_t& max_len = a.opt.scheduler.max_model_len;
   if (cuda_index >= 0 && max_len == 0)
     max_len = std::min(model.config().max_position_embeddings, kDeviceMaxModelLen);
-  // There the memory is allocated anyway: by default every slot may fill.
+  // The CUDA engine allocates its block cache up front: room for max_seqs sequences of the
+  // whole context unless --max-batch-tokens says otherwise.
   if (cuda_index >= 0 && !a.budget_given)
     a.opt.scheduler.max_batch_tokens = a.opt.scheduler.max_seqs * max_len;
   const std::unique_ptr<StepEngine> engine_ptr =
-      make_step_engine(model, cuda_index, a.opt.scheduler.max_seqs, max_len, a.batch_gemms);
+      make_step_engine(model, cuda_index, a.opt.scheduler.max_seqs, max_len, a.batch_gemms,
+                       a.opt.scheduler.prefix_caching, a.opt.scheduler.max_batch_tokens);
   const StepEngine& engine = *engine_ptr;
   const std::string tok_dir = a.tokenizer.empty() ? a.model : a.tokenizer;
   const std::filesystem::path tok_path(tok_dir);

@@ -14,14 +14,18 @@
 
 namespace dsv3::apps {
 
-// `sequences`: how many sequences may hold a cache at once, `max_context` (0: the engine's
-// default) the tokens each holds; the CUDA engine allocates sequences x max_context up front.
+// `sequences` x `max_context` (0: the engine's default) tokens: the CUDA engine's latent cache,
+// allocated up front as blocks that sequences take as they grow (each up to max_context);
+// `cache_tokens` (0: sequences x max_context) sizes that cache otherwise; `prefix_caching`:
+// whether caches made over its cache_pool() share full prompt-prefix blocks.
 // `batch_gemms` (--batch-gemms, CUDA only): decode batches of 2 or more on the tensor cores,
 // whose rounded activations make a sequence's tokens depend on what it is batched with
 // (CudaEngineOptions::gemv_max_rows).
 inline std::unique_ptr<StepEngine> make_step_engine(const Model& model, int cuda_index,
                                                     int64_t sequences, int64_t max_context = 0,
-                                                    bool batch_gemms = false) {
+                                                    bool batch_gemms = false,
+                                                    bool prefix_caching = true,
+                                                    int64_t cache_tokens = 0) {
   if (cuda_index < 0) return std::make_unique<Engine>(model);
 #ifdef DSV3_HAVE_CUDA
   cuda::CudaEngineOptions opt;
@@ -29,8 +33,12 @@ inline std::unique_ptr<StepEngine> make_step_engine(const Model& model, int cuda
   opt.max_sequences = std::max<int64_t>(sequences, 1);
   if (max_context > 0) opt.max_context = max_context;
   if (batch_gemms) opt.gemv_max_rows = 1;
+  opt.prefix_caching = prefix_caching;
+  if (cache_tokens > 0) opt.cache_blocks = (cache_tokens + opt.block_tokens - 1) / opt.block_tokens;
   return std::make_unique<cuda::CudaEngine>(model, opt);
 #else
+  (void)prefix_caching;
+  (void)cache_tokens;
   (void)sequences;
   (void)max_context;
   (void)batch_gemms;

@@ -40,9 +40,17 @@ void* device_filled(size_t bytes) {
 
 // Decode: `batch` sequences each at the last position of `context` cached rows.
 void decode(int64_t batch, int64_t context, double copy_bw) {
-  cuda::CachePool pool{nullptr, 1, context, kDc, kDr, true};
-  const size_t cache_bytes = size_t(batch * context * pool.row() * 2);
+  // The engine's paged layout: blocks of 64 rows, each sequence's consecutive.
+  const int64_t block = 64, mb = (context + block - 1) / block;
+  cuda::CachePool pool{nullptr, 1, batch * mb, block, kDc, kDr, true, nullptr, mb};
+  const size_t cache_bytes = size_t(batch * mb * block * pool.row() * 2);
   pool.base = device_filled(cache_bytes);
+  std::vector<int32_t> table(static_cast<size_t>(batch * mb));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
+  int32_t* dtable = nullptr;
+  DSV3_CUDA_CHECK(cudaMalloc(&dtable, table.size() * 4));
+  DSV3_CUDA_CHECK(cudaMemcpy(dtable, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
+  pool.tables = dtable;
   auto* qc = static_cast<float*>(device_filled(size_t(batch * kHeads * pool.row()) * 4));
   auto* olat = static_cast<float*>(device_filled(size_t(batch * kHeads * kDc) * 4));
   // The engine's split scratch for its default 512-token chunks.
@@ -79,7 +87,7 @@ void decode(int64_t batch, int64_t context, double copy_bw) {
   DSV3_CUDA_CHECK(cudaFree(qcb));
   for (void* p :
        {pool.base, static_cast<void*>(qc), static_cast<void*>(olat), static_cast<void*>(partial),
-        static_cast<void*>(dpos), static_cast<void*>(dslots)})
+        static_cast<void*>(dpos), static_cast<void*>(dslots), static_cast<void*>(dtable)})
     DSV3_CUDA_CHECK(cudaFree(p));
 }
 

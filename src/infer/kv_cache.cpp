@@ -23,7 +23,7 @@ constexpr uint64_t kRootHash = 0x6473763370726566ull;
 }  // namespace
 
 BlockPool::BlockPool(const ModelConfig& c, int64_t layers, int64_t blocks, int64_t block_tokens,
-                     bool prefix_caching)
+                     bool prefix_caching, bool host_rows)
     : block_tokens_(block_tokens),
       blocks_(blocks),
       layers_(layers),
@@ -32,7 +32,8 @@ BlockPool::BlockPool(const ModelConfig& c, int64_t layers, int64_t blocks, int64
       prefix_caching_(prefix_caching) {
   DSV3_CHECK(blocks >= 1 && block_tokens >= 1 && layers >= 1,
              "cache pool: {} blocks of {} tokens for {} layers", blocks, block_tokens, layers);
-  storage_ = Tensor::zeros(DType::F32, {layers * blocks * block_tokens * (dc_ + dr_)});
+  if (host_rows)
+    storage_ = Tensor::zeros(DType::F32, {layers * blocks * block_tokens * (dc_ + dr_)});
   refs_.assign(size_t(blocks), 0);
   free_pos_.resize(size_t(blocks));
   for (int32_t b = 0; b < int32_t(blocks); ++b) free_pos_[size_t(b)] = free_.insert(free_.end(), b);
@@ -174,14 +175,18 @@ LatentCache::LatentCache(std::shared_ptr<BlockPool> pool, int64_t capacity)
   pages_->pool = std::move(pool);
 }
 
-LatentCache LatentCache::on_device(int64_t layers, int64_t capacity, int64_t slot,
-                                   std::shared_ptr<void> lease) {
-  LatentCache c;
-  c.layers_ = layers;
-  c.capacity_ = capacity;
-  c.slot_ = slot;
-  c.lease_ = std::move(lease);
-  return c;
+bool LatentCache::on_device() const {
+  return pages_ && pages_->pool->on_device();
+}
+
+const BlockPool* LatentCache::pool() const {
+  return pages_ ? pages_->pool.get() : nullptr;
+}
+
+const std::vector<int32_t>& LatentCache::blocks_for(int64_t rows) {
+  DSV3_ASSERT(pages_ && rows <= capacity_);
+  grow_table(rows);
+  return pages_->table;
 }
 
 int64_t LatentCache::attach_prefix(std::span<const int32_t> prompt) {

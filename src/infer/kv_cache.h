@@ -11,8 +11,9 @@
 // sequences (reference counts) instead of being computed again. `dsv3 generate` gives each
 // sequence a private pool of one block, which is the old contiguous cache.
 //
-// A device engine's cache (kernels/cuda/engine.h) keeps its rows in the engine's memory: this
-// object then holds only the size, the capacity and a slot there.
+// A device engine's caches (kernels/cuda/engine.h) are pooled caches too, over a pool whose
+// rows live in the engine's memory (host_rows false): the block tables and reference counts
+// are kept here, the engine writes and reads the rows.
 #pragma once
 
 #include <cstdint>
@@ -33,8 +34,10 @@ class BlockPool {
  public:
   // `prefix_caching`: full blocks are indexed by the token prefix they hold, and a block
   // whose last reference goes keeps its rows until it is handed out again (LRU).
+  // `host_rows` false: the rows live elsewhere (a device engine's memory); ckv() / kpe() must not
+  // be called.
   BlockPool(const ModelConfig& c, int64_t layers, int64_t blocks, int64_t block_tokens,
-            bool prefix_caching);
+            bool prefix_caching, bool host_rows = true);
 
   int64_t block_tokens() const { return block_tokens_; }
   int64_t blocks() const { return blocks_; }
@@ -42,6 +45,7 @@ class BlockPool {
   int64_t kv_dim() const { return dc_; }
   int64_t rope_dim() const { return dr_; }
   bool prefix_caching() const { return prefix_caching_; }
+  bool on_device() const { return !storage_; }
 
   // Row `row` of a block in one layer. Consecutive block ids are consecutive in memory, so a
   // run of blocks in a table can be read as one matrix.
@@ -109,16 +113,12 @@ class LatentCache {
   // A cache of up to `capacity` rows whose blocks come from `pool`, taken as the sequence
   // grows out of a reservation that reserve_rest() makes.
   LatentCache(std::shared_ptr<BlockPool> pool, int64_t capacity);
-  // A cache whose rows live on a device, in slot `slot` of its engine's pool; `lease` gives
-  // the slot back when the last copy of this cache goes.
-  static LatentCache on_device(int64_t layers, int64_t capacity, int64_t slot,
-                               std::shared_ptr<void> lease);
 
   int64_t size() const { return size_; }
   int64_t capacity() const { return capacity_; }
   int64_t layers() const { return layers_; }
-  bool on_device() const { return slot_ >= 0; }
-  int64_t slot() const { return slot_; }  // -1 on the CPU
+  bool on_device() const;         // its pool's rows live on a device
+  const BlockPool* pool() const;  // null for a default-constructed cache
 
   // On a fresh pooled cache: takes (shares) the pool's blocks that hold the longest prefix of
   // `prompt` (never its last token) and starts the cache after them. Returns the tokens
@@ -128,6 +128,9 @@ class LatentCache {
   bool reserve_rest();
   // Block ids in sequence order (pooled caches).
   std::vector<int32_t> block_table() const;
+  // The block table grown (from the reservation) to cover rows [0, rows): what a device engine
+  // needs before it writes rows up to `rows` itself.
+  const std::vector<int32_t>& blocks_for(int64_t rows);
 
   // Rows [0, rows) of a layer (rows may run past size() for the step in flight): a view when
   // those rows sit in consecutive blocks, otherwise gathered block by block into a buffer of
@@ -153,8 +156,7 @@ class LatentCache {
   Tensor rows_of(int64_t layer, int64_t rows, bool ckv) const;
   void grow_table(int64_t rows);
 
-  int64_t dc_ = 0, dr_ = 0, capacity_ = 0, size_ = 0, layers_ = 0, slot_ = -1;
-  std::shared_ptr<void> lease_;
+  int64_t dc_ = 0, dr_ = 0, capacity_ = 0, size_ = 0, layers_ = 0;
   std::shared_ptr<Pages> pages_;
   mutable Tensor gather_ckv_, gather_kpe_;
 };

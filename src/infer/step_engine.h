@@ -26,9 +26,14 @@ class StepEngine {
   // A cache for one sequence of up to `capacity` tokens (default: context()).
   virtual LatentCache new_cache(int64_t capacity = 0) const = 0;
   virtual LatentCache new_mtp_cache(int64_t capacity = 0) const = 0;
-  // Whether step() also takes caches whose rows live in a host BlockPool (the server's paged
-  // cache with prefix sharing); a device engine takes only its own new_cache() ones.
+  // Whether step() also takes caches whose rows live in a host BlockPool the caller made (the
+  // server's paged cache with prefix sharing).
   virtual bool takes_pooled_caches() const { return false; }
+  // A device engine's own pool of cache blocks (its rows in device memory), for callers that
+  // manage caches over a pool as the server does: LatentCache(cache_pool(), capacity) with
+  // attach_prefix() and reserve_rest(). Null when the engine has none (the CPU engine: it takes
+  // host pools instead).
+  virtual std::shared_ptr<BlockPool> cache_pool() const { return nullptr; }
 
   struct Input {
     LatentCache* cache;

@@ -70,7 +70,13 @@ Scheduler::Scheduler(const StepEngine& engine, const Tokenizer* tok, SchedulerOp
   DSV3_CHECK(opt_.prefill_chunk >= 1, "--prefill-chunk {} must be at least 1", opt_.prefill_chunk);
   DSV3_CHECK(opt_.max_waiting >= 0, "--max-waiting {} must not be negative", opt_.max_waiting);
   DSV3_CHECK(opt_.block_tokens >= 1, "cache blocks of {} tokens", opt_.block_tokens);
-  if (opt_.paged && engine.takes_pooled_caches()) {
+  if (opt_.paged && engine.cache_pool()) {
+    // A device engine's own pool: its block size and prefix caching (set when it was made).
+    pool_ = engine.cache_pool();
+    opt_.block_tokens = pool_->block_tokens();
+    stats_.blocks_total = pool_->blocks();
+    stats_.blocks_free = pool_->free_blocks();
+  } else if (opt_.paged && engine.takes_pooled_caches()) {
     DSV3_CHECK(opt_.max_batch_tokens >= opt_.block_tokens,
                "--max-batch-tokens {} must be at least one block ({} tokens)",
                opt_.max_batch_tokens, opt_.block_tokens);

@@ -369,6 +369,58 @@ TEST(CudaEngine, TruncateForgetsRejectedTokens) {
   EXPECT_LE(err_vs_std(after.ptr<float>(), direct.ptr<float>(), model.config().vocab_size), 1e-5);
 }
 
+// The paged cache: two sequences grown in turns take interleaved blocks of 32 rows (neither's
+// table is contiguous), and a third takes the first one's full prompt-prefix blocks over
+// cache_pool() (attach_prefix) and computes only the rest. Each one's logits equal those of the
+// same tokens alone on an engine whose caches are one block each (F32 path: ≤ 1e-5).
+TEST(CudaEngine, ScatteredAndSharedBlocksEqualOneBlockCaches) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture("v3_yarn_qlora_bf16")));
+  const int64_t v = model.config().vocab_size;
+  cuda::CudaEngineOptions po = small(true);
+  po.max_context = 128;
+  po.block_tokens = 32;
+  cuda::CudaEngineOptions ro = po;
+  ro.block_tokens = 128;
+  const cuda::CudaEngine paged(model, po), ref(model, ro);
+  std::vector<int32_t> ta(100), tb(100);
+  for (int32_t i = 0; i < 100; ++i) {
+    ta[size_t(i)] = (37 * i + 5) % int32_t(v);
+    tb[size_t(i)] = (11 * i + 2) % int32_t(v);
+  }
+  const auto last_logits = [&](const cuda::CudaEngine& e, LatentCache& c,
+                               const std::vector<int32_t>& t, int64_t from, int64_t to) {
+    return e.step({{&c, {t.begin() + from, t.begin() + to}}});
+  };
+  LatentCache a = paged.new_cache(), b = paged.new_cache();
+  Tensor la, lb;
+  for (int64_t at = 0; at < 100; at += 20) {
+    la = last_logits(paged, a, ta, at, at + 20);
+    lb = last_logits(paged, b, tb, at, at + 20);
+  }
+  const std::vector<int32_t> ba = a.block_table(), bb = b.block_table();
+  ASSERT_EQ(ba.size(), 4u);
+  bool scattered = false;
+  for (size_t i = 1; i < ba.size(); ++i) scattered |= ba[i] != ba[i - 1] + 1;
+  EXPECT_TRUE(scattered) << "the test meant the blocks to interleave";
+  LatentCache ra = ref.new_cache(), rb = ref.new_cache();
+  const Tensor wa = last_logits(ref, ra, ta, 0, 100), wb = last_logits(ref, rb, tb, 0, 100);
+  EXPECT_LE(err_vs_std(la.ptr<float>(), wa.ptr<float>(), v), 1e-5);
+  EXPECT_LE(err_vs_std(lb.ptr<float>(), wb.ptr<float>(), v), 1e-5);
+
+  // a's first 90 tokens with a different tail: its first 64 rows (2 full blocks) are shared.
+  std::vector<int32_t> tc(ta.begin(), ta.begin() + 90);
+  tc[80] = 7;
+  LatentCache s(paged.cache_pool(), 128);
+  EXPECT_EQ(s.attach_prefix(tc), 64);
+  ASSERT_TRUE(s.reserve_rest());
+  EXPECT_EQ(paged.cache_pool()->refcount(s.block_table()[0]), 2);
+  const Tensor ls = last_logits(paged, s, tc, 64, 90);
+  LatentCache rs = ref.new_cache();
+  const Tensor ws = last_logits(ref, rs, tc, 0, 90);
+  EXPECT_LE(err_vs_std(ls.ptr<float>(), ws.ptr<float>(), v), 1e-5);
+}
+
 TEST(CudaEngine, ClearErrors) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture("v3_plain_f32")));

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -325,6 +326,48 @@ INSTANTIATE_TEST_SUITE_P(Rules, RouteGpu,
 
 class MlaGpu : public ::testing::TestWithParam<const char*> {};
 
+// A paged latent cache holding `seqs` sequences x `layers` layers x `len` rows of [c_kv ; k_pe]
+// (`logical`, laid out [seq][layer][len][dc + dr]) in blocks of `block` rows handed out in a
+// shuffled order, so no sequence's blocks are contiguous: the device rows (F32 or BF16), the
+// block tables and the CachePool over them.
+struct PagedCache {
+  DevPtr<float> f32;
+  DevPtr<uint16_t> b16;
+  DevPtr<int32_t> tables;
+  cuda::CachePool pool;
+};
+PagedCache paged_cache(const std::vector<float>& logical, int64_t seqs, int64_t layers, int64_t len,
+                       int64_t dc, int64_t dr, bool bf16, int64_t block = 64) {
+  const int64_t D = dc + dr, mb = (len + block - 1) / block, blocks = seqs * mb + 3;
+  std::vector<int32_t> ids(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) ids[size_t(b)] = int32_t(b);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(5));
+  const std::vector<int32_t> tables(ids.begin(), ids.begin() + seqs * mb);
+  std::vector<float> rows(static_cast<size_t>(layers * blocks * block * D), 0.0f);
+  for (int64_t q = 0; q < seqs; ++q)
+    for (int64_t l = 0; l < layers; ++l)
+      for (int64_t p = 0; p < len; ++p) {
+        const int64_t at = ((l * blocks + tables[size_t(q * mb + p / block)]) * block + p % block);
+        std::copy_n(logical.begin() + ((q * layers + l) * len + p) * D, D, rows.begin() + at * D);
+      }
+  PagedCache c;
+  c.tables = to_device(tables);
+  if (bf16)
+    c.b16 = to_device(bf16_bits(rows));
+  else
+    c.f32 = to_device(rows);
+  c.pool = {bf16 ? static_cast<void*>(c.b16.get()) : static_cast<void*>(c.f32.get()),
+            layers,
+            blocks,
+            block,
+            dc,
+            dr,
+            bf16,
+            c.tables.get(),
+            mb};
+  return c;
+}
+
 // Absorbed attention over a long cache (several key splits) vs the CPU's ops::mla_attention, with
 // the cache in F32 and in BF16 (the CPU then gets the same BF16-rounded values).
 TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
@@ -348,12 +391,8 @@ TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
       std::copy(kpe.begin() + j * dr, kpe.begin() + (j + 1) * dr,
                 rows.begin() + j * (dc + dr) + dc);
     }
-    std::vector<uint16_t> rows16(rows.size());
-    for (size_t i = 0; i < rows.size(); ++i) rows16[i] = f32_to_bf16(rows[i]);
-    const auto dpool = to_device(rows);
-    const auto dpool16 = to_device(rows16);
-    cuda::CachePool pool{
-        bf16 ? static_cast<void*>(dpool16.get()) : dpool.get(), 1, L, dc, dr, bf16};
+    const PagedCache cache = paged_cache(rows, 1, 1, L, dc, dr, bf16);
+    const cuda::CachePool& pool = cache.pool;
     const std::vector<int32_t> pos = {int32_t(start), int32_t(start + 1), int32_t(start + 2)};
     const std::vector<int32_t> slots = {0, 0, 0};
     const auto dq = to_device(q);
@@ -487,17 +526,18 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
   SKIP_WITHOUT_GPU();
   const auto [heads, dc, dr] = GetParam();
   const int64_t H = heads, D = dc + dr, cap = 320, n = 3;
-  cuda::CachePool pool{nullptr, 2, cap, dc, dr, true};
-  ASSERT_TRUE(cuda::mla_attention_tc_supported(pool));
-  // Two slots × 2 layers × cap rows; the test reads layer 1.
+  // Two sequences × 2 layers × cap rows in scrambled blocks of 32 rows; the test reads layer 1.
   const std::vector<float> cache = bf16_values(randn(size_t(2 * 2 * cap * D), 61));
+  const PagedCache paged = paged_cache(cache, 2, 2, cap, dc, dr, true, 32);
+  const cuda::CachePool& pool = paged.pool;
+  ASSERT_TRUE(cuda::mla_attention_tc_supported(pool));
   const std::vector<float> qc = bf16_values(randn(size_t(n * H * D), 62, 0.2f));
   const std::vector<int32_t> pos = {299, 40, 0}, slot = {1, 0, 1};
   const int64_t layer = 1;
   const double scale = 1.0 / std::sqrt(192.0);
   std::vector<double> want(size_t(n * H * dc), 0.0);
   for (int64_t t = 0; t < n; ++t) {
-    const float* rows = cache.data() + pool.at(slot[size_t(t)], layer, 0);
+    const float* rows = cache.data() + (slot[size_t(t)] * 2 + layer) * cap * D;
     for (int64_t h = 0; h < H; ++h) {
       const float* q = qc.data() + (t * H + h) * D;
       std::vector<double> s(static_cast<size_t>(pos[size_t(t)] + 1), 0.0);
@@ -515,9 +555,8 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
   }
   double ref = 0;
   for (double w : want) ref = std::max(ref, std::fabs(w));
-  const auto dcache = to_device(bf16_bits(cache)), dq = to_device(bf16_bits(qc));
+  const auto dq = to_device(bf16_bits(qc));
   const auto dpos = to_device(pos), dslot = to_device(slot);
-  pool.base = dcache.get();
   const int64_t partial_floats = 64 * n * H * (dc + 2);
   DevPtr<float> partial = poisoned(size_t(partial_floats));
   DevPtr<float> olat = poisoned(size_t(n * H * dc));

@@ -131,6 +131,17 @@ def main():
         print(f"  {'ok  ' if s == alone[PROMPTS[0]] else 'FAIL'} streamed == generate alone")
         if s != alone[PROMPTS[0]]:
             failures.append("streamed != alone")
+        # The same long prompt twice: the second takes the first's full cache blocks (the
+        # engine's paged cache, prefix caching) and must decode the same tokens.
+        long_prompt = "The quick brown fox jumps over the lazy dog. " * 12
+        hits0 = metric(url, "dsv3_prefix_cache_hit_tokens_total") or 0
+        first, second = completion_ids(url, long_prompt), completion_ids(url, long_prompt)
+        hits = (metric(url, "dsv3_prefix_cache_hit_tokens_total") or 0) - hits0
+        ok = first == second and hits > 0
+        print(f"  {'ok  ' if ok else 'FAIL'} repeated prompt: {hits:.0f} prefix tokens shared, "
+              f"same ids: {first == second}")
+        if not ok:
+            failures.append(f"prefix sharing: {hits} tokens shared, {first} vs {second}")
         status, text = post(url, "/v1/completions", {"model": "m", "prompt": "word " * 400,
                                                      "max_tokens": 4})
         code = json.loads(text).get("error", {}).get("code") if text.startswith("{") else None

@@ -94,13 +94,13 @@ __global__ void rope_kernel(float* x, int64_t n, int64_t vecs, int64_t width, in
 
 __global__ void latent_to_cache_kernel(const float* kv, const float* w_norm, float eps,
                                        const float* inv_freq, int64_t half, float factor,
-                                       const int32_t* positions, const int32_t* slots,
+                                       const int32_t* positions, const int32_t* seqs,
                                        CachePool pool, int64_t layer) {
   __shared__ double buf[kThreads / 32];
   const int64_t t = blockIdx.x, dc = pool.dc, row = pool.row();
   const float* src = kv + t * row;
   const int64_t pos = positions[t];
-  const int64_t at = pool.at(slots[t], layer, pos);
+  const int64_t at = pool.at(seqs[t], layer, pos);
   const auto put = [&](int64_t i, float v) {
     if (pool.bf16)
       static_cast<uint16_t*>(pool.base)[at + i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
@@ -384,10 +384,34 @@ void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, cons
 
 void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
                      const float* inv_freq, int64_t half, float factor, const int32_t* positions,
-                     const int32_t* slots, const CachePool& pool, int64_t layer, cudaStream_t s) {
+                     const int32_t* seqs, const CachePool& pool, int64_t layer, cudaStream_t s) {
   if (n == 0) return;
   latent_to_cache_kernel<<<unsigned(n), kThreads, 0, s>>>(kv, w_norm, eps, inv_freq, half, factor,
-                                                          positions, slots, pool, layer);
+                                                          positions, seqs, pool, layer);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+// One row per block, 16 bytes per thread and step (rows of F32 or BF16 values: 4-byte multiples).
+__global__ void gather_cache_rows_kernel(CachePool pool, int64_t layer, int64_t seq,
+                                         int64_t k_begin, char* out) {
+  const int64_t r = blockIdx.x, bytes = pool.row() * pool.elem_bytes();
+  const char* src =
+      static_cast<const char*>(pool.base) + pool.at(seq, layer, k_begin + r) * pool.elem_bytes();
+  char* dst = out + r * bytes;
+  if (bytes % 16 == 0) {
+    for (int64_t i = threadIdx.x * 16; i < bytes; i += blockDim.x * 16)
+      *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+  } else {
+    for (int64_t i = threadIdx.x * 4; i < bytes; i += blockDim.x * 4)
+      *reinterpret_cast<uint32_t*>(dst + i) = *reinterpret_cast<const uint32_t*>(src + i);
+  }
+}
+
+void gather_cache_rows(const CachePool& pool, int64_t layer, int64_t seq, int64_t k_begin,
+                       int64_t k_end, void* out, cudaStream_t s) {
+  if (k_end <= k_begin) return;
+  gather_cache_rows_kernel<<<unsigned(k_end - k_begin), 128, 0, s>>>(pool, layer, seq, k_begin,
+                                                                     static_cast<char*>(out));
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

@@ -233,7 +233,9 @@ DevLayer upload_layer(Arena& a, const ModelConfig& c, const CudaEngineOptions& o
 // Activations of one forward chunk of up to T tokens.
 struct Work {
   int64_t T = 0, logit_rows = 0, partial_floats = 0;
-  int32_t* ints = nullptr;  // ids | positions | slots | selected rows, T each
+  int32_t* ints = nullptr;  // ids | positions | sequence (table row) | selected rows, T each
+  // Block tables of the chunk's sequences, [T][max_blocks] (CachePool::tables).
+  int32_t* tables = nullptr;
   float *x = nullptr, *h = nullptr, *delta = nullptr, *xn = nullptr, *qa = nullptr, *q = nullptr;
   float *kv = nullptr, *qc = nullptr, *olat = nullptr, *o = nullptr, *partial = nullptr;
   float *act = nullptr, *act2 = nullptr, *shared_out = nullptr;
@@ -254,7 +256,8 @@ struct Work {
   // Attention on the tensor cores (BF16 cache): the queries in BF16 (qcb: absorbed, or
   // non-absorbed for flash_prefill); for flash_prefill also kv_b's output of up to kv_keys keys
   // of one sequence (BF16 [keys, heads, dn + dv]) and the row state between key chunks.
-  uint16_t *qcb = nullptr, *kvb = nullptr;
+  // kvlat: the cached latents of those keys gathered from their blocks (BF16 [keys, dc + dr]).
+  uint16_t *qcb = nullptr, *kvb = nullptr, *kvlat = nullptr;
   int64_t kv_keys = 0;
   float* flash_ml = nullptr;
   void* blas_ws = nullptr;
@@ -302,17 +305,21 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   m.inv_freq = inv;
   m.plan.weights = a.used();
 
-  // Latent caches: [slots][layers][capacity][kv_lora + rope], BF16 or F32.
+  // Latent caches: blocks of block_tokens rows, [layers][blocks][block_tokens][kv_lora + rope],
+  // BF16 or F32; the MTP module's in a pool of as many one-layer blocks.
   const size_t before_cache = a.used();
   const int64_t dc = c.kv_lora_rank, dr = c.qk_rope_head_dim;
   const bool bf16_cache = opt.bf16_cache && !opt.exact;
-  const int64_t eb = bf16_cache ? 2 : 4;
-  m.pool = {nullptr, c.num_hidden_layers, opt.max_context, dc, dr, bf16_cache};
-  m.pool.base =
-      a.alloc(size_t(opt.max_sequences * c.num_hidden_layers * opt.max_context * (dc + dr) * eb));
+  const int64_t eb = bf16_cache ? 2 : 4, B = opt.block_tokens;
+  DSV3_CHECK(B > 0 && B % 32 == 0,
+             "CUDA engine: cache blocks of {} tokens; block_tokens must be a multiple of 32", B);
+  const int64_t max_blocks = (opt.max_context + B - 1) / B;
+  const int64_t blocks = opt.cache_blocks > 0 ? opt.cache_blocks : opt.max_sequences * max_blocks;
+  m.pool = {nullptr, c.num_hidden_layers, blocks, B, dc, dr, bf16_cache, nullptr, max_blocks};
+  m.pool.base = a.alloc(size_t(c.num_hidden_layers * blocks * B * (dc + dr) * eb));
   if (!m.mtp.empty()) {
-    m.mtp_pool = {nullptr, 1, opt.max_context, dc, dr, bf16_cache};
-    m.mtp_pool.base = a.alloc(size_t(opt.max_sequences * opt.max_context * (dc + dr) * eb));
+    m.mtp_pool = {nullptr, 1, blocks, B, dc, dr, bf16_cache, nullptr, max_blocks};
+    m.mtp_pool.base = a.alloc(size_t(blocks * B * (dc + dr) * eb));
   }
   m.plan.caches = a.used() - before_cache;
   m.plan.cache_bytes_per_token = size_t(c.num_hidden_layers * (dc + dr) * eb);
@@ -328,6 +335,8 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   const int64_t inter = std::max(
       {c.intermediate_size, c.moe_intermediate_size * c.n_shared_experts, c.moe_intermediate_size});
   w.T = T;
+  w.tables = a.alloc_n<int32_t>(T * max_blocks);
+  m.pool.tables = m.mtp_pool.tables = w.tables;
   w.ints = a.alloc_n<int32_t>(4 * T);
   w.x = a.alloc_n<float>(T * H);
   w.h = a.alloc_n<float>(T * H);
@@ -408,6 +417,7 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
       w.kv_keys = std::min(opt.max_context,
                            std::max<int64_t>(64, (int64_t(512) << 20) / key_bytes / 64 * 64));
       w.kvb = a.alloc_n<uint16_t>(w.kv_keys * heads * (dn + dv));
+      w.kvlat = a.alloc_n<uint16_t>(w.kv_keys * (dc + dr));
       w.flash_ml = a.alloc_n<float>(T * heads * 2);
     }
     w.xq = a.alloc<uint8_t>(size_t(q_rows * fp8_k));
@@ -416,23 +426,6 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   m.plan.workspace = a.used() - before_work;
   return m;
 }
-
-// Slots of a cache pool; shared with the caches' leases so a cache may outlive the engine.
-struct SlotPool {
-  std::mutex mu;
-  std::vector<int64_t> free;
-  int64_t take() {
-    std::lock_guard<std::mutex> lock(mu);
-    if (free.empty()) return -1;
-    const int64_t s = free.back();
-    free.pop_back();
-    return s;
-  }
-  void give(int64_t s) {
-    std::lock_guard<std::mutex> lock(mu);
-    free.push_back(s);
-  }
-};
 
 }  // namespace
 
@@ -467,12 +460,14 @@ struct CudaEngine::Impl {
   cudaStream_t stream = nullptr;
   DevModel m;
   std::unique_ptr<Blas> blas;
-  std::shared_ptr<SlotPool> slots = std::make_shared<SlotPool>();
-  std::shared_ptr<SlotPool> mtp_slots = std::make_shared<SlotPool>();
+  // The caches' blocks: which are free, shared, and each sequence's table (host bookkeeping;
+  // the rows are in m.pool / m.mtp_pool). Shared with the caches, which may outlive the engine.
+  std::shared_ptr<BlockPool> blocks, mtp_blocks;
   RopeTable rope_table;
   // Pinned host staging: the chunk's integers, hidden rows, logits, and for the rows sampled
   // on the GPU their parameters and tokens (T each: every selected row of a chunk).
   int32_t* h_ints = nullptr;
+  int32_t* h_tables = nullptr;  // [T][max_blocks]
   float* h_rows = nullptr;
   float* h_logits = nullptr;
   SampleParams* h_sample = nullptr;
@@ -541,19 +536,20 @@ struct CudaEngine::Impl {
     m = layout(model.weights(), opt, real);
     // Zeroed caches: rows not yet written hold zeros, not NaN bit patterns, should a kernel
     // ever read a padded tile of them (each masks them out).
-    const size_t row_bytes = size_t(m.pool.row() * m.pool.elem_bytes() * opt.max_context);
-    DSV3_CUDA_CHECK(
-        cudaMemset(m.pool.base, 0, row_bytes * size_t(opt.max_sequences * m.pool.layers)));
-    if (m.mtp_pool.base)
-      DSV3_CUDA_CHECK(cudaMemset(m.mtp_pool.base, 0, row_bytes * size_t(opt.max_sequences)));
+    const size_t block_bytes =
+        size_t(m.pool.row() * m.pool.elem_bytes() * m.pool.block_tokens * m.pool.blocks);
+    DSV3_CUDA_CHECK(cudaMemset(m.pool.base, 0, block_bytes * size_t(m.pool.layers)));
+    if (m.mtp_pool.base) DSV3_CUDA_CHECK(cudaMemset(m.mtp_pool.base, 0, block_bytes));
     DSV3_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     if (!opt.exact) blas = std::make_unique<Blas>();
-    for (int64_t s = opt.max_sequences - 1; s >= 0; --s) {
-      slots->free.push_back(s);
-      mtp_slots->free.push_back(s);
-    }
+    blocks = std::make_shared<BlockPool>(c, c.num_hidden_layers, m.pool.blocks, m.pool.block_tokens,
+                                         opt.prefix_caching, false);
+    if (m.mtp_pool.base)
+      mtp_blocks = std::make_shared<BlockPool>(c, 1, m.mtp_pool.blocks, m.mtp_pool.block_tokens,
+                                               false, false);
     const int64_t T = m.work.T;
     DSV3_CUDA_CHECK(cudaMallocHost(&h_ints, size_t(4 * T) * sizeof(int32_t)));
+    DSV3_CUDA_CHECK(cudaMallocHost(&h_tables, size_t(T * m.pool.max_blocks) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_rows, size_t(T * c.hidden_size) * sizeof(float)));
     DSV3_CUDA_CHECK(
         cudaMallocHost(&h_logits, size_t(m.work.logit_rows * c.vocab_size) * sizeof(float)));
@@ -574,6 +570,7 @@ struct CudaEngine::Impl {
     if (stream) (void)cudaStreamDestroy(stream);
     blas.reset();
     (void)cudaFreeHost(h_ints);
+    (void)cudaFreeHost(h_tables);
     (void)cudaFreeHost(h_rows);
     (void)cudaFreeHost(h_logits);
     (void)cudaFreeHost(h_sample);
@@ -861,7 +858,7 @@ struct CudaEngine::Impl {
     const int64_t dr = c.qk_rope_head_dim, dv = c.v_head_dim, dc = c.kv_lora_rank;
     const float eps = float(c.rms_norm_eps);
     const int32_t* pos = k.ints + k.T;
-    const int32_t* slot = k.ints + 2 * k.T;
+    const int32_t* seq = k.ints + 2 * k.T;
     stage(kStageAttnProj);
     if (c.has_q_lora()) {
       linear(k.h, n, L.q_a, k.qa);
@@ -875,7 +872,7 @@ struct CudaEngine::Impl {
     rope(k.q, n, heads, dn + dr, dn, m.inv_freq, half, rope_table.factor, pos, stream);
     linear(k.h, n, L.kv_a, k.kv);
     stage(kStageAttention);
-    latent_to_cache(k.kv, n, L.kv_a_norm, eps, m.inv_freq, half, rope_table.factor, pos, slot, pool,
+    latent_to_cache(k.kv, n, L.kv_a_norm, eps, m.inv_freq, half, rope_table.factor, pos, seq, pool,
                     layer, stream);
     if (flash_attention(L, pool, layer, n)) {
       stage(kStageAttnProj);
@@ -885,10 +882,10 @@ struct CudaEngine::Impl {
     mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, k.qc, stream);
     if (opt.attention_tensor_cores && k.qcb && mla_attention_tc_supported(pool)) {
       to_bf16(k.qc, k.qcb, n * heads * pool.row(), stream);
-      mla_attention_tc(k.qcb, n, heads, pool, layer, pos, slot, max_pos, float(c.softmax_scale()),
+      mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
                        k.partial, k.partial_floats, k.olat, stream);
     } else {
-      mla_attention(k.qc, n, heads, pool, layer, pos, slot, max_pos, float(c.softmax_scale()),
+      mla_attention(k.qc, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
                     k.partial, k.partial_floats, k.olat, stream);
     }
     GemvArgs g;  // o[t, h] = W_UV[h] · o_lat[t, h]: one group per head
@@ -933,7 +930,7 @@ struct CudaEngine::Impl {
 
   // Chunk rows [row, row + count) of one sequence, its first at position pos0.
   struct Span {
-    int64_t row, count, slot, pos0;
+    int64_t row, count, seq, pos0;  // seq: the sequence's row of the block tables
   };
   std::vector<Span> spans;  // of the chunk being enqueued eagerly (empty for graphs)
 
@@ -962,7 +959,6 @@ struct CudaEngine::Impl {
       weight_to_bf16(L.kv_b, k.wb, stream);
       w = k.wb;
     }
-    const auto* cache = static_cast<const uint16_t*>(pool.base);
     FlashArgs f;
     f.ldq = dq;
     f.ldkv = wkv;
@@ -976,17 +972,19 @@ struct CudaEngine::Impl {
     f.ml = k.flash_ml;
     f.kv = k.kvb;
     for (const Span& sp : spans) {
-      const uint16_t* rows = cache + pool.at(sp.slot, layer, 0);
       const int64_t keys = sp.pos0 + sp.count;
       f.q = k.qcb + sp.row * dq;
-      f.kpe = rows + dc;
       f.n = sp.count;
       f.pos0 = sp.pos0;
       f.o = k.o + sp.row * heads * dv;
       for (int64_t kb = 0; kb < keys; kb += k.kv_keys) {
         const int64_t ke = std::min(keys, kb + k.kv_keys);
-        if (!blas->gemm_bf16(true, ke - kb, wkv, dc, rows + kb * D, D, w, dc, k.kvb, wkv, true,
-                             k.blas_ws, k.blas_ws_bytes, stream))
+        // The chunk's latents out of their blocks into one matrix; the kernel indexes k_pe by
+        // key number, so kpe points at where key 0's would be.
+        gather_cache_rows(pool, layer, sp.seq, kb, ke, k.kvlat, stream);
+        f.kpe = k.kvlat + dc - kb * D;
+        if (!blas->gemm_bf16(true, ke - kb, wkv, dc, k.kvlat, D, w, dc, k.kvb, wkv, true, k.blas_ws,
+                             k.blas_ws_bytes, stream))
           return false;
         f.k_begin = kb;
         f.k_end = ke;
@@ -1034,6 +1032,10 @@ struct CudaEngine::Impl {
     const int64_t T = k.T, H = c.hidden_size;
     const int64_t max_pos = span - 1;
     DSV3_CUDA_CHECK(cudaMemcpyAsync(k.ints, h_ints, size_t(4 * T) * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, stream));
+    // Tables of up to n sequences (a chunk of n rows has at most n).
+    DSV3_CUDA_CHECK(cudaMemcpyAsync(k.tables, h_tables,
+                                    size_t(n * m.pool.max_blocks) * sizeof(int32_t),
                                     cudaMemcpyHostToDevice, stream));
     const float eps = float(c.rms_norm_eps);
     const float* pending = nullptr;
@@ -1134,12 +1136,19 @@ struct CudaEngine::Impl {
     int64_t n = 0, nsel = 0, max_pos = 0;
     std::vector<float*> sel_dst;    // per selected row: where its logits go (or null)
     std::vector<int32_t*> tok_dst;  // ... or where its GPU-sampled token goes
-    for (const Piece& p : pieces) {
+    const int64_t MB = m.pool.max_blocks;
+    for (size_t pi = 0; pi < pieces.size(); ++pi) {
+      const Piece& p = pieces[pi];
+      // Piece pi is sequence pi of the launch: its block table, grown to cover the new rows.
+      const std::vector<int32_t>& table = p.cache->blocks_for(p.cache->size() + (p.end - p.begin));
+      std::copy(table.begin(), table.end(), h_tables + int64_t(pi) * MB);
+      std::fill(h_tables + int64_t(pi) * MB + int64_t(table.size()),
+                h_tables + int64_t(pi + 1) * MB, 0);
       for (int64_t j = p.begin; j < p.end; ++j, ++n) {
         const int64_t pos = p.cache->size() + (j - p.begin);
         h_ints[n] = p.tokens[j];
         h_ints[T + n] = int32_t(pos);
-        h_ints[2 * T + n] = int32_t(p.cache->slot() - (mtp ? opt.max_sequences : 0));
+        h_ints[2 * T + n] = int32_t(pi);
         max_pos = std::max(max_pos, pos);
         const bool last = j == p.end - 1;
         if ((p.logits_dst && (p.all_logits || last)) || (p.token_dst && last)) {
@@ -1176,9 +1185,9 @@ struct CudaEngine::Impl {
     if (!replayed) {
       spans.clear();
       int64_t row = 0;
-      for (const Piece& p : pieces) {
-        spans.push_back({row, p.end - p.begin, p.cache->slot() - (mtp ? opt.max_sequences : 0),
-                         p.cache->size()});
+      for (size_t pi = 0; pi < pieces.size(); ++pi) {
+        const Piece& p = pieces[pi];
+        spans.push_back({row, p.end - p.begin, int64_t(pi), p.cache->size()});
         row += p.end - p.begin;
       }
       enqueue_body(n, span, mtp, want_hidden);
@@ -1206,7 +1215,13 @@ struct CudaEngine::Impl {
         r += p.end - p.begin;
       }
     }
-    for (const Piece& p : pieces) p.cache->commit(p.end - p.begin);
+    // With their ids the main model's full blocks become shareable prefixes (prefix_caching).
+    for (const Piece& p : pieces) {
+      if (mtp)
+        p.cache->commit(p.end - p.begin);
+      else
+        p.cache->commit(std::span<const int32_t>(p.tokens + p.begin, size_t(p.end - p.begin)));
+    }
   }
 
   // Splits the inputs' tokens into chunks of at most T and runs them in order (a sequence's
@@ -1240,11 +1255,14 @@ struct CudaEngine::Impl {
 
   void check_cache(const LatentCache* cache, bool mtp, size_t tokens) const {
     DSV3_CHECK(cache && cache->on_device(),
-               "CUDA engine: a step needs caches made by this engine's new_{}cache()",
+               "CUDA engine: a step needs caches made by this engine's new_{}cache() (or over "
+               "its cache_pool())",
                mtp ? "mtp_" : "");
-    const int64_t s = cache->slot() - (mtp ? opt.max_sequences : 0);
-    DSV3_CHECK(s >= 0 && s < opt.max_sequences, "CUDA engine: a cache from another pool ({})",
-               mtp ? "main cache passed to mtp_step" : "MTP cache passed to step");
+    DSV3_CHECK(cache->pool() == (mtp ? mtp_blocks : blocks).get(),
+               "CUDA engine: a cache from another pool ({})",
+               cache->pool() == (mtp ? blocks : mtp_blocks).get()
+                   ? (mtp ? "main cache passed to mtp_step" : "MTP cache passed to step")
+                   : "another engine's");
     DSV3_CHECK(tokens > 0, "engine step: an input has no tokens");
     cache->check_room(int64_t(tokens));
   }
@@ -1261,14 +1279,16 @@ struct CudaEngine::Impl {
                "CUDA engine: a cache of {} tokens asked for, the engine holds {} per sequence "
                "(max_context)",
                cap, opt.max_context);
-    auto& pool = mtp ? mtp_slots : slots;
-    const int64_t s = pool->take();
-    DSV3_CHECK(s >= 0, "CUDA engine: all {} sequence caches are in use (max_sequences)",
-               opt.max_sequences);
-    std::shared_ptr<SlotPool> keep = pool;
-    std::shared_ptr<void> lease(pool.get(), [keep, s](void*) { keep->give(s); });
-    return LatentCache::on_device(mtp ? 1 : c.num_hidden_layers, cap,
-                                  s + (mtp ? opt.max_sequences : 0), std::move(lease));
+    const std::shared_ptr<BlockPool>& pool = mtp ? mtp_blocks : blocks;
+    LatentCache cache(pool, cap);
+    // All its blocks promised now, so a step never finds the pool empty halfway.
+    DSV3_CHECK(cache.reserve_rest(),
+               "CUDA engine: the latent cache has {} free blocks of {} tokens and a cache of {} "
+               "tokens needs {}: end other sequences first, or raise max_sequences / "
+               "cache_blocks",
+               pool->available_blocks(), pool->block_tokens(), cap,
+               ceil_div(cap, pool->block_tokens()));
+    return cache;
   }
 };
 
@@ -1315,6 +1335,10 @@ void CudaEngine::reset_stage_times() const {
 
 LatentCache CudaEngine::new_cache(int64_t capacity) const {
   return impl_->make_cache(capacity, false);
+}
+
+std::shared_ptr<BlockPool> CudaEngine::cache_pool() const {
+  return impl_->blocks;
 }
 
 LatentCache CudaEngine::new_mtp_cache(int64_t capacity) const {

@@ -2,10 +2,16 @@
 // whole forward on one GPU. Weights are uploaded once in their stored dtype (FP8 stays FP8 with
 // its block scales, BF16 stays BF16; norms become F32), routed experts stacked per layer so one
 // launch serves all of them. Everything lives in ONE device allocation made at construction:
-// weights, the latent caches of all sequences (BF16 by default, [slots][layers][capacity][kv_lora
-// + rope]),
-// and the activations of one forward chunk. One stream; every CUDA call and launch is checked.
-// Decode steps replay CUDA graphs (CudaEngineOptions::graphs).
+// weights, the latent cache (BF16 by default) and the activations of one forward chunk. One
+// stream; every CUDA call and launch is checked. Decode steps replay CUDA graphs
+// (CudaEngineOptions::graphs).
+//
+// The latent cache is paged: cache_blocks blocks of block_tokens rows (kernels.h CachePool),
+// handed to sequences by a BlockPool (infer/kv_cache.h) as they grow; each step uploads the
+// block tables of its sequences. new_cache(capacity) reserves the blocks of its capacity up
+// front; a server makes its caches over cache_pool() instead and so shares full blocks of
+// identical prompt prefixes (prefix_caching) and holds only what its sequences use. The pool's
+// bookkeeping is not thread-safe: one thread steps the engine and makes and drops its caches.
 //
 // Arithmetic: activations F32. Linears with few rows (decode) run our gemv kernel, which decodes
 // weights in registers and accumulates in F32 (matches the CPU to ~1e-6 of the logits' std);
@@ -28,8 +34,11 @@ namespace dsv3::cuda {
 
 struct CudaEngineOptions {
   int device = 0;
-  int64_t max_sequences = 8;      // latent caches that may exist at once (and as many MTP ones)
-  int64_t max_context = 4096;     // tokens one cache holds
+  int64_t max_sequences = 8;   // sizes the cache: max_sequences caches of max_context by default
+  int64_t max_context = 4096;  // tokens one cache holds at most
+  int64_t block_tokens = 64;   // rows per cache block (FlashMLA's page size); a multiple of 32
+  int64_t cache_blocks = 0;    // blocks in the cache; 0: max_sequences · ceil(max_context / block)
+  bool prefix_caching = true;  // full blocks of cache_pool() caches are shared by prompt prefix
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
   // Linears over more rows than this use cuBLASLt (tensor cores), up to it the gemv kernel
   // (F32 activations; each row's result independent of the batch it is in, so a request decodes
@@ -91,6 +100,7 @@ class CudaEngine : public StepEngine {
   int64_t context() const override;
   LatentCache new_cache(int64_t capacity = 0) const override;
   LatentCache new_mtp_cache(int64_t capacity = 0) const override;
+  std::shared_ptr<BlockPool> cache_pool() const override;
   Tensor step(const std::vector<Input>& inputs, Tensor* hidden = nullptr) const override;
   // Rows whose sampler is device_drawable() are sampled on the GPU (kernels/cuda/sample.cu):
   // only their token ids come back; the other rows' logits come back and are sampled here.

@@ -81,24 +81,40 @@ void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, floa
 void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, const float* inv_freq,
           int64_t half, float factor, const int32_t* positions, cudaStream_t s);
 
-// The latent cache: pool [slots][layers][capacity][dc + dr], F32 or BF16 (half the memory and
-// the attention's bytes; FlashMLA's cache format). Row t of kv ([n, dc + dr], the kv_a
-// projection) goes to slot slots[t], position positions[t]: its first dc values RMS-normalised
-// by w_norm, its last dr rotated by RoPE, computed in F32 and then stored.
+// The latent cache, paged (vLLM's PagedAttention, FlashMLA's paged KV): blocks of block_tokens
+// rows, laid out [layers][blocks][block_tokens][dc + dr] in F32 or BF16 (half the memory and the
+// attention's bytes; FlashMLA's cache format), so consecutive block ids are consecutive rows of
+// a layer. Sequence s of a launch finds position p in block tables[s · max_blocks + p /
+// block_tokens]. block_tokens is a multiple of 32 (the attention kernels' key tiles never cross
+// a block). Row t of kv ([n, dc + dr], the kv_a projection) goes to sequence seqs[t], position
+// positions[t]: its first dc values RMS-normalised by w_norm, its last dr rotated by RoPE,
+// computed in F32 and then stored.
 struct CachePool {
   void* base = nullptr;
-  int64_t layers = 0, capacity = 0, dc = 0, dr = 0;
+  int64_t layers = 0, blocks = 0, block_tokens = 0, dc = 0, dr = 0;
   bool bf16 = false;
+  const int32_t* tables = nullptr;  // device, [sequences of the launch][max_blocks]
+  int64_t max_blocks = 0;
   DSV3_HOST_DEVICE int64_t row() const { return dc + dr; }
   DSV3_HOST_DEVICE int64_t elem_bytes() const { return bf16 ? 2 : 4; }
-  // Element offset of (slot, layer, position)'s row.
-  DSV3_HOST_DEVICE int64_t at(int64_t slot, int64_t layer, int64_t pos) const {
-    return ((slot * layers + layer) * capacity + pos) * row();
+  // Element offset of the row of a block's first position in a layer.
+  DSV3_HOST_DEVICE int64_t block_at(int64_t block, int64_t layer) const {
+    return (layer * blocks + block) * block_tokens * row();
+  }
+  // Element offset of (sequence, layer, position)'s row.
+  DSV3_HOST_DEVICE int64_t at(int64_t seq, int64_t layer, int64_t pos) const {
+    return block_at(tables[seq * max_blocks + pos / block_tokens], layer) +
+           (pos % block_tokens) * row();
   }
 };
 void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
                      const float* inv_freq, int64_t half, float factor, const int32_t* positions,
-                     const int32_t* slots, const CachePool& pool, int64_t layer, cudaStream_t s);
+                     const int32_t* seqs, const CachePool& pool, int64_t layer, cudaStream_t s);
+// Rows [k_begin, k_end) of sequence seq's cache in one layer, copied contiguous into out
+// ([k_end - k_begin][dc + dr], the cache's element type): the flash prefill's kv_b GEMM reads
+// them as one matrix.
+void gather_cache_rows(const CachePool& pool, int64_t layer, int64_t seq, int64_t k_begin,
+                       int64_t k_end, void* out, cudaStream_t s);
 
 // out = silu(gate) ⊙ up over n elements (out may alias gate).
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s);
@@ -180,20 +196,19 @@ void moe_combine(const float* shared, const float* expert_out, const float* weig
 // qc [n, H, dc + dr] = [q_nope·W_UK ; q_pe], the query against cache rows [c_kv ; k_pe].
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                   const DevWeight& kv_b, float* qc, cudaStream_t s);
-// Attention of each query row over its sequence's cache rows 0 .. positions[t] (causal):
+// Attention of each query row over its sequence's (seqs[t]) cache rows 0 .. positions[t] (causal):
 // o_lat [n, H, dc] = softmax(scale · qc·[c_kv ; k_pe]ᵀ) · c_kv. The keys are split into chunks
 // (flash-decoding) as far as `partial` (scratch of partial_floats floats) allows, then merged.
 void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
-                   const int32_t* positions, const int32_t* slots, int64_t max_position,
-                   float scale, float* partial, int64_t partial_floats, float* o_lat,
-                   cudaStream_t s);
+                   const int32_t* positions, const int32_t* seqs, int64_t max_position, float scale,
+                   float* partial, int64_t partial_floats, float* o_lat, cudaStream_t s);
 
 // mla_attention on the BF16 tensor cores for a BF16 cache of kv_lora 512 / rope 64 (DeepSeek-V3,
 // V2-Lite, Moonlight) or 256 / 32: qc in BF16 [n, H, dc + dr] (rows 16-byte aligned), P in
 // BF16 before P·c_kv; the same o_lat. mla_attention_tc_supported says when it applies.
 bool mla_attention_tc_supported(const CachePool& pool);
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
-                      int64_t layer, const int32_t* positions, const int32_t* slots,
+                      int64_t layer, const int32_t* positions, const int32_t* seqs,
                       int64_t max_position, float scale, float* partial, int64_t partial_floats,
                       float* o_lat, cudaStream_t s);
 

@@ -177,7 +177,7 @@ __device__ __forceinline__ void fill_shared(const S* __restrict__ src, int count
 template <class K>
 __global__ void __launch_bounds__(kHeadsPerBlock * 32)
     attention_kernel(const float* qc, int64_t heads, CachePool pool, int64_t layer,
-                     const int32_t* positions, const int32_t* slots, int64_t split_len, float scale,
+                     const int32_t* positions, const int32_t* seqs, int64_t split_len, float scale,
                      float* partial) {
   extern __shared__ float smem[];
   const int64_t dc = pool.dc, D = pool.row(), ldk = D + 1;
@@ -192,7 +192,8 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   const bool active = h < heads;
   const int64_t pos = positions[t];
   const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
-  const K* keys = static_cast<const K*>(pool.base) + pool.at(slots[t], layer, 0);
+  const K* cache = static_cast<const K*>(pool.base);
+  const int64_t seq = seqs[t];
 
   const int Di = int(D), ldki = int(ldk);
   // Shared-memory fills load kFill values per thread before storing any: with one load then
@@ -207,7 +208,8 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   __syncthreads();
   for (int64_t j0 = kbeg; j0 < kend; j0 += kKeyTile) {
     const int nk = int(min(int64_t(kKeyTile), kend - j0));
-    fill_shared(keys + j0 * D, nk * Di, k_s, Di, ldki);
+    // A key tile lies in one cache block (block_tokens is a multiple of kKeyTile).
+    fill_shared(cache + pool.at(seq, layer, j0), nk * Di, k_s, Di, ldki);
     __syncthreads();
     if (active) {
       float s = -INFINITY;
@@ -276,7 +278,7 @@ constexpr int kTcHeads = 64, kTcKeys = 32, kTcWarps = 8, kTcPad = 8;
 template <int DC, int DR>
 __global__ void __launch_bounds__(kTcWarps * 32)
     attention_tc_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
-                        const int32_t* positions, const int32_t* slots, int64_t split_len,
+                        const int32_t* positions, const int32_t* seqs, int64_t split_len,
                         float scale_log2, float* partial) {
   constexpr int DK = DC + DR, SK = DK + kTcPad, SS = kTcKeys + 4, DH = DC / 2;
   static_assert(DK % 16 == 0 && DH % 16 == 0, "head sizes the tensor-core tiles cover");
@@ -290,7 +292,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   const int64_t split = blockIdx.z, splits = gridDim.z;
   const int64_t pos = positions[t];
   const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
-  const uint16_t* keys = static_cast<const uint16_t*>(pool.base) + pool.at(slots[t], layer, 0);
+  const uint16_t* cache = static_cast<const uint16_t*>(pool.base);
+  const int64_t seq = seqs[t];
 
   for (int c = int(threadIdx.x); c < kTcHeads * (DK / 8); c += kTcWarps * 32) {
     const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
@@ -299,10 +302,12 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   }
   const auto load = [&](int64_t j0, int buf) {
     uint16_t* dst = sk + buf * kTcKeys * SK;
+    // The tile lies in one cache block (block_tokens is a multiple of kTcKeys).
+    const uint16_t* keys = cache + pool.at(seq, layer, j0);
     for (int c = int(threadIdx.x); c < kTcKeys * (DK / 8); c += kTcWarps * 32) {
       const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
       const bool ok = j0 + r < kend;
-      cp16(dst + r * SK + d, ok ? keys + (j0 + r) * DK + d : keys, ok);
+      cp16(dst + r * SK + d, ok ? keys + r * DK + d : keys, ok);
     }
   };
   if (kbeg < kend) load(kbeg, 0);
@@ -470,9 +475,8 @@ int64_t mla_splits(int64_t n, int64_t heads, int64_t heads_per_block, int64_t ke
 }
 
 void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
-                   const int32_t* positions, const int32_t* slots, int64_t max_position,
-                   float scale, float* partial, int64_t partial_floats, float* o_lat,
-                   cudaStream_t s) {
+                   const int32_t* positions, const int32_t* seqs, int64_t max_position, float scale,
+                   float* partial, int64_t partial_floats, float* o_lat, cudaStream_t s) {
   if (n == 0) return;
   const int64_t dc = pool.dc, D = pool.row();
   const int64_t splits =
@@ -485,7 +489,7 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
   const auto launch = [&](auto kernel) {
     DSV3_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, kHeadsPerBlock * 32, smem, s>>>(qc, heads, pool, layer, positions, slots,
+    kernel<<<grid, kHeadsPerBlock * 32, smem, s>>>(qc, heads, pool, layer, positions, seqs,
                                                    split_len, scale, partial);
   };
   if (pool.bf16)
@@ -502,7 +506,7 @@ bool mla_attention_tc_supported(const CachePool& pool) {
 }
 
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
-                      int64_t layer, const int32_t* positions, const int32_t* slots,
+                      int64_t layer, const int32_t* positions, const int32_t* seqs,
                       int64_t max_position, float scale, float* partial, int64_t partial_floats,
                       float* o_lat, cudaStream_t s) {
   if (n == 0) return;
@@ -516,7 +520,7 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
   const auto launch = [&](auto kernel) {
     DSV3_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, kTcWarps * 32, smem, s>>>(qc, heads, pool, layer, positions, slots, split_len,
+    kernel<<<grid, kTcWarps * 32, smem, s>>>(qc, heads, pool, layer, positions, seqs, split_len,
                                              scale_log2, partial);
   };
   if (dc == 512 && pool.dr == 64)
