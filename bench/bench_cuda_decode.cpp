@@ -9,8 +9,9 @@
 // --prefill, on an engine sized for it, with FP8 weights' GEMMs on the FP8 tensor cores
 // (block-scaled cuBLASLt) and, in the same run, on BF16 copies (the path before it), with the
 // attention in the absorbed form on the decode kernel instead of the non-absorbed flash kernel, and
-// with the FP8 routed experts in one grouped launch per projection (grouped_experts); batches over
-// --gemv-max-rows are timed with FP8 GEMMs and without. Eager decode steps and the default
+// with the FP8 routed experts in one grouped launch per projection (grouped_experts, forced on at
+// prefill sizes); batches over --gemv-max-rows are also timed with the experts on the gemv
+// kernel and with BF16 GEMMs. Eager decode steps and the default
 // prefill's GPU time are also split by stage (CudaEngineOptions::time_stages). Usage:
 // bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows N (default: the engine's)]
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -227,20 +229,24 @@ int main(int argc, char** argv) {
         }
       }
     }
-    // Batches over gemv_max_rows run their FP8 linears (experts included) as block-scaled
-    // GEMMs; the same batches on BF16 GEMMs over dequantised weights and the experts on the
-    // gemv kernel (the path before), for the ratio.
+    // Batches over gemv_max_rows run their FP8 linears as block-scaled GEMMs and the FP8
+    // experts on the grouped kernel (by default); the same batches with the experts on the gemv
+    // kernel, and on BF16 GEMMs over dequantised weights (the path before both), for the ratios.
     if (std::any_of(bs.begin(), bs.end(), [&](int b) { return b > gemv_rows; })) {
-      cuda::CudaEngineOptions opt = decode_options();
-      opt.fp8_gemm = false;
-      const cuda::CudaEngine engine(model, opt);
-      for (int b : bs) {
-        if (b <= gemv_rows) continue;
-        const DecodeRun r = decode(engine, b, prompt, steps);
-        table.push_back(fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14.0f}",
-                                    fmt::format("decode b={} bf16", b), r.tps, r.ms, "-",
-                                    r.prefill_tps));
-        fmt::print("{}\n", table.back());
+      for (const bool bf16 : {false, true}) {
+        cuda::CudaEngineOptions opt = decode_options();
+        opt.grouped_experts = false;
+        opt.fp8_gemm = !bf16;
+        const cuda::CudaEngine engine(model, opt);
+        for (int b : bs) {
+          if (b <= gemv_rows) continue;
+          const DecodeRun r = decode(engine, b, prompt, steps);
+          table.push_back(
+              fmt::format("{:>24} {:>10.1f} {:>10.3f} {:>14} {:>14.0f}",
+                          fmt::format("decode b={} {}", b, bf16 ? "bf16" : "gemv experts"), r.tps,
+                          r.ms, "-", r.prefill_tps));
+          fmt::print("{}\n", table.back());
+        }
       }
     }
     // Prefill four ways: as an engine runs it by default; the FP8 weights' GEMMs on BF16
@@ -259,6 +265,7 @@ int main(int argc, char** argv) {
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
       opt.grouped_experts = way == 3;
+      if (way == 3) opt.expert_gemm_rows = std::numeric_limits<int64_t>::max();  // not per expert
       opt.time_stages = way == 0 || way == 3;
       const cuda::CudaEngine engine(model, opt);
       for (int len : pls) {

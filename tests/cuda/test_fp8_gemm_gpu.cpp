@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <random>
 
@@ -247,15 +248,22 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   for (int64_t i = 0; i < rows; ++i) perm[size_t(i)] = int32_t((i * 37) % rows);
   const std::vector<float> x = varied(rows, k, 1, 71);
   const auto dx = to_device(x);
-  const auto dperm = to_device(perm), doff = to_device(offsets), dpad = to_device(padded);
-  const auto dtiles = to_device(tiles);
-  auto dq = device_buffer<uint8_t>(size_t(prows * k));
-  auto ds = device_buffer<float>(size_t(prows * kb));
+  const auto dperm = to_device(perm), doff = to_device(offsets);
+  // The layout as the engine makes it, on the device, against the host's.
+  auto dpad = device_buffer<int32_t>(padded.size()), dtiles = device_buffer<int32_t>(tiles.size());
+  cuda::grouped_fp8_layout(doff.get(), groups, dpad.get(), dtiles.get(), nullptr);
+  EXPECT_EQ(to_host(dpad, padded.size()), padded);
+  EXPECT_EQ(to_host(dtiles, tiles.size()), tiles);
+  // Bounds on the padded rows and tiles, as the engine passes them (the kernels stop at the
+  // device-side ends); the buffers hold the bound.
+  const int64_t prows_bound = prows + 48;
+  auto dq = device_buffer<uint8_t>(size_t(prows_bound * k));
+  auto ds = device_buffer<float>(size_t(prows_bound * kb));
   cuda::QuantizeArgs qa;
   qa.x = dx.get();
   qa.ldx = k;
   qa.x_rows = dperm.get();
-  qa.padded_rows = prows;
+  qa.padded_rows = prows_bound;
   qa.k = k;
   qa.groups = groups;
   qa.offsets = doff.get();
@@ -284,7 +292,7 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   g.padded_offsets = dpad.get();
   g.tile_start = dtiles.get();
   g.groups = groups;
-  g.total_tiles = tiles.back();
+  g.total_tiles = tiles.back() + 3;
   g.w = dw.get();
   g.w_scale = dws.get();
   g.w_scale_ld = kb;
@@ -382,8 +390,10 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
     o.exact = exact;
     o.fp8_gemm = fp8;
     o.gemv_max_rows = 0;
-    o.expert_gemm_rows = 1;  // the routed experts on cuBLASLt too
-    o.bf16_cache = false;    // only the GEMMs' numerics differ between the runs
+    // The routed experts on cuBLASLt too, or all on the grouped kernel.
+    o.expert_gemm_rows = grouped ? std::numeric_limits<int64_t>::max() : 1;
+    o.grouped_min_rows = 0;
+    o.bf16_cache = false;  // only the GEMMs' numerics differ between the runs
     const cuda::CudaEngine engine(model, o);
     LatentCache a = engine.new_cache(), b = engine.new_cache();
     return engine.step({{&a, p1, true}, {&b, p2, true}});

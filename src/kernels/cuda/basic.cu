@@ -153,7 +153,8 @@ __global__ void quantize_e4m3_tiles_kernel(const QuantizeArgs a) {
   // The output row's group: [s0, s0 + len) in the padded rows, `valid` of them from the input.
   int64_t s0 = 0, len = a.padded_rows, valid = a.rows, first = 0;
   if (a.groups > 0) {
-    int lo = 0, hi = a.groups - 1;  // the last group whose padded start is <= r
+    if (r >= a.padded_offsets[a.groups]) return;  // past the last group (a bound was given)
+    int lo = 0, hi = a.groups - 1;                // the last group whose padded start is <= r
     while (lo < hi) {
       const int mid = (lo + hi + 1) / 2;
       if (a.padded_offsets[mid] <= r)

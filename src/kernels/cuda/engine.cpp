@@ -472,7 +472,7 @@ struct CudaEngine::Impl {
   float* h_logits = nullptr;
   SampleParams* h_sample = nullptr;
   int32_t* h_tokens = nullptr;
-  int32_t *h_offsets = nullptr, *h_padded = nullptr, *h_tiles = nullptr;  // experts, [E + 1]
+  int32_t *h_offsets = nullptr, *h_padded = nullptr;  // experts, [E + 1]
   // Captured decode graphs by (mtp, rows, logit rows, attention span, hidden wanted, what the
   // selected rows return: kLogitsOut | kTokensOut).
   std::map<std::tuple<bool, int64_t, int64_t, int64_t, bool, int>, cudaGraphExec_t> graphs;
@@ -557,7 +557,6 @@ struct CudaEngine::Impl {
     DSV3_CUDA_CHECK(cudaMallocHost(&h_tokens, size_t(T) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_offsets, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaMallocHost(&h_padded, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
-    DSV3_CUDA_CHECK(cudaMallocHost(&h_tiles, size_t(c.n_routed_experts + 1) * sizeof(int32_t)));
     DSV3_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -577,7 +576,6 @@ struct CudaEngine::Impl {
     (void)cudaFreeHost(h_tokens);
     (void)cudaFreeHost(h_offsets);
     (void)cudaFreeHost(h_padded);
-    (void)cudaFreeHost(h_tiles);
     (void)cudaFree(base);
   }
 
@@ -684,7 +682,7 @@ struct CudaEngine::Impl {
     route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
     moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, k.active, stream);
     stage(kStageExperts);
-    if (!experts_gemm(L, n)) experts_gemv(L, n);
+    if (!experts_grouped(L, n) && !experts_gemm(L, n)) experts_gemv(L, n);
     stage(kStageShared);
     if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
     stage(kStageRouting);
@@ -697,6 +695,16 @@ struct CudaEngine::Impl {
   bool experts_fp8(const DevLayer& L, int64_t n) const {
     return use_fp8_gemm(n, L.gate_up_s) && use_fp8_gemm(n, L.down_s) &&
            c.moe_intermediate_size % 128 == 0;
+  }
+  // FP8 experts of a chunk over gemv_max_rows rows that averages grouped_min_rows to
+  // expert_gemm_rows rows per expert (decode batches) take the grouped kernel when
+  // grouped_experts is on.
+  bool use_grouped(const DevLayer& L, int64_t n) const {
+    const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
+    const int64_t pairs = n * c.num_experts_per_tok, E = c.n_routed_experts;
+    return opt.grouped_experts && experts_fp8(L, n) && grouped_fp8_supported(2 * inter, H) &&
+           grouped_fp8_supported(H, inter) && n > opt.gemv_max_rows &&
+           pairs >= opt.grouped_min_rows * E && pairs < opt.expert_gemm_rows * E;
   }
   bool experts_on_gemm(const DevLayer& L, int64_t n) const {
     const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
@@ -728,38 +736,9 @@ struct CudaEngine::Impl {
     h_padded[0] = 0;
     for (int64_t e = 0; e < E; ++e)
       h_padded[e + 1] = h_padded[e] + int32_t(round_up(h_offsets[e + 1] - h_offsets[e], 16));
-    // FP8 experts in one launch per projection (grouped_fp8), when asked for.
-    const bool grouped = fp8 && opt.grouped_experts && grouped_fp8_supported(2 * inter, H) &&
-                         grouped_fp8_supported(H, inter);
-    if (grouped) {
-      h_tiles[0] = 0;
-      for (int64_t e = 0; e < E; ++e)
-        h_tiles[e + 1] = h_tiles[e] + int32_t(grouped_fp8_tiles(h_padded[e + 1] - h_padded[e]));
-      DSV3_CUDA_CHECK(cudaMemcpyAsync(k.tile_start, h_tiles, size_t(E + 1) * sizeof(int32_t),
-                                      cudaMemcpyHostToDevice, stream));
-    }
     // One projection of every expert with rows: its inputs (FP8 rows padded, BF16 rows as they
     // are) times its weight, into y in moe_permute's order.
     const auto each = [&](int64_t width, const DevWeight& w, int64_t group_rows, float* y) {
-      if (grouped) {
-        GroupedFp8Args g;
-        g.x = k.xq;
-        g.x_scale = k.xs;
-        g.offsets = k.offsets;
-        g.padded_offsets = k.padded_offsets;
-        g.tile_start = k.tile_start;
-        g.groups = int(E);
-        g.total_tiles = h_tiles[E];
-        g.w = w.w;
-        g.w_scale = w.scale;
-        g.w_scale_ld = ceil_div(w.k, w.bk);
-        g.n = group_rows;
-        g.k = width;
-        g.y = y;
-        g.ldy = group_rows;
-        grouped_fp8(g, stream);
-        return true;
-      }
       for (int64_t e = 0; e < E; ++e) {
         const int64_t rows = h_offsets[e + 1] - h_offsets[e];
         if (rows == 0) continue;
@@ -805,6 +784,60 @@ struct CudaEngine::Impl {
       to_bf16(k.eact, k.xb, pairs * inter, stream);
     }
     return each(inter, L.down_s, H, k.eout);
+  }
+
+  // The FP8 routed experts on our grouped kernel (grouped_fp8), one launch per projection, with
+  // the groups' padded layout computed on the device: no host wait, so decode batches stay
+  // graphs. Rows are quantised in 1×128 tiles as for the per-expert GEMMs. False if it does not
+  // apply (use_grouped).
+  bool experts_grouped(const DevLayer& L, int64_t n) {
+    if (!use_grouped(L, n)) return false;
+    Work& k = m.work;
+    const int64_t E = c.n_routed_experts, pairs = n * c.num_experts_per_tok;
+    const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
+    // Bounds on the padded rows and tiles (each expert pads by < 16 rows, and < 1 tile).
+    const int64_t rows_bound = pairs + 16 * E;
+    const int64_t tiles_bound = grouped_fp8_tiles(rows_bound) + E;
+    grouped_fp8_layout(k.offsets, int(E), k.padded_offsets, k.tile_start, stream);
+    QuantizeArgs q;
+    q.x = k.h;
+    q.ldx = H;
+    q.x_rows = k.perm_rows;
+    q.padded_rows = rows_bound;
+    q.k = H;
+    q.groups = int(E);
+    q.offsets = k.offsets;
+    q.padded_offsets = k.padded_offsets;
+    q.q = k.xq;
+    q.scales = k.xs;
+    quantize_e4m3_tiles(q, stream);
+    const auto project = [&](int64_t width, const DevWeight& w, int64_t group_rows, float* y) {
+      GroupedFp8Args g;
+      g.x = k.xq;
+      g.x_scale = k.xs;
+      g.offsets = k.offsets;
+      g.padded_offsets = k.padded_offsets;
+      g.tile_start = k.tile_start;
+      g.groups = int(E);
+      g.total_tiles = tiles_bound;
+      g.w = w.w;
+      g.w_scale = w.scale;
+      g.w_scale_ld = ceil_div(w.k, w.bk);
+      g.n = group_rows;
+      g.k = width;
+      g.y = y;
+      g.ldy = group_rows;
+      grouped_fp8(g, stream);
+    };
+    project(H, L.gate_up_s, 2 * inter, k.eact2);
+    silu_mul_rows(k.eact2, k.eact2 + inter, 2 * inter, pairs, inter, k.eact, stream);
+    q.x = k.eact;
+    q.ldx = inter;
+    q.x_rows = nullptr;
+    q.k = inter;
+    quantize_e4m3_tiles(q, stream);
+    project(inter, L.down_s, H, k.eout);
+    return true;
   }
 
   // The routed experts on the gemv kernel: every expert's rows in one launch.

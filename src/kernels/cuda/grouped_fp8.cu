@@ -137,7 +137,28 @@ __global__ void __launch_bounds__(kThreads) grouped_fp8_kernel(const GroupedFp8A
   }
 }
 
+// One thread: E is a few hundred, and this keeps the prefix sums in one fixed order.
+__global__ void grouped_fp8_layout_kernel(const int32_t* offsets, int groups,
+                                          int32_t* padded_offsets, int32_t* tile_start) {
+  if (threadIdx.x != 0) return;
+  int32_t p = 0, t = 0;
+  padded_offsets[0] = tile_start[0] = 0;
+  for (int e = 0; e < groups; ++e) {
+    const int32_t rows = offsets[e + 1] - offsets[e], padded = (rows + 15) / 16 * 16;
+    p += padded;
+    t += (padded + kBM - 1) / kBM;
+    padded_offsets[e + 1] = p;
+    tile_start[e + 1] = t;
+  }
+}
+
 }  // namespace
+
+void grouped_fp8_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
+                        int32_t* tile_start, cudaStream_t s) {
+  grouped_fp8_layout_kernel<<<1, 32, 0, s>>>(offsets, groups, padded_offsets, tile_start);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
 
 int64_t grouped_fp8_tiles(int64_t padded_rows) {
   return (padded_rows + kBM - 1) / kBM;

@@ -130,8 +130,9 @@ void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
 // cuBLASLt takes it (Blas::matmul_fp8_block wants a multiple of 16 rows): without groups, one
 // group of padded_rows whose first `rows` are x's rows 0 .. rows; with groups (the MoE experts),
 // group g holds input rows p in [offsets[g], offsets[g+1]) at output rows padded_offsets[g] + (p
-// - offsets[g]), input row x_rows[p] (or p). Scales of a group starting at output row s0 with
-// len rows: scales + (k / 128) · s0, laid out [k / 128][len] (rows fastest, what cuBLASLt
+// - offsets[g]), input row x_rows[p] (or p); padded_rows may then be a bound on
+// padded_offsets[groups] (rows past it are left alone). Scales of a group starting at output row s0
+// with len rows: scales + (k / 128) · s0, laid out [k / 128][len] (rows fastest, what cuBLASLt
 // reads). Padding rows get zero codes and scale 1.
 struct QuantizeArgs {
   const float* x = nullptr;
@@ -156,7 +157,8 @@ void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t 
 // offsets[e+1] - offsets[e]. x: E4M3 rows grouped at padded_offsets with tile scales as
 // quantize_e4m3_tiles writes them; W: E4M3 [groups · n, k] with 128×128 block scales
 // w_scale [groups · n / 128][w_scale_ld]; y: F32 rows of ldy. tile_start [groups + 1]: the
-// prefix sums of grouped_fp8_tiles(padded rows of each group), total_tiles the last.
+// prefix sums of grouped_fp8_tiles(padded rows of each group); total_tiles the last, or any
+// bound on it (blocks past tile_start[groups] exit), so the host need not read the counts.
 // n and k multiples of 128 (grouped_fp8_supported).
 struct GroupedFp8Args {
   const void* x = nullptr;
@@ -171,6 +173,10 @@ struct GroupedFp8Args {
   int64_t ldy = 0;
 };
 int64_t grouped_fp8_tiles(int64_t padded_rows);
+// From the groups' row offsets [groups + 1] on the device: padded_offsets (each group padded
+// to 16 rows, as quantize_e4m3_tiles and grouped_fp8 want) and tile_start.
+void grouped_fp8_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
+                        int32_t* tile_start, cudaStream_t s);
 bool grouped_fp8_supported(int64_t n, int64_t k);
 void grouped_fp8(const GroupedFp8Args& a, cudaStream_t s);
 
