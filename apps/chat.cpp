@@ -22,7 +22,7 @@ namespace dsv3::apps {
 namespace {
 
 struct ChatArgs {
-  std::string model, tokenizer, template_file, system, device = "cpu";
+  std::string model, tokenizer, template_file, system, device = "cpu", kv_cache_dtype = "auto";
   SamplingFlags sampling;
   bool speculative = false;
 };
@@ -84,9 +84,12 @@ class ThinkSplitter {
 };
 
 void run(const ChatArgs& a) {
-  const int cuda_index = cuda_index_of(a.device);
+  EngineChoice e;
+  e.cuda_index = cuda_index_of(a.device);
+  e.kv_cache_dtype = a.kv_cache_dtype;
+  check_engine_flags(e);
   const Model model(ModelWeights::load(a.model));
-  const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(model, cuda_index, 1);
+  const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(model, e);
   const StepEngine& engine = *engine_ptr;
   const std::string tok_dir = a.tokenizer.empty() ? a.model : a.tokenizer;
   DSV3_CHECK(std::filesystem::exists(std::filesystem::path(tok_dir) / "tokenizer.json"),
@@ -166,6 +169,7 @@ void add_chat(CLI::App& app) {
   a->sampling.add_to(*cmd);
   cmd->add_flag("--speculative", a->speculative, "MTP speculative decoding");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  add_kv_cache_dtype_option(cmd, a->kv_cache_dtype);
   cmd->callback([a] { run(*a); });
 }
 

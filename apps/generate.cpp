@@ -21,6 +21,7 @@ struct GenerateArgs {
   std::vector<std::string> prompt_ids;
   SamplingFlags sampling;
   bool speculative = false, print_ids = false, no_special = false, batch_gemms = false;
+  std::string kv_cache_dtype = "auto";
 };
 
 std::vector<int32_t> parse_ids(const std::string& s) {
@@ -41,13 +42,16 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 }
 
 void run(const GenerateArgs& a) {
-  const int cuda_index = cuda_index_of(a.device);
-  check_batch_gemms(cuda_index, a.batch_gemms);
+  EngineChoice e;
+  e.cuda_index = cuda_index_of(a.device);
+  e.sequences = int64_t(a.prompts.size() + a.prompt_ids.size());
+  e.batch_gemms = a.batch_gemms;
+  e.kv_cache_dtype = a.kv_cache_dtype;
+  check_engine_flags(e);
   DSV3_CHECK(a.prompts.empty() != a.prompt_ids.empty(),
              "give the prompt as --prompt TEXT or as --prompt-ids LIST (not both, not neither)");
   const Model model(ModelWeights::load(a.model));
-  const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(
-      model, cuda_index, int64_t(a.prompts.size() + a.prompt_ids.size()), 0, a.batch_gemms);
+  const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(model, e);
   const StepEngine& engine = *engine_ptr;
 
   std::unique_ptr<Tokenizer> tok;
@@ -153,6 +157,7 @@ void add_generate(CLI::App& app) {
                 "print the generated ids, space-separated, as the last stdout line(s)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   add_batch_gemms_flag(cmd, a->batch_gemms);
+  add_kv_cache_dtype_option(cmd, a->kv_cache_dtype);
   cmd->callback([a] { run(*a); });
 }
 

@@ -18,14 +18,15 @@ namespace dsv3::apps {
 
 namespace {
 
-// A device engine allocates max-seqs caches of max-model-len tokens at start; without
-// --max-model-len they hold the model's context up to this many tokens.
+// A device engine allocates its cache at start (max-seqs sequences of max-model-len tokens by
+// default); without --max-model-len a sequence holds the model's context up to this many tokens.
 constexpr int64_t kDeviceMaxModelLen = 4096;
 
 struct ServeArgs {
   std::string model, tokenizer, template_file, name, port_file, device = "cpu";
   bool budget_given = false;  // --max-batch-tokens on the command line
   bool batch_gemms = false;
+  std::string kv_cache_dtype = "auto";
   serve::ServerOptions opt;
 };
 
@@ -49,7 +50,11 @@ void run(ServeArgs a) {
   signal(SIGPIPE, SIG_IGN);  // a client that goes away must not end the server
 
   const int cuda_index = cuda_index_of(a.device);
-  check_batch_gemms(cuda_index, a.batch_gemms);
+  EngineChoice e;
+  e.cuda_index = cuda_index;
+  e.batch_gemms = a.batch_gemms;
+  e.kv_cache_dtype = a.kv_cache_dtype;
+  check_engine_flags(e);
   const Model model(ModelWeights::load(a.model));
   int64_t& max_len = a.opt.scheduler.max_model_len;
   if (cuda_index >= 0 && max_len == 0)
@@ -58,9 +63,11 @@ void run(ServeArgs a) {
   // whole context unless --max-batch-tokens says otherwise.
   if (cuda_index >= 0 && !a.budget_given)
     a.opt.scheduler.max_batch_tokens = a.opt.scheduler.max_seqs * max_len;
-  const std::unique_ptr<StepEngine> engine_ptr =
-      make_step_engine(model, cuda_index, a.opt.scheduler.max_seqs, max_len, a.batch_gemms,
-                       a.opt.scheduler.prefix_caching, a.opt.scheduler.max_batch_tokens);
+  e.sequences = a.opt.scheduler.max_seqs;
+  e.max_context = max_len;
+  e.prefix_caching = a.opt.scheduler.prefix_caching;
+  e.cache_tokens = a.opt.scheduler.max_batch_tokens;
+  const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(model, e);
   const StepEngine& engine = *engine_ptr;
   const std::string tok_dir = a.tokenizer.empty() ? a.model : a.tokenizer;
   const std::filesystem::path tok_path(tok_dir);
@@ -153,6 +160,7 @@ void add_serve(CLI::App& app) {
                   "prefix sharing)")
       ->capture_default_str();
   add_batch_gemms_flag(cmd, a->batch_gemms);
+  add_kv_cache_dtype_option(cmd, a->kv_cache_dtype);
   cmd->add_option("--max-model-len", o.scheduler.max_model_len,
                   "longest sequence (prompt + output) a request may make (default: the model's "
                   "context; on CUDA at most 4096, since max-seqs caches of it are allocated at "

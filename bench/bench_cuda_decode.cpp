@@ -15,6 +15,7 @@
 // prefill's GPU time are also split by stage (CudaEngineOptions::time_stages). Usage:
 // bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows N (default: the engine's)]
+//        [--kv-cache-dtype bf16 | fp8 (the latent cache's format, default bf16)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
   std::string model_dir, batches = "1,8,64,256", prefills = "1024,8192";
   int steps = 32, prompt = 64;
   int gemv_rows = int(cuda::CudaEngineOptions{}.gemv_max_rows);
+  bool fp8_cache = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -131,12 +133,14 @@ int main(int argc, char** argv) {
       prefills = v;
     else if (k == "--gemv-max-rows")
       gemv_rows = std::stoi(v);
+    else if (k == "--kv-cache-dtype")
+      fp8_cache = v == "fp8";
   }
   if (model_dir.empty()) {
     fmt::print(
         stderr,
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
-        "[--prefill 1024,8192 | none] [--gemv-max-rows N]\n");
+        "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8]\n");
     return 2;
   }
   int rc = 0;
@@ -149,7 +153,7 @@ int main(int argc, char** argv) {
     const ModelConfig& c = model.config();
     const double bw = bench::copy_bandwidth();
     const size_t per_tok = bytes_per_token(model.weights());
-    fmt::print("device {}\n", cuda::device_summary(0));
+    fmt::print("device {}; latent cache {}\n", cuda::device_summary(0), fp8_cache ? "FP8" : "BF16");
     fmt::print("device-to-device copy {:.0f} GB/s (read + write)\n", bw / 1e9);
     fmt::print("weights read per token at batch 1: {:.1f} MB\n", double(per_tok) / 1e6);
     std::vector<std::string> table, stages;
@@ -160,6 +164,7 @@ int main(int argc, char** argv) {
       opt.max_context = prompt + steps + 8;
       opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
       opt.gemv_max_rows = gemv_rows;
+      opt.fp8_cache = fp8_cache;
       return opt;
     };
     if (!bs.empty()) {
@@ -262,6 +267,7 @@ int main(int argc, char** argv) {
       opt.max_context = *std::max_element(pls.begin(), pls.end()) + 8;
       opt.max_step_tokens = 2048;
       opt.gemv_max_rows = gemv_rows;
+      opt.fp8_cache = fp8_cache;
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
       opt.grouped_experts = way == 3;

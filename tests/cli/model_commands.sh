@@ -48,4 +48,11 @@ expect_error "add --device cuda" "$dsv3" generate --model "$fix/v3_plain_f32" --
   --batch-gemms
 expect_error "add --device cuda" "$dsv3" serve --model "$fix/v3_plain_f32" --batch-gemms
 "$dsv3" serve --help | grep -q -- "--batch-gemms" || fail "serve --help lacks --batch-gemms"
+expect_error "add --device cuda" "$dsv3" generate --model "$fix/v3_plain_f32" --prompt-ids 1,2 \
+  --kv-cache-dtype fp8
+expect_error "add --device cuda" "$dsv3" chat --model "$fix/v3_plain_f32" --kv-cache-dtype fp8
+expect_error "fp8" "$dsv3" serve --model "$fix/v3_plain_f32" --kv-cache-dtype fp16
+for c in generate chat serve; do
+  "$dsv3" $c --help | grep -q -- "--kv-cache-dtype" || fail "$c --help lacks --kv-cache-dtype"
+done
 echo "model commands: all checks passed"

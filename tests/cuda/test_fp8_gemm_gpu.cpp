@@ -11,6 +11,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <memory>
@@ -411,6 +412,71 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
   return r;
 }
 
+// The FP8 latent cache against the BF16 one, on a model with DeepSeek-V3's attention sizes
+// (kv_lora 512, rope 64, nope / v 128: the tensor-core decode kernel and the flash prefill,
+// which reads rows decoded from FP8), and with the CUDA-core decode kernel: the logits of a
+// 100-token prefill and 8 decode steps. E4M3 keys and values move them, but by the size of
+// their rounding, not by a wrong scale or row.
+TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c;
+  c.vocab_size = 512;
+  c.hidden_size = 256;
+  c.intermediate_size = 384;
+  c.moe_intermediate_size = 128;
+  c.num_hidden_layers = 2;
+  c.first_k_dense_replace = 1;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.q_lora_rank = 128;
+  c.kv_lora_rank = 512;
+  c.qk_nope_head_dim = 128;
+  c.qk_rope_head_dim = 64;
+  c.v_head_dim = 128;
+  c.n_routed_experts = 4;
+  c.n_shared_experts = 1;
+  c.num_experts_per_tok = 2;
+  c.n_group = 1;
+  c.topk_group = 1;
+  c.max_position_embeddings = 256;
+  c.num_nextn_predict_layers = 0;
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / "dsv3_fp8_cache_model").string();
+  InitOptions io;
+  io.dtype = "bf16";
+  io.std = 0.05;
+  write_random_checkpoint(c, dir, io);
+  const Model model(ModelWeights::load(dir));
+  std::filesystem::remove_all(dir);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 100; ++i) prompt.push_back(int32_t((37 * i + 5) % c.vocab_size));
+  const auto run = [&](bool fp8, bool tensor_cores) {
+    cuda::CudaEngineOptions o;
+    o.max_sequences = 1;
+    o.max_context = 160;
+    o.fp8_cache = fp8;
+    o.attention_tensor_cores = tensor_cores;
+    const cuda::CudaEngine engine(model, o);
+    if (fp8) EXPECT_EQ(engine.memory().cache_bytes_per_token, size_t(2 * 656));
+    LatentCache cache = engine.new_cache();
+    std::vector<Tensor> out = {engine.step({{&cache, prompt, false}})};
+    for (int s = 0; s < 8; ++s)
+      out.push_back(engine.step({{&cache, {int32_t((11 * s + 3) % c.vocab_size)}, false}}));
+    return out;
+  };
+  const std::vector<Tensor> bf16 = run(false, true);
+  for (const bool tc : {true, false}) {
+    const std::vector<Tensor> fp8 = run(true, tc);
+    double worst = 0;
+    for (size_t i = 0; i < bf16.size(); ++i)
+      worst = std::max(worst, err_vs_std(fp8[i].ptr<float>(), bf16[i].ptr<float>(), c.vocab_size));
+    std::printf("[ fp8 cache, %s decode ] max|d|/std vs the bf16 cache over 9 steps: %.2e\n",
+                tc ? "tensor-core" : "CUDA-core", worst);
+    EXPECT_LE(worst, 0.3);
+    EXPECT_GT(worst, 1e-4) << "the FP8 cache was not used";
+  }
+}
+
 // A dense and a MoE layer. E4M3 inputs keep 3 mantissa bits against BF16's 7, so the FP8 path
 // is far from the exact one by design; and since every linear re-rounds its input, the ~1e-4
 // differences of the tensor cores' accumulation flip roundings that grow layer by layer, so it
@@ -464,6 +530,9 @@ TEST(Fp8PrefillGpu, ExpertsOnFp8TensorCoresMatchTheirEmulation) {
               g_emul_rms);
   EXPECT_LE(g_emul, 0.4 * em);
   EXPECT_LE(g_emul_rms, 0.3 * em_rms);
+  // Another kernel sums in another order: equal bits would mean it never ran.
+  EXPECT_NE(std::memcmp(r.grouped.data(), r.fp8.data(), r.grouped.nbytes()), 0)
+      << "the grouped kernel was not taken";
 }
 
 // The same model in BF16: its routed experts take one BF16 cuBLASLt GEMM each (rows gathered

@@ -10,7 +10,9 @@
 # in BF16 and runs it in dsv3 and in HF transformers: logits parity and speed, same GPU; mla
 # times the MLA decode and prefill kernels at DeepSeek-V3's sizes, bench_cuda_mla)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
-# Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, BENCH_TIMEOUT (seconds per bench).
+# Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, PROMPT (decode prompt length,
+# default 64), BENCH_ARGS / BENCH_TAG (V3 bench: more flags, log suffix), BENCH_TIMEOUT (seconds
+# per bench).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/issue7}
@@ -105,9 +107,12 @@ PY
     --config "$CKPT/v3-4l.json" --out "$CKPT/v3-4l" --dtype fp8
   "$BUILD/bin/dsv3" info --model "$CKPT/v3-4l" | tee "$OUT/info_v3.txt"
   log "bench V3 x4 fp8"
+  # BENCH_ARGS: more flags (e.g. --kv-cache-dtype fp8), BENCH_TAG: a suffix for the log.
+  # shellcheck disable=SC2086
   timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" \
-    --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 --prompt 64 \
-    2>&1 | tee "$OUT/bench_v3.txt" || echo "bench v3 failed or timed out"
+    --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 \
+    --prompt "${PROMPT:-64}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_v3${BENCH_TAG:-}.txt" ||
+    echo "bench v3 failed or timed out"
   if has profile; then profile "$CKPT/v3-4l" v3 400; fi
   if has profile_prefill; then profile_prefill "$CKPT/v3-4l" v3; fi
   # Kept: a later call on the same (warm) machine skips the 2-minute init.

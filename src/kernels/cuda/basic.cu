@@ -100,7 +100,7 @@ __global__ void latent_to_cache_kernel(const float* kv, const float* w_norm, flo
   const int64_t t = blockIdx.x, dc = pool.dc, row = pool.row();
   const float* src = kv + t * row;
   const int64_t pos = positions[t];
-  const int64_t at = pool.at(seqs[t], layer, pos);
+  const int64_t at = pool.fp8 ? 0 : pool.at(seqs[t], layer, pos);
   const auto put = [&](int64_t i, float v) {
     if (pool.bf16)
       static_cast<uint16_t*>(pool.base)[at + i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
@@ -111,6 +111,35 @@ __global__ void latent_to_cache_kernel(const float* kv, const float* w_norm, flo
   for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) ss += double(src[i]) * src[i];
   ss = block_sum(ss, buf);
   const float inv = float(1.0 / sqrt(ss / double(dc) + double(eps)));
+  if (pool.fp8) {
+    // c_kv to E4M3 in 1×128 tiles (a warp per tile), k_pe to BF16 (CachePool's FP8 row).
+    __shared__ float vals[kFp8CacheMaxDc];
+    for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) vals[i] = w_norm[i] * (src[i] * inv);
+    __syncthreads();
+    char* rowp = pool.row_ptr(seqs[t], layer, pos);
+    auto* codes = reinterpret_cast<uint8_t*>(rowp);
+    auto* scales = reinterpret_cast<float*>(rowp + dc);
+    auto* kpe = reinterpret_cast<uint16_t*>(rowp + pool.fp8_kpe_offset());
+    const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+    for (int64_t tile = warp; tile < dc / 128; tile += blockDim.x / 32) {
+      const float* v = vals + tile * 128;
+      float amax = 0.0f;
+      for (int j = lane; j < 128; j += 32) amax = fmaxf(amax, fabsf(v[j]));
+      for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      const float scale = amax > 0.0f ? fmaxf(amax / 448.0f, FLT_MIN) : 1.0f;
+      for (int j = lane; j < 128; j += 32)
+        codes[tile * 128 + j] =
+            uint8_t(__nv_cvt_float_to_fp8(v[j] / scale, __NV_SATFINITE, __NV_E4M3));
+      if (lane == 0) scales[tile] = scale;
+    }
+    for (int64_t f = threadIdx.x; f < half; f += blockDim.x) {
+      float p[2] = {src[dc + 2 * f], src[dc + 2 * f + 1]};
+      rope_pair(p, float(pos), inv_freq[f], factor);
+      kpe[2 * f] = __bfloat16_as_ushort(__float2bfloat16_rn(p[0]));
+      kpe[2 * f + 1] = __bfloat16_as_ushort(__float2bfloat16_rn(p[1]));
+    }
+    return;
+  }
   for (int64_t i = threadIdx.x; i < dc; i += blockDim.x) put(i, w_norm[i] * (src[i] * inv));
   for (int64_t f = threadIdx.x; f < half; f += blockDim.x) {
     float p[2] = {src[dc + 2 * f], src[dc + 2 * f + 1]};
@@ -392,9 +421,24 @@ void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
-// One row per block, 16 bytes per thread and step (rows of F32 or BF16 values: 4-byte multiples).
+// One row per block, 16 bytes per thread and step (rows of F32 or BF16 values: 4-byte multiples);
+// FP8 rows decoded into BF16 ones.
 __global__ void gather_cache_rows_kernel(CachePool pool, int64_t layer, int64_t seq,
                                          int64_t k_begin, char* out) {
+  if (pool.fp8) {
+    const int64_t dc = pool.dc, D = pool.row();
+    const char* rowp = pool.row_ptr(seq, layer, k_begin + blockIdx.x);
+    const auto* codes = reinterpret_cast<const uint8_t*>(rowp);
+    const auto* scales = reinterpret_cast<const float*>(rowp + dc);
+    const auto* kpe = reinterpret_cast<const uint16_t*>(rowp + pool.fp8_kpe_offset());
+    auto* dst = reinterpret_cast<uint16_t*>(out) + blockIdx.x * D;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+      dst[i] =
+          i < dc
+              ? __bfloat16_as_ushort(__float2bfloat16_rn(e4m3_to_f32(codes[i]) * scales[i / 128]))
+              : kpe[i - dc];
+    return;
+  }
   const int64_t r = blockIdx.x, bytes = pool.row() * pool.elem_bytes();
   const char* src =
       static_cast<const char*>(pool.base) + pool.at(seq, layer, k_begin + r) * pool.elem_bytes();

@@ -309,20 +309,27 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   // BF16 or F32; the MTP module's in a pool of as many one-layer blocks.
   const size_t before_cache = a.used();
   const int64_t dc = c.kv_lora_rank, dr = c.qk_rope_head_dim;
-  const bool bf16_cache = opt.bf16_cache && !opt.exact;
-  const int64_t eb = bf16_cache ? 2 : 4, B = opt.block_tokens;
+  const bool fp8_cache = opt.fp8_cache && !opt.exact;
+  DSV3_CHECK(!fp8_cache || (dc % 128 == 0 && dc <= kFp8CacheMaxDc),
+             "CUDA engine: an FP8 latent cache needs kv_lora_rank a multiple of 128 up to {} (this "
+             "model's is {}): use the BF16 cache",
+             kFp8CacheMaxDc, dc);
+  const bool bf16_cache = !fp8_cache && opt.bf16_cache && !opt.exact;
+  const int64_t B = opt.block_tokens;
   DSV3_CHECK(B > 0 && B % 32 == 0,
              "CUDA engine: cache blocks of {} tokens; block_tokens must be a multiple of 32", B);
   const int64_t max_blocks = (opt.max_context + B - 1) / B;
   const int64_t blocks = opt.cache_blocks > 0 ? opt.cache_blocks : opt.max_sequences * max_blocks;
-  m.pool = {nullptr, c.num_hidden_layers, blocks, B, dc, dr, bf16_cache, nullptr, max_blocks};
-  m.pool.base = a.alloc(size_t(c.num_hidden_layers * blocks * B * (dc + dr) * eb));
+  m.pool = {nullptr, c.num_hidden_layers, blocks,  B,          dc,
+            dr,      bf16_cache,          nullptr, max_blocks, fp8_cache};
+  const int64_t row_bytes = m.pool.row_bytes();
+  m.pool.base = a.alloc(size_t(c.num_hidden_layers * blocks * B * row_bytes));
   if (!m.mtp.empty()) {
-    m.mtp_pool = {nullptr, 1, blocks, B, dc, dr, bf16_cache, nullptr, max_blocks};
-    m.mtp_pool.base = a.alloc(size_t(blocks * B * (dc + dr) * eb));
+    m.mtp_pool = {nullptr, 1, blocks, B, dc, dr, bf16_cache, nullptr, max_blocks, fp8_cache};
+    m.mtp_pool.base = a.alloc(size_t(blocks * B * row_bytes));
   }
   m.plan.caches = a.used() - before_cache;
-  m.plan.cache_bytes_per_token = size_t(c.num_hidden_layers * (dc + dr) * eb);
+  m.plan.cache_bytes_per_token = size_t(c.num_hidden_layers * row_bytes);
 
   // Activations for T tokens.
   const size_t before_work = a.used();
@@ -409,7 +416,7 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
       w.tile_start = a.alloc_n<int32_t>(E + 1);
       w.eact2 = a.alloc_n<float>((T * k + 16) * 2 * c.moe_intermediate_size);  // gate | up
     }
-    if (bf16_cache) {
+    if (bf16_cache || fp8_cache) {
       w.qcb = a.alloc_n<uint16_t>(T * heads * std::max(dc + dr, dn + dr));
       // Keys per chunk: the whole context up to 512 MiB of decompressed keys and values
       // (DeepSeek-V3: 8K keys; longer prompts take several chunks).
@@ -536,8 +543,7 @@ struct CudaEngine::Impl {
     m = layout(model.weights(), opt, real);
     // Zeroed caches: rows not yet written hold zeros, not NaN bit patterns, should a kernel
     // ever read a padded tile of them (each masks them out).
-    const size_t block_bytes =
-        size_t(m.pool.row() * m.pool.elem_bytes() * m.pool.block_tokens * m.pool.blocks);
+    const size_t block_bytes = size_t(m.pool.row_bytes() * m.pool.block_tokens * m.pool.blocks);
     DSV3_CUDA_CHECK(cudaMemset(m.pool.base, 0, block_bytes * size_t(m.pool.layers)));
     if (m.mtp_pool.base) DSV3_CUDA_CHECK(cudaMemset(m.mtp_pool.base, 0, block_bytes));
     DSV3_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -702,14 +708,15 @@ struct CudaEngine::Impl {
   bool use_grouped(const DevLayer& L, int64_t n) const {
     const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
     const int64_t pairs = n * c.num_experts_per_tok, E = c.n_routed_experts;
+    // pairs / E >= r is pairs >= r · E for integers, without the product's overflow.
     return opt.grouped_experts && experts_fp8(L, n) && grouped_fp8_supported(2 * inter, H) &&
            grouped_fp8_supported(H, inter) && n > opt.gemv_max_rows &&
-           pairs >= opt.grouped_min_rows * E && pairs < opt.expert_gemm_rows * E;
+           pairs / E >= opt.grouped_min_rows && pairs / E < opt.expert_gemm_rows;
   }
   bool experts_on_gemm(const DevLayer& L, int64_t n) const {
     const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
     return (experts_fp8(L, n) || bf16) && n > opt.gemv_max_rows &&
-           n * c.num_experts_per_tok >= opt.expert_gemm_rows * c.n_routed_experts;
+           n * c.num_experts_per_tok / c.n_routed_experts >= opt.expert_gemm_rows;
   }
 
   // The routed experts on the tensor cores, one GEMM per expert with rows (cuBLASLt 13.1 has no
@@ -980,8 +987,8 @@ struct CudaEngine::Impl {
     // and an eager step of the same shape run the same kernels. Decode-like chunks (few tokens
     // per sequence: a batch of 256 single tokens) would decompress every sequence's whole
     // cache per token; they keep the absorbed form too.
-    if (!opt.flash_prefill || !blas || !pool.bf16 || !k.kvb || n <= opt.gemv_max_rows ||
-        n <= opt.graph_max_rows || spans.empty() ||
+    if (!opt.flash_prefill || !blas || !(pool.bf16 || pool.fp8) || !k.kvb ||
+        n <= opt.gemv_max_rows || n <= opt.graph_max_rows || spans.empty() ||
         n < opt.flash_min_tokens * int64_t(spans.size()) || !flash_prefill_supported(dn, dr, dv) ||
         dc % 8 != 0)
       return false;

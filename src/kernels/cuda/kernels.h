@@ -89,30 +89,45 @@ void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, cons
 // a block). Row t of kv ([n, dc + dr], the kv_a projection) goes to sequence seqs[t], position
 // positions[t]: its first dc values RMS-normalised by w_norm, its last dr rotated by RoPE,
 // computed in F32 and then stored.
+//
+// fp8 (FlashMLA's FP8 cache): a row is c_kv as E4M3 codes in 1×128 tiles (dc a multiple of
+// 128; per tile scale = max(amax / 448, FLT_MIN), 1 for an all-zero tile, as the FP8 GEMMs'
+// activations), then the dc / 128 F32 scales (padded to 16 bytes), then k_pe in BF16, the row
+// padded to 16 bytes: 656 bytes at DeepSeek-V3's 512 / 64 against 1,152 in BF16. Rows are then
+// addressed in bytes (row_ptr).
+constexpr int64_t kFp8CacheMaxDc = 1024;  // the widest c_kv an FP8 cache takes
 struct CachePool {
   void* base = nullptr;
   int64_t layers = 0, blocks = 0, block_tokens = 0, dc = 0, dr = 0;
   bool bf16 = false;
   const int32_t* tables = nullptr;  // device, [sequences of the launch][max_blocks]
   int64_t max_blocks = 0;
+  bool fp8 = false;
   DSV3_HOST_DEVICE int64_t row() const { return dc + dr; }
-  DSV3_HOST_DEVICE int64_t elem_bytes() const { return bf16 ? 2 : 4; }
-  // Element offset of the row of a block's first position in a layer.
-  DSV3_HOST_DEVICE int64_t block_at(int64_t block, int64_t layer) const {
-    return (layer * blocks + block) * block_tokens * row();
+  DSV3_HOST_DEVICE int64_t elem_bytes() const { return bf16 ? 2 : 4; }  // F32 / BF16 rows
+  DSV3_HOST_DEVICE int64_t fp8_kpe_offset() const { return dc + (dc / 32 + 15) / 16 * 16; }
+  DSV3_HOST_DEVICE int64_t row_bytes() const {
+    return fp8 ? (fp8_kpe_offset() + 2 * dr + 15) / 16 * 16 : row() * elem_bytes();
   }
-  // Element offset of (sequence, layer, position)'s row.
+  // The row number (over the whole pool) of (sequence, layer, position).
+  DSV3_HOST_DEVICE int64_t row_index(int64_t seq, int64_t layer, int64_t pos) const {
+    return (layer * blocks + tables[seq * max_blocks + pos / block_tokens]) * block_tokens +
+           pos % block_tokens;
+  }
+  // Element offset of (sequence, layer, position)'s row (F32 / BF16 rows).
   DSV3_HOST_DEVICE int64_t at(int64_t seq, int64_t layer, int64_t pos) const {
-    return block_at(tables[seq * max_blocks + pos / block_tokens], layer) +
-           (pos % block_tokens) * row();
+    return row_index(seq, layer, pos) * row();
+  }
+  DSV3_HOST_DEVICE char* row_ptr(int64_t seq, int64_t layer, int64_t pos) const {
+    return static_cast<char*>(base) + row_index(seq, layer, pos) * row_bytes();
   }
 };
 void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
                      const float* inv_freq, int64_t half, float factor, const int32_t* positions,
                      const int32_t* seqs, const CachePool& pool, int64_t layer, cudaStream_t s);
 // Rows [k_begin, k_end) of sequence seq's cache in one layer, copied contiguous into out
-// ([k_end - k_begin][dc + dr], the cache's element type): the flash prefill's kv_b GEMM reads
-// them as one matrix.
+// ([k_end - k_begin][dc + dr], the cache's element type; BF16 from an FP8 cache, dequantised):
+// the flash prefill's kv_b GEMM reads them as one matrix.
 void gather_cache_rows(const CachePool& pool, int64_t layer, int64_t seq, int64_t k_begin,
                        int64_t k_end, void* out, cudaStream_t s);
 
@@ -212,7 +227,7 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
 // mla_attention on the BF16 tensor cores for a BF16 cache of kv_lora 512 / rope 64 (DeepSeek-V3,
 // V2-Lite, Moonlight) or 256 / 32: qc in BF16 [n, H, dc + dr] (rows 16-byte aligned), P in
 // BF16 before P·c_kv; the same o_lat. mla_attention_tc_supported says when it applies.
-bool mla_attention_tc_supported(const CachePool& pool);
+bool mla_attention_tc_supported(const CachePool& pool);  // BF16 or FP8 caches
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
                       int64_t layer, const int32_t* positions, const int32_t* seqs,
                       int64_t max_position, float scale, float* partial, int64_t partial_floats,

@@ -9,6 +9,7 @@
 //  mla_attention_tc: the same on the BF16 tensor cores, the heads of a row as the M dimension.
 // Prefill runs the non-absorbed form instead (flash.cu).
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
@@ -172,8 +173,22 @@ __device__ __forceinline__ void fill_shared(const S* __restrict__ src, int count
   }
 }
 
+// nk consecutive FP8 cache rows (CachePool's layout) decoded to F32 into dst (row stride ld).
+__device__ __forceinline__ void fill_fp8_rows(const CachePool& pool, const char* rows, int nk,
+                                              float* dst, int ld) {
+  const int dc = int(pool.dc), D = int(pool.row());
+  const int64_t rb = pool.row_bytes(), kpe = pool.fp8_kpe_offset();
+  for (int i = int(threadIdx.x); i < nk * D; i += int(blockDim.x)) {
+    const int r = i / D, d = i - r * D;
+    const char* row = rows + r * rb;
+    dst[r * ld + d] =
+        d < dc ? e4m3_to_f32(uint8_t(row[d])) * reinterpret_cast<const float*>(row + dc)[d / 128]
+               : bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(row + kpe)[d - dc]);
+  }
+}
+
 // Partial results per (row, head, split): o [dc] (unnormalised), running max m, sum l.
-// K: the cache's element type (float or BF16 bits).
+// K: the cache's element type (float or BF16 bits; uint8_t for FP8 rows).
 template <class K>
 __global__ void __launch_bounds__(kHeadsPerBlock * 32)
     attention_kernel(const float* qc, int64_t heads, CachePool pool, int64_t layer,
@@ -209,7 +224,10 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   for (int64_t j0 = kbeg; j0 < kend; j0 += kKeyTile) {
     const int nk = int(min(int64_t(kKeyTile), kend - j0));
     // A key tile lies in one cache block (block_tokens is a multiple of kKeyTile).
-    fill_shared(cache + pool.at(seq, layer, j0), nk * Di, k_s, Di, ldki);
+    if constexpr (std::is_same_v<K, uint8_t>)
+      fill_fp8_rows(pool, pool.row_ptr(seq, layer, j0), nk, k_s, ldki);
+    else
+      fill_shared(cache + pool.at(seq, layer, j0), nk * Di, k_s, Di, ldki);
     __syncthreads();
     if (active) {
       float s = -INFINITY;
@@ -302,6 +320,33 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   }
   const auto load = [&](int64_t j0, int buf) {
     uint16_t* dst = sk + buf * kTcKeys * SK;
+    if (pool.fp8) {
+      // FP8 rows decoded to BF16 on the way in (loads, not cp.async): c_kv 16 codes at a time
+      // times their tile's scale, k_pe copied.
+      const char* rows = pool.row_ptr(seq, layer, j0);
+      const int64_t rb = pool.row_bytes(), kpe = pool.fp8_kpe_offset();
+      for (int c = int(threadIdx.x); c < kTcKeys * (DC / 16); c += kTcWarps * 32) {
+        const int r = c / (DC / 16), d = (c % (DC / 16)) * 16;
+        uint4 out[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+        if (j0 + r < kend) {
+          const char* row = rows + r * rb;
+          float v[16];
+          decode_chunk<WType::E4M3>(*reinterpret_cast<const uint4*>(row + d), v);
+          const float sc = reinterpret_cast<const float*>(row + DC)[d / 128];
+          uint32_t* o = reinterpret_cast<uint32_t*>(out);
+#pragma unroll
+          for (int q = 0; q < 8; ++q) o[q] = pack_bf16(v[2 * q] * sc, v[2 * q + 1] * sc);
+        }
+        *reinterpret_cast<uint4*>(dst + r * SK + d) = out[0];
+        *reinterpret_cast<uint4*>(dst + r * SK + d + 8) = out[1];
+      }
+      for (int c = int(threadIdx.x); c < kTcKeys * (DR / 8); c += kTcWarps * 32) {
+        const int r = c / (DR / 8), d = (c % (DR / 8)) * 8;
+        const bool ok = j0 + r < kend;
+        cp16(dst + r * SK + DC + d, ok ? rows + r * rb + kpe + 2 * d : rows, ok);
+      }
+      return;
+    }
     // The tile lies in one cache block (block_tokens is a multiple of kTcKeys).
     const uint16_t* keys = cache + pool.at(seq, layer, j0);
     for (int c = int(threadIdx.x); c < kTcKeys * (DK / 8); c += kTcWarps * 32) {
@@ -492,7 +537,9 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
     kernel<<<grid, kHeadsPerBlock * 32, smem, s>>>(qc, heads, pool, layer, positions, seqs,
                                                    split_len, scale, partial);
   };
-  if (pool.bf16)
+  if (pool.fp8)
+    launch(attention_kernel<uint8_t>);
+  else if (pool.bf16)
     launch(attention_kernel<uint16_t>);
   else
     launch(attention_kernel<float>);
@@ -502,7 +549,8 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
 }
 
 bool mla_attention_tc_supported(const CachePool& pool) {
-  return pool.bf16 && ((pool.dc == 512 && pool.dr == 64) || (pool.dc == 256 && pool.dr == 32));
+  return (pool.bf16 || pool.fp8) &&
+         ((pool.dc == 512 && pool.dr == 64) || (pool.dc == 256 && pool.dr == 32));
 }
 
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
