@@ -86,6 +86,13 @@ void print_info(const std::string& dir) {
       "activations of {} tokens {}\n",
       bytes(double(plan.total())), bytes(double(plan.weights)), bytes(double(plan.caches)),
       opt.max_step_tokens, bytes(double(plan.workspace)));
+  fmt::print("GPU cache/token  {} BF16", bytes(double(plan.cache_bytes_per_token)));
+  if (c.kv_lora_rank % 128 == 0) {  // what an FP8 cache needs (CudaEngineOptions::fp8_cache)
+    opt.fp8_cache = true;
+    fmt::print(", {} with --kv-cache-dtype fp8",
+               bytes(double(cuda::plan_memory(w, opt).cache_bytes_per_token)));
+  }
+  fmt::print("\n");
 #endif
 }
 
