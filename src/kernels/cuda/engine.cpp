@@ -760,20 +760,10 @@ struct CudaEngine::Impl {
       }
       return true;
     };
-    QuantizeArgs q;
+    QuantizeArgs q = expert_rows_e4m3(h_padded[E]);
     if (fp8) {
       DSV3_CUDA_CHECK(cudaMemcpyAsync(k.padded_offsets, h_padded, size_t(E + 1) * sizeof(int32_t),
                                       cudaMemcpyHostToDevice, stream));
-      q.x = k.h;
-      q.ldx = H;
-      q.x_rows = k.perm_rows;
-      q.padded_rows = h_padded[E];
-      q.k = H;
-      q.groups = int(E);
-      q.offsets = k.offsets;
-      q.padded_offsets = k.padded_offsets;
-      q.q = k.xq;
-      q.scales = k.xs;
       quantize_e4m3_tiles(q, stream);
     } else {
       gather_rows(k.h, H, k.perm_rows, pairs, H, k.eout, stream);  // eout: scratch until down
@@ -793,6 +783,24 @@ struct CudaEngine::Impl {
     return each(inter, L.down_s, H, k.eout);
   }
 
+  // The experts' input rows (the normed hidden rows in moe_permute's order) to E4M3 tiles,
+  // grouped by expert at padded_offsets; `padded_rows` (or a bound on it) sizes the launch.
+  QuantizeArgs expert_rows_e4m3(int64_t padded_rows) const {
+    const Work& k = m.work;
+    QuantizeArgs q;
+    q.x = k.h;
+    q.ldx = c.hidden_size;
+    q.x_rows = k.perm_rows;
+    q.padded_rows = padded_rows;
+    q.k = c.hidden_size;
+    q.groups = int(c.n_routed_experts);
+    q.offsets = k.offsets;
+    q.padded_offsets = k.padded_offsets;
+    q.q = k.xq;
+    q.scales = k.xs;
+    return q;
+  }
+
   // The FP8 routed experts on our grouped kernel (grouped_fp8), one launch per projection, with
   // the groups' padded layout computed on the device: no host wait, so decode batches stay
   // graphs. Rows are quantised in 1×128 tiles as for the per-expert GEMMs. False if it does not
@@ -806,17 +814,7 @@ struct CudaEngine::Impl {
     const int64_t rows_bound = pairs + 16 * E;
     const int64_t tiles_bound = grouped_fp8_tiles(rows_bound) + E;
     grouped_fp8_layout(k.offsets, int(E), k.padded_offsets, k.tile_start, stream);
-    QuantizeArgs q;
-    q.x = k.h;
-    q.ldx = H;
-    q.x_rows = k.perm_rows;
-    q.padded_rows = rows_bound;
-    q.k = H;
-    q.groups = int(E);
-    q.offsets = k.offsets;
-    q.padded_offsets = k.padded_offsets;
-    q.q = k.xq;
-    q.scales = k.xs;
+    QuantizeArgs q = expert_rows_e4m3(rows_bound);
     quantize_e4m3_tiles(q, stream);
     const auto project = [&](int64_t width, const DevWeight& w, int64_t group_rows, float* y) {
       GroupedFp8Args g;
