@@ -25,7 +25,7 @@ struct EngineChoice {
   // activations make a sequence's tokens depend on what it is batched with
   // (CudaEngineOptions::gemv_max_rows).
   bool batch_gemms = false;
-  bool prefix_caching = true;          // caches over cache_pool() share prompt-prefix blocks
+  bool prefix_caching = true;           // caches over cache_pool() share prompt-prefix blocks
   std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto (BF16) or fp8 (CUDA)
 };
 
