@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/exp_nonpos.h"
 
 namespace dsv3::infer {
 
@@ -30,30 +31,6 @@ uint64_t rotl(uint64_t x, int k) {
 uint64_t fresh_seed() {
   std::random_device rd;
   return (uint64_t(rd()) << 32) ^ uint64_t(rd());
-}
-
-// exp(d) for d <= 0 in float, written so that loops over a 129k vocabulary vectorize (libm's
-// expf does not without -ffast-math, and float->int conversions block it under the default
-// -ftrapping-math). Cody-Waite reduction d = n ln2 + r, n rounded with the 1.5 * 2^23 trick, and
-// a degree-6 polynomial for e^r (Cephes' expf coefficients); relative error < 1e-7 on
-// [-87, 0]. d < -87 (including -inf) gives exactly 0, so removed tokens never get weight.
-inline float exp_nonpos(float d) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float x = std::max(d, -87.0f);
-  const float t = x * 1.44269504088896341f + kRound;
-  const float n = t - kRound;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const uint32_t k = std::bit_cast<uint32_t>(t) - std::bit_cast<uint32_t>(kRound);  // n
-  const float scale = std::bit_cast<float>((k + 127u) << 23);                       // 2^n
-  return d >= -87.0f ? y * scale : 0.0f;
 }
 
 // w[i] = exp_nonpos(x[i] - mx); returns their float64 sum, accumulated in 8 interleaved partial

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "core/tensor.h"
@@ -62,6 +63,10 @@ class StepEngine {
   // MTP depth 1: logits F32 [inputs, V] of the last row of each input (predicting i + 2).
   virtual Tensor mtp_step(const std::vector<MtpInput>& inputs) const = 0;
 };
+
+// One row's token drawn here, as step_sample() draws those it does not send to a device:
+// sample_with_logprobs() when the sampler's params ask for logprobs, else sample().
+infer::SampleResult sample_on_host(infer::Sampler& s, std::span<float> logits);
 
 // Throws unless step_sample() can take these arguments: one sampler (or null) per input, and
 // no input asking for all its logits.

@@ -1,5 +1,5 @@
 // What the GPU tests share: a skip when no device is usable, owning device buffers, host <->
-// device copies, and the logits error measure.
+// device copies, seeded normal values, and the logits error measure.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <random>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
@@ -52,6 +53,15 @@ std::vector<T> to_host(const T* p, size_t n) {
 template <class T>
 std::vector<T> to_host(const DevPtr<T>& p, size_t n) {
   return to_host(p.get(), n);
+}
+
+// n normal values of mean 0, fixed by the seed.
+inline std::vector<float> randn(size_t n, uint64_t seed, float std = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, std);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
 }
 
 // max|a - b| / std(b) over n values (how logits are compared with a reference).

@@ -25,6 +25,7 @@ using namespace dsv3;
 namespace {
 
 using gpu_test::DevPtr;
+using gpu_test::randn;
 using gpu_test::to_device;
 using gpu_test::to_host;
 
@@ -32,14 +33,6 @@ using gpu_test::to_host;
 DevPtr<float> poisoned(size_t n) {
   std::vector<float> v(n, NAN);
   return to_device(v);
-}
-
-std::vector<float> randn(size_t n, uint64_t seed, float std = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, std);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
 }
 
 // The values rounded to BF16 (exactly representable), and their BF16 bit patterns.

@@ -21,6 +21,7 @@ using namespace dsv3;
 
 namespace {
 
+using gpu_test::randn;
 using gpu_test::to_device;
 using gpu_test::to_host;
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -83,14 +84,6 @@ std::vector<int32_t> reference(const Case& c, const std::vector<double>& us) {
     out.push_back(tok);
   }
   return out;
-}
-
-std::vector<float> randn(size_t n, uint64_t seed, float std) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, std);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
 }
 
 TEST(SampleGpu, KeptSetsAndDrawsMatchTheSampler) {

@@ -183,14 +183,7 @@ __global__ void quantize_e4m3_tiles_kernel(const QuantizeArgs a) {
   int64_t s0 = 0, len = a.padded_rows, valid = a.rows, first = 0;
   if (a.groups > 0) {
     if (r >= a.padded_offsets[a.groups]) return;  // past the last group (a bound was given)
-    int lo = 0, hi = a.groups - 1;                // the last group whose padded start is <= r
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (a.padded_offsets[mid] <= r)
-        lo = mid;
-      else
-        hi = mid - 1;
-    }
+    const int lo = group_of(a.padded_offsets, a.groups, r);
     s0 = a.padded_offsets[lo];
     len = a.padded_offsets[lo + 1] - s0;
     first = a.offsets[lo];

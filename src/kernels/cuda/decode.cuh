@@ -96,6 +96,20 @@ __device__ __forceinline__ void load_chunk(const void* p, float* out) {
   decode_chunk<T>(__ldg(static_cast<const uint4*>(p)), out);
 }
 
+// The last of `groups` groups whose start (starts[g], ascending) is <= x: the group holding
+// row or tile x of a grouped layout (the experts' padded rows, their tiles).
+__device__ __forceinline__ int group_of(const int32_t* starts, int groups, int64_t x) {
+  int lo = 0, hi = groups - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (starts[mid] <= x)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -253,7 +253,7 @@ struct Work {
   uint8_t* xq = nullptr;
   float *xs = nullptr, *eact2 = nullptr;
   int32_t *padded_offsets = nullptr, *tile_start = nullptr;  // [E + 1] each
-  // Attention on the tensor cores (BF16 cache): the queries in BF16 (qcb: absorbed, or
+  // Attention on the tensor cores (BF16 or FP8 cache): the queries in BF16 (qcb: absorbed, or
   // non-absorbed for flash_prefill); for flash_prefill also kv_b's output of up to kv_keys keys
   // of one sequence (BF16 [keys, heads, dn + dv]) and the row state between key chunks.
   // kvlat: the cached latents of those keys gathered from their blocks (BF16 [keys, dc + dr]).
@@ -306,7 +306,7 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   m.plan.weights = a.used();
 
   // Latent caches: blocks of block_tokens rows, [layers][blocks][block_tokens][kv_lora + rope],
-  // BF16 or F32; the MTP module's in a pool of as many one-layer blocks.
+  // F32, BF16 or FP8 rows (CachePool); the MTP module's in a pool of as many one-layer blocks.
   const size_t before_cache = a.used();
   const int64_t dc = c.kv_lora_rank, dr = c.qk_rope_head_dim;
   const bool fp8_cache = opt.fp8_cache && !opt.exact;
@@ -972,7 +972,7 @@ struct CudaEngine::Impl {
   };
   std::vector<Span> spans;  // of the chunk being enqueued eagerly (empty for graphs)
 
-  // Prefill attention in the non-absorbed form (chunks over gemv_max_rows, BF16 cache): per
+  // Prefill attention in the non-absorbed form (chunks over gemv_max_rows, BF16 or FP8 cache): per
   // sequence, K/V of its keys from one GEMM of the cached latents with kv_b (BF16 out), then
   // flash_prefill over them with the chunk's queries, o straight into o_proj's input. Per
   // score dn + dr multiply-adds instead of dc + dr, nothing of S written out. False (o not
@@ -1462,11 +1462,7 @@ std::vector<infer::SampleResult> CudaEngine::step_sample(
     infer::Sampler* sm = samplers[k];
     if (!sm) continue;
     if (!sm->device_drawable()) {
-      const std::span<float> row{logits.ptr<float>() + lrow++ * V, size_t(V)};
-      if (sm->params().logprobs)
-        out[k] = sm->sample_with_logprobs(row);
-      else
-        out[k].token = sm->sample(row);
+      out[k] = sample_on_host(*sm, {logits.ptr<float>() + lrow++ * V, size_t(V)});
       continue;
     }
     const int32_t t = tokens[k];

@@ -12,6 +12,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/mma.cuh"
 
@@ -22,15 +23,6 @@ namespace {
 constexpr int kBM = 64, kBN = 128, kBK = 128, kThreads = 256;
 constexpr int kStride = kBK + 16;  // bytes per shared row: ldmatrix without bank conflicts
 
-// c += a · b: a 16×32 (row), b 32×8 (col), E4M3 in, F32 accumulators.
-__device__ __forceinline__ void mma_e4m3(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __global__ void __launch_bounds__(kThreads) grouped_fp8_kernel(const GroupedFp8Args a) {
   extern __shared__ __align__(16) uint8_t smem[];  // 54 KiB: over the static 48
   // Stage b: rows of x at sa(b), of W at sb(b).
@@ -38,15 +30,7 @@ __global__ void __launch_bounds__(kThreads) grouped_fp8_kernel(const GroupedFp8A
   const auto sb = [&](int b) { return smem + 2 * kBM * kStride + b * (kBN * kStride); };
   // This block's expert: the last group whose first tile is <= blockIdx.x.
   const int tile = int(blockIdx.x);
-  int lo = 0, hi = a.groups - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (a.tile_start[mid] <= tile)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  const int e = lo;
+  const int e = group_of(a.tile_start, a.groups, tile);
   if (tile >= a.tile_start[a.groups]) return;
   const int64_t p0 = a.padded_offsets[e], plen = a.padded_offsets[e + 1] - p0;
   const int64_t valid = a.offsets[e + 1] - a.offsets[e];     // rows written (the rest is padding)

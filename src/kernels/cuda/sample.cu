@@ -2,11 +2,14 @@
 // draw) for one row of logits per block, so a decode step copies back token ids instead of
 // [rows, V] logits. The kept sets follow the Sampler's rules exactly (top-k keeps ties with the
 // k-th value; top-p keeps the smallest most-likely prefix, ties at the boundary by ascending
-// id; min-p in float64); the masses are sums of exp(logit - max) as the Sampler's exp_nonpos
-// computes them, in 2^-46 fixed point (integer atomics: every run adds the same bits, so a
-// seed gives the same tokens run after run), where the Sampler sums in float64. The two agree
-// unless a top-p boundary or the draw lands within ~1e-9 of the total mass of a boundary
-// (tests/cuda/test_sample_gpu.cpp checks every other case token for token).
+// id; min-p in float64); the masses are sums of the Sampler's own exp_nonpos(logit - max)
+// (core/exp_nonpos.h), in 2^-46 fixed point (integer atomics: every run adds the same bits, so
+// a seed gives the same tokens run after run), where the Sampler sums in float64. The two agree
+// unless a top-p boundary or the draw lands within those sums' rounding of a CDF step: at most
+// V · 2^-46 of the largest weight from fixed point, plus a last-bit difference in a weight
+// where nvcc and the host compiler contract the polynomial's FMAs differently.
+// tests/cuda/test_sample_gpu.cpp checks every draw farther than 1e-6 of the mass from a step,
+// token for token.
 //
 // A row is swept a few times from global memory (L2 for one row: V = 129,280 floats = 505 KiB):
 // a scan (max, non-finite check), 4 radix passes of 8 bits for top-k's k-th value and 4 for
@@ -15,6 +18,7 @@
 
 #include <cstdint>
 
+#include "core/exp_nonpos.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
 
@@ -25,26 +29,6 @@ namespace {
 constexpr int kThreads = 1024, kWarps = kThreads / 32;
 constexpr double kFixed = 70368744177664.0;  // 2^46: a weight ≤ 1 in fixed point
 constexpr uint32_t kTieAll = 0xffffffffu;
-
-// The Sampler's exp_nonpos (infer/sampler.cpp): exp(d) for d ≤ 0 in float, 0 below -87.
-__device__ __forceinline__ float exp_nonpos(float d) {
-  constexpr float kRound = 12582912.0f;
-  const float x = fmaxf(d, -87.0f);
-  const float t = x * 1.44269504088896341f + kRound;
-  const float n = t - kRound;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const uint32_t k = __float_as_uint(t) - __float_as_uint(kRound);
-  const float scale = __uint_as_float((k + 127u) << 23);
-  return d >= -87.0f ? y * scale : 0.0f;
-}
 
 __device__ __forceinline__ uint64_t fixed_weight(float w) {
   return uint64_t(double(w) * kFixed);
@@ -324,12 +308,9 @@ void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
                    const SampleParams* params, int32_t* tokens, cudaStream_t s) {
   if (rows == 0) return;
   constexpr size_t smem = sizeof(uint64_t) * kWarps * 256;  // 64 KiB of histograms
-  static const bool attr = [] {
-    DSV3_CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(smem)));
-    return true;
-  }();
-  (void)attr;
+  // Per launch, as the other kernels over 48 KiB: the attribute belongs to the current device.
+  DSV3_CUDA_CHECK(
+      cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   sample_kernel<<<unsigned(rows), kThreads, smem, s>>>(logits, v, ld, params, tokens);
   DSV3_CUDA_CHECK_LAUNCH();
 }
