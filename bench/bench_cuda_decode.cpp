@@ -216,9 +216,9 @@ int main(int argc, char** argv) {
           engine.set_graphs(false);
           cuda::gemv_allow_rows_per_warp(false);
           row("b=1 eager,1 row/warp", decode(engine, 1, prompt, steps), true);
-          cuda::gemv_allow_split_k(false);
+          cuda::gemv_split_k(1);
           row("b=1 eager,1 row,no split", decode(engine, 1, prompt, steps), true);
-          cuda::gemv_allow_split_k(true);
+          cuda::gemv_split_k(0);
           cuda::gemv_allow_rows_per_warp(true);
           engine.set_graphs(true);
         } else {

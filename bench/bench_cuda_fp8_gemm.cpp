@@ -13,7 +13,9 @@
 //    H200's dense FP8 / BF16 peaks for scale.
 // 3. The routed experts at DeepSeek-V3's shapes: our grouped FP8 kernel (one launch for all
 //    256 experts) against one block-scaled cuBLASLt GEMM per expert, in the same run.
-// Usage: bench_cuda_fp8_gemm [--m 4096]
+// 4. The decode gemv at batch 1 at DeepSeek-V3's FP8 shapes, per split-K: weight GB/s against
+//    the copy bandwidth of the same run.
+// Usage: bench_cuda_fp8_gemm [--m 4096] [--gemv-only]
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -203,11 +205,84 @@ double rel_error(const std::vector<float>& y, const std::vector<double>& ref) {
 
 }  // namespace
 
+// ---- 4. the decode gemv at batch 1 (one input row) at DeepSeek-V3's FP8 shapes ----
+// GB/s of weight bytes for each split-K (warps per output) and the engine's own choice. The
+// weights rotate over copies of 512 MiB in all, so the 50 MB L2 cannot hold them.
+void decode_gemv() {
+  const double copy = bench::copy_bandwidth();
+  fmt::print("\ngemv, one input row, FP8 weights: GB/s of weight bytes (copy {:.0f} GB/s)\n",
+             copy / 1e9);
+  fmt::print("{:<30} {:>12} {:>12} {:>12} {:>12} {:>12}\n", "weight n x k", "auto", "ks 1", "ks 2",
+             "ks 4", "ks 8");
+  struct GemvShape {
+    const char* name;
+    int64_t n, k;
+    bool swiglu;
+  };
+  for (const GemvShape& s : {GemvShape{"q_a|kv_a 2112 x 7168", 2112, 7168, false},
+                             GemvShape{"q_b 24576 x 1536", 24576, 1536, false},
+                             GemvShape{"o_proj 7168 x 16384", 7168, 16384, false},
+                             GemvShape{"down 7168 x 18432", 7168, 18432, false},
+                             GemvShape{"gate|up 2 x 18432 x 7168", 18432, 7168, true},
+                             GemvShape{"expert down 7168 x 2048", 7168, 2048, false}}) {
+    const int64_t mats = s.swiglu ? 2 : 1, bytes = mats * s.n * s.k;
+    const int64_t scales = mats * cdiv(s.n, 128) * cdiv(s.k, 128);
+    const int64_t copies = std::max<int64_t>(2, cdiv(int64_t(512) << 20, bytes));
+    uint8_t* w8 = nullptr;
+    float* y = nullptr;
+    DSV3_CUDA_CHECK(cudaMalloc(&w8, size_t(bytes * copies)));
+    DSV3_CUDA_CHECK(cudaMemset(w8, 0x30, size_t(bytes * copies)));  // E4M3 0.5
+    float* sw = upload(std::vector<float>(size_t(scales * copies), 1.0f / 64));
+    float* x = upload(std::vector<float>(size_t(s.k), 0.25f));
+    DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(s.n) * sizeof(float)));
+    cuda::GemvArgs g;
+    g.w.type = cuda::WType::E4M3;
+    g.w.rows = s.n;
+    g.w.k = s.k;
+    g.n = s.n;
+    g.x = x;
+    g.ldx = s.k;
+    g.y = y;
+    g.ldy = s.n;
+    g.m = 1;
+    const auto all = [&] {
+      for (int64_t c = 0; c < copies; ++c) {
+        g.w.w = w8 + c * bytes;
+        g.w.scale = sw + c * scales;
+        if (s.swiglu) {
+          g.w2 = w8 + c * bytes + s.n * s.k;
+          g.scale2 = sw + c * scales + scales / 2;
+        }
+        cuda::gemv(g, nullptr);
+      }
+    };
+    std::string line = fmt::format("{:<30}", s.name);
+    for (const int ks : {0, 1, 2, 4, 8}) {
+      cuda::gemv_split_k(ks);
+      const double sec = bench::time_ms(all, 5) * 1e-3 / double(copies);
+      line += fmt::format(" {:>6.0f} ({:>2.0f}%)", double(bytes) / sec / 1e9,
+                          100.0 * double(bytes) / sec / copy);
+    }
+    cuda::gemv_split_k(0);
+    fmt::print("{}\n", line);
+    for (void* p : {static_cast<void*>(w8), static_cast<void*>(sw), static_cast<void*>(x),
+                    static_cast<void*>(y)})
+      cudaFree(p);
+  }
+}
+
 int main(int argc, char** argv) {
   int64_t big_m = 4096;
-  for (int i = 1; i + 1 < argc; i += 2)
-    if (std::string(argv[i]) == "--m") big_m = std::stoll(argv[i + 1]);
+  bool gemv_only = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--m" && i + 1 < argc) big_m = std::stoll(argv[++i]);
+    if (std::string(argv[i]) == "--gemv-only") gemv_only = true;
+  }
   try {
+    if (gemv_only) {
+      decode_gemv();
+      return 0;
+    }
     cublasLtHandle_t h = nullptr;
     CUBLAS_OK(cublasLtCreate(&h));
     fmt::print("cuBLASLt {}\n", cublasLtGetVersion());
@@ -392,6 +467,8 @@ int main(int argc, char** argv) {
           cudaFree(p);
       }
     }
+
+    decode_gemv();
     cublasLtDestroy(h);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_cuda_fp8_gemm: {}\n", e.what());

@@ -211,20 +211,27 @@ INSTANTIATE_TEST_SUITE_P(K, GroupedGemvGpu, ::testing::Values(int64_t(256), int6
 
 TEST(BasicGpu, AddRmsnormAndRopeMatchCpu) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 9, d = 200, heads = 3, width = 48, off = 16, half = 16;
-  const std::vector<float> x = randn(size_t(n * d), 5), delta = randn(size_t(n * d), 6);
-  const std::vector<float> w = randn(size_t(d), 7);
-  Tensor xs = f32_tensor(x, {n, d});
-  ops::add_inplace(xs, f32_tensor(delta, {n, d}));
-  Tensor ref = Tensor::zeros(DType::F32, {n, d});
-  ops::rmsnorm(xs, f32_tensor(w, {d}), 1e-6f, ref);
-  const auto dx = to_device(x);
-  const auto dd = to_device(delta);
-  const auto dw = to_device(w);
-  DevPtr<float> dout = poisoned(size_t(n * d));
-  cuda::add_rmsnorm(dx.get(), d, dd.get(), dw.get(), 1e-6f, n, d, dout.get(), d, nullptr);
-  EXPECT_LE(rel_err(to_host(dout, size_t(n * d)), ref.ptr<float>(), size_t(n * d)), 1e-6);
-  EXPECT_LE(rel_err(to_host(dx, size_t(n * d)), xs.ptr<float>(), size_t(n * d)), 1e-7);
+  const int64_t n = 9, heads = 3, width = 48, off = 16, half = 16;
+  // 200: the strided kernel; 512, 7168: float4s in registers (V3's kv_a and hidden widths);
+  // 9000: over the register kernel's 8192.
+  for (const int64_t d : {int64_t(200), int64_t(512), int64_t(7168), int64_t(9000)}) {
+    const std::vector<float> x = randn(size_t(n * d), 5), delta = randn(size_t(n * d), 6);
+    const std::vector<float> w = randn(size_t(d), 7);
+    Tensor xs = f32_tensor(x, {n, d});
+    ops::add_inplace(xs, f32_tensor(delta, {n, d}));
+    Tensor ref = Tensor::zeros(DType::F32, {n, d});
+    ops::rmsnorm(xs, f32_tensor(w, {d}), 1e-6f, ref);
+    const auto dx = to_device(x);
+    const auto dd = to_device(delta);
+    const auto dw = to_device(w);
+    DevPtr<float> dout = poisoned(size_t(n * d));
+    cuda::add_rmsnorm(dx.get(), d, dd.get(), dw.get(), 1e-6f, n, d, dout.get(), d, nullptr);
+    EXPECT_LE(rel_err(to_host(dout, size_t(n * d)), ref.ptr<float>(), size_t(n * d)), 1e-6) << d;
+    EXPECT_LE(rel_err(to_host(dx, size_t(n * d)), xs.ptr<float>(), size_t(n * d)), 1e-7) << d;
+    // In place, no residual (the q_a norm's call).
+    cuda::add_rmsnorm(dx.get(), d, nullptr, dw.get(), 1e-6f, n, d, dx.get(), d, nullptr);
+    EXPECT_LE(rel_err(to_host(dx, size_t(n * d)), ref.ptr<float>(), size_t(n * d)), 1e-6) << d;
+  }
 
   // RoPE at large positions (YaRN-like frequencies), against the CPU's f32-angle rotation.
   std::vector<float> inv(static_cast<size_t>(half));
@@ -416,8 +423,8 @@ TEST(CacheGpu, Fp8RowsAreTheEncodingOfTheF32Rows) {
   const auto dkv = to_device(kv), dw = to_device(w), dinv = to_device(inv);
   const auto dpos = to_device(pos), dseq = to_device(seq);
   for (const PagedCache* c : {&c32, &c8})
-    cuda::latent_to_cache(dkv.get(), n, dw.get(), 1e-6f, dinv.get(), half, 1.0f, dpos.get(),
-                          dseq.get(), c->pool, 0, nullptr);
+    cuda::latent_to_cache(dkv.get(), c->pool.row(), n, dw.get(), 1e-6f, dinv.get(), half, 1.0f,
+                          dpos.get(), dseq.get(), c->pool, 0, nullptr);
   const int64_t rows = c32.pool.blocks * len, rb32 = c32.pool.row_bytes();
   const int64_t rb8 = c8.pool.row_bytes();
   EXPECT_EQ(rb8, 336);  // 256 codes, 2 scales padded to 16 bytes, 32 BF16, padded to 16
@@ -438,6 +445,42 @@ TEST(CacheGpu, Fp8RowsAreTheEncodingOfTheF32Rows) {
   const int64_t r2 = tables[size_t(0 * c32.pool.max_blocks + 63 / len)] * len + 63 % len;
   std::memcpy(&scale_of_zero_tile, got8.data() + r2 * rb8 + dc + 4, 4);
   EXPECT_EQ(scale_of_zero_tile, 1.0f);
+}
+
+// The absorbed query qc = [q_nope·W_UK ; q_pe] against float64 over the dequantised kv_b: one
+// row and five (the 16-byte kernel's 1- and 4-row blocks, a partial block), and a latent width
+// that 16-byte loads cannot take (the scalar kernel) for BF16 and FP8.
+TEST_P(MlaGpu, AbsorbedQueryMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  const int64_t H = 6, dn = 32, dr = 16, dv = 24;
+  for (const int64_t dc : {int64_t(160), int64_t(100)}) {
+    for (const int64_t T : {int64_t(1), int64_t(5)}) {
+      TestLinear kv_b = make_linear(GetParam(), H * (dn + dv), dc, 21);
+      std::vector<float> w(size_t(H * (dn + dv) * dc));
+      kv_b.cpu.dequantize_rows(0, H * (dn + dv), w.data());
+      const std::vector<float> q = randn(size_t(T * H * (dn + dr)), 22);
+      const auto dq = to_device(q);
+      DevPtr<float> qc = poisoned(size_t(T * H * (dc + dr)));
+      cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, qc.get(), nullptr);
+      const std::vector<float> got = to_host(qc, size_t(T * H * (dc + dr)));
+      double err = 0, scale = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t h = 0; h < H; ++h) {
+          const float* qn = q.data() + (t * H + h) * (dn + dr);
+          const float* g = got.data() + (t * H + h) * (dc + dr);
+          for (int64_t c = 0; c < dc; ++c) {
+            double want = 0;
+            for (int64_t i = 0; i < dn; ++i)
+              want += double(qn[i]) * w[size_t((h * (dn + dv) + i) * dc + c)];
+            err = std::max(err, std::abs(g[c] - want));
+            scale = std::max(scale, std::abs(want));
+          }
+          for (int64_t j = 0; j < dr; ++j) EXPECT_EQ(g[dc + j], qn[dn + j]);  // q_pe copied
+        }
+      }
+      EXPECT_LE(err, 1e-5 * scale) << "dc " << dc << ", " << T << " rows";
+    }
+  }
 }
 
 // Absorbed attention over a long cache (several key splits) vs the CPU's ops::mla_attention, with

@@ -3,6 +3,8 @@
 // Each follows its CPU counterpart's arithmetic (kernels/cpu/basic.cpp, model/moe.cpp).
 #include <cfloat>
 #include <climits>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
@@ -72,6 +74,56 @@ __global__ void add_rmsnorm_kernel(float* x, int64_t ldx, const float* delta, co
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = w[i] * (xr[i] * inv);
 }
 
+// Rows of up to kNormThreads · 4 · kNormVecs floats in float4s held in registers, so every load
+// is in flight before the first is used. (In the strided loop above each store into x kept the
+// next loads from being hoisted over it, since x might alias delta: 7.8 us for one V3 row, ncu.)
+constexpr int kNormVecs = 2;
+
+__global__ void __launch_bounds__(kNormThreads)
+    add_rmsnorm_vec_kernel(float* x, int64_t ldx, const float* delta, const float* w, float eps,
+                           int64_t d, float* out, int64_t ldo) {
+  __shared__ double buf[kNormThreads / 32];
+  const int64_t nv = d / 4;
+  auto* xr = reinterpret_cast<float4*>(x + blockIdx.x * ldx);
+  const auto* dr = reinterpret_cast<const float4*>(delta ? delta + blockIdx.x * d : nullptr);
+  const auto* wr = reinterpret_cast<const float4*>(w);
+  float4 v[kNormVecs], g[kNormVecs], e[kNormVecs];
+#pragma unroll
+  for (int j = 0; j < kNormVecs; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * kNormThreads;
+    if (i < nv) {
+      v[j] = xr[i];
+      g[j] = __ldg(wr + i);
+      if (delta) e[j] = dr[i];
+    }
+  }
+  double ss = 0;
+#pragma unroll
+  for (int j = 0; j < kNormVecs; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * kNormThreads;
+    if (i < nv) {
+      if (delta) {
+        v[j] = make_float4(v[j].x + e[j].x, v[j].y + e[j].y, v[j].z + e[j].z, v[j].w + e[j].w);
+        xr[i] = v[j];
+      }
+      ss += double(v[j].x) * v[j].x;
+      ss += double(v[j].y) * v[j].y;
+      ss += double(v[j].z) * v[j].z;
+      ss += double(v[j].w) * v[j].w;
+    }
+  }
+  ss = block_sum(ss, buf);
+  const float inv = float(1.0 / sqrt(ss / double(d) + double(eps)));
+  auto* o = reinterpret_cast<float4*>(out + blockIdx.x * ldo);
+#pragma unroll
+  for (int j = 0; j < kNormVecs; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * kNormThreads;
+    if (i < nv)
+      o[i] = make_float4(g[j].x * (v[j].x * inv), g[j].y * (v[j].y * inv), g[j].z * (v[j].z * inv),
+                         g[j].w * (v[j].w * inv));
+  }
+}
+
 // cos/sin of the f32 angle pos·inv_freq, in double, as the CPU forms them.
 __device__ __forceinline__ void rope_pair(float* p, float pos, float inv_freq, float factor) {
   const float angle = __fmul_rn(pos, inv_freq);
@@ -92,13 +144,13 @@ __global__ void rope_kernel(float* x, int64_t n, int64_t vecs, int64_t width, in
   rope_pair(x + v * width + offset + 2 * f, float(positions[t]), inv_freq[f], factor);
 }
 
-__global__ void latent_to_cache_kernel(const float* kv, const float* w_norm, float eps,
+__global__ void latent_to_cache_kernel(const float* kv, int64_t ld, const float* w_norm, float eps,
                                        const float* inv_freq, int64_t half, float factor,
                                        const int32_t* positions, const int32_t* seqs,
                                        CachePool pool, int64_t layer) {
   __shared__ double buf[kThreads / 32];
-  const int64_t t = blockIdx.x, dc = pool.dc, row = pool.row();
-  const float* src = kv + t * row;
+  const int64_t t = blockIdx.x, dc = pool.dc;
+  const float* src = kv + t * ld;
   const int64_t pos = positions[t];
   const int64_t at = pool.fp8 ? 0 : pool.at(seqs[t], layer, pos);
   const auto put = [&](int64_t i, float v) {
@@ -230,21 +282,10 @@ __global__ void gather_rows_kernel(const float* src, int64_t ld_src, const int32
     dst[blockIdx.x * d + i] = s[i];
 }
 
-// The lane holding the largest v (ties to the lower index) over the warp; returns its index.
-__device__ __forceinline__ int warp_argmax(float v, int i) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-    if (ov > v || (ov == v && oi < i)) {
-      v = ov;
-      i = oi;
-    }
-  }
-  return i;
-}
-
-// Index of the largest of v[0, n) (ties to the lower index); NaN marks an element taken.
+// Index of the largest of v[0, n) (ties to the lower index; -0 equals +0); NaN marks an element
+// taken; INT_MAX if every element is taken. The warp's reduction is two redux instructions (a
+// max over order keys, then a min over the indices holding it) in place of 10 dependent
+// shuffles: the route kernel calls this 12 times a token at V3 sizes.
 __device__ int warp_top1(const float* v, int n) {
   const int lane = int(threadIdx.x) % 32;
   float bv = -INFINITY;
@@ -256,7 +297,9 @@ __device__ int warp_top1(const float* v, int n) {
       bi = i;
     }
   }
-  return warp_argmax(bv, bi);
+  const uint32_t key = order_key(bv + 0.0f);
+  const uint32_t top = __reduce_max_sync(0xffffffffu, key);
+  return int(__reduce_min_sync(0xffffffffu, key == top ? uint32_t(bi) : 0xffffffffu));
 }
 
 constexpr int kRouteWarps = 4;
@@ -313,22 +356,24 @@ __global__ void route_kernel(const float* logits, const float* bias, int64_t n, 
       if (!isnan(gscore[i / per_group])) choice[i] = -INFINITY;
     __syncwarp();
   }
-  int32_t* ex = expert + t * r.k;
-  float* w = weight + t * r.k;
+  // Lane j keeps the j-th choice (k <= 32, route() checks) in a register: reading the choices
+  // back from global memory, one dependent load after another, had cost most of the kernel's
+  // 13.5 us for one row (ncu, V3 dims).
+  int mine = 0;
   for (int j = 0; j < r.k; ++j) {
     int best = warp_top1(choice, e);
     if (best >= e) best = j;  // only if every score is NaN: keep the index in range
     __syncwarp();
-    if (lane == 0) {
-      ex[j] = best;
-      choice[best] = NAN;
-    }
+    if (lane == 0) choice[best] = NAN;
+    if (lane == j) mine = best;
     __syncwarp();
   }
-  if (lane == 0) {
-    float sum = 0;
-    for (int j = 0; j < r.k; ++j) sum += w[j] = score[ex[j]];
-    for (int j = 0; j < r.k; ++j) w[j] = (r.normalise ? w[j] / (sum + 1e-20f) : w[j]) * r.scale;
+  const float wv = lane < r.k ? score[mine] : 0.0f;
+  float sum = 0;  // in the CPU's order
+  for (int j = 0; j < r.k; ++j) sum += __shfl_sync(0xffffffffu, wv, j);
+  if (lane < r.k) {
+    expert[t * r.k + lane] = mine;
+    weight[t * r.k + lane] = (r.normalise ? wv / (sum + 1e-20f) : wv) * r.scale;
   }
 }
 
@@ -392,7 +437,12 @@ void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int
 void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, float eps, int64_t n,
                  int64_t d, float* out, int64_t ldo, cudaStream_t s) {
   if (n == 0) return;
-  add_rmsnorm_kernel<<<unsigned(n), kNormThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
+  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (d % 4 == 0 && ldx % 4 == 0 && ldo % 4 == 0 && d <= int64_t(kNormThreads) * 4 * kNormVecs &&
+      aligned(x) && aligned(delta) && aligned(w) && aligned(out))
+    add_rmsnorm_vec_kernel<<<unsigned(n), kNormThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
+  else
+    add_rmsnorm_kernel<<<unsigned(n), kNormThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -405,12 +455,12 @@ void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, cons
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
-void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
+void latent_to_cache(const float* kv, int64_t ld, int64_t n, const float* w_norm, float eps,
                      const float* inv_freq, int64_t half, float factor, const int32_t* positions,
                      const int32_t* seqs, const CachePool& pool, int64_t layer, cudaStream_t s) {
   if (n == 0) return;
-  latent_to_cache_kernel<<<unsigned(n), kThreads, 0, s>>>(kv, w_norm, eps, inv_freq, half, factor,
-                                                          positions, seqs, pool, layer);
+  latent_to_cache_kernel<<<unsigned(n), kThreads, 0, s>>>(kv, ld, w_norm, eps, inv_freq, half,
+                                                          factor, positions, seqs, pool, layer);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -511,6 +561,9 @@ void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t 
 void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r, int32_t* expert,
            float* weight, cudaStream_t s) {
   if (n == 0) return;
+  if (r.k < 1 || r.k > 32 || r.k > r.e)
+    throw std::invalid_argument("cuda::route: " + std::to_string(r.k) + " experts per token of " +
+                                std::to_string(r.e) + " (the kernel takes 1 to 32)");
   const size_t smem = size_t(kRouteWarps) * size_t(2 * r.e + r.n_group) * sizeof(float);
   route_kernel<<<unsigned(ceil_div(n, kRouteWarps)), kRouteWarps * 32, smem, s>>>(
       logits, bias, n, r, expert, weight);

@@ -110,6 +110,13 @@ __device__ __forceinline__ int group_of(const int32_t* starts, int groups, int64
   return lo;
 }
 
+// Order-preserving key of a float: a > b iff key(a) > key(b) (for non-NaN a, b; -0 keys below
+// +0, so callers that must treat them as equal add +0.0f first).
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

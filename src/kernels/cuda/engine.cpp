@@ -124,31 +124,47 @@ DevWeight upload_linear(Arena& a, const Linear& l, const std::string& what) {
   return w;
 }
 
-// The experts' weights one after another: [E · rows, k], scales [E · ceil(rows / bn), ...].
-DevWeight upload_stacked(Arena& a, const std::vector<const Linear*>& ls, const std::string& what) {
+// Weights stacked by rows: [Σ rows, k], their scales likewise; the parts share dtype, k and
+// block sizes. pad_blocks: every FP8 part but the last is padded with zero rows to whole bn-row
+// blocks, so that row r of the whole has scale row r / bn (the scales need no padding: a partial
+// block already has its row). Otherwise (the stacked experts, indexed per expert) no padding.
+DevWeight upload_rows(Arena& a, const std::vector<const Linear*>& ls, const std::string& what,
+                      bool pad_blocks) {
   const Linear& l0 = *ls[0];
   DevWeight w;
   w.type = wtype_of(l0.weight.dtype(), what);
-  w.rows = l0.out_features() * int64_t(ls.size());
   w.k = l0.in_features();
   w.bn = int(l0.block_n);
   w.bk = int(l0.block_k);
-  const size_t wb = l0.weight.nbytes();
-  char* dst = a.alloc<char>(wb * ls.size());
+  std::vector<int64_t> rows;  // each part's rows as stored
   for (size_t e = 0; e < ls.size(); ++e) {
-    DSV3_CHECK(ls[e]->weight.dtype() == l0.weight.dtype() && ls[e]->weight.nbytes() == wb,
-               "CUDA engine: the experts of {} differ in dtype or shape", what);
-    if (a.real())
-      DSV3_CUDA_CHECK(cudaMemcpy(dst + e * wb, ls[e]->weight.data(), wb, cudaMemcpyHostToDevice));
+    const Linear& l = *ls[e];
+    DSV3_CHECK(l.weight.dtype() == l0.weight.dtype() && l.in_features() == w.k &&
+                   l.quantized() == l0.quantized() && l.block_n == l0.block_n &&
+                   l.block_k == l0.block_k,
+               "CUDA engine: the parts of {} differ in dtype, width or block scales", what);
+    const bool pad = pad_blocks && l.quantized() && e + 1 < ls.size();
+    rows.push_back(pad ? round_up(l.out_features(), l.block_n) : l.out_features());
+    w.rows += rows.back();
   }
+  const int64_t row_bytes = int64_t(l0.weight.nbytes()) / l0.out_features();
+  char* dst = a.alloc<char>(size_t(w.rows * row_bytes));
   w.w = dst;
+  for (size_t e = 0; e < ls.size(); ++e) {
+    const size_t bytes = ls[e]->weight.nbytes(), stored = size_t(rows[e] * row_bytes);
+    if (a.real()) {
+      DSV3_CUDA_CHECK(cudaMemcpy(dst, ls[e]->weight.data(), bytes, cudaMemcpyHostToDevice));
+      if (stored > bytes) DSV3_CUDA_CHECK(cudaMemset(dst + bytes, 0, stored - bytes));
+    }
+    dst += stored;
+  }
   if (l0.quantized()) {
     DSV3_CHECK(w.type == WType::E4M3, "CUDA engine: {} has block scales but is {}", what,
                dtype_name(l0.weight.dtype()));
     std::vector<const Tensor*> scales;
     for (const Linear* l : ls) {
-      DSV3_CHECK(l->scale_inv.ndim() == 2 && l->scale_inv.shape() == l0.scale_inv.shape(),
-                 "CUDA engine: the experts of {} differ in their block scales' shape", what);
+      DSV3_CHECK(l->scale_inv.ndim() == 2 && l->scale_inv.dim(1) == l0.scale_inv.dim(1),
+                 "CUDA engine: the parts of {} differ in their block scales' shape", what);
       scales.push_back(&l->scale_inv);
     }
     upload_scales(a, scales, w);
@@ -158,13 +174,25 @@ DevWeight upload_stacked(Arena& a, const std::vector<const Linear*>& ls, const s
   return w;
 }
 
+// The experts' weights one after another: [E · rows, k], scales [E · ceil(rows / bn), ...].
+DevWeight upload_stacked(Arena& a, const std::vector<const Linear*>& ls, const std::string& what) {
+  for (const Linear* l : ls)
+    DSV3_CHECK(l->weight.shape() == ls[0]->weight.shape(),
+               "CUDA engine: the experts of {} differ in shape", what);
+  return upload_rows(a, ls, what, false);
+}
+
 struct DevMlp {
   DevWeight gate, up, down;
 };
 
 struct DevLayer {
   const float *in_norm = nullptr, *post_norm = nullptr;
-  DevWeight q_a, q_b, q, kv_a, kv_b, o;
+  // qkv_a: with a q LoRA, q_a_proj's rows then kv_a_proj_with_mqa's (one gemv reads the hidden
+  // row once for both), else kv_a_proj_with_mqa alone. Its output's c_kv starts at latent_col
+  // (q_a's rows, padded to whole FP8 blocks).
+  DevWeight qkv_a, q_b, q, kv_b, o;
+  int64_t latent_col = 0;
   const float *q_a_norm = nullptr, *kv_a_norm = nullptr;
   bool moe = false;
   DevMlp mlp;
@@ -192,13 +220,15 @@ DevLayer upload_layer(Arena& a, const ModelConfig& c, const CudaEngineOptions& o
   d.post_norm = upload_f32(a, L.post_attention_norm);
   const AttentionWeights& at = L.attn;
   if (c.has_q_lora()) {
-    d.q_a = upload_linear(a, at.q_a, name + ".self_attn.q_a_proj");
+    d.qkv_a = upload_rows(a, {&at.q_a, &at.kv_a}, name + ".self_attn.{q_a_proj,kv_a_proj_with_mqa}",
+                          true);
+    d.latent_col = d.qkv_a.rows - at.kv_a.out_features();
     d.q_a_norm = upload_f32(a, at.q_a_norm);
     d.q_b = upload_linear(a, at.q_b, name + ".self_attn.q_b_proj");
   } else {
     d.q = upload_linear(a, at.q, name + ".self_attn.q_proj");
+    d.qkv_a = upload_linear(a, at.kv_a, name + ".self_attn.kv_a_proj_with_mqa");
   }
-  d.kv_a = upload_linear(a, at.kv_a, name + ".self_attn.kv_a_proj_with_mqa");
   d.kv_a_norm = upload_f32(a, at.kv_a_norm);
   d.kv_b = upload_linear(a, at.kv_b, name + ".self_attn.kv_b_proj");
   d.o = upload_linear(a, at.o, name + ".self_attn.o_proj");
@@ -351,7 +381,10 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   w.xn = a.alloc_n<float>(T * H);
   w.qa = a.alloc_n<float>(T * std::max<int64_t>(c.q_lora_rank, 1));
   w.q = a.alloc_n<float>(T * heads * (dn + dr));
-  w.kv = a.alloc_n<float>(T * (dc + dr));
+  int64_t kv_cols = dc + dr;  // k.kv holds qkv_a's output
+  for (const auto* ls : {&m.layers, &m.mtp})
+    for (const DevLayer& L : *ls) kv_cols = std::max(kv_cols, L.qkv_a.rows);
+  w.kv = a.alloc_n<float>(T * kv_cols);
   w.qc = a.alloc_n<float>(T * heads * (dc + dr));
   w.olat = a.alloc_n<float>(T * heads * dc);
   w.o = a.alloc_n<float>(T * heads * dv);
@@ -387,8 +420,8 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
     for (const auto* ls : {&m.layers, &m.mtp}) {
       for (const DevLayer& L : *ls) {
         for (const DevWeight& x :
-             {L.q_a, L.q_b, L.q, L.kv_a, L.kv_b, L.o, L.mlp.gate, L.mlp.up, L.mlp.down,
-              L.shared.gate, L.shared.up, L.shared.down, L.eh_proj, L.head})
+             {L.qkv_a, L.q_b, L.q, L.kv_b, L.o, L.mlp.gate, L.mlp.up, L.mlp.down, L.shared.gate,
+              L.shared.up, L.shared.down, L.eh_proj, L.head})
           if (x.w) dense.push_back(x);
       }
     }
@@ -898,20 +931,20 @@ struct CudaEngine::Impl {
     const int32_t* pos = k.ints + k.T;
     const int32_t* seq = k.ints + 2 * k.T;
     stage(kStageAttnProj);
-    if (c.has_q_lora()) {
-      linear(k.h, n, L.q_a, k.qa);
-      add_rmsnorm(k.qa, c.q_lora_rank, nullptr, L.q_a_norm, eps, n, c.q_lora_rank, k.qa,
-                  c.q_lora_rank, stream);
+    // k.kv rows: [q_a (q LoRA only, padded) | c_kv | k_pe].
+    const int64_t qr = c.has_q_lora() ? c.q_lora_rank : 0, ldkv = L.qkv_a.rows;
+    linear(k.h, n, L.qkv_a, k.kv);
+    if (qr > 0) {
+      add_rmsnorm(k.kv, ldkv, nullptr, L.q_a_norm, eps, n, qr, k.qa, qr, stream);
       linear(k.qa, n, L.q_b, k.q);
     } else {
       linear(k.h, n, L.q, k.q);
     }
     const int64_t half = dr / 2;
     rope(k.q, n, heads, dn + dr, dn, m.inv_freq, half, rope_table.factor, pos, stream);
-    linear(k.h, n, L.kv_a, k.kv);
     stage(kStageAttention);
-    latent_to_cache(k.kv, n, L.kv_a_norm, eps, m.inv_freq, half, rope_table.factor, pos, seq, pool,
-                    layer, stream);
+    latent_to_cache(k.kv + L.latent_col, ldkv, n, L.kv_a_norm, eps, m.inv_freq, half,
+                    rope_table.factor, pos, seq, pool, layer, stream);
     if (flash_attention(L, pool, layer, n)) {
       stage(kStageAttnProj);
       linear(k.o, n, L.o, out);

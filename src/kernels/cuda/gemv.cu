@@ -52,6 +52,29 @@ __device__ __forceinline__ void dot_chunk(const float* wv, const float* wv2, flo
   }
 }
 
+// Output n of group g: its weight rows (w2: SwiGLU's second weight, else null) and, for FP8,
+// its block-scale rows.
+struct RowPtrs {
+  const char *w1, *w2;
+  const float *s1, *s2;
+};
+template <WType T, bool SWIGLU>
+__device__ __forceinline__ RowPtrs row_ptrs(const GemvArgs& a, int64_t g, int64_t n) {
+  constexpr int64_t ES = WTraits<T>::kSize;
+  const int64_t wrow = g * a.w_group_rows + a.w_row0 + n;
+  RowPtrs p{static_cast<const char*>(a.w.w) + wrow * a.w.k * ES,
+            SWIGLU ? static_cast<const char*>(a.w2) + wrow * a.w.k * ES : nullptr, nullptr,
+            nullptr};
+  if constexpr (T == WType::E4M3) {
+    const int64_t scols = ceil_div(a.w.k, a.w.bk);
+    const int64_t srow =
+        a.scale_group_rows > 0 ? g * a.scale_group_rows + (a.w_row0 + n) / a.w.bn : wrow / a.w.bn;
+    p.s1 = a.w.scale + srow * scols;
+    if (SWIGLU) p.s2 = a.scale2 + srow * scols;
+  }
+  return p;
+}
+
 template <WType T, int MT, bool SWIGLU, bool VEC>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const GemvArgs a, const int ks, const int bk_shift) {
@@ -77,19 +100,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   if (r0 >= r1) return;  // uniform over the block
   const int64_t K = valid ? a.w.k : 0;
-  const int64_t nn = valid ? n : 0;
-  const int64_t wrow = g * a.w_group_rows + a.w_row0 + nn;
-  const char* w1 = static_cast<const char*>(a.w.w) + wrow * a.w.k * ES;
-  const char* w2 = SWIGLU ? static_cast<const char*>(a.w2) + wrow * a.w.k * ES : nullptr;
-  const float* s1 = nullptr;
-  const float* s2 = nullptr;
-  if constexpr (T == WType::E4M3) {
-    const int64_t scols = ceil_div(a.w.k, a.w.bk);
-    const int64_t srow =
-        a.scale_group_rows > 0 ? g * a.scale_group_rows + (a.w_row0 + nn) / a.w.bn : wrow / a.w.bn;
-    s1 = a.w.scale + srow * scols;
-    if (SWIGLU) s2 = a.scale2 + srow * scols;
-  }
+  const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, valid ? n : 0);
+  const char *w1 = rp.w1, *w2 = rp.w2;
+  const float *s1 = rp.s1, *s2 = rp.s2;
   for (int64_t p0 = r0; p0 < r1; p0 += MT) {
     const int cnt = int(min(int64_t(MT), r1 - p0));
     const float* xr[MT];
@@ -204,8 +217,11 @@ __global__ void __launch_bounds__(kWarps * 32)
 // NR consecutive outputs, so each chunk of x it loads serves NR weight rows. With one output
 // per warp, a 16-byte FP8 chunk needs 64 bytes of x; at V3's K = 16384 (o_proj) x does not stay
 // in L1 and the L2 traffic for x, 4x the weight bytes, held the kernel at ~1.1 TB/s (ncu).
+// FP8: the NR rows share one scale row (launch_rows checks that NR divides the block height and
+// the row offsets), so a chunk takes one scale load for all of them; with per-row scales and
+// row pointers the kernel needed 120 registers, 2 blocks an SM; now 80 (3 blocks, no spills).
 template <WType T, int NR, bool SWIGLU>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, 3)
     gemv_rows_kernel(const GemvArgs a, const int ks, const int bk_shift) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
@@ -228,26 +244,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   if (r0 >= r1) return;  // uniform over the block
   const int Ki = any ? int(a.w.k) : 0;
-  const char* w1[NR];
-  const char* w2[NR];
-  const float* s1[NR];
-  const float* s2[NR];
-#pragma unroll
-  for (int r = 0; r < NR; ++r) {
-    // Rows past the end read the last row (in bounds) and are never written.
-    const int64_t n = min(n0 + r, a.n - 1);
-    const int64_t wrow = g * a.w_group_rows + a.w_row0 + n;
-    w1[r] = static_cast<const char*>(a.w.w) + wrow * a.w.k * ES;
-    w2[r] = SWIGLU ? static_cast<const char*>(a.w2) + wrow * a.w.k * ES : nullptr;
-    s1[r] = s2[r] = nullptr;
-    if constexpr (T == WType::E4M3) {
-      const int64_t scols = ceil_div(a.w.k, a.w.bk);
-      const int64_t srow =
-          a.scale_group_rows > 0 ? g * a.scale_group_rows + (a.w_row0 + n) / a.w.bn : wrow / a.w.bn;
-      s1[r] = a.w.scale + srow * scols;
-      if (SWIGLU) s2[r] = a.scale2 + srow * scols;
-    }
-  }
+  const int64_t nb = min(n0, a.n - 1), row_bytes = a.w.k * ES;
+  // Rows past the end read the last row (in bounds) and are never written.
+  const int last = int(min(int64_t(NR - 1), a.n - 1 - nb));
+  const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, nb);  // the scale row serves all NR rows
+  const char *w1 = rp.w1, *w2 = rp.w2;
+  const float *s1 = rp.s1, *s2 = rp.s2;
   const int step = ks * 32 * CH;
   for (int64_t p = r0; p < r1; ++p) {
     const int64_t row = a.x_rows ? a.x_rows[p] : p;
@@ -257,24 +259,26 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = 0.0f;
     for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += U * step) {
       uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
-      float sc[U][NR], sc2[U][NR];
+      float sc[U], sc2[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int k = k0 + u * step;
+        sc[u] = sc2[u] = 1.0f;
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
           raw[u][r] = make_uint4(0, 0, 0, 0);
           if constexpr (SWIGLU) raw2[u][r] = make_uint4(0, 0, 0, 0);
-          sc[u][r] = sc2[u][r] = 1.0f;
           if (k < Ki) {
-            raw[u][r] = __ldg(reinterpret_cast<const uint4*>(w1[r] + k * ES));
-            if constexpr (SWIGLU)
-              raw2[u][r] = __ldg(reinterpret_cast<const uint4*>(w2[r] + k * ES));
-            if constexpr (T == WType::E4M3) {
-              const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
-              sc[u][r] = __ldg(s1[r] + sk);
-              if constexpr (SWIGLU) sc2[u][r] = __ldg(s2[r] + sk);
-            }
+            const int64_t off = min(r, last) * row_bytes + int64_t(k) * ES;
+            raw[u][r] = __ldg(reinterpret_cast<const uint4*>(w1 + off));
+            if constexpr (SWIGLU) raw2[u][r] = __ldg(reinterpret_cast<const uint4*>(w2 + off));
+          }
+        }
+        if constexpr (T == WType::E4M3) {
+          if (k < Ki) {
+            const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
+            sc[u] = __ldg(s1 + sk);
+            if constexpr (SWIGLU) sc2[u] = __ldg(s2 + sk);
           }
         }
       }
@@ -298,13 +302,13 @@ __global__ void __launch_bounds__(kWarps * 32)
             float d = 0.0f;
 #pragma unroll
             for (int c = 0; c < CH; ++c) d = fmaf(wv[c], xv[c], d);
-            acc[r] = fmaf(d, sc[u][r], acc[r]);
+            acc[r] = fmaf(d, sc[u], acc[r]);
             if constexpr (SWIGLU) {
               decode_chunk<T>(raw2[u][r], wv);
               float d2 = 0.0f;
 #pragma unroll
               for (int c = 0; c < CH; ++c) d2 = fmaf(wv[c], xv[c], d2);
-              acc2[r] = fmaf(d2, sc2[u][r], acc2[r]);
+              acc2[r] = fmaf(d2, sc2[u], acc2[r]);
             }
           }
         }
@@ -357,17 +361,21 @@ int sm_count() {
   return count;
 }
 
-bool g_split_k = true;
+int g_split_k = 0;  // gemv_split_k: 0 = split_k()'s own choice
 bool g_rows_per_warp = true;
 
-// Warps per output: double while fewer warps than ~48 per SM (3/4 of what an H100 SM holds)
-// would run and each warp still gets at least one 16-byte chunk per lane.
-int split_k(const GemvArgs& a, int64_t slots, int chunk, int rows_per_warp = 1) {
-  const int64_t want = int64_t(48) * sm_count();
+// Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp
+// still gets at least one 16-byte chunk per lane. The general kernel wants 48 (3/4 of what an
+// H100 SM holds). The one-row kernel, whose warps each stream NR rows, wants 12: at V3's FP8
+// shapes (bench_cuda_fp8_gemm part 4, H200) no split beat none once 12 warps per SM ran
+// (o_proj 3,115 GB/s unsplit vs 2,848 at the 4-way split 48 asked for; q_b 2,436 vs 2,001),
+// and q_a|kv_a's 4 warps per SM did best split 4 ways (1,590 vs 1,186 unsplit, 1,305 at 8).
+int split_k(const GemvArgs& a, int64_t slots, int chunk, int rows_per_warp, int warps_per_sm) {
+  const int64_t want = int64_t(warps_per_sm) * sm_count();
   const int64_t warps = ceil_div(a.n, rows_per_warp) * slots;
+  if (g_split_k > 0) return std::min(g_split_k, kWarps);
   int ks = 1;
-  while (g_split_k && ks < kWarps && warps * ks < want && a.w.k >= int64_t(2 * ks) * 32 * chunk)
-    ks *= 2;
+  while (ks < kWarps && warps * ks < want && a.w.k >= int64_t(2 * ks) * 32 * chunk) ks *= 2;
   return ks;
 }
 
@@ -377,11 +385,20 @@ int shift_of(int bk) {
   return -1;
 }
 
+// SwiGLU already streams two weights per output: 2 outputs per warp, else 4.
+template <bool SWIGLU>
+constexpr int kRowsPerWarp = SWIGLU ? 2 : 4;
+
+// Whether an FP8 weight's outputs come in groups of NR rows that share a scale row.
+bool rows_share_scales(const GemvArgs& a, int nr) {
+  return a.w.bn % nr == 0 && a.w_row0 % nr == 0 && a.w_group_rows % nr == 0;
+}
+
 template <WType T, bool SWIGLU>
 void launch_rows(const GemvArgs& a, cudaStream_t s) {
-  constexpr int NR = SWIGLU ? 2 : 4;  // SwiGLU already streams two weights per output
+  constexpr int NR = kRowsPerWarp<SWIGLU>;
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
-  const int ks = split_k(a, slots, WTraits<T>::kChunk, NR);
+  const int ks = split_k(a, slots, WTraits<T>::kChunk, NR, 12);
   const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots));
   gemv_rows_kernel<T, NR, SWIGLU><<<grid, kWarps * 32, 0, s>>>(a, ks, shift_of(a.w.bk));
 }
@@ -389,7 +406,7 @@ template <WType T, int MT, bool SWIGLU>
 void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
   // With an active list at most min(groups, rows) groups have work.
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
-  const int ks = split_k(a, slots, vec ? WTraits<T>::kChunk : 1);
+  const int ks = split_k(a, slots, vec ? WTraits<T>::kChunk : 1, 1, 48);
   const dim3 grid(unsigned(ceil_div(a.n, kWarps / ks)), unsigned(slots));
   const int bk_shift = shift_of(a.w.bk);
   if (vec)
@@ -418,7 +435,9 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   // row, and MT = 4 would cost registers (occupancy) for nothing.
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int64_t rows = a.offsets ? ceil_div(a.m, std::max<int64_t>(slots, 1)) : a.m;
-  if (rows <= 1 && vec && g_rows_per_warp) {
+  const bool rows_ok =
+      T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
+  if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
     if (a.w2)
       launch_rows<T, true>(a, s);
     else
@@ -435,8 +454,8 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
 
 }  // namespace
 
-void gemv_allow_split_k(bool on) {
-  g_split_k = on;
+void gemv_split_k(int ks) {
+  g_split_k = ks;
 }
 
 void gemv_allow_rows_per_warp(bool on) {

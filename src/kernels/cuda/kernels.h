@@ -59,9 +59,10 @@ struct GemvArgs {
   const int32_t* active = nullptr;
 };
 void gemv(const GemvArgs& a, cudaStream_t s);
-// Benchmarks only: false makes later gemv launches use one warp per output (no split-K), to
-// measure what the split buys. Process-wide; default true.
-void gemv_allow_split_k(bool on);
+// Benchmarks only: later gemv launches split each output over ks warps (1: no split-K; 2, 4 or
+// 8), to measure what the split buys; 0 (the default) restores the engine's choice.
+// Process-wide.
+void gemv_split_k(int ks);
 // Benchmarks only: false sends single-row passes to the general kernel (one output per warp)
 // instead of the one that computes several outputs per warp.
 void gemv_allow_rows_per_warp(bool on);
@@ -86,9 +87,9 @@ void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, cons
 // attention's bytes; FlashMLA's cache format), so consecutive block ids are consecutive rows of
 // a layer. Sequence s of a launch finds position p in block tables[s · max_blocks + p /
 // block_tokens]. block_tokens is a multiple of 32 (the attention kernels' key tiles never cross
-// a block). Row t of kv ([n, dc + dr], the kv_a projection) goes to sequence seqs[t], position
-// positions[t]: its first dc values RMS-normalised by w_norm, its last dr rotated by RoPE,
-// computed in F32 and then stored.
+// a block). Row t of kv ([n, dc + dr] with row stride ld, the kv_a projection) goes to sequence
+// seqs[t], position positions[t]: its first dc values RMS-normalised by w_norm, its last dr rotated
+// by RoPE, computed in F32 and then stored.
 //
 // fp8 (FlashMLA's FP8 cache): a row is c_kv as E4M3 codes in 1×128 tiles (dc a multiple of
 // 128; per tile scale = max(amax / 448, FLT_MIN), 1 for an all-zero tile, as the FP8 GEMMs'
@@ -122,7 +123,7 @@ struct CachePool {
     return static_cast<char*>(base) + row_index(seq, layer, pos) * row_bytes();
   }
 };
-void latent_to_cache(const float* kv, int64_t n, const float* w_norm, float eps,
+void latent_to_cache(const float* kv, int64_t ld, int64_t n, const float* w_norm, float eps,
                      const float* inv_freq, int64_t half, float factor, const int32_t* positions,
                      const int32_t* seqs, const CachePool& pool, int64_t layer, cudaStream_t s);
 // Rows [k_begin, k_end) of sequence seq's cache in one layer, copied contiguous into out

@@ -23,57 +23,12 @@ constexpr int kAbsorbRows = 8;  // query rows per block of mla_absorb_q
 constexpr int kHeadsPerBlock = 8;
 constexpr int kKeyTile = 32;
 
-// Four consecutive stored elements (4-, 8- or 16-byte aligned) as floats.
-template <WType T>
-__device__ __forceinline__ void load4(const void* p, float* out) {
-  if constexpr (T == WType::F32) {
-    const float4 v = __ldg(static_cast<const float4*>(p));
-    out[0] = v.x;
-    out[1] = v.y;
-    out[2] = v.z;
-    out[3] = v.w;
-  } else if constexpr (T == WType::E4M3) {
-    const uint32_t u = __ldg(static_cast<const unsigned int*>(p));
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const __half2_raw r =
-          __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t((u >> (16 * j)) & 0xffffu), __NV_E4M3);
-      const float2 f = __half22float2(__half2(r));
-      out[2 * j] = f.x;
-      out[2 * j + 1] = f.y;
-    }
-  } else {
-    const uint2 u = __ldg(static_cast<const uint2*>(p));
-    const uint32_t w[2] = {u.x, u.y};
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      if constexpr (T == WType::BF16) {
-        out[2 * j] = __uint_as_float(w[j] << 16);
-        out[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-      } else {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[j]));
-        out[2 * j] = f.x;
-        out[2 * j + 1] = f.y;
-      }
-    }
-  }
-}
-
-// Block (head, 32·V latent columns, up to kAbsorbRows query rows): 32 column groups × 8 slices
-// of the nope dimension, each thread reading V columns of every 8th W_UK row (aligned loads,
-// many in flight), then the 8 slices summed through shared memory.
-constexpr int kAbsorbSlices = 8;
-
-template <WType T, int V>
-__global__ void __launch_bounds__(32 * kAbsorbSlices)
-    absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
-                    const DevWeight w, float* qc) {
-  extern __shared__ float smem[];
-  float* qs = smem;                      // [kAbsorbRows][dn]
-  float* red = smem + kAbsorbRows * dn;  // [kAbsorbSlices][kAbsorbRows][32·V]
-  const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.z) * kAbsorbRows;
-  const int rows = int(min(int64_t(kAbsorbRows), n - t0));
-  const int64_t dqk = dn + dr, dc = w.k, dq = dc + dr;
+// The absorb kernels' query rows t0 .. t0 + rows of head h: q_nope into shared memory (qs
+// [rows][dn]), q_pe copied to qc's last dr columns (by the blocks of the first column range).
+__device__ __forceinline__ void stage_query(const float* q, int64_t heads, int64_t dn, int64_t dr,
+                                            int64_t dc, int64_t h, int64_t t0, int rows, float* qs,
+                                            float* qc) {
+  const int64_t dqk = dn + dr, dq = dc + dr;
   for (int64_t i = threadIdx.x; i < rows * dn; i += blockDim.x) {
     const int64_t r = i / dn, j = i % dn;
     qs[r * dn + j] = q[((t0 + r) * heads + h) * dqk + j];
@@ -84,17 +39,31 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
       qc[((t0 + r) * heads + h) * dq + dc + j] = q[((t0 + r) * heads + h) * dqk + dn + j];
     }
   }
+}
+
+// Block (head, 32 latent columns, up to kAbsorbRows query rows): 32 columns × 8 slices of the
+// nope dimension, each thread reading one column of every 8th W_UK row, then the 8 slices summed
+// through shared memory. The fallback for rows that 16-byte loads cannot take.
+constexpr int kAbsorbSlices = 8;
+
+template <WType T>
+__global__ void __launch_bounds__(32 * kAbsorbSlices)
+    absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
+                    const DevWeight w, float* qc) {
+  extern __shared__ float smem[];
+  float* qs = smem;                      // [kAbsorbRows][dn]
+  float* red = smem + kAbsorbRows * dn;  // [kAbsorbSlices][kAbsorbRows][32]
+  const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.z) * kAbsorbRows;
+  const int rows = int(min(int64_t(kAbsorbRows), n - t0));
+  const int64_t dc = w.k, dq = dc + dr;
+  stage_query(q, heads, dn, dr, dc, h, t0, rows, qs, qc);
   __syncthreads();
   const int cg = int(threadIdx.x) % 32, slice = int(threadIdx.x) / 32;
-  const int64_t c0 = int64_t(blockIdx.y) * 32 * V + int64_t(cg) * V;
+  const int64_t c0 = int64_t(blockIdx.y) * 32 + cg;
   const int64_t row0 = h * (dn + dv);  // W_UK[h] = kv_b rows row0 .. row0 + dn
   const int64_t scols = ceil_div(dc, w.bk);
   constexpr int ES = WTraits<T>::kSize;
-  float acc[kAbsorbRows][V];
-#pragma unroll
-  for (int r = 0; r < kAbsorbRows; ++r)
-#pragma unroll
-    for (int v = 0; v < V; ++v) acc[r][v] = 0.0f;
+  float acc[kAbsorbRows] = {};
   // The scale's column is fixed per thread, its row found by a 32-bit division: 64-bit
   // divisions per element made this kernel instruction-bound (31 us per call at V3 dims).
   const int scale_col = int(c0) / w.bk;
@@ -103,33 +72,17 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
     for (int64_t i = slice; i < dn; i += kAbsorbSlices) {
       const int64_t wr = row0 + i;
       const char* wrow = static_cast<const char*>(w.w) + wr * dc * ES;
-      float wv[V];
-      if constexpr (V == 4) {
-        load4<T>(wrow + c0 * ES, wv);
-      } else {
-        wv[0] = load_one<T>(wrow, c0);
-      }
-      if constexpr (T == WType::E4M3) {
-        // V = 4 only when bk % 4 == 0: the four columns share a block.
-        const float sc = __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + scale_col);
+      float wv = load_one<T>(wrow, c0);
+      if constexpr (T == WType::E4M3)
+        wv *= __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + scale_col);
 #pragma unroll
-        for (int v = 0; v < V; ++v) wv[v] *= sc;
-      }
-#pragma unroll
-      for (int r = 0; r < kAbsorbRows; ++r) {
-        if (r < rows) {
-          const float qv = qs[r * dn + i];
-#pragma unroll
-          for (int v = 0; v < V; ++v) acc[r][v] = fmaf(qv, wv[v], acc[r][v]);
-        }
-      }
+      for (int r = 0; r < kAbsorbRows; ++r)
+        if (r < rows) acc[r] = fmaf(qs[r * dn + i], wv, acc[r]);
     }
   }
-  constexpr int kCols = 32 * V;
+  constexpr int kCols = 32;
 #pragma unroll
-  for (int r = 0; r < kAbsorbRows; ++r)
-#pragma unroll
-    for (int v = 0; v < V; ++v) red[(slice * kAbsorbRows + r) * kCols + cg * V + v] = acc[r][v];
+  for (int r = 0; r < kAbsorbRows; ++r) red[(slice * kAbsorbRows + r) * kCols + cg] = acc[r];
   __syncthreads();
   for (int o = int(threadIdx.x); o < rows * kCols; o += int(blockDim.x)) {
     const int r = o / kCols, col = o % kCols;
@@ -138,6 +91,95 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
     float sum = 0.0f;
     for (int sl = 0; sl < kAbsorbSlices; ++sl) sum += red[(sl * kAbsorbRows + r) * kCols + col];
     qc[((t0 + r) * heads + h) * dq + c] = sum;
+  }
+}
+
+// mla_absorb_q over 16-byte-aligned kv_b rows: block (head, 32 chunks of 16 bytes = 512 FP8
+// latent columns, up to R query rows); each thread decodes one chunk of every 8th W_UK row,
+// U rows' loads in flight at once (at one query row all 16 of V3's: a thread holds 1 · CH
+// accumulators), then the 8 slices are summed through shared memory in the same order as the
+// kernel above. (That kernel's 4-byte loads ran at 0.4 TB/s: 20.7 us per layer at batch 1, V3
+// dims, ncu; this one with 4 loads in flight at a time 10.3 us.)
+
+template <WType T, int R>
+__global__ void __launch_bounds__(32 * kAbsorbSlices)
+    absorb_q_vec_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr,
+                        int64_t dv, const DevWeight w, float* qc) {
+  constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize, kCols = 32 * CH;
+  constexpr int U = R == 1 ? 16 : 4;
+  extern __shared__ float smem[];
+  float* qs = smem;            // [R][dn]
+  float* red = smem + R * dn;  // [kAbsorbSlices][kCols]
+  const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.z) * R;
+  const int rows = int(min(int64_t(R), n - t0));
+  const int64_t dc = w.k, dq = dc + dr;
+  const int lane = int(threadIdx.x) % 32, slice = int(threadIdx.x) / 32;
+  const int64_t c0 = int64_t(blockIdx.y) * kCols + lane * CH;
+  const int64_t row0 = h * (dn + dv);  // W_UK[h] = kv_b rows row0 .. row0 + dn
+  const int64_t scols = ceil_div(dc, w.bk);
+  const int scale_col = int(c0) / w.bk;  // a chunk never crosses a block: bk % CH == 0
+  const char* base = static_cast<const char*>(w.w) + c0 * ES;
+  uint4 raw[U];
+  float sc[U];
+  const auto fetch = [&](int64_t i0) {  // rows i0, i0 + 8, ... of this thread's columns
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + u * kAbsorbSlices, wr = row0 + i;
+      raw[u] = make_uint4(0, 0, 0, 0);
+      sc[u] = 1.0f;
+      if (i < dn && c0 < dc) {
+        raw[u] = __ldg(reinterpret_cast<const uint4*>(base + wr * dc * ES));
+        if constexpr (T == WType::E4M3)
+          sc[u] = __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + scale_col);
+      }
+    }
+  };
+  fetch(slice);  // the weights need not wait for the query rows' barrier below
+  stage_query(q, heads, dn, dr, dc, h, t0, rows, qs, qc);
+  __syncthreads();
+  float acc[R][CH];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < CH; ++c) acc[r][c] = 0.0f;
+  if (c0 < dc) {
+    for (int64_t i0 = slice; i0 < dn; i0 += kAbsorbSlices * U) {
+      if (i0 != slice) fetch(i0);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = i0 + u * kAbsorbSlices;
+        if (i >= dn) continue;
+        float wv[CH];
+        decode_chunk<T>(raw[u], wv);
+        if constexpr (T == WType::E4M3) {
+#pragma unroll
+          for (int c = 0; c < CH; ++c) wv[c] *= sc[u];
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (r < rows) {
+            const float qv = qs[r * dn + i];
+#pragma unroll
+            for (int c = 0; c < CH; ++c) acc[r][c] = fmaf(qv, wv[c], acc[r][c]);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (r >= rows) break;  // uniform over the block
+#pragma unroll
+    for (int c = 0; c < CH; ++c) red[slice * kCols + lane * CH + c] = acc[r][c];
+    __syncthreads();
+    for (int col = int(threadIdx.x); col < kCols; col += int(blockDim.x)) {
+      const int64_t c = int64_t(blockIdx.y) * kCols + col;
+      if (c >= dc) continue;
+      float sum = 0.0f;
+      for (int sl = 0; sl < kAbsorbSlices; ++sl) sum += red[sl * kCols + col];
+      qc[((t0 + r) * heads + h) * dq + c] = sum;
+    }
+    __syncthreads();  // red is rewritten for the next row
   }
 }
 
@@ -474,17 +516,26 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
 template <WType T>
 void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                    const DevWeight& w, float* qc, cudaStream_t s) {
-  const bool vec = w.k % 4 == 0 && (T != WType::E4M3 || w.bk % 4 == 0) &&
-                   (reinterpret_cast<uintptr_t>(w.w) & 15) == 0;
-  const int v = vec ? 4 : 1;
-  const dim3 grid(unsigned(heads), unsigned(ceil_div(w.k, 32 * v)),
-                  unsigned(ceil_div(n, kAbsorbRows)));
-  const size_t smem =
-      size_t(kAbsorbRows * dn + kAbsorbSlices * kAbsorbRows * 32 * v) * sizeof(float);
-  if (vec)
-    absorb_q_kernel<T, 4><<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
-  else
-    absorb_q_kernel<T, 1><<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
+  constexpr int CH = WTraits<T>::kChunk;
+  if (w.k % CH == 0 && (T != WType::E4M3 || w.bk % CH == 0) &&
+      (reinterpret_cast<uintptr_t>(w.w) & 15) == 0) {
+    // One row per block at batch 1; 4 otherwise (acc holds R · CH floats per thread).
+    const auto launch = [&](auto rows) {
+      constexpr int R = decltype(rows)::value;
+      const dim3 grid(unsigned(heads), unsigned(ceil_div(w.k, 32 * CH)), unsigned(ceil_div(n, R)));
+      const size_t smem = size_t(R * dn + kAbsorbSlices * 32 * CH) * sizeof(float);
+      absorb_q_vec_kernel<T, R>
+          <<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
+    };
+    if (n == 1)
+      launch(std::integral_constant<int, 1>{});
+    else
+      launch(std::integral_constant<int, 4>{});
+    return;
+  }
+  const dim3 grid(unsigned(heads), unsigned(ceil_div(w.k, 32)), unsigned(ceil_div(n, kAbsorbRows)));
+  const size_t smem = size_t(kAbsorbRows * dn + kAbsorbSlices * kAbsorbRows * 32) * sizeof(float);
+  absorb_q_kernel<T><<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
 }
 
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
