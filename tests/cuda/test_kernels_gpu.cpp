@@ -305,6 +305,10 @@ TEST_P(RouteGpu, ChoosesAsTheCpu) {
   const auto hr = to_host(rows, size_t(n * rc.k));
   const auto hp = to_host(pos, size_t(n * rc.k));
   EXPECT_EQ(ho.back(), n * rc.k);
+  std::vector<int32_t> want_off(size_t(rc.e + 1), 0);  // the counts' exclusive prefix sum
+  for (const int32_t e : want.expert) ++want_off[size_t(e) + 1];
+  for (int64_t e = 0; e < rc.e; ++e) want_off[size_t(e) + 1] += want_off[size_t(e)];
+  EXPECT_EQ(ho, want_off);
   const auto ha = to_host(active, size_t(rc.e + 1));
   std::vector<int32_t> want_active;
   for (int64_t e = 0; e < rc.e; ++e)
@@ -449,7 +453,8 @@ TEST(CacheGpu, Fp8RowsAreTheEncodingOfTheF32Rows) {
 
 // The absorbed query qc = [q_nope·W_UK ; q_pe] against float64 over the dequantised kv_b: one
 // row and five (the 16-byte kernel's 1- and 4-row blocks, a partial block), and a latent width
-// that 16-byte loads cannot take (the scalar kernel) for BF16 and FP8.
+// that 16-byte loads cannot take (the scalar kernel) for BF16 and FP8; then with q_pe's RoPE and
+// the BF16 output fused in.
 TEST_P(MlaGpu, AbsorbedQueryMatchesFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t H = 6, dn = 32, dr = 16, dv = 24;
@@ -461,7 +466,7 @@ TEST_P(MlaGpu, AbsorbedQueryMatchesFloat64) {
       const std::vector<float> q = randn(size_t(T * H * (dn + dr)), 22);
       const auto dq = to_device(q);
       DevPtr<float> qc = poisoned(size_t(T * H * (dc + dr)));
-      cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, qc.get(), nullptr);
+      cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, nullptr, qc.get(), nullptr, nullptr);
       const std::vector<float> got = to_host(qc, size_t(T * H * (dc + dr)));
       double err = 0, scale = 0;
       for (int64_t t = 0; t < T; ++t) {
@@ -479,6 +484,36 @@ TEST_P(MlaGpu, AbsorbedQueryMatchesFloat64) {
         }
       }
       EXPECT_LE(err, 1e-5 * scale) << "dc " << dc << ", " << T << " rows";
+
+      // Fused: q_pe rotated as rope() rotates it (itself checked against the CPU above), and
+      // the BF16 output the F32 one rounded to nearest even.
+      std::vector<float> inv(size_t(dr / 2));
+      for (int64_t i = 0; i < dr / 2; ++i) inv[size_t(i)] = std::pow(1000.0f, -float(i) / 8);
+      std::vector<int32_t> pos(static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = int32_t(977 * t + 5);
+      const auto dinv = to_device(inv);
+      const auto dpos = to_device(pos);
+      const cuda::QueryRope rope{dpos.get(), dinv.get(), 0.75f};
+      DevPtr<uint16_t> qcb = to_device(std::vector<uint16_t>(size_t(T * H * (dc + dr)), 0xffff));
+      cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, &rope, qc.get(), nullptr, nullptr);
+      cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, &rope, nullptr, qcb.get(), nullptr);
+      const DevPtr<float> dq2 = to_device(q);
+      cuda::rope(dq2.get(), T, H, dn + dr, dn, dinv.get(), dr / 2, 0.75f, dpos.get(), nullptr);
+      const std::vector<float> roped = to_host(dq2, q.size());
+      const std::vector<float> f32 = to_host(qc, size_t(T * H * (dc + dr)));
+      const std::vector<uint16_t> b16 = to_host(qcb, size_t(T * H * (dc + dr)));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+          const float* g = f32.data() + (t * H + h) * (dc + dr);
+          EXPECT_EQ(std::vector<float>(g, g + dc),
+                    std::vector<float>(got.data() + (t * H + h) * (dc + dr),
+                                       got.data() + (t * H + h) * (dc + dr) + dc));
+          for (int64_t j = 0; j < dr; ++j)
+            EXPECT_EQ(g[dc + j], roped[size_t((t * H + h) * (dn + dr) + dn + j)]) << j;
+        }
+      std::vector<uint16_t> want16(f32.size());
+      convert_from_f32(DType::BF16, f32.data(), want16.data(), f32.size());
+      EXPECT_EQ(b16, want16) << "dc " << dc << ", " << T << " rows";
     }
   }
 }
@@ -516,7 +551,7 @@ TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
     DevPtr<float> o = poisoned(size_t(T * H * dv));
     const int64_t partial_floats = 64 * T * H * (dc + 2);
     DevPtr<float> partial = poisoned(size_t(partial_floats));
-    cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, qc.get(), nullptr);
+    cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, nullptr, qc.get(), nullptr, nullptr);
     cuda::mla_attention(qc.get(), T, H, pool, 0, dpos.get(), dslots.get(), start + T - 1, scale,
                         partial.get(), partial_floats, olat.get(), nullptr);
     cuda::GemvArgs g;

@@ -110,6 +110,16 @@ __device__ __forceinline__ int group_of(const int32_t* starts, int groups, int64
   return lo;
 }
 
+// cos/sin of the f32 angle pos·inv_freq, in double, as the CPU forms them.
+__device__ __forceinline__ void rope_pair(float* p, float pos, float inv_freq, float factor) {
+  const float angle = __fmul_rn(pos, inv_freq);
+  const float c = __fmul_rn(float(cos(double(angle))), factor);
+  const float s = __fmul_rn(float(sin(double(angle))), factor);
+  const float a = p[0], b = p[1];
+  p[0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  p[1] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+
 // Order-preserving key of a float: a > b iff key(a) > key(b) (for non-NaN a, b; -0 keys below
 // +0, so callers that must treat them as equal add +0.0f first).
 __device__ __forceinline__ uint32_t order_key(float f) {

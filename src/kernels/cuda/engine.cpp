@@ -941,21 +941,26 @@ struct CudaEngine::Impl {
       linear(k.h, n, L.q, k.q);
     }
     const int64_t half = dr / 2;
-    rope(k.q, n, heads, dn + dr, dn, m.inv_freq, half, rope_table.factor, pos, stream);
+    const bool flash = use_flash(pool, n);
+    // The absorbed form rotates q_pe inside mla_absorb_q (one launch fewer a layer).
+    if (flash) rope(k.q, n, heads, dn + dr, dn, m.inv_freq, half, rope_table.factor, pos, stream);
     stage(kStageAttention);
     latent_to_cache(k.kv + L.latent_col, ldkv, n, L.kv_a_norm, eps, m.inv_freq, half,
                     rope_table.factor, pos, seq, pool, layer, stream);
-    if (flash_attention(L, pool, layer, n)) {
+    if (flash && flash_attention(L, pool, layer, n)) {
       stage(kStageAttnProj);
       linear(k.o, n, L.o, out);
       return;
     }
-    mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, k.qc, stream);
+    const QueryRope rot{pos, m.inv_freq, rope_table.factor};
+    const QueryRope* qrope = flash ? nullptr : &rot;  // after rope() above: already rotated
     if (opt.attention_tensor_cores && k.qcb && mla_attention_tc_supported(pool)) {
-      to_bf16(k.qc, k.qcb, n * heads * pool.row(), stream);
+      // BF16 straight from the absorb, the tensor-core kernel's input.
+      mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
       mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
                        k.partial, k.partial_floats, k.olat, stream);
     } else {
+      mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qc, nullptr, stream);
       mla_attention(k.qc, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
                     k.partial, k.partial_floats, k.olat, stream);
     }
@@ -1009,20 +1014,23 @@ struct CudaEngine::Impl {
   // sequence, K/V of its keys from one GEMM of the cached latents with kv_b (BF16 out), then
   // flash_prefill over them with the chunk's queries, o straight into o_proj's input. Per
   // score dn + dr multiply-adds instead of dc + dr, nothing of S written out. False (o not
-  // written) if it does not apply.
-  bool flash_attention(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n) {
-    Work& k = m.work;
-    const int dn = int(c.qk_nope_head_dim), dr = int(c.qk_rope_head_dim), dv = int(c.v_head_dim);
-    const int64_t heads = c.num_attention_heads, dc = pool.dc, D = pool.row();
+  // applies when use_flash() says so; false if cuBLASLt had no algorithm.
+  bool use_flash(const CachePool& pool, int64_t n) const {
     // Chunks of graph_max_rows or fewer take the absorbed form eagerly too, so a replayed graph
     // and an eager step of the same shape run the same kernels. Decode-like chunks (few tokens
     // per sequence: a batch of 256 single tokens) would decompress every sequence's whole
     // cache per token; they keep the absorbed form too.
-    if (!opt.flash_prefill || !blas || !(pool.bf16 || pool.fp8) || !k.kvb ||
-        n <= opt.gemv_max_rows || n <= opt.graph_max_rows || spans.empty() ||
-        n < opt.flash_min_tokens * int64_t(spans.size()) || !flash_prefill_supported(dn, dr, dv) ||
-        dc % 8 != 0)
-      return false;
+    return opt.flash_prefill && blas && (pool.bf16 || pool.fp8) && m.work.kvb &&
+           n > opt.gemv_max_rows && n > opt.graph_max_rows && !spans.empty() &&
+           n >= opt.flash_min_tokens * int64_t(spans.size()) &&
+           flash_prefill_supported(int(c.qk_nope_head_dim), int(c.qk_rope_head_dim),
+                                   int(c.v_head_dim)) &&
+           pool.dc % 8 == 0;
+  }
+  bool flash_attention(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n) {
+    Work& k = m.work;
+    const int dn = int(c.qk_nope_head_dim), dr = int(c.qk_rope_head_dim), dv = int(c.v_head_dim);
+    const int64_t heads = c.num_attention_heads, dc = pool.dc, D = pool.row();
     const int64_t wkv = heads * (dn + dv), dq = heads * (dn + dr);
     to_bf16(k.q, k.qcb, n * dq, stream);
     const void* w = L.kv_b.w;

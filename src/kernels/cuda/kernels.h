@@ -214,10 +214,18 @@ void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int
 void moe_combine(const float* shared, const float* expert_out, const float* weight,
                  const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s);
 
-// Absorbed MLA (MODEL_SPEC §3). q [n, H, dn + dr] (rope part rotated) and kv_b [H·(dn + dv), dc]:
-// qc [n, H, dc + dr] = [q_nope·W_UK ; q_pe], the query against cache rows [c_kv ; k_pe].
+// Absorbed MLA (MODEL_SPEC §3). q [n, H, dn + dr] and kv_b [H·(dn + dv), dc]: qc [n, H, dc + dr] =
+// [q_nope·W_UK ; q_pe], the query against cache rows [c_kv ; k_pe], in F32 (qc) or BF16 (qcb,
+// for mla_attention_tc; the other null). q_pe is rotated here as rope() would (rope non-null:
+// positions[t], inv_freq [dr / 2], factor), else copied (already rotated).
+struct QueryRope {
+  const int32_t* positions = nullptr;
+  const float* inv_freq = nullptr;
+  float factor = 1.0f;
+};
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
-                  const DevWeight& kv_b, float* qc, cudaStream_t s);
+                  const DevWeight& kv_b, const QueryRope* rope, float* qc, uint16_t* qcb,
+                  cudaStream_t s);
 // Attention of each query row over its sequence's (seqs[t]) cache rows 0 .. positions[t] (causal):
 // o_lat [n, H, dc] = softmax(scale · qc·[c_kv ; k_pe]ᵀ) · c_kv. The keys are split into chunks
 // (flash-decoding) as far as `partial` (scratch of partial_floats floats) allows, then merged.

@@ -1,5 +1,5 @@
 // Absorbed multi-head latent attention over the latent cache (MODEL_SPEC §3).
-//  mla_absorb_q:   qc[t, h] = [q_nope[t, h]·W_UK[h] ; q_pe[t, h]]   (W_UK: rows of kv_b)
+//  mla_absorb_q:   qc[t, h] = [q_nope[t, h]·W_UK[h] ; RoPE(q_pe[t, h])]   (W_UK: rows of kv_b)
 //  mla_attention:  per query row, its sequence's cache rows [c_kv ; k_pe] 0 .. position are
 //                  scored against qc, softmax (online, f32), and c_kv summed with those weights.
 //                  Blocks take 8 heads (one warp each) and one split of the keys, so every key
@@ -23,20 +23,40 @@ constexpr int kAbsorbRows = 8;  // query rows per block of mla_absorb_q
 constexpr int kHeadsPerBlock = 8;
 constexpr int kKeyTile = 32;
 
+// The absorbed query's output: F32 or BF16 (one of the two non-null), and q_pe's RoPE.
+struct AbsorbOut {
+  float* qc;
+  uint16_t* qcb;
+  QueryRope rope;  // positions null: q_pe is copied as it is
+  __device__ void put(int64_t i, float v) const {
+    if (qcb)
+      qcb[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    else
+      qc[i] = v;
+  }
+};
+
 // The absorb kernels' query rows t0 .. t0 + rows of head h: q_nope into shared memory (qs
-// [rows][dn]), q_pe copied to qc's last dr columns (by the blocks of the first column range).
+// [rows][dn]), q_pe (rotated when asked) to the output's last dr columns (by the blocks of the
+// first column range).
 __device__ __forceinline__ void stage_query(const float* q, int64_t heads, int64_t dn, int64_t dr,
                                             int64_t dc, int64_t h, int64_t t0, int rows, float* qs,
-                                            float* qc) {
-  const int64_t dqk = dn + dr, dq = dc + dr;
+                                            const AbsorbOut& out) {
+  const int64_t dqk = dn + dr, dq = dc + dr, half = dr / 2;
   for (int64_t i = threadIdx.x; i < rows * dn; i += blockDim.x) {
     const int64_t r = i / dn, j = i % dn;
     qs[r * dn + j] = q[((t0 + r) * heads + h) * dqk + j];
   }
   if (blockIdx.y == 0) {
-    for (int64_t i = threadIdx.x; i < rows * dr; i += blockDim.x) {
-      const int64_t r = i / dr, j = i % dr;
-      qc[((t0 + r) * heads + h) * dq + dc + j] = q[((t0 + r) * heads + h) * dqk + dn + j];
+    for (int64_t i = threadIdx.x; i < rows * half; i += blockDim.x) {
+      const int64_t r = i / half, f = i % half;
+      const float* src = q + ((t0 + r) * heads + h) * dqk + dn + 2 * f;
+      float p[2] = {src[0], src[1]};
+      if (out.rope.positions)
+        rope_pair(p, float(out.rope.positions[t0 + r]), out.rope.inv_freq[f], out.rope.factor);
+      const int64_t at = ((t0 + r) * heads + h) * dq + dc + 2 * f;
+      out.put(at, p[0]);
+      out.put(at + 1, p[1]);
     }
   }
 }
@@ -49,14 +69,14 @@ constexpr int kAbsorbSlices = 8;
 template <WType T>
 __global__ void __launch_bounds__(32 * kAbsorbSlices)
     absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
-                    const DevWeight w, float* qc) {
+                    const DevWeight w, const AbsorbOut out) {
   extern __shared__ float smem[];
   float* qs = smem;                      // [kAbsorbRows][dn]
   float* red = smem + kAbsorbRows * dn;  // [kAbsorbSlices][kAbsorbRows][32]
   const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.z) * kAbsorbRows;
   const int rows = int(min(int64_t(kAbsorbRows), n - t0));
   const int64_t dc = w.k, dq = dc + dr;
-  stage_query(q, heads, dn, dr, dc, h, t0, rows, qs, qc);
+  stage_query(q, heads, dn, dr, dc, h, t0, rows, qs, out);
   __syncthreads();
   const int cg = int(threadIdx.x) % 32, slice = int(threadIdx.x) / 32;
   const int64_t c0 = int64_t(blockIdx.y) * 32 + cg;
@@ -90,7 +110,7 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
     if (c >= dc) continue;
     float sum = 0.0f;
     for (int sl = 0; sl < kAbsorbSlices; ++sl) sum += red[(sl * kAbsorbRows + r) * kCols + col];
-    qc[((t0 + r) * heads + h) * dq + c] = sum;
+    out.put(((t0 + r) * heads + h) * dq + c, sum);
   }
 }
 
@@ -104,7 +124,7 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
 template <WType T, int R>
 __global__ void __launch_bounds__(32 * kAbsorbSlices)
     absorb_q_vec_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr,
-                        int64_t dv, const DevWeight w, float* qc) {
+                        int64_t dv, const DevWeight w, const AbsorbOut out) {
   constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize, kCols = 32 * CH;
   constexpr int U = R == 1 ? 16 : 4;
   extern __shared__ float smem[];
@@ -135,7 +155,7 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
     }
   };
   fetch(slice);  // the weights need not wait for the query rows' barrier below
-  stage_query(q, heads, dn, dr, dc, h, t0, rows, qs, qc);
+  stage_query(q, heads, dn, dr, dc, h, t0, rows, qs, out);
   __syncthreads();
   float acc[R][CH];
 #pragma unroll
@@ -177,7 +197,7 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
       if (c >= dc) continue;
       float sum = 0.0f;
       for (int sl = 0; sl < kAbsorbSlices; ++sl) sum += red[sl * kCols + col];
-      qc[((t0 + r) * heads + h) * dq + c] = sum;
+      out.put(((t0 + r) * heads + h) * dq + c, sum);
     }
     __syncthreads();  // red is rewritten for the next row
   }
@@ -511,11 +531,9 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
   }
 }
 
-}  // namespace
-
 template <WType T>
 void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
-                   const DevWeight& w, float* qc, cudaStream_t s) {
+                   const DevWeight& w, const AbsorbOut& qc, cudaStream_t s) {
   constexpr int CH = WTraits<T>::kChunk;
   if (w.k % CH == 0 && (T != WType::E4M3 || w.bk % CH == 0) &&
       (reinterpret_cast<uintptr_t>(w.w) & 15) == 0) {
@@ -538,21 +556,25 @@ void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t
   absorb_q_kernel<T><<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, qc);
 }
 
+}  // namespace
+
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
-                  const DevWeight& kv_b, float* qc, cudaStream_t s) {
+                  const DevWeight& kv_b, const QueryRope* rope, float* qc, uint16_t* qcb,
+                  cudaStream_t s) {
   if (n == 0) return;
+  const AbsorbOut out{qc, qcb, rope ? *rope : QueryRope{}};
   switch (kv_b.type) {
     case WType::F32:
-      absorb_launch<WType::F32>(q, n, heads, dn, dr, dv, kv_b, qc, s);
+      absorb_launch<WType::F32>(q, n, heads, dn, dr, dv, kv_b, out, s);
       break;
     case WType::BF16:
-      absorb_launch<WType::BF16>(q, n, heads, dn, dr, dv, kv_b, qc, s);
+      absorb_launch<WType::BF16>(q, n, heads, dn, dr, dv, kv_b, out, s);
       break;
     case WType::F16:
-      absorb_launch<WType::F16>(q, n, heads, dn, dr, dv, kv_b, qc, s);
+      absorb_launch<WType::F16>(q, n, heads, dn, dr, dv, kv_b, out, s);
       break;
     case WType::E4M3:
-      absorb_launch<WType::E4M3>(q, n, heads, dn, dr, dv, kv_b, qc, s);
+      absorb_launch<WType::E4M3>(q, n, heads, dn, dr, dv, kv_b, out, s);
       break;
   }
   DSV3_CUDA_CHECK_LAUNCH();
