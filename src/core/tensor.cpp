@@ -36,8 +36,7 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
-Tensor Tensor::zeros(DType dtype, Shape shape, Device device) {
-  DSV3_CHECK(device.is_cpu(), "Tensor::zeros on {}: use the device's allocator", device.str());
+Tensor Tensor::empty(DType dtype, Shape shape) {
   for (int64_t d : shape) DSV3_CHECK(d >= 0, "negative dimension in shape {}", shape_str(shape));
   const size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
   // 64-byte alignment for SIMD loads; at least one byte so the pointer is never null.
@@ -45,9 +44,16 @@ Tensor Tensor::zeros(DType dtype, Shape shape, Device device) {
   void* p = std::aligned_alloc(64, alloc);
   if (!p)
     fail("out of memory allocating {} bytes for a tensor of shape {}", bytes, shape_str(shape));
-  std::memset(p, 0, alloc);
+  std::memset(static_cast<char*>(p) + bytes, 0, alloc - bytes);  // the padding reads as zeros
   std::shared_ptr<void> owner(p, [](void* q) { std::free(q); });
-  return wrap(dtype, std::move(shape), p, std::move(owner), device);
+  return wrap(dtype, std::move(shape), p, std::move(owner), Device::cpu());
+}
+
+Tensor Tensor::zeros(DType dtype, Shape shape, Device device) {
+  DSV3_CHECK(device.is_cpu(), "Tensor::zeros on {}: use the device's allocator", device.str());
+  Tensor t = empty(dtype, std::move(shape));
+  std::memset(t.data(), 0, t.nbytes());
+  return t;
 }
 
 Tensor Tensor::wrap(DType dtype, Shape shape, void* data, std::shared_ptr<void> owner,

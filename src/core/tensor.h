@@ -37,6 +37,9 @@ class Tensor {
   Tensor() = default;
   // Allocates zero-initialised memory.
   static Tensor zeros(DType dtype, Shape shape, Device device = Device::cpu());
+  // Allocates memory left uninitialised, for a caller that writes every element (a serial
+  // memset of a multi-GB tensor costs more than the parallel loop that fills it).
+  static Tensor empty(DType dtype, Shape shape);
   // Wraps memory owned by `owner` (kept alive as long as the tensor or a view of it is).
   static Tensor wrap(DType dtype, Shape shape, void* data, std::shared_ptr<void> owner,
                      Device device = Device::cpu());

@@ -37,9 +37,9 @@ Linear Linear::quantize_fp8(const float* w, int64_t out, int64_t in, int64_t bn,
   Linear l;
   l.block_n = bn;
   l.block_k = bk;
-  l.weight = Tensor::zeros(DType::F8_E4M3, {out, in});
+  l.weight = Tensor::empty(DType::F8_E4M3, {out, in});  // the blocks below cover every element
   const int64_t sr = (out + bn - 1) / bn, sc = (in + bk - 1) / bk;
-  l.scale_inv = Tensor::zeros(DType::F32, {sr, sc});
+  l.scale_inv = Tensor::empty(DType::F32, {sr, sc});
   auto* q = l.weight.ptr<uint8_t>();
   float* scale = l.scale_inv.ptr<float>();
   parallel_for(sr, [&](int64_t b0, int64_t b1, int) {
