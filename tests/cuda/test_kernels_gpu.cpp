@@ -329,6 +329,19 @@ INSTANTIATE_TEST_SUITE_P(Rules, RouteGpu,
                                            RouteCase{"softmax", "group_limited_greedy", 32, 4, 4, 2,
                                                      true}));
 
+// The kernel keeps a token's choices one per lane: more than 32 is a clear error, not garbage.
+TEST(BasicGpu, RouteRejectsMoreThan32ExpertsPerToken) {
+  SKIP_WITHOUT_GPU();
+  cuda::RouteArgs r;
+  r.e = 64;
+  r.k = 33;
+  DevPtr<float> logits = poisoned(64);
+  DevPtr<int32_t> experts = to_device(std::vector<int32_t>(33, 0));
+  DevPtr<float> weights = poisoned(33);
+  EXPECT_THROW(cuda::route(logits.get(), nullptr, 1, r, experts.get(), weights.get(), nullptr),
+               std::invalid_argument);
+}
+
 class MlaGpu : public ::testing::TestWithParam<const char*> {};
 
 // One latent row [c_kv ; k_pe] in CachePool's FP8 format (row_bytes bytes at out): c_kv in

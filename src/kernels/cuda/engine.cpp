@@ -316,6 +316,9 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   const ModelConfig& c = mw.config;
   DSV3_CHECK(opt.max_sequences > 0 && opt.max_context > 0 && opt.max_step_tokens > 0,
              "CUDA engine: max_sequences, max_context and max_step_tokens must be positive");
+  DSV3_CHECK(c.n_routed_experts == 0 || c.num_experts_per_tok <= 32,
+             "CUDA engine: {} experts per token; the routing kernel takes up to 32",
+             c.num_experts_per_tok);
   DevModel m;
   m.embed_type = wtype_of(mw.embed.dtype(), "model.embed_tokens.weight");
   DSV3_CHECK(m.embed_type != WType::E4M3, "CUDA engine: an FP8 embedding is not supported");
