@@ -2,8 +2,10 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [v3] [profile] [profile_prefill] [v2lite] [b1]
-# [hf]   (default: build test v3 v2lite; profile runs ncu over a short batch-1 run of the V3
+# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill] [v2lite]
+# [b1] [hf]   (default: build test v3 v2lite; gemv sweeps the one-row gemv's split-K at V3's FP8
+# shapes (bench_cuda_fp8_gemm --gemv-only, no checkpoint needed); profile runs ncu over a short
+# batch-1 run of the V3
 # checkpoint, profile_prefill over one of its 2K-token prefills (the whole bench runs under ncu:
 # slow); b1 benches
 # the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds; hf makes that model
@@ -38,7 +40,8 @@ if has build; then
   log "configure + build (DSV3_MINIMAL)"
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_MINIMAL=ON -DDSV3_CUDA=ON \
     -DDSV3_WERROR=ON > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-  cmake --build "$BUILD" --target dsv3_gpu_tests dsv3_cli bench_cuda_decode bench_cuda_mla -j"$(nproc)" \
+  cmake --build "$BUILD" --target dsv3_gpu_tests dsv3_cli bench_cuda_decode bench_cuda_mla \
+    bench_cuda_fp8_gemm -j"$(nproc)" \
     > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
 fi
 
@@ -68,6 +71,12 @@ fi
 if has mla; then
   log "MLA kernels at DeepSeek-V3 sizes"
   timeout 120 "$BUILD/bin/bench_cuda_mla" 2>&1 | tee "$OUT/bench_mla.txt" || echo "bench mla failed"
+fi
+
+if has gemv; then
+  log "one-row gemv at DeepSeek-V3's FP8 shapes, per split-K"
+  timeout 120 "$BUILD/bin/bench_cuda_fp8_gemm" --gemv-only 2>&1 | tee "$OUT/bench_gemv.txt" ||
+    echo "bench gemv failed"
 fi
 
 # ncu over a short batch-1 run (prefill of 8 tokens, then eager decode steps): time per kernel.
