@@ -58,6 +58,10 @@ __device__ __forceinline__ void stage_query(const float* q, int64_t heads, int64
       out.put(at, p[0]);
       out.put(at + 1, p[1]);
     }
+    if (dr % 2 != 0)  // an odd last element has no pair to rotate with (rope() leaves it too)
+      for (int64_t r = threadIdx.x; r < rows; r += blockDim.x)
+        out.put(((t0 + r) * heads + h) * dq + dc + dr - 1,
+                q[((t0 + r) * heads + h) * dqk + dn + dr - 1]);
   }
 }
 
