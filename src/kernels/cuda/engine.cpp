@@ -1013,11 +1013,7 @@ struct CudaEngine::Impl {
   };
   std::vector<Span> spans;  // of the chunk being enqueued eagerly (empty for graphs)
 
-  // Prefill attention in the non-absorbed form (chunks over gemv_max_rows, BF16 or FP8 cache): per
-  // sequence, K/V of its keys from one GEMM of the cached latents with kv_b (BF16 out), then
-  // flash_prefill over them with the chunk's queries, o straight into o_proj's input. Per
-  // score dn + dr multiply-adds instead of dc + dr, nothing of S written out. False (o not
-  // applies when use_flash() says so; false if cuBLASLt had no algorithm.
+  // Whether a chunk takes the flash prefill below rather than the absorbed form.
   bool use_flash(const CachePool& pool, int64_t n) const {
     // Chunks of graph_max_rows or fewer take the absorbed form eagerly too, so a replayed graph
     // and an eager step of the same shape run the same kernels. Decode-like chunks (few tokens
@@ -1030,6 +1026,11 @@ struct CudaEngine::Impl {
                                    int(c.v_head_dim)) &&
            pool.dc % 8 == 0;
   }
+  // Prefill attention in the non-absorbed form (chunks over gemv_max_rows, BF16 or FP8 cache): per
+  // sequence, K/V of its keys from one GEMM of the cached latents with kv_b (BF16 out), then
+  // flash_prefill over them with the chunk's queries, o straight into o_proj's input. Per
+  // score dn + dr multiply-adds instead of dc + dr, nothing of S written out. For chunks
+  // use_flash() accepts; false (o not written) if cuBLASLt had no algorithm.
   bool flash_attention(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n) {
     Work& k = m.work;
     const int dn = int(c.qk_nope_head_dim), dr = int(c.qk_rope_head_dim), dv = int(c.v_head_dim);
