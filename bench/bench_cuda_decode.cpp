@@ -16,6 +16,8 @@
 // bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
 //        [--prefill 1024,8192] [--gemv-max-rows N (default: the engine's)]
 //        [--kv-cache-dtype bf16 | fp8 (the latent cache's format, default bf16)]
+//        [--pdl 1 | 0 (kernels launched early, programmatic dependent launch; default 1)]
+//        [--gemv-flags FLAGS (kernels.h gemv_flags)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -135,12 +137,17 @@ int main(int argc, char** argv) {
       gemv_rows = std::stoi(v);
     else if (k == "--kv-cache-dtype")
       fp8_cache = v == "fp8";
+    else if (k == "--pdl")
+      cuda::set_programmatic_launch(v != "0");
+    else if (k == "--gemv-flags")
+      cuda::gemv_flags(std::stoi(v));
   }
   if (model_dir.empty()) {
     fmt::print(
         stderr,
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
-        "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8]\n");
+        "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
+        "[--pdl 1|0] [--gemv-flags FLAGS]\n");
     return 2;
   }
   int rc = 0;

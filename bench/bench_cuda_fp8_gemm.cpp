@@ -13,8 +13,8 @@
 //    H200's dense FP8 / BF16 peaks for scale.
 // 3. The routed experts at DeepSeek-V3's shapes: our grouped FP8 kernel (one launch for all
 //    256 experts) against one block-scaled cuBLASLt GEMM per expert, in the same run.
-// 4. The decode gemv at batch 1 at DeepSeek-V3's FP8 shapes, per split-K: weight GB/s against
-//    the copy bandwidth of the same run.
+// 4. The decode gemv at batch 1 at DeepSeek-V3's shapes (the routed experts 8 of 256, the BF16
+//    lm_head), per kernel and setting: weight GB/s against the copy bandwidth of the same run.
 // Usage: bench_cuda_fp8_gemm [--m 4096] [--gemv-only]
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -205,38 +205,67 @@ double rel_error(const std::vector<float>& y, const std::vector<double>& ref) {
 
 }  // namespace
 
-// ---- 4. the decode gemv at batch 1 (one input row) at DeepSeek-V3's FP8 shapes ----
-// GB/s of weight bytes for each split-K (warps per output) and the engine's own choice. The
-// weights rotate over copies of 512 MiB in all, so the 50 MB L2 cannot hold them.
-void decode_gemv() {
-  const double copy = bench::copy_bandwidth();
-  fmt::print("\ngemv, one input row, FP8 weights: GB/s of weight bytes (copy {:.0f} GB/s)\n",
-             copy / 1e9);
-  fmt::print("{:<30} {:>12} {:>12} {:>12} {:>12} {:>12}\n", "weight n x k", "auto", "ks 1", "ks 2",
-             "ks 4", "ks 8");
-  struct GemvShape {
-    const char* name;
-    int64_t n, k;
-    bool swiglu;
-  };
-  for (const GemvShape& s : {GemvShape{"q_a|kv_a 2112 x 7168", 2112, 7168, false},
-                             GemvShape{"q_b 24576 x 1536", 24576, 1536, false},
-                             GemvShape{"o_proj 7168 x 16384", 7168, 16384, false},
-                             GemvShape{"down 7168 x 18432", 7168, 18432, false},
-                             GemvShape{"gate|up 2 x 18432 x 7168", 18432, 7168, true},
-                             GemvShape{"expert down 7168 x 2048", 7168, 2048, false}}) {
-    const int64_t mats = s.swiglu ? 2 : 1, bytes = mats * s.n * s.k;
-    const int64_t scales = mats * cdiv(s.n, 128) * cdiv(s.k, 128);
-    const int64_t copies = std::max<int64_t>(2, cdiv(int64_t(512) << 20, bytes));
-    uint8_t* w8 = nullptr;
-    float* y = nullptr;
-    DSV3_CUDA_CHECK(cudaMalloc(&w8, size_t(bytes * copies)));
-    DSV3_CUDA_CHECK(cudaMemset(w8, 0x30, size_t(bytes * copies)));  // E4M3 0.5
-    float* sw = upload(std::vector<float>(size_t(scales * copies), 1.0f / 64));
-    float* x = upload(std::vector<float>(size_t(s.k), 0.25f));
-    DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(s.n) * sizeof(float)));
+// ---- 4. the decode gemv at batch 1 (one input row) at DeepSeek-V3's shapes ----
+// GB/s of weight bytes for each split-K (warps per output) and the engine's choice, then the
+// engine's choice with the weights read through L1 (the default reads them past it). Dense
+// weights rotate over copies of 512 MiB in all, so the 50 MB L2 cannot hold them; the routed
+// experts are 256 stacked as the engine stacks them, 8 with one row each per launch (one
+// token's), a different 8 each launch.
+struct GemvShape {
+  const char* name;
+  int64_t n, k;
+  bool swiglu;
+  cuda::WType type = cuda::WType::E4M3;
+  int experts = 0;  // > 0: that many stacked, top 8 of them a launch
+};
+
+// Seconds per launch of shape s under the current gemv settings.
+struct GemvCase {
+  GemvShape s;
+  int64_t bytes = 0, copies = 0, scales = 0;
+  void* w = nullptr;
+  float *sw = nullptr, *x = nullptr, *y = nullptr;
+  int32_t *offsets = nullptr, *active = nullptr, *rows = nullptr;  // per launch, experts only
+  static constexpr int kTop = 8;
+
+  explicit GemvCase(const GemvShape& shape) : s(shape) {
+    const int64_t es = s.type == cuda::WType::E4M3 ? 1 : 2, mats = s.swiglu ? 2 : 1;
+    const int64_t one = mats * s.n * s.k * es;  // one dense weight or one expert
+    bytes = s.experts ? kTop * one : one;
+    copies = s.experts ? s.experts / kTop : std::max<int64_t>(2, cdiv(int64_t(512) << 20, one));
+    const int64_t stored = s.experts ? s.experts * one : copies * one;
+    DSV3_CUDA_CHECK(cudaMalloc(&w, size_t(stored)));
+    DSV3_CUDA_CHECK(cudaMemset(w, 0x30, size_t(stored)));  // E4M3 0.5, BF16 ~0.7
+    scales = mats * cdiv(s.n, 128) * cdiv(s.k, 128);
+    const int64_t units = s.experts ? s.experts : copies;
+    if (s.type == cuda::WType::E4M3)
+      sw = upload(std::vector<float>(size_t(scales * units), 1.0f / 64));
+    x = upload(std::vector<float>(size_t(s.k * kTop), 0.25f));
+    DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(s.n * kTop) * sizeof(float)));
+    if (s.experts) {
+      // Launch c: experts 8c .. 8c + 7 one row each (rows in expert order, all token 0).
+      std::vector<int32_t> off, act, rws(kTop, 0);
+      for (int64_t c = 0; c < copies; ++c) {
+        for (int e = 0; e <= s.experts; ++e)
+          off.push_back(int32_t(std::clamp<int64_t>(e - c * kTop, 0, kTop)));
+        act.push_back(kTop);
+        for (int t = 0; t < kTop; ++t) act.push_back(int32_t(c * kTop + t));
+      }
+      offsets = upload(off);
+      active = upload(act);
+      rows = upload(rws);
+    }
+  }
+  ~GemvCase() {
+    for (void* p :
+         {w, static_cast<void*>(sw), static_cast<void*>(x), static_cast<void*>(y),
+          static_cast<void*>(offsets), static_cast<void*>(active), static_cast<void*>(rows)})
+      cudaFree(p);
+  }
+  double seconds() const {
+    const int64_t es = s.type == cuda::WType::E4M3 ? 1 : 2;
     cuda::GemvArgs g;
-    g.w.type = cuda::WType::E4M3;
+    g.w.type = s.type;
     g.w.rows = s.n;
     g.w.k = s.k;
     g.n = s.n;
@@ -245,29 +274,66 @@ void decode_gemv() {
     g.y = y;
     g.ldy = s.n;
     g.m = 1;
+    if (s.experts) {
+      g.w_group_rows = s.swiglu ? 2 * s.n : s.n;
+      g.scale_group_rows = (s.swiglu ? 2 : 1) * cdiv(s.n, 128);
+      g.x_rows = rows;
+      g.m = kTop;
+      g.groups = s.experts;
+    }
     const auto all = [&] {
       for (int64_t c = 0; c < copies; ++c) {
-        g.w.w = w8 + c * bytes;
-        g.w.scale = sw + c * scales;
+        const int64_t off = s.experts ? 0 : c * bytes;
+        g.w.w = static_cast<const char*>(w) + off;
+        if (sw) g.w.scale = sw + (s.experts ? 0 : c * scales);
         if (s.swiglu) {
-          g.w2 = w8 + c * bytes + s.n * s.k;
-          g.scale2 = sw + c * scales + scales / 2;
+          g.w2 = static_cast<const char*>(g.w.w) + s.n * s.k * es;
+          if (sw) g.scale2 = g.w.scale + cdiv(s.n, 128) * cdiv(s.k, 128);
+        }
+        if (s.experts) {
+          g.offsets = offsets + c * (s.experts + 1);
+          g.active = active + c * (kTop + 1);
         }
         cuda::gemv(g, nullptr);
       }
     };
-    std::string line = fmt::format("{:<30}", s.name);
+    return bench::time_ms(all, 5) * 1e-3 / double(copies);
+  }
+};
+
+void decode_gemv() {
+  const double copy = bench::copy_bandwidth();
+  fmt::print("\ngemv, one input row: GB/s of weight bytes (copy {:.0f} GB/s)\n", copy / 1e9);
+  const std::vector<GemvShape> shapes = {
+      {"q_a|kv_a 2112 x 7168", 2112, 7168, false},
+      {"q_b 24576 x 1536", 24576, 1536, false},
+      {"o_proj 7168 x 16384", 7168, 16384, false},
+      {"down 7168 x 18432", 7168, 18432, false},
+      {"gate|up 2 x 18432 x 7168", 18432, 7168, true},
+      {"expert down 7168 x 2048", 7168, 2048, false},
+      {"8/256 experts down", 7168, 2048, false, cuda::WType::E4M3, 256},
+      {"8/256 experts gate|up", 2048, 7168, true, cuda::WType::E4M3, 256},
+      {"lm_head bf16 129280 x 7168", 129280, 7168, false, cuda::WType::BF16}};
+  const auto pct = [&](const GemvCase& c) {
+    const double sec = c.seconds();
+    return fmt::format(" {:>6.0f} ({:>2.0f}%)", double(c.bytes) / sec / 1e9,
+                       100.0 * double(c.bytes) / sec / copy);
+  };
+  fmt::print("{:<28} {:>12}", "weight n x k", "auto");
+  for (const int ks : {1, 2, 4, 8}) fmt::print(" {:>12}", fmt::format("ks {}", ks));
+  fmt::print(" {:>12}\n", "auto, via L1");
+  for (const GemvShape& s : shapes) {
+    const GemvCase c(s);
+    std::string line = fmt::format("{:<28}", s.name);
     for (const int ks : {0, 1, 2, 4, 8}) {
       cuda::gemv_split_k(ks);
-      const double sec = bench::time_ms(all, 5) * 1e-3 / double(copies);
-      line += fmt::format(" {:>6.0f} ({:>2.0f}%)", double(bytes) / sec / 1e9,
-                          100.0 * double(bytes) / sec / copy);
+      line += pct(c);
     }
     cuda::gemv_split_k(0);
+    cuda::gemv_flags(0);  // weights through L1 too (before: past it)
+    line += pct(c);
+    cuda::gemv_flags(4);
     fmt::print("{}\n", line);
-    for (void* p : {static_cast<void*>(w8), static_cast<void*>(sw), static_cast<void*>(x),
-                    static_cast<void*>(y)})
-      cudaFree(p);
   }
 }
 

@@ -15,6 +15,7 @@
 #include "io/safetensors.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/engine.h"
+#include "kernels/cuda/kernels.h"
 
 using namespace dsv3;
 
@@ -276,7 +277,9 @@ std::vector<float> scripted_run(const cuda::CudaEngine& engine, const Tensor& id
 }
 
 // Graph replay against eager launches, with every linear on the gemv kernel (gemv_max_rows 16)
-// and with every linear on cuBLASLt (0: its calls captured in the graphs).
+// and with every linear on cuBLASLt (0: its calls captured in the graphs); then both again with
+// every kernel launched plainly, not early (launch.cuh): a kernel that read its input before
+// waiting for the one that writes it would differ.
 TEST_P(CudaFixture, GraphReplayIsBitIdenticalToEager) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture(GetParam())));
@@ -299,6 +302,19 @@ TEST_P(CudaFixture, GraphReplayIsBitIdenticalToEager) {
       ASSERT_TRUE(std::isfinite(eager[i])) << i;
       ASSERT_EQ(std::memcmp(&eager[i], &graphed[i], sizeof(float)), 0) << i;
       ASSERT_EQ(std::memcmp(&eager[i], &replayed[i], sizeof(float)), 0) << i;
+    }
+    cuda::set_programmatic_launch(false);
+    const cuda::CudaEngine plain(model, small(false, gemv_rows));
+    plain.set_graphs(false);
+    const std::vector<float> plain_eager = scripted_run(plain, ids);
+    plain.set_graphs(true);
+    const std::vector<float> plain_graphed = scripted_run(plain, ids);
+    cuda::set_programmatic_launch(true);
+    ASSERT_EQ(eager.size(), plain_eager.size());
+    ASSERT_EQ(eager.size(), plain_graphed.size());
+    for (size_t i = 0; i < eager.size(); ++i) {
+      ASSERT_EQ(std::memcmp(&eager[i], &plain_eager[i], sizeof(float)), 0) << i;
+      ASSERT_EQ(std::memcmp(&eager[i], &plain_graphed[i], sizeof(float)), 0) << i;
     }
   }
 }

@@ -148,12 +148,12 @@ INSTANTIATE_TEST_SUITE_P(
                       GemvCase{"bf16", 257, 512, 1}, GemvCase{"bf16", 96, 36, 11},
                       GemvCase{"f32", 77, 64, 2}, GemvCase{"f32", 50, 33, 9}));
 
-// K = 2048 splits each output over 4 warps (kernels pick split-K for long rows of few outputs).
-class GroupedGemvGpu : public ::testing::TestWithParam<int64_t> {};
-
-TEST_P(GroupedGemvGpu, ExpertsWithGatheredRows) {
-  SKIP_WITHOUT_GPU();
-  const int64_t E = 5, N = 136, K = GetParam(), tokens = 7;
+// Five stacked FP8 experts of 136 outputs (a partial block) over gathered input rows, grouped
+// by `offsets`, against the CPU per expert; the output of the launch.
+std::vector<float> check_grouped(int64_t K, const std::vector<int32_t>& offsets,
+                                 const std::vector<int32_t>& rows,
+                                 const std::vector<int32_t>& active) {
+  const int64_t E = 5, N = 136, tokens = 7;
   std::vector<TestLinear> experts;
   for (int64_t e = 0; e < E; ++e) experts.push_back(make_linear("fp8", N, K, 10 + e));
   // Stack as the engine does: weights [E·N, K], scales [E·ceil(N/128), ceil(K/128)].
@@ -167,9 +167,6 @@ TEST_P(GroupedGemvGpu, ExpertsWithGatheredRows) {
   }
   const auto dw = to_device(ws);
   const auto ds = to_device(ss);
-  // Rows grouped by expert: expert 0 gets none, expert 3 gets five.
-  const std::vector<int32_t> offsets = {0, 0, 2, 3, 8, 9};
-  const std::vector<int32_t> rows = {4, 1, 6, 0, 2, 3, 5, 6, 2};
   const std::vector<float> x = randn(size_t(tokens * K), 4);
   const auto dx = to_device(x);
   const auto doff = to_device(offsets);
@@ -191,7 +188,6 @@ TEST_P(GroupedGemvGpu, ExpertsWithGatheredRows) {
   g.m = int64_t(rows.size());
   g.groups = int(E);
   g.offsets = doff.get();
-  const std::vector<int32_t> active = {4, 1, 2, 3, 4};  // experts with rows
   const auto dact = to_device(active);
   g.active = dact.get();
   cuda::gemv(g, nullptr);
@@ -206,6 +202,25 @@ TEST_P(GroupedGemvGpu, ExpertsWithGatheredRows) {
       EXPECT_LE(rel_err(gr, y.ptr<float>(), size_t(N)), 1e-5) << "expert " << e << " pos " << p;
     }
   }
+  return got;
+}
+
+class GroupedGemvGpu : public ::testing::TestWithParam<int64_t> {};
+
+// Rows grouped by expert: expert 0 gets none, expert 3 gets five; the active list names the
+// four with rows. K = 2048 splits each output over 4 warps (split-K for long rows of few
+// outputs).
+TEST_P(GroupedGemvGpu, ExpertsWithGatheredRows) {
+  SKIP_WITHOUT_GPU();
+  check_grouped(GetParam(), {0, 0, 2, 3, 8, 9}, {4, 1, 6, 0, 2, 3, 5, 6, 2}, {4, 1, 2, 3, 4});
+}
+
+// About one row per expert (batch-1 decode, small batches) takes the kernel with several
+// outputs per warp: expert 1 has two rows, expert 4 none, and the fifth slot of the grid is
+// past the active list.
+TEST_P(GroupedGemvGpu, ExpertsAtAboutOneRowEach) {
+  SKIP_WITHOUT_GPU();
+  check_grouped(GetParam(), {0, 1, 3, 4, 5, 5}, {6, 0, 3, 5, 2}, {4, 0, 1, 2, 3});
 }
 
 INSTANTIATE_TEST_SUITE_P(K, GroupedGemvGpu, ::testing::Values(int64_t(256), int64_t(2048)));

@@ -6,8 +6,21 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace dsv3::cuda {
+
+namespace {
+bool g_pdl = true;
+}  // namespace
+
+bool pdl_enabled() {
+  return g_pdl;
+}
+
+void set_programmatic_launch(bool on) {
+  g_pdl = on;
+}
 
 namespace {
 
@@ -30,6 +43,7 @@ __device__ double block_sum(double v, double* buf) {
 
 __global__ void embedding_kernel(const int32_t* ids, const void* table, WType type, int64_t h,
                                  float* out) {
+  pdl_enter();
   const int64_t t = blockIdx.x;
   const int64_t id = ids[t];
   for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < h;
@@ -55,6 +69,7 @@ __global__ void embedding_kernel(const int32_t* ids, const void* table, WType ty
 
 __global__ void add_rmsnorm_kernel(float* x, int64_t ldx, const float* delta, const float* w,
                                    float eps, int64_t d, float* out, int64_t ldo) {
+  pdl_enter();
   __shared__ double buf[kNormThreads / 32];
   float* xr = x + blockIdx.x * ldx;
   double ss = 0;
@@ -80,6 +95,7 @@ constexpr int kNormVecs = 2;
 __global__ void __launch_bounds__(kNormThreads)
     add_rmsnorm_vec_kernel(float* x, int64_t ldx, const float* delta, const float* w, float eps,
                            int64_t d, float* out, int64_t ldo) {
+  pdl_enter();
   __shared__ double buf[kNormThreads / 32];
   const int64_t nv = d / 4;
   auto* xr = reinterpret_cast<float4*>(x + blockIdx.x * ldx);
@@ -125,6 +141,7 @@ __global__ void __launch_bounds__(kNormThreads)
 __global__ void rope_kernel(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset,
                             const float* inv_freq, int64_t half, float factor,
                             const int32_t* positions) {
+  pdl_enter();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n * vecs * half) return;
   const int64_t f = i % half, v = i / half;  // v = row · vecs + vector
@@ -136,6 +153,7 @@ __global__ void latent_to_cache_kernel(const float* kv, int64_t ld, const float*
                                        const float* inv_freq, int64_t half, float factor,
                                        const int32_t* positions, const int32_t* seqs,
                                        CachePool pool, int64_t layer) {
+  pdl_enter();
   __shared__ double buf[kThreads / 32];
   const int64_t t = blockIdx.x, dc = pool.dc;
   const float* src = kv + t * ld;
@@ -264,6 +282,7 @@ __global__ void weight_to_bf16_kernel(const DevWeight w, uint16_t* out) {
 
 __global__ void gather_rows_kernel(const float* src, int64_t ld_src, const int32_t* rows, int64_t d,
                                    float* dst) {
+  pdl_enter();
   const float* s = src + int64_t(rows[blockIdx.x]) * ld_src;
   for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < d;
        i += int64_t(gridDim.y) * blockDim.x)
@@ -294,6 +313,7 @@ constexpr int kRouteWarps = 4;
 
 __global__ void route_kernel(const float* logits, const float* bias, int64_t n, RouteArgs r,
                              int32_t* expert, float* weight) {
+  pdl_enter();
   extern __shared__ float smem[];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
@@ -367,6 +387,7 @@ __global__ void route_kernel(const float* logits, const float* bias, int64_t n, 
 
 __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t k, int64_t e,
                                    int32_t* offsets, int32_t* rows, int32_t* pos, int32_t* active) {
+  pdl_enter();
   extern __shared__ int32_t cnt[];  // [e + 1]
   for (int64_t i = threadIdx.x; i <= e; i += blockDim.x) cnt[i] = 0;
   __syncthreads();
@@ -435,6 +456,7 @@ __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t
 __global__ void moe_combine_kernel(const float* shared, const float* expert_out,
                                    const float* weight, const int32_t* pos, int64_t k, int64_t d,
                                    float* y) {
+  pdl_enter();
   const int64_t t = blockIdx.x;
   for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < d;
        i += int64_t(gridDim.y) * blockDim.x) {
@@ -454,8 +476,8 @@ unsigned blocks_for(int64_t n) {
 void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int64_t h, float* out,
                cudaStream_t s) {
   if (n == 0) return;
-  embedding_kernel<<<dim3(unsigned(n), unsigned(ceil_div(h, kThreads))), kThreads, 0, s>>>(
-      ids, table, type, h, out);
+  launch_pdl(embedding_kernel, dim3(unsigned(n), unsigned(ceil_div(h, kThreads))), kThreads, 0, s,
+             ids, table, type, h, out);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -465,9 +487,11 @@ void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, floa
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (d % 4 == 0 && ldx % 4 == 0 && ldo % 4 == 0 && d <= int64_t(kNormThreads) * 4 * kNormVecs &&
       aligned(x) && aligned(delta) && aligned(w) && aligned(out))
-    add_rmsnorm_vec_kernel<<<unsigned(n), kNormThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
+    launch_pdl(add_rmsnorm_vec_kernel, unsigned(n), kNormThreads, 0, s, x, ldx, delta, w, eps, d,
+               out, ldo);
   else
-    add_rmsnorm_kernel<<<unsigned(n), kNormThreads, 0, s>>>(x, ldx, delta, w, eps, d, out, ldo);
+    launch_pdl(add_rmsnorm_kernel, unsigned(n), kNormThreads, 0, s, x, ldx, delta, w, eps, d, out,
+               ldo);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -475,8 +499,8 @@ void rope(float* x, int64_t n, int64_t vecs, int64_t width, int64_t offset, cons
           int64_t half, float factor, const int32_t* positions, cudaStream_t s) {
   const int64_t total = n * vecs * half;
   if (total == 0) return;
-  rope_kernel<<<blocks_for(total), kThreads, 0, s>>>(x, n, vecs, width, offset, inv_freq, half,
-                                                     factor, positions);
+  launch_pdl(rope_kernel, blocks_for(total), kThreads, 0, s, x, n, vecs, width, offset, inv_freq,
+             half, factor, positions);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -484,8 +508,8 @@ void latent_to_cache(const float* kv, int64_t ld, int64_t n, const float* w_norm
                      const float* inv_freq, int64_t half, float factor, const int32_t* positions,
                      const int32_t* seqs, const CachePool& pool, int64_t layer, cudaStream_t s) {
   if (n == 0) return;
-  latent_to_cache_kernel<<<unsigned(n), kThreads, 0, s>>>(kv, ld, w_norm, eps, inv_freq, half,
-                                                          factor, positions, seqs, pool, layer);
+  launch_pdl(latent_to_cache_kernel, unsigned(n), kThreads, 0, s, kv, ld, w_norm, eps, inv_freq,
+             half, factor, positions, seqs, pool, layer);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -578,8 +602,8 @@ void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s) {
 void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
                  float* dst, cudaStream_t s) {
   if (n == 0) return;
-  gather_rows_kernel<<<dim3(unsigned(n), unsigned(ceil_div(d, kThreads))), kThreads, 0, s>>>(
-      src, ld_src, rows, d, dst);
+  launch_pdl(gather_rows_kernel, dim3(unsigned(n), unsigned(ceil_div(d, kThreads))), kThreads, 0, s,
+             src, ld_src, rows, d, dst);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -589,15 +613,15 @@ void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r
   // One choice per lane: the engine refuses models over 32 at load, with a message.
   if (r.k < 1 || r.k > 32 || r.k > r.e) DSV3_CUDA_CHECK(cudaErrorInvalidValue);
   const size_t smem = size_t(kRouteWarps) * size_t(2 * r.e + r.n_group) * sizeof(float);
-  route_kernel<<<unsigned(ceil_div(n, kRouteWarps)), kRouteWarps * 32, smem, s>>>(
-      logits, bias, n, r, expert, weight);
+  launch_pdl(route_kernel, unsigned(ceil_div(n, kRouteWarps)), kRouteWarps * 32, smem, s, logits,
+             bias, n, r, expert, weight);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
 void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int32_t* offsets,
                  int32_t* rows, int32_t* pos, int32_t* active, cudaStream_t s) {
-  moe_permute_kernel<<<1, 1024, size_t(e + 1) * sizeof(int32_t), s>>>(expert, pairs, k, e, offsets,
-                                                                      rows, pos, active);
+  launch_pdl(moe_permute_kernel, 1, 1024, size_t(e + 1) * sizeof(int32_t), s, expert, pairs, k, e,
+             offsets, rows, pos, active);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -605,7 +629,7 @@ void moe_combine(const float* shared, const float* expert_out, const float* weig
                  const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s) {
   if (n == 0) return;
   const dim3 grid(unsigned(n), unsigned(ceil_div(d, kThreads)));
-  moe_combine_kernel<<<grid, kThreads, 0, s>>>(shared, expert_out, weight, pos, k, d, y);
+  launch_pdl(moe_combine_kernel, grid, kThreads, 0, s, shared, expert_out, weight, pos, k, d, y);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

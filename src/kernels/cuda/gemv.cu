@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace dsv3::cuda {
 
@@ -75,20 +76,40 @@ __device__ __forceinline__ RowPtrs row_ptrs(const GemvArgs& a, int64_t g, int64_
   return p;
 }
 
+// Launched early (launch.cuh), a gemv waits for the kernel before it and lets the next launch
+// once its weights are all read: at once (kTriggerEarly) was slower at batch 1 on the H200,
+// as was fetching the first weights of each row into L2 before the wait (V3 dims: 723 tok/s
+// against 745). Weights are read past L1 (L1::no_allocate), so the streamed bytes do not evict
+// the input row every warp of the SM reads again (64 KB at o_proj's K = 16384): o_proj 2,853
+// -> 3,090 GB/s, batch-1 decode 720 -> 745 tok/s. gemv_flags (benchmarks) turns either on/off.
+constexpr int kTriggerEarly = 1, kWeightsPastL1 = 4;
+int g_gemv_flags = kWeightsPastL1;
+
+__device__ __forceinline__ uint4 load_weight(const char* p, int flags) {
+  if (!(flags & kWeightsPastL1)) return __ldg(reinterpret_cast<const uint4*>(p));
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
 template <WType T, int MT, bool SWIGLU, bool VEC>
 __global__ void __launch_bounds__(kWarps * 32)
-    gemv_kernel(const GemvArgs a, const int ks, const int bk_shift) {
+    gemv_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
   __shared__ float red[2][MT][kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int sub = warp % ks;  // this warp's share of K
+  const int64_t n = int64_t(blockIdx.x) * (kWarps / ks) + warp / ks;
+  if (flags & kTriggerEarly) pdl_trigger();
+  pdl_wait();
   int64_t g = blockIdx.y;
   if (a.active) {
     if (g >= a.active[0]) return;  // uniform over the block
     g = a.active[1 + g];
   }
-  const int64_t n = int64_t(blockIdx.x) * (kWarps / ks) + warp / ks;
   // With ks > 1 every warp must reach the block's barriers, so a warp past the last output
   // computes nothing but does not leave.
   const bool valid = n < a.n;
@@ -135,8 +156,8 @@ __global__ void __launch_bounds__(kWarps * 32)
           if constexpr (SWIGLU) raw2[u] = make_uint4(0, 0, 0, 0);
           sc[u] = sc2[u] = 1.0f;
           if (k < Ki) {
-            raw[u] = __ldg(reinterpret_cast<const uint4*>(w1 + k * ES));
-            if constexpr (SWIGLU) raw2[u] = __ldg(reinterpret_cast<const uint4*>(w2 + k * ES));
+            raw[u] = load_weight(w1 + k * ES, flags);
+            if constexpr (SWIGLU) raw2[u] = load_weight(w2 + k * ES, flags);
             if constexpr (T == WType::E4M3) {
               const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
               sc[u] = __ldg(s1 + sk);
@@ -173,6 +194,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
       }
     }
+    if (p0 + MT >= r1) pdl_trigger();  // this block's weights all read (a no-op if early)
 #pragma unroll
     for (int mm = 0; mm < MT; ++mm) {
       acc[mm] = warp_sum(acc[mm]);
@@ -222,19 +244,21 @@ __global__ void __launch_bounds__(kWarps * 32)
 // row pointers the kernel needed 120 registers, 2 blocks an SM; now 80 (3 blocks, no spills).
 template <WType T, int NR, bool SWIGLU>
 __global__ void __launch_bounds__(kWarps * 32, 3)
-    gemv_rows_kernel(const GemvArgs a, const int ks, const int bk_shift) {
+    gemv_rows_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
   constexpr int U = 2;  // chunks per lane and row in one batch: U · NR (· 2) loads in flight
   __shared__ float red[2][NR][kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int sub = warp % ks;
+  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * NR;
+  if (flags & kTriggerEarly) pdl_trigger();
+  pdl_wait();
   int64_t g = blockIdx.y;
   if (a.active) {
     if (g >= a.active[0]) return;  // uniform over the block
     g = a.active[1 + g];
   }
-  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * NR;
   const bool any = n0 < a.n;
   if (!any && ks == 1) return;  // with ks > 1 every warp must reach the barriers
   int64_t r0 = 0, r1 = a.m;
@@ -270,8 +294,8 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
           if constexpr (SWIGLU) raw2[u][r] = make_uint4(0, 0, 0, 0);
           if (k < Ki) {
             const int64_t off = min(r, last) * row_bytes + int64_t(k) * ES;
-            raw[u][r] = __ldg(reinterpret_cast<const uint4*>(w1 + off));
-            if constexpr (SWIGLU) raw2[u][r] = __ldg(reinterpret_cast<const uint4*>(w2 + off));
+            raw[u][r] = load_weight(w1 + off, flags);
+            if constexpr (SWIGLU) raw2[u][r] = load_weight(w2 + off, flags);
           }
         }
         if constexpr (T == WType::E4M3) {
@@ -314,6 +338,7 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
         }
       }
     }
+    if (p + 1 >= r1) pdl_trigger();  // this block's weights all read (a no-op if early)
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       acc[r] = warp_sum(acc[r]);
@@ -400,7 +425,8 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int ks = split_k(a, slots, WTraits<T>::kChunk, NR, 12);
   const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots));
-  gemv_rows_kernel<T, NR, SWIGLU><<<grid, kWarps * 32, 0, s>>>(a, ks, shift_of(a.w.bk));
+  launch_pdl(gemv_rows_kernel<T, NR, SWIGLU>, grid, kWarps * 32, 0, s, a, ks, shift_of(a.w.bk),
+             g_gemv_flags);
 }
 template <WType T, int MT, bool SWIGLU>
 void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
@@ -410,9 +436,11 @@ void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
   const dim3 grid(unsigned(ceil_div(a.n, kWarps / ks)), unsigned(slots));
   const int bk_shift = shift_of(a.w.bk);
   if (vec)
-    gemv_kernel<T, MT, SWIGLU, true><<<grid, kWarps * 32, 0, s>>>(a, ks, bk_shift);
+    launch_pdl(gemv_kernel<T, MT, SWIGLU, true>, grid, kWarps * 32, 0, s, a, ks, bk_shift,
+               g_gemv_flags);
   else
-    gemv_kernel<T, MT, SWIGLU, false><<<grid, kWarps * 32, 0, s>>>(a, ks, bk_shift);
+    launch_pdl(gemv_kernel<T, MT, SWIGLU, false>, grid, kWarps * 32, 0, s, a, ks, bk_shift,
+               g_gemv_flags);
 }
 
 template <WType T, int MT>
@@ -456,6 +484,10 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
 
 void gemv_split_k(int ks) {
   g_split_k = ks;
+}
+
+void gemv_flags(int flags) {
+  g_gemv_flags = flags;
 }
 
 void gemv_allow_rows_per_warp(bool on) {

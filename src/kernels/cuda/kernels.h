@@ -66,6 +66,14 @@ void gemv_split_k(int ks);
 // Benchmarks only: false sends single-row passes to the general kernel (one output per warp)
 // instead of the one that computes several outputs per warp.
 void gemv_allow_rows_per_warp(bool on);
+// Benchmarks only (gemv.cu): bit 0, a gemv lets the next kernel launch at once rather than
+// once its weights are read; bit 2, weights are read past L1. Default 4.
+void gemv_flags(int flags);
+
+// Whether the decode path's kernels launch with programmatic dependent launch (launch.cuh:
+// each may start while the one before it finishes). On by default; off for benchmarks' A/B and
+// tests. Process-wide.
+void set_programmatic_launch(bool on);
 
 // out[t] = table[ids[t]] as F32. table [V, H] of `type`.
 void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int64_t h, float* out,

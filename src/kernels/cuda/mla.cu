@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
 
 namespace dsv3::cuda {
@@ -74,6 +75,7 @@ template <WType T>
 __global__ void __launch_bounds__(32 * kAbsorbSlices)
     absorb_q_kernel(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                     const DevWeight w, const AbsorbOut out) {
+  pdl_enter();
   extern __shared__ float smem[];
   float* qs = smem;                      // [kAbsorbRows][dn]
   float* red = smem + kAbsorbRows * dn;  // [kAbsorbSlices][kAbsorbRows][32]
@@ -157,7 +159,9 @@ __global__ void __launch_bounds__(32 * kAbsorbSlices)
       }
     }
   };
-  fetch(slice);  // the weights need not wait for the query rows' barrier below
+  pdl_trigger();
+  fetch(slice);  // the weights need wait neither for the kernels before nor for the barrier below
+  pdl_wait();
   stage_query(q, heads, dn, dr, dc, h, t0, rows, qs, out);
   __syncthreads();
   float acc[R][CH];
@@ -259,6 +263,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
     attention_kernel(const float* qc, int64_t heads, CachePool pool, int64_t layer,
                      const int32_t* positions, const int32_t* seqs, int64_t split_len, float scale,
                      float* partial) {
+  pdl_enter();
   extern __shared__ float smem[];
   const int64_t dc = pool.dc, D = pool.row(), ldk = D + 1;
   float* q_s = smem;                       // [kHeadsPerBlock][D]
@@ -363,6 +368,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     attention_tc_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
                         const int32_t* positions, const int32_t* seqs, int64_t split_len,
                         float scale_log2, float* partial) {
+  pdl_enter();
   constexpr int DK = DC + DR, SK = DK + kTcPad, SS = kTcKeys + 4, DH = DC / 2;
   static_assert(DK % 16 == 0 && DH % 16 == 0, "head sizes the tensor-core tiles cover");
   extern __shared__ __align__(16) uint16_t tc_smem[];           // (the other kernels declare float)
@@ -518,6 +524,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 }
 
 __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, float* o_lat) {
+  pdl_enter();
   const int64_t th = blockIdx.x;  // row · heads + head
   const float* p = partial + th * splits * (dc + 2);
   float mx = -INFINITY;
@@ -545,8 +552,8 @@ void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t
       constexpr int R = decltype(rows)::value;
       const dim3 grid(unsigned(heads), unsigned(ceil_div(w.k, 32 * CH)), unsigned(ceil_div(n, R)));
       const size_t smem = size_t(R * dn + kAbsorbSlices * 32 * CH) * sizeof(float);
-      absorb_q_vec_kernel<T, R>
-          <<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, out);
+      launch_pdl(absorb_q_vec_kernel<T, R>, grid, 32 * kAbsorbSlices, smem, s, q, n, heads, dn, dr,
+                 dv, w, out);
     };
     if (n == 1)
       launch(std::integral_constant<int, 1>{});
@@ -556,7 +563,8 @@ void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t
   }
   const dim3 grid(unsigned(heads), unsigned(ceil_div(w.k, 32)), unsigned(ceil_div(n, kAbsorbRows)));
   const size_t smem = size_t(kAbsorbRows * dn + kAbsorbSlices * kAbsorbRows * 32) * sizeof(float);
-  absorb_q_kernel<T><<<grid, 32 * kAbsorbSlices, smem, s>>>(q, n, heads, dn, dr, dv, w, out);
+  launch_pdl(absorb_q_kernel<T>, grid, 32 * kAbsorbSlices, smem, s, q, n, heads, dn, dr, dv, w,
+             out);
 }
 
 }  // namespace
@@ -610,8 +618,8 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
   const auto launch = [&](auto kernel) {
     DSV3_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, kHeadsPerBlock * 32, smem, s>>>(qc, heads, pool, layer, positions, seqs,
-                                                   split_len, scale, partial);
+    launch_pdl(kernel, grid, kHeadsPerBlock * 32, smem, s, qc, heads, pool, layer, positions, seqs,
+               split_len, scale, partial);
   };
   if (pool.fp8)
     launch(attention_kernel<uint8_t>);
@@ -620,7 +628,7 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
   else
     launch(attention_kernel<float>);
   DSV3_CUDA_CHECK_LAUNCH();
-  merge_kernel<<<unsigned(n * heads), 128, 0, s>>>(partial, splits, dc, o_lat);
+  launch_pdl(merge_kernel, unsigned(n * heads), 128, 0, s, partial, splits, dc, o_lat);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -644,8 +652,8 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
   const auto launch = [&](auto kernel) {
     DSV3_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, kTcWarps * 32, smem, s>>>(qc, heads, pool, layer, positions, seqs, split_len,
-                                             scale_log2, partial);
+    launch_pdl(kernel, grid, kTcWarps * 32, smem, s, qc, heads, pool, layer, positions, seqs,
+               split_len, scale_log2, partial);
   };
   if (dc == 512 && pool.dr == 64)
     launch(attention_tc_kernel<512, 64>);
@@ -654,7 +662,7 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
   else
     DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // callers check mla_attention_tc_supported
   DSV3_CUDA_CHECK_LAUNCH();
-  merge_kernel<<<unsigned(n * heads), 128, 0, s>>>(partial, splits, dc, o_lat);
+  launch_pdl(merge_kernel, unsigned(n * heads), 128, 0, s, partial, splits, dc, o_lat);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

@@ -22,6 +22,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace dsv3::cuda {
 
@@ -152,6 +153,7 @@ __device__ uint32_t radix_select(const Row& r, Cand cand, Weight weight, double 
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(const float* logits, int64_t v, int64_t ld, const SampleParams* params,
                   int32_t* tokens) {
+  pdl_enter();
   extern __shared__ uint64_t hist[];  // [kWarps][256]
   __shared__ int s_i[kWarps];
   __shared__ uint64_t s_u[kWarps];
@@ -321,7 +323,7 @@ void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
   // Per launch, as the other kernels over 48 KiB: the attribute belongs to the current device.
   DSV3_CUDA_CHECK(
       cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  sample_kernel<<<unsigned(rows), kThreads, smem, s>>>(logits, v, ld, params, tokens);
+  launch_pdl(sample_kernel, unsigned(rows), kThreads, smem, s, logits, v, ld, params, tokens);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
