@@ -2,9 +2,10 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill] [v2lite]
-# [b1] [hf]   (default: build test v3 v2lite; gemv sweeps the one-row gemv's split-K at V3's FP8
-# shapes (bench_cuda_fp8_gemm --gemv-only, no checkpoint needed); profile runs ncu over a short
+# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill] [ab]
+# [v2lite] [b1] [hf]   (default: build test v3 v2lite; gemv sweeps the one-row gemv's split-K at V3's FP8
+# shapes (bench_cuda_fp8_gemm --gemv-only, no checkpoint needed); ab times the V3 checkpoint once
+# per flag set of AB, alternating on one machine (below); profile runs ncu over a short
 # batch-1 run of the V3
 # checkpoint, profile_prefill over one of its 2K-token prefills (the whole bench runs under ncu:
 # slow); b1 benches
@@ -102,7 +103,7 @@ profile_prefill() {
 }
 
 # DeepSeek-V3 dims with 4 layers (3 dense + 1 MoE of 256 experts), FP8 blocks, no MTP.
-if has v3; then
+v3_checkpoint() {
   log "init DeepSeek-V3 x4 layers (fp8)"
   mkdir -p "$CKPT"
   python3 - <<'PY' > "$CKPT/v3-4l.json"
@@ -114,6 +115,9 @@ print(json.dumps(c))
 PY
   [ -f "$CKPT/v3-4l/config.json" ] || /usr/bin/time -f "init %e s" "$BUILD/bin/dsv3" init \
     --config "$CKPT/v3-4l.json" --out "$CKPT/v3-4l" --dtype fp8
+}
+if has v3; then
+  v3_checkpoint
   "$BUILD/bin/dsv3" info --model "$CKPT/v3-4l" | tee "$OUT/info_v3.txt"
   log "bench V3 x4 fp8"
   # BENCH_ARGS: more flags (e.g. --kv-cache-dtype fp8), BENCH_TAG: a suffix for the log.
@@ -125,6 +129,22 @@ PY
   if has profile; then profile "$CKPT/v3-4l" v3 400; fi
   if has profile_prefill; then profile_prefill "$CKPT/v3-4l" v3; fi
   # Kept: a later call on the same (warm) machine skips the 2-minute init.
+fi
+
+# A/B on one machine: the V3 bench once per variant of AB (';'-separated flag sets, empty for
+# the defaults), all into one log, e.g. AB="--pdl 0;;--pdl 0;" BATCHES=1,8 ... ab.
+if has ab; then
+  v3_checkpoint
+  IFS=';' read -ra variants <<< "${AB:-}"
+  : > "$OUT/ab.txt"
+  for v in "${variants[@]}"; do
+    log "A/B: ${v:-defaults}" | tee -a "$OUT/ab.txt"
+    # shellcheck disable=SC2086
+    timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" \
+      --batch "${BATCHES:-1}" --prefill "${PREFILLS:-none}" --steps 32 --prompt "${PROMPT:-64}" \
+      $v 2>&1 | grep -E "^ +decode b=[0-9]+( graph| eager)? |copy" | tee -a "$OUT/ab.txt" ||
+      echo "A/B variant failed or timed out: $v"
+  done
 fi
 
 # DeepSeek-V2-Lite dims, full depth (27 layers), BF16.
