@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "io/safetensors.h"
 #include "model/init.h"
 #include "model/layout.h"
@@ -176,6 +177,39 @@ TEST(ModelInit, RandomCheckpointLoadsInEveryDtype) {
     const Tensor logits = m.forward(ids);
     for (float v : logits.to_f32_vector()) ASSERT_TRUE(std::isfinite(v));
   }
+}
+
+// A projection's values: the same whatever the threads split (pairs of normals straddle the
+// chunks), different per name and seed, and normal: mean ~0, std ~ the one asked, ~0.27% of
+// them past 3 std, none past the polar method's reach.
+TEST(ModelInit, RandomValuesAreNormalAndIndependentOfThreads) {
+  TensorSpec spec;
+  spec.name = "model.layers.0.mlp.down_proj.weight";
+  spec.shape = {1000, 1001};  // odd: a chunk may start inside a pair
+  spec.role = TensorRole::kProjection;
+  const int64_t n = shape_numel(spec.shape);
+  const int threads = num_threads();
+  std::vector<float> a(static_cast<size_t>(n)), b = a, c = a;
+  set_num_threads(1);
+  random_tensor_values(spec, 5, 0.02, a.data());
+  set_num_threads(3);
+  random_tensor_values(spec, 5, 0.02, b.data());
+  set_num_threads(threads);
+  EXPECT_EQ(a, b);
+  random_tensor_values(spec, 6, 0.02, c.data());
+  EXPECT_NE(a, c);
+  double sum = 0, sq = 0;
+  int64_t tail = 0;
+  for (float v : a) {
+    sum += v;
+    sq += double(v) * v;
+    tail += std::fabs(v) > 3 * 0.02;
+    ASSERT_LT(std::fabs(v), 10 * 0.02);
+  }
+  const double mean = sum / double(n), sd = std::sqrt(sq / double(n) - mean * mean);
+  EXPECT_LT(std::fabs(mean), 1e-4);
+  EXPECT_NEAR(sd, 0.02, 1e-4);
+  EXPECT_NEAR(double(tail) / double(n), 0.0027, 0.0003);
 }
 
 TEST(ModelInit, SameSeedSameBytes) {
