@@ -90,14 +90,23 @@ inline float e5m2_to_f32(f8_t v) {
 inline constexpr float kE4M3Max = 448.0f;
 inline constexpr float kE5M2Max = 57344.0f;
 
+// Round to nearest even, saturating at ±448 (CUDA's __NV_SATFINITE), NaN → 0x7F; integer and
+// float tricks rather than frexp / ldexp, so loops over it vectorise (tests/test_fp8.cpp checks
+// it against the generic rounding on every E4M3 midpoint and its neighbours).
 inline f8_t f32_to_e4m3(float f) {
   const uint32_t u = std::bit_cast<uint32_t>(f);
   const uint32_t sign = (u >> 24) & 0x80u;
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7f;  // NaN
-  const float ax = std::fabs(f);
-  uint32_t code = std::isinf(ax) ? 0x7eu : detail::round_to_code<4, 3>(ax);
-  if (code > 0x7eu) code = 0x7eu;  // saturate to 448
-  return f8_t(sign | code);
+  uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return 0x7f;                 // NaN
+  if (a >= 0x43e00000u) return f8_t(sign | 0x7eu);  // |f| >= 448 (and inf): saturate
+  if (a < 0x3c800000u) {                            // |f| < 2^-6: the subnormal quantum 2^-9
+    // Adding 2^14 (ulp 2^-9) rounds |f| to a multiple of 2^-9, to nearest even; the low bits
+    // of the sum count the quanta (8 quanta = 2^-6 = code 0x08, the smallest normal).
+    const float r = std::bit_cast<float>(a) + 16384.0f;
+    return f8_t(sign | (std::bit_cast<uint32_t>(r) - 0x46800000u));
+  }
+  a += 0x7ffffu + ((a >> 20) & 1u);               // round the mantissa to 3 bits, to nearest even
+  return f8_t(sign | ((a >> 20) - (120u << 3)));  // rebias the exponent: 127 → 7
 }
 
 inline f8_t f32_to_e5m2(float f) {

@@ -90,22 +90,6 @@ std::vector<float> Quantized::dequantize() const {
 
 // ---- quantisation ----
 
-f8_t f32_to_e4m3_fast(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
-  const uint32_t sign = (u >> 24) & 0x80u;
-  uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return 0x7f;                 // NaN
-  if (a >= 0x43e00000u) return f8_t(sign | 0x7eu);  // |f| >= 448 (and inf): saturate
-  if (a < 0x3c800000u) {                            // |f| < 2^-6: the subnormal quantum 2^-9
-    // Adding 2^14 (ulp 2^-9) rounds |f| to a multiple of 2^-9, to nearest even; the low bits
-    // of the sum count the quanta (8 quanta = 2^-6 = code 0x08, the smallest normal).
-    const float r = std::bit_cast<float>(a) + 16384.0f;
-    return f8_t(sign | (std::bit_cast<uint32_t>(r) - 0x46800000u));
-  }
-  a += 0x7ffffu + ((a >> 20) & 1u);               // round the mantissa to 3 bits, to nearest even
-  return f8_t(sign | ((a >> 20) - (120u << 3)));  // rebias the exponent: 127 → 7
-}
-
 float tile_scale(float amax, bool pow2_scales) {
   if (std::isnan(amax) || amax == 0.0f) return 1.0f;
   if (std::isinf(amax)) return amax;
@@ -133,12 +117,12 @@ void quantize_rows(const float* x, int64_t r0, int64_t r1, int64_t cols, int64_t
     const float* xr = x + r * cols;
     f8_t* qr = codes + r * cols;
     if (tc == 1) {
-      for (int64_t c = 0; c < cols; ++c) qr[c] = f32_to_e4m3_fast(xr[c] / scale_row[c]);
+      for (int64_t c = 0; c < cols; ++c) qr[c] = f32_to_e4m3(xr[c] / scale_row[c]);
     } else {
       for (int64_t c0 = 0; c0 < cols; c0 += tc) {
         const float s = scale_row[c0 / tc];
         const int64_t c1 = std::min(cols, c0 + tc);
-        for (int64_t c = c0; c < c1; ++c) qr[c] = f32_to_e4m3_fast(xr[c] / s);
+        for (int64_t c = c0; c < c1; ++c) qr[c] = f32_to_e4m3(xr[c] / s);
       }
     }
   }

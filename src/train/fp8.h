@@ -108,10 +108,6 @@ Quantized quantize(const float* x, int64_t rows, int64_t cols, Granularity g,
 // activations cached in FP8 as 1×128 tiles and needed as 128×1 tiles by Wgrad.
 Quantized requantize(const Quantized& q, Granularity g, bool pow2_scales = false);
 
-// The E4M3 conversion quantize uses: bit-identical to core/dtype.h's f32_to_e4m3 (saturating,
-// round to nearest even, NaN → 0x7F), written with integer and float tricks so it vectorises.
-f8_t f32_to_e4m3_fast(float f);
-
 enum class Accum : uint8_t { kFp32, kHopperEmulated };
 
 struct GemmOptions {
