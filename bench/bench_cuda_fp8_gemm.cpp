@@ -330,9 +330,9 @@ void decode_gemv() {
       line += pct(c);
     }
     cuda::gemv_split_k(0);
-    cuda::gemv_flags(0);  // weights through L1 too (before: past it)
+    const int flags = cuda::gemv_flags(0);  // weights through L1 too
     line += pct(c);
-    cuda::gemv_flags(4);
+    cuda::gemv_flags(flags);
     fmt::print("{}\n", line);
   }
 }

@@ -127,16 +127,10 @@ TEST(Fp8, SaturationAndNaN) {
   EXPECT_EQ(f32_to_e4m3(0x1.fp-7f), 0x08);  // rounds up into the first normal
 }
 
-// The generic rounding (core/dtype.h's round_to_code, as f16 and E5M2 use it), saturated as
-// __NV_SATFINITE: the reference f32_to_e4m3's bit tricks are held to.
+// The generic rounding (core/dtype.h's, as f16 and E5M2 use it: frexp, ldexp, nearbyint),
+// saturated at 448: the reference f32_to_e4m3's bit tricks are held to.
 f8_t e4m3_reference(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
-  const uint32_t sign = (u >> 24) & 0x80u;
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7f;  // NaN
-  const float ax = std::fabs(f);
-  uint32_t code = std::isinf(ax) ? 0x7eu : detail::round_to_code<4, 3>(ax);
-  if (code > 0x7eu) code = 0x7eu;  // saturate to 448
-  return f8_t(sign | code);
+  return detail::saturating_code<4, 3>(f, 0x7eu);
 }
 
 TEST(Fp8, ConverterMatchesTheGenericRoundingOnEveryBoundary) {

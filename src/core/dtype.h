@@ -62,6 +62,19 @@ inline uint32_t round_to_code(float ax) {
   // carry into the next binade when q rounds up to 2^(MB+1).
   return uint32_t((e + bias - 1) << MB) + uint32_t(q);
 }
+
+// An 8-bit float code of f by round_to_code: sign bit 0x80, NaN → 0x7F, anything past the
+// largest finite code `max_code` (infinities included) saturated to it (__NV_SATFINITE).
+template <int EB, int MB>
+inline f8_t saturating_code(float f, uint32_t max_code) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint32_t sign = (u >> 24) & 0x80u;
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7f;  // NaN
+  const float ax = std::fabs(f);
+  uint32_t code = std::isinf(ax) ? max_code : round_to_code<EB, MB>(ax);
+  if (code > max_code) code = max_code;
+  return f8_t(sign | code);
+}
 }  // namespace detail
 
 // ---- f16 ----
@@ -110,13 +123,7 @@ inline f8_t f32_to_e4m3(float f) {
 }
 
 inline f8_t f32_to_e5m2(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
-  const uint32_t sign = (u >> 24) & 0x80u;
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7f;  // NaN
-  const float ax = std::fabs(f);
-  uint32_t code = std::isinf(ax) ? 0x7bu : detail::round_to_code<5, 2>(ax);
-  if (code > 0x7bu) code = 0x7bu;  // saturate to 57344
-  return f8_t(sign | code);
+  return detail::saturating_code<5, 2>(f, 0x7bu);  // saturates to 57344
 }
 
 // Converts n elements of a float-like dtype to f32 / from f32 (the on-the-fly paths).

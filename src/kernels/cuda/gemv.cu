@@ -82,7 +82,7 @@ __device__ __forceinline__ RowPtrs row_ptrs(const GemvArgs& a, int64_t g, int64_
 // against 745). Weights are read past L1 (L1::no_allocate), so the streamed bytes do not evict
 // the input row every warp of the SM reads again (64 KB at o_proj's K = 16384): o_proj 2,853
 // -> 3,090 GB/s, batch-1 decode 720 -> 745 tok/s. gemv_flags (benchmarks) turns either on/off.
-constexpr int kTriggerEarly = 1, kWeightsPastL1 = 4;
+constexpr int kTriggerEarly = 1, kWeightsPastL1 = 2;
 int g_gemv_flags = kWeightsPastL1;
 
 __device__ __forceinline__ uint4 load_weight(const char* p, int flags) {
@@ -486,8 +486,10 @@ void gemv_split_k(int ks) {
   g_split_k = ks;
 }
 
-void gemv_flags(int flags) {
+int gemv_flags(int flags) {
+  const int before = g_gemv_flags;
   g_gemv_flags = flags;
+  return before;
 }
 
 void gemv_allow_rows_per_warp(bool on) {

@@ -67,8 +67,9 @@ void gemv_split_k(int ks);
 // instead of the one that computes several outputs per warp.
 void gemv_allow_rows_per_warp(bool on);
 // Benchmarks only (gemv.cu): bit 0, a gemv lets the next kernel launch at once rather than
-// once its weights are read; bit 2, weights are read past L1. Default 4.
-void gemv_flags(int flags);
+// once its weights are read; bit 1, weights are read past L1. Default 2. Returns the flags
+// before.
+int gemv_flags(int flags);
 
 // Whether the decode path's kernels launch with programmatic dependent launch (launch.cuh:
 // each may start while the one before it finishes). On by default; off for benchmarks' A/B and

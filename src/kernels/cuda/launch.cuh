@@ -1,10 +1,11 @@
 // Programmatic dependent launch (PDL, Hopper) for the decode path's kernels. A decode step is a
-// chain of ~20 dependent kernels a layer, most too small to fill the GPU or ending in a tail of
-// a few blocks. Launched with the attribute, a kernel's blocks may start while the kernel
-// before it is still running: they take their place on the SMs, may fetch what no earlier
-// kernel writes (the query absorption's weights), and wait in pdl_wait() until every earlier
-// kernel has finished and its writes are visible. Each kernel calls pdl_trigger() first, so the
-// next can do the same; the gemvs call it once their weights are read (gemv.cu says why).
+// chain of dependent kernels, 13 a dense layer and 19 a MoE one at batch 1, most too small to fill
+// the GPU or ending in a tail of a few blocks. Launched with the attribute, a kernel's blocks may
+// start while the kernel before it is still running: they take their place on the SMs, may fetch
+// what no earlier kernel writes (the query absorption's weights), and wait in pdl_wait() until
+// every earlier kernel has finished and its writes are visible. Each kernel calls pdl_trigger()
+// first, so the next can do the same; the gemvs call it once their weights are read (gemv.cu says
+// why).
 //
 // The rule every kernel launched by launch_pdl must keep: before pdl_wait() it reads only
 // memory no kernel writes (weights, norms, tables made at load) and writes nothing. A kernel
@@ -18,7 +19,8 @@
 
 namespace dsv3::cuda {
 
-// Whether launch_pdl sets the attribute (programmatic_launch in kernels.h).
+// Whether launch_pdl sets the attribute (set_programmatic_launch in kernels.h; basic.cu holds
+// the setting).
 bool pdl_enabled();
 
 // Lets the next kernel's blocks launch once every block of this one has called it (or exited).
