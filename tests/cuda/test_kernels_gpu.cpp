@@ -148,6 +148,83 @@ INSTANTIATE_TEST_SUITE_P(
                       GemvCase{"bf16", 257, 512, 1}, GemvCase{"bf16", 96, 36, 11},
                       GemvCase{"f32", 77, 64, 2}, GemvCase{"f32", 50, 33, 9}));
 
+// Batch invariance: each row of a 2- to 16-row launch (the tile kernel; 16 also in two passes)
+// gets the bits it gets alone (the rows kernel), for FP8 with split-K (few outputs, long rows),
+// BF16 and F32, with SwiGLU, and per-head groups with strided inputs as W_UV runs; each within
+// 1e-5 of the CPU.
+TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    const char* dtype;
+    int64_t out, in;
+    int groups;
+  };
+  for (const Case c :
+       {Case{"fp8", 300, 2048, 1}, Case{"fp8", 40, 7168, 1}, Case{"bf16", 257, 1032, 1},
+        Case{"f32", 21, 1004, 1}, Case{"fp8", 128, 512, 3}}) {
+    for (const bool swiglu : {false, true}) {
+      if (swiglu && c.groups > 1) continue;
+      const int64_t wrows = c.out * c.groups;
+      TestLinear w = make_linear(c.dtype, wrows, c.in, 8);
+      TestLinear w2 = make_linear(c.dtype, wrows, c.in, 9);
+      for (const int64_t m : {2, 3, 4, 5, 8, 16}) {
+        const int64_t ldx = c.in * c.groups, ldy = c.out * c.groups;
+        const std::vector<float> x = randn(size_t(m * ldx), 10 + uint64_t(m));
+        const DevPtr<float> dx = to_device(x);
+        DevPtr<float> dy = poisoned(size_t(m * ldy));
+        cuda::GemvArgs g;
+        g.w = w.dev;
+        if (swiglu) {
+          g.w2 = w2.dev.w;
+          g.scale2 = w2.dev.scale;
+        }
+        g.n = c.out;
+        g.groups = c.groups;
+        g.w_group_rows = c.groups > 1 ? c.out : 0;
+        g.x = dx.get();
+        g.ldx = ldx;
+        g.x_goff = c.groups > 1 ? c.in : 0;
+        g.y = dy.get();
+        g.ldy = ldy;
+        g.y_goff = c.groups > 1 ? c.out : 0;
+        g.m = m;
+        cuda::gemv(g, nullptr);
+        const std::vector<float> batch = to_host(dy, size_t(m * ldy));
+        SCOPED_TRACE(std::string(c.dtype) + " " + std::to_string(c.out) + "x" +
+                     std::to_string(c.in) + " groups " + std::to_string(c.groups) +
+                     (swiglu ? " swiglu" : "") + " rows " + std::to_string(m));
+        for (int64_t p = 0; p < m; ++p) {
+          cuda::GemvArgs one = g;
+          one.x = dx.get() + p * ldx;
+          one.m = 1;
+          DevPtr<float> d1 = poisoned(size_t(ldy));
+          one.y = d1.get();
+          cuda::gemv(one, nullptr);
+          const std::vector<float> alone = to_host(d1, size_t(ldy));
+          ASSERT_EQ(std::memcmp(alone.data(), batch.data() + p * ldy, size_t(ldy) * 4), 0)
+              << "row " << p;
+          for (int gi = 0; gi < c.groups; ++gi) {
+            const std::vector<float> xg(x.begin() + p * ldx + gi * c.in,
+                                        x.begin() + p * ldx + (gi + 1) * c.in);
+            Tensor y1 = Tensor::zeros(DType::F32, {1, wrows});
+            Tensor y2 = Tensor::zeros(DType::F32, {1, wrows});
+            ops::linear(f32_tensor(xg, {1, c.in}), w.cpu, y1);
+            if (swiglu) {
+              ops::linear(f32_tensor(xg, {1, c.in}), w2.cpu, y2);
+              ops::silu_mul(y1, y2, y1);
+            }
+            EXPECT_LE(rel_err(std::vector<float>(alone.begin() + gi * c.out,
+                                                 alone.begin() + (gi + 1) * c.out),
+                              y1.ptr<float>() + gi * c.out, size_t(c.out)),
+                      1e-5)
+                << "row " << p << " group " << gi;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Five stacked FP8 experts of 136 outputs (a partial block) over gathered input rows, grouped
 // by `offsets`, against the CPU per expert; the output of the launch.
 std::vector<float> check_grouped(int64_t K, const std::vector<int32_t>& offsets,

@@ -90,6 +90,38 @@ __device__ __forceinline__ void decode_chunk(const uint4 v, float* out) {
   }
 }
 
+// Values 4q .. 4q + 3 of what decode_chunk gives for the same 16 bytes.
+template <WType T>
+__device__ __forceinline__ void decode_quad(const uint4 v, int q, float* out) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+  if constexpr (T == WType::F32) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(u[i]);
+  } else if constexpr (T == WType::BF16) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      out[2 * i] = __uint_as_float(u[2 * q + i] << 16);
+      out[2 * i + 1] = __uint_as_float(u[2 * q + i] & 0xffff0000u);
+    }
+  } else if constexpr (T == WType::F16) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[2 * q + i]));
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const __half2_raw r =
+          __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t((u[q] >> (16 * j)) & 0xffffu), __NV_E4M3);
+      const float2 f = __half22float2(__half2(r));
+      out[2 * j] = f.x;
+      out[2 * j + 1] = f.y;
+    }
+  }
+}
+
 // 16 bytes at p (16-byte aligned) decoded into WTraits<T>::kChunk floats.
 template <WType T>
 __device__ __forceinline__ void load_chunk(const void* p, float* out) {

@@ -376,6 +376,186 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
   }
 }
 
+// Batches of 2 to gemv_max_rows (decode at small batch): the rows kernel's warps, each NR
+// outputs, over MT input rows at once. The block stages the rows' inputs in shared memory a tile
+// of U steps at a time (a step: the 16-byte chunks of all ks · 32 lanes), so each weight chunk
+// is read once for the MT rows and each input once for the block's outputs (the general
+// kernel, one output per warp, read 32x the weight bytes of input at 8 rows). A lane takes its
+// chunks in the rows kernel's order and sums as it does, with the same split (split_k is the
+// same call), so every row's result is the bits it gets alone at batch 1: a request decodes the
+// same batched or not.
+template <WType T, int NR, bool SWIGLU, int MT>
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    gemv_tile_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
+  constexpr int CH = WTraits<T>::kChunk;
+  constexpr int ES = WTraits<T>::kSize;
+  constexpr int U = 2;             // steps per tile: U · NR (· 2) weight loads in flight per lane
+  extern __shared__ float4 xs4[];  // [MT][kc]: the input rows' tile
+  float* xs = reinterpret_cast<float*>(xs4);
+  __shared__ float red[2][MT][NR][kWarps];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int sub = warp % ks;
+  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * NR;
+  if (flags & kTriggerEarly) pdl_trigger();
+  pdl_wait();
+  int64_t g = blockIdx.y;
+  if (a.active) {
+    if (g >= a.active[0]) return;  // uniform over the block
+    g = a.active[1 + g];
+  }
+  int64_t r0 = 0, r1 = a.m;
+  if (a.offsets) {
+    r0 = max(int64_t(a.offsets[g]), int64_t(0));
+    r1 = min(int64_t(a.offsets[g + 1]), a.m);
+  }
+  if (r0 >= r1) return;  // uniform over the block
+  // Every warp reaches every barrier; one past the last output loads and writes nothing.
+  const bool any = n0 < a.n;
+  const int K = int(a.w.k), Ki = any ? K : 0;
+  const int64_t nb = min(n0, a.n - 1), row_bytes = a.w.k * ES;
+  const int last = int(min(int64_t(NR - 1), a.n - 1 - nb));
+  const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, nb);
+  const char *w1 = rp.w1, *w2 = rp.w2;
+  const float *s1 = rp.s1, *s2 = rp.s2;
+  const int step = ks * 32 * CH, kc = U * step;
+  for (int64_t p0 = r0; p0 < r1; p0 += MT) {
+    const int cnt = int(min(int64_t(MT), r1 - p0));
+    float acc[MT][NR], acc2[MT][NR];
+#pragma unroll
+    for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+      for (int r = 0; r < NR; ++r) acc[mm][r] = acc2[mm][r] = 0.0f;
+    for (int kt = 0; kt < K; kt += kc) {
+      // This tile's weights first: their loads are in flight while the inputs are staged.
+      uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
+      float sc[U], sc2[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k = kt + (sub * 32 + lane) * CH + u * step;
+        sc[u] = sc2[u] = 1.0f;
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          raw[u][r] = make_uint4(0, 0, 0, 0);
+          if constexpr (SWIGLU) raw2[u][r] = make_uint4(0, 0, 0, 0);
+          if (k < Ki) {
+            const int64_t off = min(r, last) * row_bytes + int64_t(k) * ES;
+            raw[u][r] = load_weight(w1 + off, flags);
+            if constexpr (SWIGLU) raw2[u][r] = load_weight(w2 + off, flags);
+          }
+        }
+        if constexpr (T == WType::E4M3) {
+          if (k < Ki) {
+            const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
+            sc[u] = __ldg(s1 + sk);
+            if constexpr (SWIGLU) sc2[u] = __ldg(s2 + sk);
+          }
+        }
+      }
+      const int quads = min(kc, K - kt) / 4;  // K % CH == 0 on this path
+      __syncthreads();                        // the previous tile's inputs are all read
+      for (int i = int(threadIdx.x); i < cnt * quads; i += int(blockDim.x)) {
+        const int mm = i / quads, c = (i - mm * quads) * 4;
+        const int64_t row = a.x_rows ? a.x_rows[p0 + mm] : p0 + mm;
+        *reinterpret_cast<float4*>(xs + mm * kc + c) =
+            __ldg(reinterpret_cast<const float4*>(a.x + row * a.ldx + g * a.x_goff + kt + c));
+      }
+      __syncthreads();
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int kl = (sub * 32 + lane) * CH + u * step;  // within the tile
+        if (kt + kl < Ki) {
+          // The chunk's dot products four values at a time, each still summed over c in order
+          // from 0 (the rows kernel's d), without all NR decoded chunks held in registers.
+          float d[MT][NR], d2[MT][SWIGLU ? NR : 1];
+#pragma unroll
+          for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+              d[mm][r] = 0.0f;
+              if constexpr (SWIGLU) d2[mm][r] = 0.0f;
+            }
+#pragma unroll
+          for (int q = 0; q < CH / 4; ++q) {
+            float w4[NR][4], v4[SWIGLU ? NR : 1][4];
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+              decode_quad<T>(raw[u][r], q, w4[r]);
+              if constexpr (SWIGLU) decode_quad<T>(raw2[u][r], q, v4[r]);
+            }
+#pragma unroll
+            for (int mm = 0; mm < MT; ++mm) {
+              if (mm < cnt) {
+                const float4 f = *reinterpret_cast<const float4*>(xs + mm * kc + kl + 4 * q);
+                const float xv[4] = {f.x, f.y, f.z, f.w};
+#pragma unroll
+                for (int r = 0; r < NR; ++r)
+#pragma unroll
+                  for (int c = 0; c < 4; ++c) {
+                    d[mm][r] = fmaf(w4[r][c], xv[c], d[mm][r]);
+                    if constexpr (SWIGLU) d2[mm][r] = fmaf(v4[r][c], xv[c], d2[mm][r]);
+                  }
+              }
+            }
+          }
+#pragma unroll
+          for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+              acc[mm][r] = fmaf(d[mm][r], sc[u], acc[mm][r]);
+              if constexpr (SWIGLU) acc2[mm][r] = fmaf(d2[mm][r], sc2[u], acc2[mm][r]);
+            }
+        }
+      }
+    }
+    if (p0 + MT >= r1) pdl_trigger();  // this block's weights all read (a no-op if early)
+#pragma unroll
+    for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        acc[mm][r] = warp_sum(acc[mm][r]);
+        if constexpr (SWIGLU) acc2[mm][r] = warp_sum(acc2[mm][r]);
+      }
+    if (ks > 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+          for (int r = 0; r < NR; ++r) {
+            red[0][mm][r][warp] = acc[mm][r];
+            red[1][mm][r][warp] = acc2[mm][r];
+          }
+      }
+      __syncthreads();
+      if (sub == 0) {
+#pragma unroll
+        for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+          for (int r = 0; r < NR; ++r) {
+            float v = 0.0f, v2 = 0.0f;
+            for (int j = 0; j < ks; ++j) {
+              v += red[0][mm][r][warp + j];
+              v2 += red[1][mm][r][warp + j];
+            }
+            acc[mm][r] = v;
+            acc2[mm][r] = v2;
+          }
+      }
+      __syncthreads();  // red is reused by the next pass
+    }
+    if (any && sub == 0 && lane == 0) {
+#pragma unroll
+      for (int mm = 0; mm < MT; ++mm) {
+        if (mm < cnt) {
+          float* y = a.y + (p0 + mm) * a.ldy + g * a.y_goff;
+#pragma unroll
+          for (int r = 0; r < NR; ++r)
+            if (n0 + r < a.n) y[n0 + r] = SWIGLU ? silu(acc[mm][r]) * acc2[mm][r] : acc[mm][r];
+        }
+      }
+    }
+  }
+}
+
 int sm_count() {
   static const int count = [] {
     int dev = 0, c = 0;
@@ -428,6 +608,24 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
   launch_pdl(gemv_rows_kernel<T, NR, SWIGLU>, grid, kWarps * 32, 0, s, a, ks, shift_of(a.w.bk),
              g_gemv_flags);
 }
+// False (nothing launched) when the tile of inputs would not fit in shared memory (a split
+// over many warps of a short matrix); the general kernel takes those.
+template <WType T, bool SWIGLU, int MT>
+bool launch_tile(const GemvArgs& a, cudaStream_t s) {
+  constexpr int NR = kRowsPerWarp<SWIGLU>;
+  const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
+  const int ks = split_k(a, slots, WTraits<T>::kChunk, NR, 12);  // launch_rows' split
+  const size_t smem = size_t(MT) * 2 * ks * 32 * WTraits<T>::kChunk * sizeof(float);
+  if (smem > 96 * 1024) return false;
+  const auto kernel = gemv_tile_kernel<T, NR, SWIGLU, MT>;
+  if (smem > 48 * 1024)
+    DSV3_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots));
+  launch_pdl(kernel, grid, kWarps * 32, smem, s, a, ks, shift_of(a.w.bk), g_gemv_flags);
+  return true;
+}
+
 template <WType T, int MT, bool SWIGLU>
 void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
   // With an active list at most min(groups, rows) groups have work.
@@ -470,6 +668,11 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
       launch_rows<T, true>(a, s);
     else
       launch_rows<T, false>(a, s);
+  } else if (rows <= 16 && vec && rows_ok && g_rows_per_warp &&
+             (rows <= 2
+                  ? (a.w2 ? launch_tile<T, true, 2>(a, s) : launch_tile<T, false, 2>(a, s))
+                  : (a.w2 ? launch_tile<T, true, 4>(a, s) : launch_tile<T, false, 4>(a, s)))) {
+    return;
   } else if (rows <= 1)
     launch_mt<T, 1>(a, vec, s);
   else if (rows <= 2)
