@@ -17,7 +17,8 @@
 //        [--prefill 1024,8192] [--gemv-max-rows N (default: the engine's)]
 //        [--kv-cache-dtype bf16 | fp8 (the latent cache's format, default bf16)]
 //        [--pdl 1 | 0 (kernels launched early, programmatic dependent launch; default 1)]
-//        [--gemv-flags FLAGS (kernels.h gemv_flags)]
+//        [--gemv-flags FLAGS (kernels.h gemv_flags)] [--gemv-block-warps 1..8]
+//        [--gemv-tile 1 | 0 (batches of 2-16 on the tile kernel or the general one)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -141,13 +142,17 @@ int main(int argc, char** argv) {
       cuda::set_programmatic_launch(v != "0");
     else if (k == "--gemv-flags")
       cuda::gemv_flags(std::stoi(v));
+    else if (k == "--gemv-block-warps")
+      cuda::gemv_rows_block_warps(std::stoi(v));
+    else if (k == "--gemv-tile")
+      cuda::gemv_allow_tile(v != "0");
   }
   if (model_dir.empty()) {
     fmt::print(
         stderr,
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
-        "[--pdl 1|0] [--gemv-flags FLAGS]\n");
+        "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n");
     return 2;
   }
   int rc = 0;

@@ -225,6 +225,41 @@ TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
   }
 }
 
+// The one-row kernel's block size moves outputs between blocks, not their arithmetic: the
+// same bits from blocks of 2, 4 or 8 warps, split-K (40 x 7168: 4 warps an output) included.
+TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
+  SKIP_WITHOUT_GPU();
+  for (const GemvCase c : {GemvCase{"fp8", 300, 2048, 1}, GemvCase{"fp8", 40, 7168, 1},
+                           GemvCase{"bf16", 257, 1032, 1}}) {
+    TestLinear w = make_linear(c.dtype, c.out, c.in, 11);
+    const std::vector<float> x = randn(size_t(c.in), 12);
+    const DevPtr<float> dx = to_device(x);
+    DevPtr<float> dy = poisoned(size_t(c.out));
+    cuda::GemvArgs g;
+    g.w = w.dev;
+    g.n = c.out;
+    g.x = dx.get();
+    g.ldx = c.in;
+    g.y = dy.get();
+    g.ldy = c.out;
+    g.m = 1;
+    std::vector<float> got[3];
+    for (int i = 0; i < 3; ++i) {
+      cuda::gemv_rows_block_warps(2 << i);
+      cuda::gemv(g, nullptr);
+      got[i] = to_host(dy, size_t(c.out));
+    }
+    cuda::gemv_rows_block_warps(8);
+    Tensor y = Tensor::zeros(DType::F32, {1, c.out});
+    ops::linear(f32_tensor(x, {1, c.in}), w.cpu, y);
+    SCOPED_TRACE(std::string(c.dtype) + " " + std::to_string(c.out));
+    EXPECT_LE(rel_err(got[2], y.ptr<float>(), size_t(c.out)), 1e-5);
+    for (int i = 0; i < 2; ++i)
+      EXPECT_EQ(std::memcmp(got[i].data(), got[2].data(), got[2].size() * sizeof(float)), 0)
+          << (2 << i) << " warps";
+  }
+}
+
 // Five stacked FP8 experts of 136 outputs (a partial block) over gathered input rows, grouped
 // by `offsets`, against the CPU per expert; the output of the launch.
 std::vector<float> check_grouped(int64_t K, const std::vector<int32_t>& offsets,

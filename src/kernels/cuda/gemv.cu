@@ -250,8 +250,8 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
   constexpr int U = 2;  // chunks per lane and row in one batch: U · NR (· 2) loads in flight
   __shared__ float red[2][NR][kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int sub = warp % ks;
-  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * NR;
+  const int sub = warp % ks, warps = int(blockDim.x) / 32;  // ks divides warps (≤ kWarps)
+  const int64_t n0 = (int64_t(blockIdx.x) * (warps / ks) + warp / ks) * NR;
   if (flags & kTriggerEarly) pdl_trigger();
   pdl_wait();
   int64_t g = blockIdx.y;
@@ -566,7 +566,9 @@ int sm_count() {
   return count;
 }
 
-int g_split_k = 0;  // gemv_split_k: 0 = split_k()'s own choice
+int g_split_k = 0;                // gemv_split_k: 0 = split_k()'s own choice
+int g_rows_block_warps = kWarps;  // gemv_rows_block_warps
+bool g_tile = true;               // gemv_allow_tile
 bool g_rows_per_warp = true;
 
 // Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp
@@ -604,8 +606,11 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
   constexpr int NR = kRowsPerWarp<SWIGLU>;
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int ks = split_k(a, slots, WTraits<T>::kChunk, NR, 12);
-  const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots));
-  launch_pdl(gemv_rows_kernel<T, NR, SWIGLU>, grid, kWarps * 32, 0, s, a, ks, shift_of(a.w.bk),
+  // Blocks of fewer warps spread a grid of under a wave more evenly over the SMs (224 blocks of
+  // 8 warps for o_proj put 16 warps on 92 SMs and 8 on 40).
+  const int warps = std::max(ks, std::clamp(g_rows_block_warps, 1, kWarps));
+  const dim3 grid(unsigned(ceil_div(a.n, int64_t(warps / ks) * NR)), unsigned(slots));
+  launch_pdl(gemv_rows_kernel<T, NR, SWIGLU>, grid, warps * 32, 0, s, a, ks, shift_of(a.w.bk),
              g_gemv_flags);
 }
 // False (nothing launched) when the tile of inputs would not fit in shared memory (a split
@@ -668,7 +673,7 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
       launch_rows<T, true>(a, s);
     else
       launch_rows<T, false>(a, s);
-  } else if (rows <= 16 && vec && rows_ok && g_rows_per_warp &&
+  } else if (rows <= 16 && vec && rows_ok && g_rows_per_warp && g_tile &&
              (rows <= 2
                   ? (a.w2 ? launch_tile<T, true, 2>(a, s) : launch_tile<T, false, 2>(a, s))
                   : (a.w2 ? launch_tile<T, true, 4>(a, s) : launch_tile<T, false, 4>(a, s)))) {
@@ -687,6 +692,14 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
 
 void gemv_split_k(int ks) {
   g_split_k = ks;
+}
+
+void gemv_rows_block_warps(int warps) {
+  g_rows_block_warps = warps;
+}
+
+void gemv_allow_tile(bool on) {
+  g_tile = on;
 }
 
 int gemv_flags(int flags) {
