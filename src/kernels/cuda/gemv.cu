@@ -668,12 +668,18 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   const int64_t rows = a.offsets ? ceil_div(a.m, std::max<int64_t>(slots, 1)) : a.m;
   const bool rows_ok =
       T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
+  // Groups with inputs of their own and every row (W_UV: a head's latent output times its
+  // 128 x 512 slice of kv_b) take the tile kernel at any batch: the engine has no GEMM for
+  // them, and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows
+  // (likely most of the attention stage's 7.9 ms a step at batch 256 on the H200; not timed
+  // on its own).
+  const bool per_group_inputs = a.groups > 1 && !a.offsets && !a.active && a.x_goff > 0;
   if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
     if (a.w2)
       launch_rows<T, true>(a, s);
     else
       launch_rows<T, false>(a, s);
-  } else if (rows <= 16 && vec && rows_ok && g_rows_per_warp && g_tile &&
+  } else if ((rows <= 16 || per_group_inputs) && vec && rows_ok && g_rows_per_warp && g_tile &&
              (rows <= 2
                   ? (a.w2 ? launch_tile<T, true, 2>(a, s) : launch_tile<T, false, 2>(a, s))
                   : (a.w2 ? launch_tile<T, true, 4>(a, s) : launch_tile<T, false, 4>(a, s)))) {
