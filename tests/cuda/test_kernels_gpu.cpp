@@ -96,6 +96,20 @@ Tensor f32_tensor(const std::vector<float>& v, Shape shape) {
   return t;
 }
 
+// y [m, out] = x [m, in] · Wᵀ as one plain gemv launch sees it.
+cuda::GemvArgs gemv_args(const TestLinear& w, const float* x, float* y, int64_t out, int64_t in,
+                         int64_t m) {
+  cuda::GemvArgs g;
+  g.w = w.dev;
+  g.n = out;
+  g.x = x;
+  g.ldx = in;
+  g.y = y;
+  g.ldy = out;
+  g.m = m;
+  return g;
+}
+
 struct GemvCase {
   const char* dtype;
   int64_t out, in, rows;
@@ -115,14 +129,7 @@ TEST_P(GemvGpu, MatchesCpuLinear) {
   ops::linear(f32_tensor(x, {c.rows, c.in}), w2.cpu, y2);
   const DevPtr<float> dx = to_device(x);
   DevPtr<float> dy = poisoned(size_t(c.rows * c.out));
-  cuda::GemvArgs g;
-  g.w = w.dev;
-  g.n = c.out;
-  g.x = dx.get();
-  g.ldx = c.in;
-  g.y = dy.get();
-  g.ldy = c.out;
-  g.m = c.rows;
+  cuda::GemvArgs g = gemv_args(w, dx.get(), dy.get(), c.out, c.in, c.rows);
   cuda::gemv(g, nullptr);
   EXPECT_LE(rel_err(to_host(dy, size_t(c.rows * c.out)), y1.ptr<float>(), size_t(y1.numel())),
             1e-5);
@@ -236,14 +243,7 @@ TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
     const std::vector<float> x = randn(size_t(c.in), 12);
     const DevPtr<float> dx = to_device(x);
     DevPtr<float> dy = poisoned(size_t(c.out));
-    cuda::GemvArgs g;
-    g.w = w.dev;
-    g.n = c.out;
-    g.x = dx.get();
-    g.ldx = c.in;
-    g.y = dy.get();
-    g.ldy = c.out;
-    g.m = 1;
+    const cuda::GemvArgs g = gemv_args(w, dx.get(), dy.get(), c.out, c.in, 1);
     std::vector<float> got[3];
     for (int i = 0; i < 3; ++i) {
       cuda::gemv_rows_block_warps(2 << i);

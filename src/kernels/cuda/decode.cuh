@@ -54,43 +54,7 @@ __device__ __forceinline__ float load_one(const void* row, int64_t i) {
   }
 }
 
-// 16 loaded bytes decoded into WTraits<T>::kChunk floats. Split from the load so a kernel can
-// put several loads in flight before it decodes the first.
-template <WType T>
-__device__ __forceinline__ void decode_chunk(const uint4 v, float* out) {
-  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
-  if constexpr (T == WType::F32) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(u[i]);
-  } else if constexpr (T == WType::BF16) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      out[2 * i] = __uint_as_float(u[i] << 16);
-      out[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
-  } else if constexpr (T == WType::F16) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[i]));
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(
-            __nv_fp8x2_storage_t((u[i] >> (16 * j)) & 0xffffu), __NV_E4M3);
-        const float2 f = __half22float2(__half2(r));
-        out[4 * i + 2 * j] = f.x;
-        out[4 * i + 2 * j + 1] = f.y;
-      }
-    }
-  }
-}
-
-// Values 4q .. 4q + 3 of what decode_chunk gives for the same 16 bytes.
+// Values 4q .. 4q + 3 of the WTraits<T>::kChunk that 16 loaded bytes hold (q < kChunk / 4).
 template <WType T>
 __device__ __forceinline__ void decode_quad(const uint4 v, int q, float* out) {
   const uint32_t u[4] = {v.x, v.y, v.z, v.w};
@@ -120,6 +84,14 @@ __device__ __forceinline__ void decode_quad(const uint4 v, int q, float* out) {
       out[2 * j + 1] = f.y;
     }
   }
+}
+
+// 16 loaded bytes decoded into WTraits<T>::kChunk floats. Split from the load so a kernel can
+// put several loads in flight before it decodes the first.
+template <WType T>
+__device__ __forceinline__ void decode_chunk(const uint4 v, float* out) {
+#pragma unroll
+  for (int q = 0; q < WTraits<T>::kChunk / 4; ++q) decode_quad<T>(v, q, out + 4 * q);
 }
 
 // 16 bytes at p (16-byte aligned) decoded into WTraits<T>::kChunk floats.

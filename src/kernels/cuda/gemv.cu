@@ -94,6 +94,24 @@ __device__ __forceinline__ uint4 load_weight(const char* p, int flags) {
   return v;
 }
 
+// The block's group (blockIdx.y, or that slot of the active list) and its input rows [r0, r1);
+// false when it has none (the same for every thread of the block).
+__device__ __forceinline__ bool block_rows(const GemvArgs& a, int64_t& g, int64_t& r0,
+                                           int64_t& r1) {
+  g = blockIdx.y;
+  if (a.active) {
+    if (g >= a.active[0]) return false;
+    g = a.active[1 + g];
+  }
+  r0 = 0;
+  r1 = a.m;
+  if (a.offsets) {
+    r0 = max(int64_t(a.offsets[g]), int64_t(0));
+    r1 = min(int64_t(a.offsets[g + 1]), a.m);
+  }
+  return r0 < r1;
+}
+
 template <WType T, int MT, bool SWIGLU, bool VEC>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
@@ -105,21 +123,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t n = int64_t(blockIdx.x) * (kWarps / ks) + warp / ks;
   if (flags & kTriggerEarly) pdl_trigger();
   pdl_wait();
-  int64_t g = blockIdx.y;
-  if (a.active) {
-    if (g >= a.active[0]) return;  // uniform over the block
-    g = a.active[1 + g];
-  }
+  int64_t g, r0, r1;
+  if (!block_rows(a, g, r0, r1)) return;  // uniform over the block
   // With ks > 1 every warp must reach the block's barriers, so a warp past the last output
   // computes nothing but does not leave.
   const bool valid = n < a.n;
   if (!valid && ks == 1) return;
-  int64_t r0 = 0, r1 = a.m;
-  if (a.offsets) {
-    r0 = max(int64_t(a.offsets[g]), int64_t(0));
-    r1 = min(int64_t(a.offsets[g + 1]), a.m);
-  }
-  if (r0 >= r1) return;  // uniform over the block
   const int64_t K = valid ? a.w.k : 0;
   const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, valid ? n : 0);
   const char *w1 = rp.w1, *w2 = rp.w2;
@@ -235,6 +244,39 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// One batch of the NR-output kernels' weight loads, all issued before any is used: chunks k0 +
+// u · step (u < U) of rows min(r, last) of rp (and of its SwiGLU pair), with their FP8 block
+// scales; zeros and scale 1 past Ki.
+template <WType T, int NR, bool SWIGLU, int U>
+__device__ __forceinline__ void load_batch(uint4 (&raw)[U][NR], uint4 (&raw2)[U][SWIGLU ? NR : 1],
+                                           float (&sc)[U], float (&sc2)[U], const RowPtrs& rp,
+                                           int64_t row_bytes, int last, int k0, int step, int Ki,
+                                           int bk_shift, int bk, int flags) {
+  constexpr int ES = WTraits<T>::kSize;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int k = k0 + u * step;
+    sc[u] = sc2[u] = 1.0f;
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      raw[u][r] = make_uint4(0, 0, 0, 0);
+      if constexpr (SWIGLU) raw2[u][r] = make_uint4(0, 0, 0, 0);
+      if (k < Ki) {
+        const int64_t off = min(r, last) * row_bytes + int64_t(k) * ES;
+        raw[u][r] = load_weight(rp.w1 + off, flags);
+        if constexpr (SWIGLU) raw2[u][r] = load_weight(rp.w2 + off, flags);
+      }
+    }
+    if constexpr (T == WType::E4M3) {
+      if (k < Ki) {
+        const int sk = bk_shift >= 0 ? k >> bk_shift : k / bk;
+        sc[u] = __ldg(rp.s1 + sk);
+        if constexpr (SWIGLU) sc2[u] = __ldg(rp.s2 + sk);
+      }
+    }
+  }
+}
+
 // One input row per pass (decode at batch 1; experts with one row each): every warp computes
 // NR consecutive outputs, so each chunk of x it loads serves NR weight rows. With one output
 // per warp, a 16-byte FP8 chunk needs 64 bytes of x; at V3's K = 16384 (o_proj) x does not stay
@@ -254,26 +296,15 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
   const int64_t n0 = (int64_t(blockIdx.x) * (warps / ks) + warp / ks) * NR;
   if (flags & kTriggerEarly) pdl_trigger();
   pdl_wait();
-  int64_t g = blockIdx.y;
-  if (a.active) {
-    if (g >= a.active[0]) return;  // uniform over the block
-    g = a.active[1 + g];
-  }
+  int64_t g, r0, r1;
+  if (!block_rows(a, g, r0, r1)) return;  // uniform over the block
   const bool any = n0 < a.n;
   if (!any && ks == 1) return;  // with ks > 1 every warp must reach the barriers
-  int64_t r0 = 0, r1 = a.m;
-  if (a.offsets) {
-    r0 = max(int64_t(a.offsets[g]), int64_t(0));
-    r1 = min(int64_t(a.offsets[g + 1]), a.m);
-  }
-  if (r0 >= r1) return;  // uniform over the block
   const int Ki = any ? int(a.w.k) : 0;
   const int64_t nb = min(n0, a.n - 1), row_bytes = a.w.k * ES;
   // Rows past the end read the last row (in bounds) and are never written.
   const int last = int(min(int64_t(NR - 1), a.n - 1 - nb));
   const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, nb);  // the scale row serves all NR rows
-  const char *w1 = rp.w1, *w2 = rp.w2;
-  const float *s1 = rp.s1, *s2 = rp.s2;
   const int step = ks * 32 * CH;
   for (int64_t p = r0; p < r1; ++p) {
     const int64_t row = a.x_rows ? a.x_rows[p] : p;
@@ -284,28 +315,8 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
     for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += U * step) {
       uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
       float sc[U], sc2[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int k = k0 + u * step;
-        sc[u] = sc2[u] = 1.0f;
-#pragma unroll
-        for (int r = 0; r < NR; ++r) {
-          raw[u][r] = make_uint4(0, 0, 0, 0);
-          if constexpr (SWIGLU) raw2[u][r] = make_uint4(0, 0, 0, 0);
-          if (k < Ki) {
-            const int64_t off = min(r, last) * row_bytes + int64_t(k) * ES;
-            raw[u][r] = load_weight(w1 + off, flags);
-            if constexpr (SWIGLU) raw2[u][r] = load_weight(w2 + off, flags);
-          }
-        }
-        if constexpr (T == WType::E4M3) {
-          if (k < Ki) {
-            const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
-            sc[u] = __ldg(s1 + sk);
-            if constexpr (SWIGLU) sc2[u] = __ldg(s2 + sk);
-          }
-        }
-      }
+      load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, k0, step, Ki, bk_shift,
+                                   a.w.bk, flags);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int k = k0 + u * step;
@@ -398,25 +409,14 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * NR;
   if (flags & kTriggerEarly) pdl_trigger();
   pdl_wait();
-  int64_t g = blockIdx.y;
-  if (a.active) {
-    if (g >= a.active[0]) return;  // uniform over the block
-    g = a.active[1 + g];
-  }
-  int64_t r0 = 0, r1 = a.m;
-  if (a.offsets) {
-    r0 = max(int64_t(a.offsets[g]), int64_t(0));
-    r1 = min(int64_t(a.offsets[g + 1]), a.m);
-  }
-  if (r0 >= r1) return;  // uniform over the block
+  int64_t g, r0, r1;
+  if (!block_rows(a, g, r0, r1)) return;  // uniform over the block
   // Every warp reaches every barrier; one past the last output loads and writes nothing.
   const bool any = n0 < a.n;
   const int K = int(a.w.k), Ki = any ? K : 0;
   const int64_t nb = min(n0, a.n - 1), row_bytes = a.w.k * ES;
   const int last = int(min(int64_t(NR - 1), a.n - 1 - nb));
   const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, nb);
-  const char *w1 = rp.w1, *w2 = rp.w2;
-  const float *s1 = rp.s1, *s2 = rp.s2;
   const int step = ks * 32 * CH, kc = U * step;
   for (int64_t p0 = r0; p0 < r1; p0 += MT) {
     const int cnt = int(min(int64_t(MT), r1 - p0));
@@ -429,28 +429,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       // This tile's weights first: their loads are in flight while the inputs are staged.
       uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
       float sc[U], sc2[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int k = kt + (sub * 32 + lane) * CH + u * step;
-        sc[u] = sc2[u] = 1.0f;
-#pragma unroll
-        for (int r = 0; r < NR; ++r) {
-          raw[u][r] = make_uint4(0, 0, 0, 0);
-          if constexpr (SWIGLU) raw2[u][r] = make_uint4(0, 0, 0, 0);
-          if (k < Ki) {
-            const int64_t off = min(r, last) * row_bytes + int64_t(k) * ES;
-            raw[u][r] = load_weight(w1 + off, flags);
-            if constexpr (SWIGLU) raw2[u][r] = load_weight(w2 + off, flags);
-          }
-        }
-        if constexpr (T == WType::E4M3) {
-          if (k < Ki) {
-            const int sk = bk_shift >= 0 ? k >> bk_shift : k / a.w.bk;
-            sc[u] = __ldg(s1 + sk);
-            if constexpr (SWIGLU) sc2[u] = __ldg(s2 + sk);
-          }
-        }
-      }
+      load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last,
+                                   kt + (sub * 32 + lane) * CH, step, Ki, bk_shift, a.w.bk, flags);
       const int quads = min(kc, K - kt) / 4;  // K % CH == 0 on this path
       __syncthreads();                        // the previous tile's inputs are all read
       for (int i = int(threadIdx.x); i < cnt * quads; i += int(blockDim.x)) {
