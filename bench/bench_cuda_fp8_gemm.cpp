@@ -321,7 +321,7 @@ void decode_gemv() {
   };
   fmt::print("{:<28} {:>12}", "weight n x k", "auto");
   for (const int ks : {1, 2, 4, 8}) fmt::print(" {:>12}", fmt::format("ks {}", ks));
-  fmt::print(" {:>12} {:>12} {:>12}\n", "auto, via L1", "2-warp blks", "4-warp blks");
+  fmt::print(" {:>12} {:>12} {:>12}\n", "auto, via L1", "4-warp blks", "8-warp blks");
   for (const GemvShape& s : shapes) {
     const GemvCase c(s);
     std::string line = fmt::format("{:<28}", s.name);
@@ -333,11 +333,11 @@ void decode_gemv() {
     const int flags = cuda::gemv_flags(0);  // weights through L1 too
     line += pct(c);
     cuda::gemv_flags(flags);
-    for (const int w : {2, 4}) {  // the one-row kernel's blocks
-      cuda::gemv_rows_block_warps(w);
-      line += pct(c);
-    }
+    const int warps = cuda::gemv_rows_block_warps(4);  // the one-row kernel's blocks
+    line += pct(c);
     cuda::gemv_rows_block_warps(8);
+    line += pct(c);
+    cuda::gemv_rows_block_warps(warps);
     fmt::print("{}\n", line);
   }
 }

@@ -416,7 +416,9 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
 // (kv_lora 512, rope 64, nope / v 128: the tensor-core decode kernel and the flash prefill,
 // which reads rows decoded from FP8), and with the CUDA-core decode kernel: the logits of a
 // 100-token prefill and 8 decode steps. E4M3 keys and values move them, but by the size of
-// their rounding, not by a wrong scale or row.
+// their rounding, not by a wrong scale or row. Both layers are dense: with routed experts a
+// near-tie in the router flips an expert on that rounding, a jump that says nothing of the cache
+// (seen after dsv3 init's new normals: 0.55 at one step of 9, the others 0.10-0.15).
 TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
   SKIP_WITHOUT_GPU();
   ModelConfig c;
@@ -425,7 +427,7 @@ TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
   c.intermediate_size = 384;
   c.moe_intermediate_size = 128;
   c.num_hidden_layers = 2;
-  c.first_k_dense_replace = 1;
+  c.first_k_dense_replace = 2;
   c.num_attention_heads = 2;
   c.num_key_value_heads = 2;
   c.q_lora_rank = 128;
@@ -468,10 +470,14 @@ TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
   for (const bool tc : {true, false}) {
     const std::vector<Tensor> fp8 = run(true, tc);
     double worst = 0;
-    for (size_t i = 0; i < bf16.size(); ++i)
-      worst = std::max(worst, err_vs_std(fp8[i].ptr<float>(), bf16[i].ptr<float>(), c.vocab_size));
-    std::printf("[ fp8 cache, %s decode ] max|d|/std vs the bf16 cache over 9 steps: %.2e\n",
-                tc ? "tensor-core" : "CUDA-core", worst);
+    std::string steps;
+    for (size_t i = 0; i < bf16.size(); ++i) {
+      const double e = err_vs_std(fp8[i].ptr<float>(), bf16[i].ptr<float>(), c.vocab_size);
+      worst = std::max(worst, e);
+      steps += " " + std::to_string(e).substr(0, 5);
+    }
+    std::printf("[ fp8 cache, %s decode ] max|d|/std vs the bf16 cache over 9 steps: %.2e (%s)\n",
+                tc ? "tensor-core" : "CUDA-core", worst, steps.c_str());
     EXPECT_LE(worst, 0.3);
     EXPECT_GT(worst, 1e-4) << "the FP8 cache was not used";
   }

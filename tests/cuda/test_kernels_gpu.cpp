@@ -245,12 +245,13 @@ TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
     DevPtr<float> dy = poisoned(size_t(c.out));
     const cuda::GemvArgs g = gemv_args(w, dx.get(), dy.get(), c.out, c.in, 1);
     std::vector<float> got[3];
+    const int warps = cuda::gemv_rows_block_warps(2);
     for (int i = 0; i < 3; ++i) {
       cuda::gemv_rows_block_warps(2 << i);
       cuda::gemv(g, nullptr);
       got[i] = to_host(dy, size_t(c.out));
     }
-    cuda::gemv_rows_block_warps(8);
+    cuda::gemv_rows_block_warps(warps);
     Tensor y = Tensor::zeros(DType::F32, {1, c.out});
     ops::linear(f32_tensor(x, {1, c.in}), w.cpu, y);
     SCOPED_TRACE(std::string(c.dtype) + " " + std::to_string(c.out));
@@ -422,6 +423,19 @@ TEST_P(RouteGpu, ChoosesAsTheCpu) {
   cuda::route(dl.get(), sigmoid ? db.get() : nullptr, n, r, de.get(), dw.get(), nullptr);
   EXPECT_EQ(to_host(de, size_t(n * rc.k)), want.expert);
   EXPECT_LE(rel_err(to_host(dw, size_t(n * rc.k)), want.weight.data(), want.weight.size()), 1e-6);
+  // Logits full of ties (a quarter-step grid: equal scores, equal group sums) choose as the CPU
+  // does: the lower index wins.
+  std::vector<float> ties = logits;
+  for (float& x : ties) x = std::round(x * 2.0f) / 4.0f;
+  const Routing want_ties = route_tokens(c, ties.data(), sigmoid ? bias.data() : nullptr, n);
+  const auto dt = to_device(ties);
+  DevPtr<int32_t> de_ties = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
+  DevPtr<float> dw_ties = poisoned(size_t(n * rc.k));
+  cuda::route(dt.get(), sigmoid ? db.get() : nullptr, n, r, de_ties.get(), dw_ties.get(), nullptr);
+  EXPECT_EQ(to_host(de_ties, size_t(n * rc.k)), want_ties.expert);
+  EXPECT_LE(
+      rel_err(to_host(dw_ties, size_t(n * rc.k)), want_ties.weight.data(), want_ties.weight.size()),
+      1e-6);
 
   // Permutation + combine: every pair lands once, grouped by expert.
   DevPtr<int32_t> off = to_device(std::vector<int32_t>(size_t(rc.e + 1), -1));

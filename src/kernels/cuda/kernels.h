@@ -66,8 +66,9 @@ void gemv_split_k(int ks);
 // Benchmarks only: false sends single-row passes to the general kernel (one output per warp)
 // instead of the one that computes several outputs per warp.
 void gemv_allow_rows_per_warp(bool on);
-// Benchmarks only: warps a block of the one-row kernel (at least its split; default 8).
-void gemv_rows_block_warps(int warps);
+// Benchmarks only: warps a block of the one-row kernel (at least its split; default 2). Returns
+// the setting it replaces.
+int gemv_rows_block_warps(int warps);
 // Benchmarks only: false sends 2 to 16 input rows to the general kernel instead of the tile
 // kernel (whose rows get the bits they get alone).
 void gemv_allow_tile(bool on);
