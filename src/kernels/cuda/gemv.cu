@@ -400,9 +400,13 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     gemv_tile_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
-  constexpr int U = 2;             // steps per tile: U · NR (· 2) weight loads in flight per lane
-  extern __shared__ float4 xs4[];  // [MT][kc]: the input rows' tile
-  float* xs = reinterpret_cast<float*>(xs4);
+  constexpr int U = 2;  // steps per tile: U · NR (· 2) weight loads in flight per lane
+  // [MT][kc]: the input rows' tile. Each segment of a step's 32 lanes' chunks (32 · CH floats)
+  // is stored transposed: a lane's CH / 4 float4s 32 apart, so a warp reads 32 consecutive
+  // float4s (in k order a lane's chunk began CH · 4 bytes after the last lane's: 4-way bank
+  // conflicts on every FP8 read, 2-way on BF16).
+  extern __shared__ float4 xs4[];
+  constexpr int Q = CH / 4, SEG = 32 * Q;  // float4s per chunk, per segment
   __shared__ float red[2][MT][NR][kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int sub = warp % ks;
@@ -433,11 +437,15 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
                                    kt + (sub * 32 + lane) * CH, step, Ki, bk_shift, a.w.bk, flags);
       const int quads = min(kc, K - kt) / 4;  // K % CH == 0 on this path
       __syncthreads();                        // the previous tile's inputs are all read
-      for (int i = int(threadIdx.x); i < cnt * quads; i += int(blockDim.x)) {
-        const int mm = i / quads, c = (i - mm * quads) * 4;
+      // In shared-memory order (conflict-free stores), gathering from k order.
+      const int kc4 = kc / 4;
+      for (int i = int(threadIdx.x); i < cnt * kc4; i += int(blockDim.x)) {
+        const int mm = i / kc4, p = i - mm * kc4, pl = p % SEG;
+        const int f = (p - pl) + (pl % 32) * Q + pl / 32;  // float4 f in k order
+        if (f >= quads) continue;
         const int64_t row = a.x_rows ? a.x_rows[p0 + mm] : p0 + mm;
-        *reinterpret_cast<float4*>(xs + mm * kc + c) =
-            __ldg(reinterpret_cast<const float4*>(a.x + row * a.ldx + g * a.x_goff + kt + c));
+        xs4[mm * kc4 + p] =
+            __ldg(reinterpret_cast<const float4*>(a.x + row * a.ldx + g * a.x_goff + kt) + f);
       }
       __syncthreads();
 #pragma unroll
@@ -465,7 +473,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 #pragma unroll
             for (int mm = 0; mm < MT; ++mm) {
               if (mm < cnt) {
-                const float4 f = *reinterpret_cast<const float4*>(xs + mm * kc + kl + 4 * q);
+                const float4 f = xs4[mm * (kc / 4) + (u * ks + sub) * SEG + q * 32 + lane];
                 const float xv[4] = {f.x, f.y, f.z, f.w};
 #pragma unroll
                 for (int r = 0; r < NR; ++r)
