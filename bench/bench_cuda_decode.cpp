@@ -19,6 +19,7 @@
 //        [--pdl 1 | 0 (kernels launched early, programmatic dependent launch; default 1)]
 //        [--gemv-flags FLAGS (kernels.h gemv_flags)] [--gemv-block-warps 1..8]
 //        [--gemv-tile 1 | 0 (batches of 2-16 on the tile kernel or the general one)]
+//        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -144,6 +145,8 @@ int main(int argc, char** argv) {
       cuda::gemv_flags(std::stoi(v));
     else if (k == "--gemv-block-warps")
       cuda::gemv_rows_block_warps(std::stoi(v));
+    else if (k == "--grouped-blocks")
+      cuda::grouped_fp8_blocks_per_sm(std::stoi(v));
     else if (k == "--gemv-tile")
       cuda::gemv_allow_tile(v != "0");
   }
@@ -152,7 +155,8 @@ int main(int argc, char** argv) {
         stderr,
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
-        "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n");
+        "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
+        "       [--grouped-blocks 1|2]\n");
     return 2;
   }
   int rc = 0;

@@ -142,7 +142,7 @@ if has ab; then
     # shellcheck disable=SC2086
     timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" \
       --batch "${BATCHES:-1}" --prefill "${PREFILLS:-none}" --steps 32 --prompt "${PROMPT:-64}" \
-      $v 2>&1 | grep -E "^ +decode b=[0-9]+( graph| eager)? |copy" | tee -a "$OUT/ab.txt" ||
+      $v 2>&1 | grep -E "^ *decode b=[0-9]+ |copy" | tee -a "$OUT/ab.txt" ||
       echo "A/B variant failed or timed out: $v"
   done
 fi

@@ -42,9 +42,11 @@ struct CudaEngineOptions {
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
   // Linears over more rows than this use cuBLASLt (tensor cores), up to it the gemv kernel
   // (F32 activations; each row's result independent of the batch it is in, so a request decodes
-  // the same alone or batched: tools/gpu/check_serve_cuda.py checks it). The GEMMs are faster
-  // from 2 rows (H200, DeepSeek-V3 dims: batch 8 at 1,540 vs 532 tok/s with 1 here) but round
-  // the activations (FP8 or BF16), which tips near-ties: 1 trades batch invariance for speed.
+  // the same alone or batched: tools/gpu/check_serve_cuda.py checks it). 2 to 16 rows run the
+  // tile kernel (H200, DeepSeek-V3 dims x 4 layers FP8: batch 8 at 1,467 tok/s; the GEMMs with 1
+  // here made 1,540 in an earlier tree), whose FP32 FMAs per weight grow with the rows. The
+  // GEMMs round the activations (FP8 or BF16), which tips near-ties: 1 trades batch invariance
+  // for speed.
   int64_t gemv_max_rows = 16;
   bool exact = false;  // F32 gemv for every linear and an F32 cache (tests vs the CPU)
   // The latent cache in BF16 (FlashMLA's format: half the memory and the attention's bytes of
@@ -77,11 +79,12 @@ struct CudaEngineOptions {
   // FP8 routed experts of chunks over gemv_max_rows rows that average grouped_min_rows to
   // expert_gemm_rows rows per expert (decode batches of 64 to a few hundred at DeepSeek-V3's 8
   // of 256) in one launch per projection (grouped_fp8: our mma.sync kernel, its tile map built
-  // on the device, so no host wait and the step stays a graph) instead of the gemv kernel, whose
-  // cost grows with the rows. H200, V3 dims: batch 256 13.4K vs 5.7K tok/s, batch 64 5.7K vs
-  // 4.7K; at batch 32 (one row per expert) the gemv kernel is faster (5.5K vs 4.0K).
+  // on the device, so no host wait and the step stays a graph) instead of the gemv kernels, whose
+  // cost grows with the rows. H200, V3 dims x 4 layers: batch 256 (8 rows an expert) 18.0K vs
+  // 11.6K tok/s on the gemv tile kernel, batch 128 (4) 11.6K vs 10.3K; at batch 64 (2) the gemv
+  // kernels are faster (7.8K vs 7.4K), hence 3.
   bool grouped_experts = true;
-  int64_t grouped_min_rows = 2;
+  int64_t grouped_min_rows = 3;
   // Decode-sized chunks run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).

@@ -5,8 +5,8 @@
 // one call per expert and projection (768 a DeepSeek-V3 layer), host-bound at prefill sizes.
 //
 // A block computes 64 rows × 128 columns of one expert: 8 warps of 32 × 32, mma.sync m16n8k32
-// E4M3 with F32 accumulators, 128-wide K blocks through shared memory by cp.async in two
-// stages. Each K block's products are summed in their own registers, then added to the output
+// E4M3 with F32 accumulators, 128-wide K blocks through shared memory by cp.async, kStages
+// deep. Each K block's products are summed in their own registers, then added to the output
 // accumulators times (row tile scale × weight block scale): the scales are applied per 128 of
 // K in F32, as DeepSeek-V3's recipe and DeepGEMM promote, not inside the tensor cores' sum.
 #include <algorithm>
@@ -22,12 +22,19 @@ namespace {
 
 constexpr int kBM = 64, kBN = 128, kBK = 128, kThreads = 256;
 constexpr int kStride = kBK + 16;  // bytes per shared row: ldmatrix without bank conflicts
+// K blocks in flight: kStages - 1 while one is multiplied. At decode batches (2-8 rows an
+// expert) a block's products are few and its time is the weights' latency: with two stages
+// and one block an SM (136 registers) only one 24 KiB stage an SM was in flight, 1.4 TB/s.
+constexpr int kStages = 4;
+constexpr size_t kSmem = size_t(kStages * (kBM + kBN) * kStride);  // 108 KiB
 
-__global__ void __launch_bounds__(kThreads) grouped_fp8_kernel(const GroupedFp8Args a) {
-  extern __shared__ __align__(16) uint8_t smem[];  // 54 KiB: over the static 48
+// MINB blocks an SM: 2 caps registers at 128 (32 bytes spill), 1 leaves 136.
+template <int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) grouped_fp8_kernel(const GroupedFp8Args a) {
+  extern __shared__ __align__(16) uint8_t smem[];
   // Stage b: rows of x at sa(b), of W at sb(b).
   const auto sa = [&](int b) { return smem + b * (kBM * kStride); };
-  const auto sb = [&](int b) { return smem + 2 * kBM * kStride + b * (kBN * kStride); };
+  const auto sb = [&](int b) { return smem + kStages * kBM * kStride + b * (kBN * kStride); };
   // This block's expert: the last group whose first tile is <= blockIdx.x.
   const int tile = int(blockIdx.x);
   const int e = group_of(a.tile_start, a.groups, tile);
@@ -63,13 +70,17 @@ __global__ void __launch_bounds__(kThreads) grouped_fp8_kernel(const GroupedFp8A
     return i < plen ? a.x_scale[kb_count * p0 + kb * plen + i] : 0.0f;
   };
 
-  load(0, 0);
-  cp_commit();
+  // One commit group per K block (empty past the end), so waiting for all but the newest
+  // kStages - 2 groups means K block kb has landed.
+  for (int b = 0; b < kStages - 1; ++b) {
+    if (b < kb_count) load(b, b);
+    cp_commit();
+  }
   for (int64_t kb = 0; kb < kb_count; ++kb) {
-    const int buf = int(kb & 1);
-    cp_wait_all();
-    __syncthreads();  // this K block in; every warp done with the other buffer
-    if (kb + 1 < kb_count) load(kb + 1, buf ^ 1);
+    const int buf = int(kb % kStages);
+    cp_wait<kStages - 2>();
+    __syncthreads();  // this K block in; every warp done with the buffer refilled next
+    if (kb + kStages - 1 < kb_count) load(kb + kStages - 1, int((kb + kStages - 1) % kStages));
     cp_commit();
     float part[2][4][4] = {};
 #pragma unroll
@@ -136,7 +147,15 @@ __global__ void grouped_fp8_layout_kernel(const int32_t* offsets, int groups,
   }
 }
 
+int g_blocks_per_sm = 2;  // grouped_fp8_blocks_per_sm
+
 }  // namespace
+
+int grouped_fp8_blocks_per_sm(int blocks) {
+  const int before = g_blocks_per_sm;
+  g_blocks_per_sm = blocks;
+  return before;
+}
 
 void grouped_fp8_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
                         int32_t* tile_start, cudaStream_t s) {
@@ -154,11 +173,11 @@ bool grouped_fp8_supported(int64_t n, int64_t k) {
 
 void grouped_fp8(const GroupedFp8Args& a, cudaStream_t s) {
   if (a.total_tiles == 0) return;
-  constexpr size_t smem = size_t(2 * (kBM + kBN) * kStride);
-  DSV3_CUDA_CHECK(cudaFuncSetAttribute(grouped_fp8_kernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const auto kernel = g_blocks_per_sm == 1 ? grouped_fp8_kernel<1> : grouped_fp8_kernel<2>;
+  DSV3_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
   const dim3 grid(unsigned(a.total_tiles), unsigned(a.n / kBN));
-  grouped_fp8_kernel<<<grid, kThreads, smem, s>>>(a);
+  kernel<<<grid, kThreads, kSmem, s>>>(a);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 

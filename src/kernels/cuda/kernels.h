@@ -210,6 +210,9 @@ void grouped_fp8_layout(const int32_t* offsets, int groups, int32_t* padded_offs
                         int32_t* tile_start, cudaStream_t s);
 bool grouped_fp8_supported(int64_t n, int64_t k);
 void grouped_fp8(const GroupedFp8Args& a, cudaStream_t s);
+// Benchmarks only: the grouped kernel built for 1 or 2 (the default) blocks an SM. Returns the
+// setting it replaces.
+int grouped_fp8_blocks_per_sm(int blocks);
 
 // MoE routing (MODEL_SPEC §5), one warp per token, the CPU's rule and tie-breaks: logits
 // [n, e] -> expert [n, k] (descending by biased score) and weight [n, k].
