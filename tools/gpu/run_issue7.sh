@@ -3,7 +3,7 @@
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
 # Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill] [ab]
-# [v2lite] [b1] [hf]   (default: build test v3 v2lite; gemv sweeps the one-row gemv's split-K at V3's FP8
+# [detail] [v2lite] [b1] [hf]   (default: build test v3 v2lite; gemv sweeps the one-row gemv's split-K at V3's FP8
 # shapes (bench_cuda_fp8_gemm --gemv-only, no checkpoint needed); ab times the V3 checkpoint once
 # per flag set of AB, alternating on one machine (below); profile runs ncu over a short
 # batch-1 run of the V3
@@ -11,7 +11,9 @@
 # slow); b1 benches
 # the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds; hf makes that model
 # in BF16 and runs it in dsv3 and in HF transformers: logits parity and speed, same GPU; mla
-# times the MLA decode and prefill kernels at DeepSeek-V3's sizes, bench_cuda_mla)
+# times the MLA decode and prefill kernels at DeepSeek-V3's sizes, bench_cuda_mla; detail runs
+# ncu's stall, memory and occupancy sections on the tile gemvs of an 8-token prefill, which run
+# as batch 8's do, and on the batch-1 attention chain's kernels)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, PROMPT (decode prompt length,
 # default 64), BENCH_ARGS / BENCH_TAG (V3 bench: more flags, log suffix), BENCH_TIMEOUT (seconds
@@ -145,6 +147,24 @@ if has ab; then
       $v 2>&1 | grep -E "^ *decode b=[0-9]+ |copy" | tee -a "$OUT/ab.txt" ||
       echo "A/B variant failed or timed out: $v"
   done
+fi
+
+# ncu sections, not just durations: why a kernel runs at the rate it does.
+if has detail; then
+  v3_checkpoint
+  sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats
+    --section Occupancy --section LaunchStats --section SchedulerStats"
+  run_detail() {  # name, kernel regex, launches to skip, launches
+    log "ncu sections: $1"
+    # shellcheck disable=SC2086
+    timeout 90 ncu --clock-control none $sections -k "regex:$2" --launch-skip "$3" -c "$4" \
+      "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" --batch 1 --steps 1 --prompt 8 \
+      --prefill none > "$OUT/ncu_detail_$1.txt" 2>&1 || echo "ncu failed or timed out (rc $?)"
+    grep -E "^  [a-zA-Z_].*\(|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|One or More|No Eligible" \
+      "$OUT/ncu_detail_$1.txt" | sed -E 's/ +/ /g' | cut -c1-150 | head -80 || true
+  }
+  run_detail tile8 gemv_tile_kernel 0 6
+  run_detail chain "absorb_q_vec|attention_tc|gemv_rows|merge_kernel|latent_to_cache" 16 12
 fi
 
 # DeepSeek-V2-Lite dims, full depth (27 layers), BF16.
