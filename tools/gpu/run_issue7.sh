@@ -16,8 +16,8 @@
 # as batch 8's do, and on the batch-1 attention chain's kernels)
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, PROMPT (decode prompt length,
-# default 64), BENCH_ARGS / BENCH_TAG (V3 bench: more flags, log suffix), BENCH_TIMEOUT (seconds
-# per bench).
+# default 64), PROFILE_BATCH / PROFILE_LAUNCHES (profile's batch and launch count), BENCH_ARGS /
+# BENCH_TAG (V3 bench: more flags, log suffix), BENCH_TIMEOUT (seconds per bench).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/issue7}
@@ -82,11 +82,14 @@ if has gemv; then
     echo "bench gemv failed"
 fi
 
-# ncu over a short batch-1 run (prefill of 8 tokens, then eager decode steps): time per kernel.
+# ncu over a short run at batch PROFILE_BATCH (default 1; a prefill of 8 tokens a sequence, then
+# eager decode steps): time per kernel and launch shape, so a batch's kernels tell apart from the
+# prefill's by their grids.
 profile() {
-  log "ncu: time per kernel, $2, batch 1 (first $3 launches: prefill of 8 + eager decode)"
+  local b=${PROFILE_BATCH:-1}
+  log "ncu: time per kernel, $2, batch $b (first $3 launches: prefill of 8 a sequence + eager decode)"
   timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
-    --launch-count "$3" "$BUILD/bin/bench_cuda_decode" --model "$1" --batch 1 \
+    --launch-count "$3" "$BUILD/bin/bench_cuda_decode" --model "$1" --batch "$b" \
     --steps 4 --prompt 8 --prefill none > "$OUT/ncu_$2.txt" 2>&1 ||
     echo "ncu failed or timed out (rc $?)"
   grep -E "^  [a-zA-Z_].*\(|gpu__time_duration.sum" "$OUT/ncu_$2.txt" | paste - - |
@@ -128,7 +131,7 @@ if has v3; then
     --batch "${BATCHES:-1,8,64,256}" --prefill "${PREFILLS:-1024,8192}" --steps 32 \
     --prompt "${PROMPT:-64}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_v3${BENCH_TAG:-}.txt" ||
     echo "bench v3 failed or timed out"
-  if has profile; then profile "$CKPT/v3-4l" v3 400; fi
+  if has profile; then profile "$CKPT/v3-4l" v3 "${PROFILE_LAUNCHES:-400}"; fi
   if has profile_prefill; then profile_prefill "$CKPT/v3-4l" v3; fi
   # Kept: a later call on the same (warm) machine skips the 2-minute init.
 fi
