@@ -207,7 +207,8 @@ double rel_error(const std::vector<float>& y, const std::vector<double>& ref) {
 
 // ---- 4. the decode gemv at batch 1 (one input row) at DeepSeek-V3's shapes ----
 // GB/s of weight bytes for each split-K (warps per output) and the engine's choice, then the
-// engine's choice with the weights read through L1 (the default reads them past it). Dense
+// engine's choice with the weights read through L1 (the default reads them past it) and with
+// the one-row kernel in blocks of 4 and 8 warps (the default: 2). Dense
 // weights rotate over copies of 512 MiB in all, so the 50 MB L2 cannot hold them; the routed
 // experts are 256 stacked as the engine stacks them, 8 with one row each per launch (one
 // token's), a different 8 each launch.

@@ -158,7 +158,8 @@ INSTANTIATE_TEST_SUITE_P(
 // Batch invariance: each row of a 2- to 16-row launch (the tile kernel; 16 also in passes; per-
 // head groups at 40 rows too) gets the bits it gets alone (the rows kernel), for FP8 with split-K
 // (few outputs, long rows), BF16 and F32, with SwiGLU, and per-head groups with strided inputs as
-// W_UV runs; each within 1e-5 of the CPU.
+// W_UV runs; each within 1e-5 of the CPU. FP8 40 x 7168 splits 8 ways: from 3 rows its tile
+// would not fit in shared memory, so the general kernel runs it (launch_tile).
 TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -234,7 +235,8 @@ TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
 }
 
 // The one-row kernel's block size moves outputs between blocks, not their arithmetic: the
-// same bits from blocks of 2, 4 or 8 warps, split-K (40 x 7168: 4 warps an output) included.
+// same bits from blocks of 2, 4 or 8 warps, split-K included (300 x 2048: 4 warps an output;
+// 40 x 7168 splits 8 ways, so its blocks are 8 warps whatever is asked).
 TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
   SKIP_WITHOUT_GPU();
   for (const GemvCase c : {GemvCase{"fp8", 300, 2048, 1}, GemvCase{"fp8", 40, 7168, 1},

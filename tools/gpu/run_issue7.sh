@@ -2,18 +2,18 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill] [ab]
-# [detail] [v2lite] [b1] [hf]   (default: build test v3 v2lite; gemv sweeps the one-row gemv's split-K at V3's FP8
-# shapes (bench_cuda_fp8_gemm --gemv-only, no checkpoint needed); ab times the V3 checkpoint once
-# per flag set of AB, alternating on one machine (below); profile runs ncu over a short
-# batch-1 run of the V3
-# checkpoint, profile_prefill over one of its 2K-token prefills (the whole bench runs under ncu:
-# slow); b1 benches
-# the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds; hf makes that model
-# in BF16 and runs it in dsv3 and in HF transformers: logits parity and speed, same GPU; mla
-# times the MLA decode and prefill kernels at DeepSeek-V3's sizes, bench_cuda_mla; detail runs
-# ncu's stall, memory and occupancy sections on the tile gemvs of an 8-token prefill, which run
-# as batch 8's do, and on the batch-1 attention chain's kernels)
+# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill]
+#   [ab] [detail] [v2lite] [b1] [hf]   (default: build test v3 v2lite)
+#   gemv: the one-row gemv per split-K and setting at V3's shapes (bench_cuda_fp8_gemm
+#     --gemv-only, no checkpoint needed);
+#   ab: the V3 checkpoint once per flag set of AB, alternating on one machine (below);
+#   profile: ncu over a short run of the V3 checkpoint (time per kernel); profile_prefill: over
+#     one of its 2K-token prefills (the whole bench runs under ncu: slow);
+#   detail: ncu's stall, memory and occupancy sections on the tile gemvs of an 8-token prefill
+#     (they run as batch 8's do) and on the batch-1 attention chain's kernels;
+#   mla: the MLA decode and prefill kernels at DeepSeek-V3's sizes (bench_cuda_mla);
+#   b1: the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds;
+#   hf: that model in BF16 in dsv3 and in HF transformers: logits parity and speed, same GPU.
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, PROMPT (decode prompt length,
 # default 64), PROFILE_BATCH / PROFILE_LAUNCHES (profile's batch and launch count), BENCH_ARGS /

@@ -604,7 +604,11 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
              g_gemv_flags);
 }
 // False (nothing launched) when the tile of inputs would not fit in shared memory (a split
-// over many warps of a short matrix); the general kernel takes those.
+// over many warps of a short matrix); the general kernel takes those. Where it splits as the
+// rows kernel does (without SwiGLU and with n a multiple of 4, always: 48 warps an SM at one
+// output a warp ask what 12 do at four) it sums each chunk in the same order: the batch test's
+// FP8 40 x 7168 (split 8 ways, a 128 KB tile at 4 rows) runs 3 to 16 rows there and gets the
+// rows kernel's bits. Otherwise (SwiGLU: 2 outputs a warp) the splits can differ, and the bits.
 template <WType T, bool SWIGLU, int MT>
 bool launch_tile(const GemvArgs& a, cudaStream_t s) {
   constexpr int NR = kRowsPerWarp<SWIGLU>;
@@ -660,9 +664,7 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
       T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
   // Groups with inputs of their own and every row (W_UV: a head's latent output times its
   // 128 x 512 slice of kv_b) take the tile kernel at any batch: the engine has no GEMM for
-  // them, and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows
-  // (likely most of the attention stage's 7.9 ms a step at batch 256 on the H200; not timed
-  // on its own).
+  // them, and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows.
   const bool per_group_inputs = a.groups > 1 && !a.offsets && !a.active && a.x_goff > 0;
   if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
     if (a.w2)
