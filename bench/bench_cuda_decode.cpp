@@ -20,6 +20,8 @@
 //        [--gemv-flags FLAGS (kernels.h gemv_flags)] [--gemv-block-warps 1..8]
 //        [--gemv-tile 1 | 0 (batches of 2-16 on the tile kernel or the general one)]
 //        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
+//        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
+//        [--gemv-tile-heads 0 | 1 (W_UV's per-head gemvs at one row on the tile kernel)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -147,6 +149,10 @@ int main(int argc, char** argv) {
       cuda::gemv_rows_block_warps(std::stoi(v));
     else if (k == "--grouped-blocks")
       cuda::grouped_fp8_blocks_per_sm(std::stoi(v));
+    else if (k == "--gemv-tile-heads")
+      cuda::gemv_tile_heads_one_row(v != "0");
+    else if (k == "--gemv-tile-pass")
+      cuda::gemv_tile_pass_rows(std::stoi(v));
     else if (k == "--gemv-tile")
       cuda::gemv_allow_tile(v != "0");
   }
@@ -156,7 +162,7 @@ int main(int argc, char** argv) {
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
-        "       [--grouped-blocks 1|2]\n");
+        "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--gemv-tile-heads 0|1]\n");
     return 2;
   }
   int rc = 0;

@@ -155,7 +155,7 @@ INSTANTIATE_TEST_SUITE_P(
                       GemvCase{"bf16", 257, 512, 1}, GemvCase{"bf16", 96, 36, 11},
                       GemvCase{"f32", 77, 64, 2}, GemvCase{"f32", 50, 33, 9}));
 
-// Batch invariance: each row of a 2- to 16-row launch (the tile kernel; 16 also in passes; per-
+// Batch invariance: each row of a 2- to 16-row launch (the tile kernel, passes of 4 or 8 rows; per-
 // head groups at 40 rows too) gets the bits it gets alone (the rows kernel), for FP8 with split-K
 // (few outputs, long rows), BF16 and F32, with SwiGLU, and per-head groups with strided inputs as
 // W_UV runs; each within 1e-5 of the CPU. FP8 40 x 7168 splits 8 ways: from 3 rows its tile
@@ -202,6 +202,17 @@ TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
         SCOPED_TRACE(std::string(c.dtype) + " " + std::to_string(c.out) + "x" +
                      std::to_string(c.in) + " groups " + std::to_string(c.groups) +
                      (swiglu ? " swiglu" : "") + " rows " + std::to_string(m));
+        {  // passes of 8 rows, one step a tile: the same bits
+          const int pass = cuda::gemv_tile_pass_rows(8);
+          DevPtr<float> dy8 = poisoned(size_t(m * ldy));
+          cuda::GemvArgs g8 = g;
+          g8.y = dy8.get();
+          cuda::gemv(g8, nullptr);
+          cuda::gemv_tile_pass_rows(pass);
+          const std::vector<float> batch8 = to_host(dy8, size_t(m * ldy));
+          ASSERT_EQ(std::memcmp(batch8.data(), batch.data(), batch.size() * 4), 0)
+              << "passes of 8 rows";
+        }
         for (int64_t p = 0; p < m; ++p) {
           cuda::GemvArgs one = g;
           one.x = dx.get() + p * ldx;
@@ -212,6 +223,14 @@ TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
           const std::vector<float> alone = to_host(d1, size_t(ldy));
           ASSERT_EQ(std::memcmp(alone.data(), batch.data() + p * ldy, size_t(ldy) * 4), 0)
               << "row " << p;
+          if (c.groups > 1 && p == 0) {  // one row of per-head groups on the tile kernel
+            const bool was = cuda::gemv_tile_heads_one_row(true);
+            cuda::gemv(one, nullptr);
+            cuda::gemv_tile_heads_one_row(was);
+            ASSERT_EQ(std::memcmp(to_host(d1, size_t(ldy)).data(), alone.data(), size_t(ldy) * 4),
+                      0)
+                << "one row of per-head groups on the tile kernel";
+          }
           for (int gi = 0; gi < c.groups; ++gi) {
             const std::vector<float> xg(x.begin() + p * ldx + gi * c.in,
                                         x.begin() + p * ldx + (gi + 1) * c.in);

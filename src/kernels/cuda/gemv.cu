@@ -395,12 +395,18 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
 // chunks in the rows kernel's order and sums as it does, with the same split (split_k is the
 // same call), so every row's result is the bits it gets alone at batch 1: a request decodes the
 // same batched or not.
+// Steps (the chunks of all ks · 32 lanes) per tile of the tile kernel: 2, so U · NR (· 2)
+// weight loads are in flight per lane, up to 4 rows a pass; 1 at 8, whose accumulators take
+// the registers the second step's loads had.
+template <int MT>
+constexpr int kTileSteps = MT > 4 ? 1 : 2;
+
 template <WType T, int NR, bool SWIGLU, int MT>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     gemv_tile_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
-  constexpr int U = 2;  // steps per tile: U · NR (· 2) weight loads in flight per lane
+  constexpr int U = kTileSteps<MT>;
   // [MT][kc]: the input rows' tile. Each segment of a step's 32 lanes' chunks (32 · CH floats)
   // is stored transposed: a lane's CH / 4 float4s 32 apart, so a warp reads 32 consecutive
   // float4s (in k order a lane's chunk began CH · 4 bytes after the last lane's: 4-way bank
@@ -557,6 +563,8 @@ int sm_count() {
 int g_split_k = 0;           // gemv_split_k: 0 = split_k()'s own choice
 int g_rows_block_warps = 2;  // gemv_rows_block_warps
 bool g_tile = true;          // gemv_allow_tile
+int g_tile_pass = 4;         // gemv_tile_pass_rows
+bool g_tile_heads = false;   // gemv_tile_heads_one_row
 bool g_rows_per_warp = true;
 
 // Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp
@@ -614,7 +622,7 @@ bool launch_tile(const GemvArgs& a, cudaStream_t s) {
   constexpr int NR = kRowsPerWarp<SWIGLU>;
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int ks = split_k(a, slots, WTraits<T>::kChunk, NR, 12);  // launch_rows' split
-  const size_t smem = size_t(MT) * 2 * ks * 32 * WTraits<T>::kChunk * sizeof(float);
+  const size_t smem = size_t(MT) * kTileSteps<MT> * ks * 32 * WTraits<T>::kChunk * sizeof(float);
   if (smem > 96 * 1024) return false;
   const auto kernel = gemv_tile_kernel<T, NR, SWIGLU, MT>;
   if (smem > 48 * 1024)
@@ -638,6 +646,11 @@ void launch_vec(const GemvArgs& a, bool vec, cudaStream_t s) {
   else
     launch_pdl(gemv_kernel<T, MT, SWIGLU, false>, grid, kWarps * 32, 0, s, a, ks, bk_shift,
                g_gemv_flags);
+}
+
+template <WType T, int MT>
+bool launch_tile_sw(const GemvArgs& a, cudaStream_t s) {
+  return a.w2 ? launch_tile<T, true, MT>(a, s) : launch_tile<T, false, MT>(a, s);
 }
 
 template <WType T, int MT>
@@ -666,15 +679,15 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   // 128 x 512 slice of kv_b) take the tile kernel at any batch: the engine has no GEMM for
   // them, and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows.
   const bool per_group_inputs = a.groups > 1 && !a.offsets && !a.active && a.x_goff > 0;
-  if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
+  if (rows <= 1 && vec && rows_ok && g_rows_per_warp && !(per_group_inputs && g_tile_heads)) {
     if (a.w2)
       launch_rows<T, true>(a, s);
     else
       launch_rows<T, false>(a, s);
   } else if ((rows <= 16 || per_group_inputs) && vec && rows_ok && g_rows_per_warp && g_tile &&
-             (rows <= 2
-                  ? (a.w2 ? launch_tile<T, true, 2>(a, s) : launch_tile<T, false, 2>(a, s))
-                  : (a.w2 ? launch_tile<T, true, 4>(a, s) : launch_tile<T, false, 4>(a, s)))) {
+             (rows <= 2                       ? launch_tile_sw<T, 2>(a, s)
+              : rows <= 4 || g_tile_pass <= 4 ? launch_tile_sw<T, 4>(a, s)
+                                              : launch_tile_sw<T, 8>(a, s))) {
     return;
   } else if (rows <= 1)
     launch_mt<T, 1>(a, vec, s);
@@ -700,6 +713,18 @@ int gemv_rows_block_warps(int warps) {
 
 void gemv_allow_tile(bool on) {
   g_tile = on;
+}
+
+bool gemv_tile_heads_one_row(bool on) {
+  const bool before = g_tile_heads;
+  g_tile_heads = on;
+  return before;
+}
+
+int gemv_tile_pass_rows(int rows) {
+  const int before = g_tile_pass;
+  g_tile_pass = rows;
+  return before;
 }
 
 int gemv_flags(int flags) {

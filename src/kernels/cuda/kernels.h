@@ -72,6 +72,13 @@ int gemv_rows_block_warps(int warps);
 // Benchmarks only: false sends 2 to 16 input rows to the general kernel instead of the tile
 // kernel (whose rows get the bits they get alone).
 void gemv_allow_tile(bool on);
+// Benchmarks only: input rows the tile kernel takes a pass (4, the default, or 8: weights read
+// once for 5 to 8 rows, one step a tile instead of two). Returns the setting it replaces.
+int gemv_tile_pass_rows(int rows);
+// Benchmarks only: true sends per-head gemvs (W_UV) of one input row to the tile kernel too
+// (blocks of 8 warps sharing the head's input from shared memory) instead of the one-row
+// kernel's 2-warp blocks; the same bits. Returns the setting it replaces.
+bool gemv_tile_heads_one_row(bool on);
 // Benchmarks only (gemv.cu): bit 0, a gemv lets the next kernel launch at once rather than
 // once its weights are read; bit 1, weights are read past L1. Default 2. Returns the flags
 // before.
