@@ -22,6 +22,7 @@
 //        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
 //        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
 //        [--gemv-tile-heads 0 | 1 (W_UV's per-head gemvs at one row on the tile kernel)]
+//        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -125,6 +126,7 @@ int main(int argc, char** argv) {
   int steps = 32, prompt = 64;
   int gemv_rows = int(cuda::CudaEngineOptions{}.gemv_max_rows);
   bool fp8_cache = false;
+  bool sample_split = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -149,6 +151,8 @@ int main(int argc, char** argv) {
       cuda::gemv_rows_block_warps(std::stoi(v));
     else if (k == "--grouped-blocks")
       cuda::grouped_fp8_blocks_per_sm(std::stoi(v));
+    else if (k == "--sample-split")
+      sample_split = v != "0";
     else if (k == "--gemv-tile-heads")
       cuda::gemv_tile_heads_one_row(v != "0");
     else if (k == "--gemv-tile-pass")
@@ -162,7 +166,8 @@ int main(int argc, char** argv) {
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
-        "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--gemv-tile-heads 0|1]\n");
+        "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--gemv-tile-heads 0|1]\n"
+        "       [--sample-split 0|1]\n");
     return 2;
   }
   int rc = 0;
@@ -187,6 +192,7 @@ int main(int argc, char** argv) {
       opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
+      opt.sample_split_scan = sample_split;
       return opt;
     };
     if (!bs.empty()) {
@@ -290,6 +296,7 @@ int main(int argc, char** argv) {
       opt.max_step_tokens = 2048;
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
+      opt.sample_split_scan = sample_split;
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
       opt.grouped_experts = way == 3;

@@ -95,6 +95,9 @@ struct CudaEngineOptions {
   // GPU time per stage of the chunks run eagerly (prefill, large batches), from CUDA events at
   // each change of stage: CudaEngine::stage_times(). Off: no events.
   bool time_stages = false;
+  // The sampler's first sweep over a row's logits in kSampleScanBlocks blocks a row instead of
+  // its one (kernels.h sample_tokens): the same tokens. Not yet measured; off.
+  bool sample_split_scan = false;
 };
 
 // Device bytes the engine allocates for a model (computed without a GPU).

@@ -282,8 +282,12 @@ struct SampleParams {
 constexpr int32_t kSampleNonFinite = -1;  // a logit is NaN or +inf
 constexpr int32_t kSampleAllMasked = -2;  // every logit is -inf
 constexpr int32_t kSampleOverflow = -3;   // the largest logit overflows at this temperature
+// scan: null, or room for rows · kSampleScanBlocks partial scans (2 words each): the first
+// sweep (max, non-finite check) then runs in kSampleScanBlocks blocks a row before the kernel
+// above, which reads their partials instead; the same tokens.
+constexpr int kSampleScanBlocks = 16;
 void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
-                   const SampleParams* params, int32_t* tokens, cudaStream_t s);
+                   const SampleParams* params, int32_t* tokens, uint64_t* scan, cudaStream_t s);
 
 // MLA prefill attention, non-absorbed (kernels/cuda/flash.cu): per head h and query row t of
 // one sequence (position pos0 + t), o[t, h] = softmax(scale · q[t, h] · K[h]ᵀ) · V[h] over the
