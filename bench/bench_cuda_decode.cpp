@@ -21,6 +21,7 @@
 //        [--gemv-tile 1 | 0 (batches of 2-16 on the tile kernel or the general one)]
 //        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
 //        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
+//        [--gemv-tile-block-rows N (rows a block of W_UV's per-head gemvs takes)]
 //        [--gemv-tile-heads 0 | 1 (W_UV's per-head gemvs at one row on the tile kernel)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 #include <cuda_runtime.h>
@@ -155,6 +156,8 @@ int main(int argc, char** argv) {
       sample_split = v != "0";
     else if (k == "--gemv-tile-heads")
       cuda::gemv_tile_heads_one_row(v != "0");
+    else if (k == "--gemv-tile-block-rows")
+      cuda::gemv_tile_block_rows(std::stoi(v));
     else if (k == "--gemv-tile-pass")
       cuda::gemv_tile_pass_rows(std::stoi(v));
     else if (k == "--gemv-tile")
@@ -167,7 +170,7 @@ int main(int argc, char** argv) {
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--gemv-tile-heads 0|1]\n"
-        "       [--sample-split 0|1]\n");
+        "       [--gemv-tile-block-rows N] [--sample-split 0|1]\n");
     return 2;
   }
   int rc = 0;

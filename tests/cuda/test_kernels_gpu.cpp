@@ -155,11 +155,12 @@ INSTANTIATE_TEST_SUITE_P(
                       GemvCase{"bf16", 257, 512, 1}, GemvCase{"bf16", 96, 36, 11},
                       GemvCase{"f32", 77, 64, 2}, GemvCase{"f32", 50, 33, 9}));
 
-// Batch invariance: each row of a 2- to 16-row launch (the tile kernel, passes of 4 or 8 rows; per-
-// head groups at 40 rows too) gets the bits it gets alone (the rows kernel), for FP8 with split-K
-// (few outputs, long rows), BF16 and F32, with SwiGLU, and per-head groups with strided inputs as
-// W_UV runs; each within 1e-5 of the CPU. FP8 40 x 7168 splits 8 ways: from 3 rows its tile
-// would not fit in shared memory, so the general kernel runs it (launch_tile).
+// Batch invariance: each row of a 2- to 16-row launch (the tile kernel, passes of 4 or 8 rows;
+// per-head groups at 40 rows too, in 3 blocks of rows) gets the bits it gets alone (the rows
+// kernel), for FP8 with split-K (few outputs, long rows), BF16 and F32, with SwiGLU, and
+// per-head groups with strided inputs as W_UV runs; each within 1e-5 of the CPU. FP8 40 x 7168
+// splits 8 ways: from 3 rows its tile would not fit in shared memory, so the general kernel runs
+// it (launch_tile).
 TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
   SKIP_WITHOUT_GPU();
   struct Case {

@@ -403,7 +403,8 @@ constexpr int kTileSteps = MT > 4 ? 1 : 2;
 
 template <WType T, int NR, bool SWIGLU, int MT>
 __global__ void __launch_bounds__(kWarps * 32, 2)
-    gemv_tile_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
+    gemv_tile_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags,
+                     const int zrows) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
   constexpr int U = kTileSteps<MT>;
@@ -421,6 +422,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   pdl_wait();
   int64_t g, r0, r1;
   if (!block_rows(a, g, r0, r1)) return;  // uniform over the block
+  if (zrows > 0) {  // this block's share of the rows (launch_tile: per-head groups)
+    r0 += int64_t(blockIdx.z) * zrows;
+    r1 = min(r1, r0 + zrows);
+    if (r0 >= r1) return;
+  }
   // Every warp reaches every barrier; one past the last output loads and writes nothing.
   const bool any = n0 < a.n;
   const int K = int(a.w.k), Ki = any ? K : 0;
@@ -565,6 +571,7 @@ int g_rows_block_warps = 2;  // gemv_rows_block_warps
 bool g_tile = true;          // gemv_allow_tile
 int g_tile_pass = 4;         // gemv_tile_pass_rows
 bool g_tile_heads = false;   // gemv_tile_heads_one_row
+int g_tile_block_rows = 16;  // gemv_tile_block_rows
 bool g_rows_per_warp = true;
 
 // Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp
@@ -591,6 +598,13 @@ int shift_of(int bk) {
 // SwiGLU already streams two weights per output: 2 outputs per warp, else 4.
 template <bool SWIGLU>
 constexpr int kRowsPerWarp = SWIGLU ? 2 : 4;
+
+// Groups with inputs of their own and every row (W_UV: a head's latent output times its
+// 128 x 512 slice of kv_b), which take the tile kernel at any batch: the engine has no GEMM
+// for them, and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows.
+bool per_group_inputs(const GemvArgs& a) {
+  return a.groups > 1 && !a.offsets && !a.active && a.x_goff > 0;
+}
 
 // Whether an FP8 weight's outputs come in groups of NR rows that share a scale row.
 bool rows_share_scales(const GemvArgs& a, int nr) {
@@ -628,8 +642,12 @@ bool launch_tile(const GemvArgs& a, cudaStream_t s) {
   if (smem > 48 * 1024)
     DSV3_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots));
-  launch_pdl(kernel, grid, kWarps * 32, smem, s, a, ks, shift_of(a.w.bk), g_gemv_flags);
+  // Per-head groups over many rows (W_UV at large batches) split their rows over blocks: one
+  // block looping over all of them ran a grid of 512 blocks through 64 passes at batch 256.
+  const int zrows = per_group_inputs(a) && a.m > g_tile_block_rows ? g_tile_block_rows : 0;
+  const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots),
+                  unsigned(zrows > 0 ? ceil_div(a.m, int64_t(zrows)) : 1));
+  launch_pdl(kernel, grid, kWarps * 32, smem, s, a, ks, shift_of(a.w.bk), g_gemv_flags, zrows);
   return true;
 }
 
@@ -675,16 +693,13 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   const int64_t rows = a.offsets ? ceil_div(a.m, std::max<int64_t>(slots, 1)) : a.m;
   const bool rows_ok =
       T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
-  // Groups with inputs of their own and every row (W_UV: a head's latent output times its
-  // 128 x 512 slice of kv_b) take the tile kernel at any batch: the engine has no GEMM for
-  // them, and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows.
-  const bool per_group_inputs = a.groups > 1 && !a.offsets && !a.active && a.x_goff > 0;
-  if (rows <= 1 && vec && rows_ok && g_rows_per_warp && !(per_group_inputs && g_tile_heads)) {
+  const bool heads = per_group_inputs(a);
+  if (rows <= 1 && vec && rows_ok && g_rows_per_warp && !(heads && g_tile_heads)) {
     if (a.w2)
       launch_rows<T, true>(a, s);
     else
       launch_rows<T, false>(a, s);
-  } else if ((rows <= 16 || per_group_inputs) && vec && rows_ok && g_rows_per_warp && g_tile &&
+  } else if ((rows <= 16 || heads) && vec && rows_ok && g_rows_per_warp && g_tile &&
              (rows <= 2                       ? launch_tile_sw<T, 2>(a, s)
               : rows <= 4 || g_tile_pass <= 4 ? launch_tile_sw<T, 4>(a, s)
                                               : launch_tile_sw<T, 8>(a, s))) {
@@ -718,6 +733,12 @@ void gemv_allow_tile(bool on) {
 bool gemv_tile_heads_one_row(bool on) {
   const bool before = g_tile_heads;
   g_tile_heads = on;
+  return before;
+}
+
+int gemv_tile_block_rows(int rows) {
+  const int before = g_tile_block_rows;
+  g_tile_block_rows = rows;
   return before;
 }
 

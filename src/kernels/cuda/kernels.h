@@ -75,6 +75,10 @@ void gemv_allow_tile(bool on);
 // Benchmarks only: input rows the tile kernel takes a pass (4, the default, or 8: weights read
 // once for 5 to 8 rows, one step a tile instead of two). Returns the setting it replaces.
 int gemv_tile_pass_rows(int rows);
+// Benchmarks only: input rows a block of the tile kernel takes at most for per-head gemvs
+// (W_UV), the rest in more blocks (default 16; a huge value: every row in one block, as
+// before). Returns the setting it replaces.
+int gemv_tile_block_rows(int rows);
 // Benchmarks only: true sends per-head gemvs (W_UV) of one input row to the tile kernel too
 // (blocks of 8 warps sharing the head's input from shared memory) instead of the one-row
 // kernel's 2-warp blocks; the same bits. Returns the setting it replaces.
