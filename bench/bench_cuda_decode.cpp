@@ -24,6 +24,7 @@
 //        [--gemv-tile-block-rows N (rows a block of W_UV's per-head gemvs takes)]
 //        [--gemv-tile-heads 0 | 1 (W_UV's per-head gemvs at one row on the tile kernel)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
+//        [--absorb-tc 0 | 1 (batches over gemv_max_rows absorb W_UK on the tensor cores)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -128,6 +129,7 @@ int main(int argc, char** argv) {
   int gemv_rows = int(cuda::CudaEngineOptions{}.gemv_max_rows);
   bool fp8_cache = false;
   bool sample_split = false;
+  bool absorb_tc = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -152,6 +154,8 @@ int main(int argc, char** argv) {
       cuda::gemv_rows_block_warps(std::stoi(v));
     else if (k == "--grouped-blocks")
       cuda::grouped_fp8_blocks_per_sm(std::stoi(v));
+    else if (k == "--absorb-tc")
+      absorb_tc = v != "0";
     else if (k == "--sample-split")
       sample_split = v != "0";
     else if (k == "--gemv-tile-heads")
@@ -170,7 +174,7 @@ int main(int argc, char** argv) {
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--gemv-tile-heads 0|1]\n"
-        "       [--gemv-tile-block-rows N] [--sample-split 0|1]\n");
+        "       [--gemv-tile-block-rows N] [--sample-split 0|1] [--absorb-tc 0|1]\n");
     return 2;
   }
   int rc = 0;
@@ -196,6 +200,7 @@ int main(int argc, char** argv) {
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
       opt.sample_split_scan = sample_split;
+      opt.absorb_tensor_cores = absorb_tc;
       return opt;
     };
     if (!bs.empty()) {
@@ -300,6 +305,7 @@ int main(int argc, char** argv) {
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
       opt.sample_split_scan = sample_split;
+      opt.absorb_tensor_cores = absorb_tc;
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
       opt.grouped_experts = way == 3;

@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <tuple>
 
 #include "core/dtype.h"
@@ -703,6 +705,60 @@ TEST_P(MlaGpu, AbsorbedQueryMatchesFloat64) {
 
 // Absorbed attention over a long cache (several key splits) vs the CPU's ops::mla_attention, with
 // the cache in F32 and in BF16 (the CPU then gets the same BF16-rounded values).
+// The absorb on the BF16 tensor cores (mla_absorb_q_tc, chunks over gemv_max_rows): q_nope and
+// W_UK rounded to BF16, so near float64 by BF16's rounding (a few 2^-9 of the largest value),
+// not to the CUDA-core kernel's 1e-5; q_pe as that kernel puts it, bit for bit. Two column
+// blocks, and a partial block of rows. F32 weights have no tensor-core path.
+TEST_P(MlaGpu, AbsorbedQueryOnTensorCoresStaysNearFloat64) {
+  SKIP_WITHOUT_GPU();
+  const int64_t H = 3, dn = 128, dr = 64, dv = 32, dc = 256;
+  for (const int64_t T : {int64_t(20), int64_t(70)}) {
+    TestLinear kv_b = make_linear(GetParam(), H * (dn + dv), dc, 23);
+    std::vector<float> w(size_t(H * (dn + dv) * dc));
+    kv_b.cpu.dequantize_rows(0, H * (dn + dv), w.data());
+    const std::vector<float> q = randn(size_t(T * H * (dn + dr)), 24);
+    const auto dq = to_device(q);
+    std::vector<float> inv(size_t(dr / 2));
+    for (int64_t i = 0; i < dr / 2; ++i) inv[size_t(i)] = std::pow(1000.0f, -float(i) / 8);
+    std::vector<int32_t> pos(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = int32_t(31 * t + 2);
+    const auto dinv = to_device(inv);
+    const auto dpos = to_device(pos);
+    const cuda::QueryRope rope{dpos.get(), dinv.get(), 1.0f};
+    const size_t count = size_t(T * H * (dc + dr));
+    DevPtr<uint16_t> tc = to_device(std::vector<uint16_t>(count, 0xffff));
+    DevPtr<uint16_t> vec = to_device(std::vector<uint16_t>(count, 0xffff));
+    const bool ran =
+        cuda::mla_absorb_q_tc(dq.get(), T, H, dn, dr, dv, kv_b.dev, &rope, tc.get(), nullptr);
+    EXPECT_EQ(ran, std::string(GetParam()) != "f32");
+    if (!ran) return;
+    cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, &rope, nullptr, vec.get(), nullptr);
+    const std::vector<uint16_t> got = to_host(tc, count), want_pe = to_host(vec, count);
+    std::vector<float> gotf(count);
+    convert_to_f32(DType::BF16, got.data(), gotf.data(), count);
+    double err = 0, scale = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const float* qn = q.data() + (t * H + h) * (dn + dr);
+        const int64_t at = (t * H + h) * (dc + dr);
+        for (int64_t c = 0; c < dc; ++c) {
+          double want = 0;
+          for (int64_t i = 0; i < dn; ++i)
+            want += double(qn[i]) * w[size_t((h * (dn + dv) + i) * dc + c)];
+          err = std::max(err, std::abs(gotf[size_t(at + c)] - want));
+          scale = std::max(scale, std::abs(want));
+        }
+        EXPECT_EQ(std::vector<uint16_t>(got.begin() + at + dc, got.begin() + at + dc + dr),
+                  std::vector<uint16_t>(want_pe.begin() + at + dc, want_pe.begin() + at + dc + dr))
+            << "q_pe, row " << t << " head " << h;
+      }
+    std::printf("[ absorb tc %s, %lld rows ] max|d|/max|want| = %.2e\n", GetParam(),
+                static_cast<long long>(T), err / scale);
+    EXPECT_LE(err, 1e-2 * scale) << T << " rows";
+    EXPECT_GT(err, 0.0) << "BF16 inputs should round somewhere";
+  }
+}
+
 TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
   SKIP_WITHOUT_GPU();
   for (const CacheKind kind : {CacheKind::kF32, CacheKind::kBf16, CacheKind::kFp8}) {

@@ -961,7 +961,9 @@ struct CudaEngine::Impl {
     const QueryRope* qrope = flash ? nullptr : &rot;  // after rope() above: already rotated
     if (opt.attention_tensor_cores && k.qcb && mla_attention_tc_supported(pool)) {
       // BF16 straight from the absorb, the tensor-core kernel's input.
-      mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
+      if (!(opt.absorb_tensor_cores && n > opt.gemv_max_rows &&
+            mla_absorb_q_tc(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qcb, stream)))
+        mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
       mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
                        k.partial, k.partial_floats, k.olat, stream);
     } else {

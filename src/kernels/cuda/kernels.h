@@ -255,6 +255,12 @@ struct QueryRope {
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                   const DevWeight& kv_b, const QueryRope* rope, float* qc, uint16_t* qcb,
                   cudaStream_t s);
+// The same into qcb on the BF16 tensor cores (q_nope and W_UK rounded to BF16, F32 sums: for
+// chunks whose rows need not get their batch-1 bits). False, nothing launched, unless dn is 128,
+// kv_lora a multiple of 128, kv_b FP8 (block width a multiple of 16) or BF16, rows 16-byte
+// aligned.
+bool mla_absorb_q_tc(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
+                     const DevWeight& kv_b, const QueryRope* rope, uint16_t* qcb, cudaStream_t s);
 // Attention of each query row over its sequence's (seqs[t]) cache rows 0 .. positions[t] (causal):
 // o_lat [n, H, dc] = softmax(scale · qc·[c_kv ; k_pe]ᵀ) · c_kv. The keys are split into chunks
 // (flash-decoding) as far as `partial` (scratch of partial_floats floats) allows, then merged.

@@ -37,17 +37,12 @@ struct AbsorbOut {
   }
 };
 
-// The absorb kernels' query rows t0 .. t0 + rows of head h: q_nope into shared memory (qs
-// [rows][dn]), q_pe (rotated when asked) to the output's last dr columns (by the blocks of the
-// first column range).
-__device__ __forceinline__ void stage_query(const float* q, int64_t heads, int64_t dn, int64_t dr,
-                                            int64_t dc, int64_t h, int64_t t0, int rows, float* qs,
-                                            const AbsorbOut& out) {
+// q_pe of query rows t0 .. t0 + rows of head h (rotated when asked) to the output's last dr
+// columns, by the absorb blocks of the first column range.
+__device__ __forceinline__ void put_query_pe(const float* q, int64_t heads, int64_t dn, int64_t dr,
+                                             int64_t dc, int64_t h, int64_t t0, int rows,
+                                             const AbsorbOut& out) {
   const int64_t dqk = dn + dr, dq = dc + dr, half = dr / 2;
-  for (int64_t i = threadIdx.x; i < rows * dn; i += blockDim.x) {
-    const int64_t r = i / dn, j = i % dn;
-    qs[r * dn + j] = q[((t0 + r) * heads + h) * dqk + j];
-  }
   if (blockIdx.y == 0) {
     for (int64_t i = threadIdx.x; i < rows * half; i += blockDim.x) {
       const int64_t r = i / half, f = i % half;
@@ -64,6 +59,19 @@ __device__ __forceinline__ void stage_query(const float* q, int64_t heads, int64
         out.put(((t0 + r) * heads + h) * dq + dc + dr - 1,
                 q[((t0 + r) * heads + h) * dqk + dn + dr - 1]);
   }
+}
+
+// The absorb kernels' query rows t0 .. t0 + rows of head h: q_nope into shared memory (qs
+// [rows][dn]), q_pe as put_query_pe puts it.
+__device__ __forceinline__ void stage_query(const float* q, int64_t heads, int64_t dn, int64_t dr,
+                                            int64_t dc, int64_t h, int64_t t0, int rows, float* qs,
+                                            const AbsorbOut& out) {
+  const int64_t dqk = dn + dr;
+  for (int64_t i = threadIdx.x; i < rows * dn; i += blockDim.x) {
+    const int64_t r = i / dn, j = i % dn;
+    qs[r * dn + j] = q[((t0 + r) * heads + h) * dqk + j];
+  }
+  put_query_pe(q, heads, dn, dr, dc, h, t0, rows, out);
 }
 
 // Block (head, 32 latent columns, up to kAbsorbRows query rows): 32 columns × 8 slices of the
@@ -541,6 +549,81 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
   }
 }
 
+// The absorb on the BF16 tensor cores, for chunks over gemv_max_rows (where rows need not get
+// their batch-1 bits): block (head, 128 latent columns, 64 query rows), q_nope and W_UK[h]'s
+// columns in BF16 in shared memory, 8 warps of 32 rows x 32 columns, m16n8k16 with F32
+// accumulators, BF16 out (qcb). q and each weight times its block scale are rounded to BF16
+// (the CUDA-core kernels keep both in F32), as DeepSeek's absorb is a BF16 einsum over the
+// dequantised wkv_b. The CUDA-core kernel re-read W_UK[h] from L2 for every 4 rows.
+constexpr int kAtRows = 64, kAtCols = 128, kAtPad = 8, kAtDn = 128;
+
+template <WType T>
+__global__ void __launch_bounds__(256)
+    absorb_q_tc_kernel(const float* q, int64_t n, int64_t heads, int64_t dr, int64_t dv,
+                       const DevWeight w, const AbsorbOut out) {
+  constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize;
+  constexpr int SA = kAtDn + kAtPad, SB = kAtCols + kAtPad;
+  extern __shared__ __align__(16) uint16_t at_smem[];
+  uint16_t* sa = at_smem;            // [kAtRows][SA]: q_nope
+  uint16_t* sb = sa + kAtRows * SA;  // [kAtDn][SB]: W_UK[h]'s columns c0 ..
+  const int64_t h = blockIdx.x, c0 = int64_t(blockIdx.y) * kAtCols;
+  const int64_t t0 = int64_t(blockIdx.z) * kAtRows;
+  const int rows = int(min(int64_t(kAtRows), n - t0));
+  const int64_t dc = w.k, dq = dc + dr, dqk = kAtDn + dr, row0 = h * (kAtDn + dv);
+  const int64_t scols = ceil_div(dc, w.bk);
+  pdl_trigger();
+  // The weights first: no kernel before this one writes them.
+  for (int c = int(threadIdx.x); c < kAtDn * (kAtCols / CH); c += int(blockDim.x)) {
+    const int i = c / (kAtCols / CH), col = (c % (kAtCols / CH)) * CH;
+    const int64_t wr = row0 + i;
+    float v[CH];
+    decode_chunk<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(w.w) +
+                                                         (wr * dc + c0 + col) * ES)),
+                    v);
+    float sc = 1.0f;
+    if constexpr (T == WType::E4M3)
+      sc = __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + int(c0 + col) / w.bk);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(sb + i * SB + col);
+#pragma unroll
+    for (int e = 0; e < CH / 2; ++e) dst[e] = pack_bf16(v[2 * e] * sc, v[2 * e + 1] * sc);
+  }
+  pdl_wait();
+  for (int c = int(threadIdx.x); c < kAtRows * (kAtDn / 4); c += int(blockDim.x)) {
+    const int r = c / (kAtDn / 4), j = (c % (kAtDn / 4)) * 4;
+    float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (r < rows) f = *reinterpret_cast<const float4*>(q + ((t0 + r) * heads + h) * dqk + j);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(sa + r * SA + j);
+    dst[0] = pack_bf16(f.x, f.y);
+    dst[1] = pack_bf16(f.z, f.w);
+  }
+  put_query_pe(q, heads, kAtDn, dr, dc, h, t0, rows, out);
+  __syncthreads();
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int wm = warp / 4, wn = warp % 4, g = lane / 4, t4 = lane % 4;
+  float acc[2][4][4] = {};
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    uint32_t a[kAtDn / 16][4];
+    const uint16_t* arow = sa + (wm * 32 + mi * 16 + lane % 16) * SA + (lane / 16) * 8;
+#pragma unroll
+    for (int kk = 0; kk < kAtDn / 16; ++kk) ldsm_x4(a[kk], arow + kk * 16);
+    mma_pv<kAtDn / 16, 4>(acc[mi], a, sb + wn * 32, SB, lane);
+  }
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int r = wm * 32 + mi * 16 + g + 8 * rr;
+      if (r >= rows) continue;
+      uint16_t* dst = out.qcb + ((t0 + r) * heads + h) * dq + c0 + wn * 32 + 2 * t4;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
+            pack_bf16(acc[mi][nt][2 * rr], acc[mi][nt][2 * rr + 1]);
+    }
+  }
+}
+
 template <WType T>
 void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                    const DevWeight& w, const AbsorbOut& out, cudaStream_t s) {
@@ -568,6 +651,30 @@ void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t
 }
 
 }  // namespace
+
+bool mla_absorb_q_tc(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
+                     const DevWeight& kv_b, const QueryRope* rope, uint16_t* qcb, cudaStream_t s) {
+  const bool fp8 = kv_b.type == WType::E4M3;
+  if (!(fp8 || kv_b.type == WType::BF16) || dn != kAtDn || kv_b.k % kAtCols != 0 || dr % 4 != 0 ||
+      (fp8 && kv_b.bk % 16 != 0) || (reinterpret_cast<uintptr_t>(kv_b.w) & 15) != 0 ||
+      (reinterpret_cast<uintptr_t>(q) & 15) != 0)
+    return false;
+  if (n == 0) return true;
+  const AbsorbOut out{nullptr, qcb, rope ? *rope : QueryRope{}};
+  const dim3 grid(unsigned(heads), unsigned(kv_b.k / kAtCols), unsigned(ceil_div(n, kAtRows)));
+  constexpr size_t smem = size_t(kAtRows * (kAtDn + kAtPad) + kAtDn * (kAtCols + kAtPad)) * 2;
+  const auto launch = [&](auto kernel) {
+    DSV3_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    launch_pdl(kernel, grid, 256, smem, s, q, n, heads, dr, dv, kv_b, out);
+  };
+  if (fp8)
+    launch(absorb_q_tc_kernel<WType::E4M3>);
+  else
+    launch(absorb_q_tc_kernel<WType::BF16>);
+  DSV3_CUDA_CHECK_LAUNCH();
+  return true;
+}
 
 void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                   const DevWeight& kv_b, const QueryRope* rope, float* qc, uint16_t* qcb,
