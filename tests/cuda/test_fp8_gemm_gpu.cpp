@@ -412,15 +412,9 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
   return r;
 }
 
-// The FP8 latent cache against the BF16 one, on a model with DeepSeek-V3's attention sizes
-// (kv_lora 512, rope 64, nope / v 128: the tensor-core decode kernel and the flash prefill,
-// which reads rows decoded from FP8), and with the CUDA-core decode kernel: the logits of a
-// 100-token prefill and 8 decode steps. E4M3 keys and values move them, but by the size of
-// their rounding, not by a wrong scale or row. Both layers are dense: with routed experts a
-// near-tie in the router flips an expert on that rounding, a jump that says nothing of the cache
-// (seen after dsv3 init's new normals: 0.55 at one step of 9, the others 0.10-0.15).
-TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
-  SKIP_WITHOUT_GPU();
+// Two dense layers with DeepSeek-V3's attention sizes (kv_lora 512, rope 64, nope / v 128),
+// BF16 random weights: the sizes the tensor-core attention kernels take.
+Model v3_attention_model(const std::string& name) {
   ModelConfig c;
   c.vocab_size = 512;
   c.hidden_size = 256;
@@ -442,14 +436,27 @@ TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
   c.topk_group = 1;
   c.max_position_embeddings = 256;
   c.num_nextn_predict_layers = 0;
-  const std::string dir =
-      (std::filesystem::temp_directory_path() / "dsv3_fp8_cache_model").string();
+  const std::string dir = (std::filesystem::temp_directory_path() / name).string();
   InitOptions io;
   io.dtype = "bf16";
   io.std = 0.05;
   write_random_checkpoint(c, dir, io);
-  const Model model(ModelWeights::load(dir));
+  Model model(ModelWeights::load(dir));
   std::filesystem::remove_all(dir);
+  return model;
+}
+
+// The FP8 latent cache against the BF16 one, on a model with DeepSeek-V3's attention sizes
+// (kv_lora 512, rope 64, nope / v 128: the tensor-core decode kernel and the flash prefill,
+// which reads rows decoded from FP8), and with the CUDA-core decode kernel: the logits of a
+// 100-token prefill and 8 decode steps. E4M3 keys and values move them, but by the size of
+// their rounding, not by a wrong scale or row. Both layers are dense: with routed experts a
+// near-tie in the router flips an expert on that rounding, a jump that says nothing of the cache
+// (seen after dsv3 init's new normals: 0.55 at one step of 9, the others 0.10-0.15).
+TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
+  SKIP_WITHOUT_GPU();
+  const Model model = v3_attention_model("dsv3_fp8_cache_model");
+  const ModelConfig& c = model.config();
   std::vector<int32_t> prompt;
   for (int i = 0; i < 100; ++i) prompt.push_back(int32_t((37 * i + 5) % c.vocab_size));
   const auto run = [&](bool fp8, bool tensor_cores) {
@@ -481,6 +488,37 @@ TEST(Fp8CacheGpu, StaysNearTheBf16Cache) {
     EXPECT_LE(worst, 0.3);
     EXPECT_GT(worst, 1e-4) << "the FP8 cache was not used";
   }
+}
+
+// A 100-token prefill in the absorbed form (decode's kernels) with the absorbed projections on
+// the BF16 tensor cores (absorb_tensor_cores) against the CUDA-core absorb and the per-head
+// gemv: every position's logits near, by BF16's rounding of q, o_lat and kv_b.
+TEST(AbsorbTcGpu, PrefillStaysNearTheCudaCoreProjections) {
+  SKIP_WITHOUT_GPU();
+  const Model model = v3_attention_model("dsv3_absorb_tc_model");
+  const int64_t v = model.config().vocab_size;
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 100; ++i) prompt.push_back(int32_t((29 * i + 3) % v));
+  const auto run = [&](bool tc) {
+    cuda::CudaEngineOptions o;
+    o.max_sequences = 1;
+    o.max_context = 128;
+    o.flash_prefill = false;  // the absorbed form at 100 rows
+    o.absorb_tensor_cores = tc;
+    const cuda::CudaEngine engine(model, o);
+    LatentCache cache = engine.new_cache();
+    return engine.step({{&cache, prompt, true}});
+  };
+  const Tensor cuda_cores = run(false), tensor_cores = run(true);
+  ASSERT_EQ(tensor_cores.numel(), cuda_cores.numel());
+  double worst = 0;
+  for (int64_t r = 0; r < int64_t(prompt.size()); ++r)
+    worst = std::max(
+        worst, err_vs_std(tensor_cores.ptr<float>() + r * v, cuda_cores.ptr<float>() + r * v, v));
+  std::printf("[ absorb tc ] prefill logits max|d|/std vs the CUDA-core projections: %.2e\n",
+              worst);
+  EXPECT_LE(worst, 0.1);
+  EXPECT_GT(worst, 0.0) << "the tensor-core projections were not used";
 }
 
 // A dense and a MoE layer. E4M3 inputs keep 3 mantissa bits against BF16's 7, so the FP8 path

@@ -759,6 +759,40 @@ TEST_P(MlaGpu, AbsorbedQueryOnTensorCoresStaysNearFloat64) {
   }
 }
 
+// W_UV out of the latent output on the BF16 tensor cores (mla_uv_tc, chunks over
+// gemv_max_rows) against float64, within BF16's rounding of o_lat and the weight.
+TEST_P(MlaGpu, LatentOutputOnTensorCoresStaysNearFloat64) {
+  SKIP_WITHOUT_GPU();
+  const int64_t H = 3, dn = 32, dv = 128, dc = 256;
+  for (const int64_t T : {int64_t(20), int64_t(70)}) {
+    TestLinear kv_b = make_linear(GetParam(), H * (dn + dv), dc, 25);
+    std::vector<float> w(size_t(H * (dn + dv) * dc));
+    kv_b.cpu.dequantize_rows(0, H * (dn + dv), w.data());
+    const std::vector<float> olat = randn(size_t(T * H * dc), 26);
+    const auto dl = to_device(olat);
+    DevPtr<float> dout = poisoned(size_t(T * H * dv));
+    const bool ran = cuda::mla_uv_tc(dl.get(), T, H, dn, dv, kv_b.dev, dout.get(), nullptr);
+    EXPECT_EQ(ran, std::string(GetParam()) != "f32");
+    if (!ran) return;
+    const std::vector<float> got = to_host(dout, size_t(T * H * dv));
+    double err = 0, scale = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t j = 0; j < dv; ++j) {
+          double want = 0;
+          for (int64_t c = 0; c < dc; ++c)
+            want += double(olat[size_t((t * H + h) * dc + c)]) *
+                    w[size_t((h * (dn + dv) + dn + j) * dc + c)];
+          err = std::max(err, std::abs(got[size_t((t * H + h) * dv + j)] - want));
+          scale = std::max(scale, std::abs(want));
+        }
+    std::printf("[ W_UV tc %s, %lld rows ] max|d|/max|want| = %.2e\n", GetParam(),
+                static_cast<long long>(T), err / scale);
+    EXPECT_LE(err, 1e-2 * scale) << T << " rows";
+    EXPECT_GT(err, 0.0) << "BF16 inputs should round somewhere";
+  }
+}
+
 TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
   SKIP_WITHOUT_GPU();
   for (const CacheKind kind : {CacheKind::kF32, CacheKind::kBf16, CacheKind::kFp8}) {

@@ -966,6 +966,12 @@ struct CudaEngine::Impl {
         mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
       mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
                        k.partial, k.partial_floats, k.olat, stream);
+      if (opt.absorb_tensor_cores && n > opt.gemv_max_rows &&
+          mla_uv_tc(k.olat, n, heads, dn, dv, L.kv_b, k.o, stream)) {
+        stage(kStageAttnProj);
+        linear(k.o, n, L.o, out);
+        return;
+      }
     } else {
       mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qc, nullptr, stream);
       mla_attention(k.qc, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),

@@ -98,8 +98,9 @@ struct CudaEngineOptions {
   // The sampler's first sweep over a row's logits in kSampleScanBlocks blocks a row instead of
   // its one (kernels.h sample_tokens): the same tokens. Not yet measured; off.
   bool sample_split_scan = false;
-  // Chunks over gemv_max_rows on the tensor-core attention absorb W_UK into the query on the BF16
-  // tensor cores (mla_absorb_q_tc) instead of the CUDA-core kernel. Not yet measured; off.
+  // Chunks over gemv_max_rows on the tensor-core attention run the absorbed projections (W_UK
+  // into the query, W_UV out of the latent output) on the BF16 tensor cores (mla_absorb_q_tc,
+  // mla_uv_tc) instead of the CUDA-core kernel and the per-head gemv. Not yet measured; off.
   bool absorb_tensor_cores = false;
 };
 

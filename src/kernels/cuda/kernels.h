@@ -261,6 +261,12 @@ void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t 
 // aligned.
 bool mla_absorb_q_tc(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                      const DevWeight& kv_b, const QueryRope* rope, uint16_t* qcb, cudaStream_t s);
+// o [n, H, dv] = W_UV[h] · o_lat [n, H, dc] per head on the BF16 tensor cores (both rounded to
+// BF16, F32 sums and out), W_UV[h] = kv_b rows h·(dn + dv) + dn ..: the per-head gemv's result
+// for chunks whose rows need not get their batch-1 bits. False, nothing launched, unless dv is
+// 128, kv_lora a multiple of 128, kv_b FP8 (blocks multiples of 16) or BF16, rows 16-byte aligned.
+bool mla_uv_tc(const float* o_lat, int64_t n, int64_t heads, int64_t dn, int64_t dv,
+               const DevWeight& kv_b, float* o, cudaStream_t s);
 // Attention of each query row over its sequence's (seqs[t]) cache rows 0 .. positions[t] (causal):
 // o_lat [n, H, dc] = softmax(scale · qc·[c_kv ; k_pe]ᵀ) · c_kv. The keys are split into chunks
 // (flash-decoding) as far as `partial` (scratch of partial_floats floats) allows, then merged.

@@ -624,6 +624,85 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// The other absorbed projection, o[t, h] = W_UV[h] · o_lat[t, h], on the BF16 tensor cores for
+// chunks over gemv_max_rows: block (head, 64 rows), all dv = 128 outputs, K = dc in chunks of
+// 128 staged in BF16 (o_lat and the weight times its block scale rounded), F32 out. The gemv
+// path re-read W_UV[h] for every 16 rows.
+template <WType T>
+__global__ void __launch_bounds__(256) uv_tc_kernel(const float* o_lat, int64_t n, int64_t heads,
+                                                    int64_t dn, const DevWeight w, float* o) {
+  constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize, DV = 128;
+  constexpr int S = kAtCols + kAtPad;
+  extern __shared__ __align__(16) uint16_t at_smem[];
+  uint16_t* sa = at_smem;           // [kAtRows][S]: o_lat's K chunk
+  uint16_t* sb = sa + kAtRows * S;  // [DV][S]: W_UV[h]'s K chunk, a row per output
+  const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.y) * kAtRows;
+  const int rows = int(min(int64_t(kAtRows), n - t0));
+  const int64_t dc = w.k, row0 = h * (dn + DV) + dn, scols = ceil_div(dc, w.bk);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int wm = warp / 4, wn = warp % 4, g = lane / 4, t4 = lane % 4;
+  float acc[2][4][4] = {};
+  pdl_wait();
+  for (int64_t kc = 0; kc < dc; kc += kAtCols) {
+    __syncthreads();  // every warp done with the last chunk
+    for (int c = int(threadIdx.x); c < DV * (kAtCols / CH); c += int(blockDim.x)) {
+      const int i = c / (kAtCols / CH), col = (c % (kAtCols / CH)) * CH;
+      const int64_t wr = row0 + i;
+      float v[CH];
+      decode_chunk<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(w.w) +
+                                                           (wr * dc + kc + col) * ES)),
+                      v);
+      float sc = 1.0f;
+      if constexpr (T == WType::E4M3)
+        sc = __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + int(kc + col) / w.bk);
+      uint32_t* dst = reinterpret_cast<uint32_t*>(sb + i * S + col);
+#pragma unroll
+      for (int e = 0; e < CH / 2; ++e) dst[e] = pack_bf16(v[2 * e] * sc, v[2 * e + 1] * sc);
+    }
+    for (int c = int(threadIdx.x); c < kAtRows * (kAtCols / 4); c += int(blockDim.x)) {
+      const int r = c / (kAtCols / 4), j = (c % (kAtCols / 4)) * 4;
+      float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r < rows)
+        f = *reinterpret_cast<const float4*>(o_lat + ((t0 + r) * heads + h) * dc + kc + j);
+      uint32_t* dst = reinterpret_cast<uint32_t*>(sa + r * S + j);
+      dst[0] = pack_bf16(f.x, f.y);
+      dst[1] = pack_bf16(f.z, f.w);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kAtCols / 16; ++kk) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+        ldsm_x4(a[mi], sa + (wm * 32 + mi * 16 + lane % 16) * S + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        uint32_t b[4];  // outputs wn·32 + 16p .. +15, K kk·16 .. +15
+        ldsm_x4(b, sb + (wn * 32 + p * 16 + (lane / 16) * 8 + lane % 8) * S + kk * 16 +
+                       ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma(acc[mi][2 * p], a[mi], b[0], b[1]);
+          mma(acc[mi][2 * p + 1], a[mi], b[2], b[3]);
+        }
+      }
+    }
+  }
+  pdl_trigger();
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int r = wm * 32 + mi * 16 + g + 8 * rr;
+      if (r >= rows) continue;
+      float* dst = o + ((t0 + r) * heads + h) * DV + wn * 32 + 2 * t4;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+        *reinterpret_cast<float2*>(dst + nt * 8) = {acc[mi][nt][2 * rr], acc[mi][nt][2 * rr + 1]};
+    }
+  }
+}
+
 template <WType T>
 void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                    const DevWeight& w, const AbsorbOut& out, cudaStream_t s) {
@@ -672,6 +751,30 @@ bool mla_absorb_q_tc(const float* q, int64_t n, int64_t heads, int64_t dn, int64
     launch(absorb_q_tc_kernel<WType::E4M3>);
   else
     launch(absorb_q_tc_kernel<WType::BF16>);
+  DSV3_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+bool mla_uv_tc(const float* o_lat, int64_t n, int64_t heads, int64_t dn, int64_t dv,
+               const DevWeight& kv_b, float* o, cudaStream_t s) {
+  const bool fp8 = kv_b.type == WType::E4M3;
+  if (!(fp8 || kv_b.type == WType::BF16) || dv != 128 || kv_b.k % kAtCols != 0 ||
+      (fp8 && (kv_b.bk % 16 != 0 || kv_b.bn % 16 != 0)) ||
+      (reinterpret_cast<uintptr_t>(kv_b.w) & 15) != 0 ||
+      (reinterpret_cast<uintptr_t>(o_lat) & 15) != 0)
+    return false;
+  if (n == 0) return true;
+  const dim3 grid(unsigned(heads), unsigned(ceil_div(n, kAtRows)));
+  constexpr size_t smem = size_t((kAtRows + 128) * (kAtCols + kAtPad)) * 2;
+  const auto launch = [&](auto kernel) {
+    DSV3_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    launch_pdl(kernel, grid, 256, smem, s, o_lat, n, heads, dn, kv_b, o);
+  };
+  if (fp8)
+    launch(uv_tc_kernel<WType::E4M3>);
+  else
+    launch(uv_tc_kernel<WType::BF16>);
   DSV3_CUDA_CHECK_LAUNCH();
   return true;
 }
