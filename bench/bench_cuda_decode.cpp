@@ -22,6 +22,8 @@
 //        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
 //        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
 //        [--gemv-tile-block-rows N (rows a block of W_UV's per-head gemvs takes)]
+//        [--gemv-rows-batch 1 | 2 | 4 | -1 | -2 | -4 (the one-row kernel's FP8 chunks a batch;
+//         negative: pipelined)]
 //        [--gemv-tile-heads 0 | 1 (W_UV's per-head gemvs at one row on the tile kernel)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--absorb-tc 0 | 1 (batches over gemv_max_rows absorb W_UK on the tensor cores)]
@@ -30,6 +32,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -160,6 +163,8 @@ int main(int argc, char** argv) {
       sample_split = v != "0";
     else if (k == "--gemv-tile-heads")
       cuda::gemv_tile_heads_one_row(v != "0");
+    else if (k == "--gemv-rows-batch")  // chunks a batch, negative: pipelined
+      cuda::gemv_rows_batch(std::abs(std::stoi(v)), std::stoi(v) < 0);
     else if (k == "--gemv-tile-block-rows")
       cuda::gemv_tile_block_rows(std::stoi(v));
     else if (k == "--gemv-tile-pass")
@@ -174,7 +179,8 @@ int main(int argc, char** argv) {
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--gemv-tile-heads 0|1]\n"
-        "       [--gemv-tile-block-rows N] [--sample-split 0|1] [--absorb-tc 0|1]\n");
+        "       [--gemv-tile-block-rows N] [--sample-split 0|1] [--absorb-tc 0|1]\n"
+        "       [--gemv-rows-batch 1|2|4|-1|-2|-4]\n");
     return 2;
   }
   int rc = 0;

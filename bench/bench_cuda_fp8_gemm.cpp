@@ -22,9 +22,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -322,7 +324,10 @@ void decode_gemv() {
   };
   fmt::print("{:<28} {:>12}", "weight n x k", "auto");
   for (const int ks : {1, 2, 4, 8}) fmt::print(" {:>12}", fmt::format("ks {}", ks));
-  fmt::print(" {:>12} {:>12} {:>12}\n", "auto, via L1", "4-warp blks", "8-warp blks");
+  fmt::print(" {:>12} {:>12} {:>12}", "auto, via L1", "4-warp blks", "8-warp blks");
+  // The one-row kernel's FP8 loads: chunks a batch, pipelined batches.
+  fmt::print(" {:>12} {:>12} {:>12} {:>12}\n", "1 a batch", "4 a batch", "pipelined 2",
+             "pipelined 4");
   for (const GemvShape& s : shapes) {
     const GemvCase c(s);
     std::string line = fmt::format("{:<28}", s.name);
@@ -339,6 +344,12 @@ void decode_gemv() {
     cuda::gemv_rows_block_warps(8);
     line += pct(c);
     cuda::gemv_rows_block_warps(warps);
+    for (const auto& [chunks, pipe] :
+         {std::pair{1, false}, std::pair{4, false}, std::pair{2, true}, std::pair{4, true}}) {
+      const int before = cuda::gemv_rows_batch(chunks, pipe);
+      line += pct(c);
+      cuda::gemv_rows_batch(std::abs(before), before < 0);
+    }
     fmt::print("{}\n", line);
   }
 }

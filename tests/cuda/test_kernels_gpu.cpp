@@ -8,11 +8,13 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -258,7 +260,8 @@ TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
 
 // The one-row kernel's block size moves outputs between blocks, not their arithmetic: the
 // same bits from blocks of 2, 4 or 8 warps, split-K included (300 x 2048: 4 warps an output;
-// 40 x 7168 splits 8 ways, so its blocks are 8 warps whatever is asked).
+// 40 x 7168 splits 8 ways, so its blocks are 8 warps whatever is asked); likewise its FP8 load
+// variants.
 TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
   SKIP_WITHOUT_GPU();
   for (const GemvCase c : {GemvCase{"fp8", 300, 2048, 1}, GemvCase{"fp8", 40, 7168, 1},
@@ -283,6 +286,20 @@ TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
     for (int i = 0; i < 2; ++i)
       EXPECT_EQ(std::memcmp(got[i].data(), got[2].data(), got[2].size() * sizeof(float)), 0)
           << (2 << i) << " warps";
+    // The sweep's FP8 load variants (chunks a batch, pipelined): the same bits too.
+    for (const auto& [chunks, pipe] : {std::pair{1, false}, std::pair{4, false}, std::pair{1, true},
+                                       std::pair{2, true}, std::pair{4, true}}) {
+      const int before = cuda::gemv_rows_batch(chunks, pipe);
+      DevPtr<float> dv = poisoned(size_t(c.out));
+      cuda::GemvArgs gv = g;
+      gv.y = dv.get();
+      cuda::gemv(gv, nullptr);
+      cuda::gemv_rows_batch(std::abs(before), before < 0);
+      EXPECT_EQ(std::memcmp(to_host(dv, size_t(c.out)).data(), got[0].data(),
+                            got[0].size() * sizeof(float)),
+                0)
+          << chunks << " chunks a batch" << (pipe ? ", pipelined" : "");
+    }
   }
 }
 

@@ -284,12 +284,17 @@ __device__ __forceinline__ void load_batch(uint4 (&raw)[U][NR], uint4 (&raw2)[U]
 // FP8: the NR rows share one scale row (launch_rows checks that NR divides the block height and
 // the row offsets), so a chunk takes one scale load for all of them; with per-row scales and
 // row pointers the kernel needed 120 registers, 2 blocks an SM; now 80 (3 blocks, no spills).
-template <WType T, int NR, bool SWIGLU>
-__global__ void __launch_bounds__(kWarps * 32, 3)
+// U: chunks per lane and row in one batch, U · NR (· 2) loads in flight; PIPE: the next batch's
+// loads issued before this one is used (twice the registers). The engine runs U = 2 unpipelined;
+// the others are for the gemv sweep (bench_cuda_fp8_gemm), FP8 only, with no register cap.
+template <int U, bool PIPE>
+constexpr int kRowsMinBlocks = U*(PIPE ? 2 : 1) > 2 ? 1 : 3;
+
+template <WType T, int NR, bool SWIGLU, int U = 2, bool PIPE = false>
+__global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U, PIPE>))
     gemv_rows_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
-  constexpr int U = 2;  // chunks per lane and row in one batch: U · NR (· 2) loads in flight
   __shared__ float red[2][NR][kWarps];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int sub = warp % ks, warps = int(blockDim.x) / 32;  // ks divides warps (≤ kWarps)
@@ -312,11 +317,20 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
     float acc[NR], acc2[NR];
 #pragma unroll
     for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = 0.0f;
+    uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
+    float sc[U], sc2[U];
+    if constexpr (PIPE)
+      load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, (sub * 32 + lane) * CH,
+                                   step, Ki, bk_shift, a.w.bk, flags);
     for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += U * step) {
-      uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
-      float sc[U], sc2[U];
-      load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, k0, step, Ki, bk_shift,
-                                   a.w.bk, flags);
+      [[maybe_unused]] uint4 nraw[PIPE ? U : 1][NR], nraw2[PIPE ? U : 1][SWIGLU ? NR : 1];
+      [[maybe_unused]] float nsc[PIPE ? U : 1], nsc2[PIPE ? U : 1];
+      if constexpr (PIPE)  // the next batch (zeros past Ki) while this one is used
+        load_batch<T, NR, SWIGLU, U>(nraw, nraw2, nsc, nsc2, rp, row_bytes, last, k0 + U * step,
+                                     step, Ki, bk_shift, a.w.bk, flags);
+      else
+        load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, k0, step, Ki,
+                                     bk_shift, a.w.bk, flags);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int k = k0 + u * step;
@@ -345,6 +359,18 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
               for (int c = 0; c < CH; ++c) d2 = fmaf(wv[c], xv[c], d2);
               acc2[r] = fmaf(d2, sc2[u], acc2[r]);
             }
+          }
+        }
+      }
+      if constexpr (PIPE) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          sc[u] = nsc[u];
+          sc2[u] = nsc2[u];
+#pragma unroll
+          for (int r = 0; r < NR; ++r) {
+            raw[u][r] = nraw[u][r];
+            if constexpr (SWIGLU) raw2[u][r] = nraw2[u][r];
           }
         }
       }
@@ -572,6 +598,8 @@ bool g_tile = true;          // gemv_allow_tile
 int g_tile_pass = 4;         // gemv_tile_pass_rows
 bool g_tile_heads = false;   // gemv_tile_heads_one_row
 int g_tile_block_rows = 16;  // gemv_tile_block_rows
+int g_rows_chunks = 2;       // gemv_rows_batch
+bool g_rows_pipe = false;
 bool g_rows_per_warp = true;
 
 // Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp
@@ -622,8 +650,25 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
   // call, alternating).
   const int warps = std::max(ks, std::clamp(g_rows_block_warps, 1, kWarps));
   const dim3 grid(unsigned(ceil_div(a.n, int64_t(warps / ks) * NR)), unsigned(slots));
-  launch_pdl(gemv_rows_kernel<T, NR, SWIGLU>, grid, warps * 32, 0, s, a, ks, shift_of(a.w.bk),
-             g_gemv_flags);
+  const auto launch = [&](auto kernel) {
+    launch_pdl(kernel, grid, warps * 32, 0, s, a, ks, shift_of(a.w.bk), g_gemv_flags);
+  };
+  if constexpr (T == WType::E4M3) {  // the sweep's variants
+    if (g_rows_pipe && g_rows_chunks == 1)
+      launch(gemv_rows_kernel<T, NR, SWIGLU, 1, true>);
+    else if (g_rows_pipe && g_rows_chunks == 4)
+      launch(gemv_rows_kernel<T, NR, SWIGLU, 4, true>);
+    else if (g_rows_pipe)
+      launch(gemv_rows_kernel<T, NR, SWIGLU, 2, true>);
+    else if (g_rows_chunks == 1)
+      launch(gemv_rows_kernel<T, NR, SWIGLU, 1, false>);
+    else if (g_rows_chunks == 4)
+      launch(gemv_rows_kernel<T, NR, SWIGLU, 4, false>);
+    else
+      launch(gemv_rows_kernel<T, NR, SWIGLU>);
+    return;
+  }
+  launch(gemv_rows_kernel<T, NR, SWIGLU>);
 }
 // False (nothing launched) when the tile of inputs would not fit in shared memory (a split
 // over many warps of a short matrix); the general kernel takes those. Where it splits as the
@@ -733,6 +778,13 @@ void gemv_allow_tile(bool on) {
 bool gemv_tile_heads_one_row(bool on) {
   const bool before = g_tile_heads;
   g_tile_heads = on;
+  return before;
+}
+
+int gemv_rows_batch(int chunks, bool pipelined) {
+  const int before = g_rows_pipe ? -g_rows_chunks : g_rows_chunks;
+  g_rows_chunks = chunks;
+  g_rows_pipe = pipelined;
   return before;
 }
 

@@ -79,6 +79,10 @@ int gemv_tile_pass_rows(int rows);
 // (W_UV), the rest in more blocks (default 16; a huge value: every row in one block, as
 // before). Returns the setting it replaces.
 int gemv_tile_block_rows(int rows);
+// Benchmarks only: the one-row kernel's loads for FP8 weights, chunks (1, 2: the default, or 4)
+// per lane and row in one batch, pipelined (the next batch issued before this one is used) or
+// not; the same bits. Returns the setting it replaces: chunks, negative when it was pipelined.
+int gemv_rows_batch(int chunks, bool pipelined);
 // Benchmarks only: true sends per-head gemvs (W_UV) of one input row to the tile kernel too
 // (blocks of 8 warps sharing the head's input from shared memory) instead of the one-row
 // kernel's 2-warp blocks; the same bits. Returns the setting it replaces.
