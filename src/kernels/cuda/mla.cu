@@ -557,23 +557,14 @@ __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, f
 // dequantised wkv_b. The CUDA-core kernel re-read W_UK[h] from L2 for every 4 rows.
 constexpr int kAtRows = 64, kAtCols = 128, kAtPad = 8, kAtDn = 128;
 
+// Rows row0 .. row0 + nrows of w, columns c0 .. c0 + kAtCols, times their block scales, into
+// dst as BF16 rows of `stride` elements.
 template <WType T>
-__global__ void __launch_bounds__(256)
-    absorb_q_tc_kernel(const float* q, int64_t n, int64_t heads, int64_t dr, int64_t dv,
-                       const DevWeight w, const AbsorbOut out) {
+__device__ __forceinline__ void stage_weight_bf16(const DevWeight& w, int64_t row0, int nrows,
+                                                  int64_t c0, uint16_t* dst, int stride) {
   constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize;
-  constexpr int SA = kAtDn + kAtPad, SB = kAtCols + kAtPad;
-  extern __shared__ __align__(16) uint16_t at_smem[];
-  uint16_t* sa = at_smem;            // [kAtRows][SA]: q_nope
-  uint16_t* sb = sa + kAtRows * SA;  // [kAtDn][SB]: W_UK[h]'s columns c0 ..
-  const int64_t h = blockIdx.x, c0 = int64_t(blockIdx.y) * kAtCols;
-  const int64_t t0 = int64_t(blockIdx.z) * kAtRows;
-  const int rows = int(min(int64_t(kAtRows), n - t0));
-  const int64_t dc = w.k, dq = dc + dr, dqk = kAtDn + dr, row0 = h * (kAtDn + dv);
-  const int64_t scols = ceil_div(dc, w.bk);
-  pdl_trigger();
-  // The weights first: no kernel before this one writes them.
-  for (int c = int(threadIdx.x); c < kAtDn * (kAtCols / CH); c += int(blockDim.x)) {
+  const int64_t dc = w.k, scols = ceil_div(dc, w.bk);
+  for (int c = int(threadIdx.x); c < nrows * (kAtCols / CH); c += int(blockDim.x)) {
     const int i = c / (kAtCols / CH), col = (c % (kAtCols / CH)) * CH;
     const int64_t wr = row0 + i;
     float v[CH];
@@ -583,23 +574,66 @@ __global__ void __launch_bounds__(256)
     float sc = 1.0f;
     if constexpr (T == WType::E4M3)
       sc = __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + int(c0 + col) / w.bk);
-    uint32_t* dst = reinterpret_cast<uint32_t*>(sb + i * SB + col);
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst + i * stride + col);
 #pragma unroll
-    for (int e = 0; e < CH / 2; ++e) dst[e] = pack_bf16(v[2 * e] * sc, v[2 * e + 1] * sc);
+    for (int e = 0; e < CH / 2; ++e) out[e] = pack_bf16(v[2 * e] * sc, v[2 * e + 1] * sc);
   }
-  pdl_wait();
-  for (int c = int(threadIdx.x); c < kAtRows * (kAtDn / 4); c += int(blockDim.x)) {
-    const int r = c / (kAtDn / 4), j = (c % (kAtDn / 4)) * 4;
+}
+
+// A warp's 32 x 32 tile of C fragments (acc[mi][nt]: rows wm · 32 + 16 mi + g (+ 8), columns
+// 8 nt + 2 t (+ 1)): store(row, column, v, v_next) for each pair in a row below `rows`.
+template <class Store>
+__device__ __forceinline__ void store_tile(const float (&acc)[2][4][4], int wm, int lane, int rows,
+                                           Store store) {
+  const int g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int r = wm * 32 + mi * 16 + g + 8 * rr;
+      if (r >= rows) continue;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+        store(r, nt * 8 + 2 * t4, acc[mi][nt][2 * rr], acc[mi][nt][2 * rr + 1]);
+    }
+  }
+}
+
+// kAtRows rows of `cols` F32 values (src + r · ld; zeros from row `rows` on) into dst as BF16
+// rows of `stride` elements.
+__device__ __forceinline__ void stage_rows_bf16(const float* src, int64_t ld, int rows, int cols,
+                                                uint16_t* dst, int stride) {
+  for (int c = int(threadIdx.x); c < kAtRows * (cols / 4); c += int(blockDim.x)) {
+    const int r = c / (cols / 4), j = (c % (cols / 4)) * 4;
     float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (r < rows) f = *reinterpret_cast<const float4*>(q + ((t0 + r) * heads + h) * dqk + j);
-    uint32_t* dst = reinterpret_cast<uint32_t*>(sa + r * SA + j);
-    dst[0] = pack_bf16(f.x, f.y);
-    dst[1] = pack_bf16(f.z, f.w);
+    if (r < rows) f = *reinterpret_cast<const float4*>(src + r * ld + j);
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst + r * stride + j);
+    out[0] = pack_bf16(f.x, f.y);
+    out[1] = pack_bf16(f.z, f.w);
   }
+}
+
+template <WType T>
+__global__ void __launch_bounds__(256)
+    absorb_q_tc_kernel(const float* q, int64_t n, int64_t heads, int64_t dr, int64_t dv,
+                       const DevWeight w, const AbsorbOut out) {
+  constexpr int SA = kAtDn + kAtPad, SB = kAtCols + kAtPad;
+  extern __shared__ __align__(16) uint16_t at_smem[];
+  uint16_t* sa = at_smem;            // [kAtRows][SA]: q_nope
+  uint16_t* sb = sa + kAtRows * SA;  // [kAtDn][SB]: W_UK[h]'s columns c0 ..
+  const int64_t h = blockIdx.x, c0 = int64_t(blockIdx.y) * kAtCols;
+  const int64_t t0 = int64_t(blockIdx.z) * kAtRows;
+  const int rows = int(min(int64_t(kAtRows), n - t0));
+  const int64_t dc = w.k, dq = dc + dr, dqk = kAtDn + dr;
+  pdl_trigger();
+  // The weights first: no kernel before this one writes them.
+  stage_weight_bf16<T>(w, h * (kAtDn + dv), kAtDn, c0, sb, SB);
+  pdl_wait();
+  stage_rows_bf16(q + (t0 * heads + h) * dqk, heads * dqk, rows, kAtDn, sa, SA);
   put_query_pe(q, heads, kAtDn, dr, dc, h, t0, rows, out);
   __syncthreads();
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int wm = warp / 4, wn = warp % 4, g = lane / 4, t4 = lane % 4;
+  const int wm = warp / 4, wn = warp % 4;
   float acc[2][4][4] = {};
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi) {
@@ -609,19 +643,10 @@ __global__ void __launch_bounds__(256)
     for (int kk = 0; kk < kAtDn / 16; ++kk) ldsm_x4(a[kk], arow + kk * 16);
     mma_pv<kAtDn / 16, 4>(acc[mi], a, sb + wn * 32, SB, lane);
   }
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      const int r = wm * 32 + mi * 16 + g + 8 * rr;
-      if (r >= rows) continue;
-      uint16_t* dst = out.qcb + ((t0 + r) * heads + h) * dq + c0 + wn * 32 + 2 * t4;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
-            pack_bf16(acc[mi][nt][2 * rr], acc[mi][nt][2 * rr + 1]);
-    }
-  }
+  store_tile(acc, wm, lane, rows, [&](int r, int col, float v0, float v1) {
+    *reinterpret_cast<uint32_t*>(out.qcb + ((t0 + r) * heads + h) * dq + c0 + wn * 32 + col) =
+        pack_bf16(v0, v1);
+  });
 }
 
 // The other absorbed projection, o[t, h] = W_UV[h] · o_lat[t, h], on the BF16 tensor cores for
@@ -631,43 +656,21 @@ __global__ void __launch_bounds__(256)
 template <WType T>
 __global__ void __launch_bounds__(256) uv_tc_kernel(const float* o_lat, int64_t n, int64_t heads,
                                                     int64_t dn, const DevWeight w, float* o) {
-  constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize, DV = 128;
-  constexpr int S = kAtCols + kAtPad;
+  constexpr int DV = 128, S = kAtCols + kAtPad;
   extern __shared__ __align__(16) uint16_t at_smem[];
   uint16_t* sa = at_smem;           // [kAtRows][S]: o_lat's K chunk
   uint16_t* sb = sa + kAtRows * S;  // [DV][S]: W_UV[h]'s K chunk, a row per output
   const int64_t h = blockIdx.x, t0 = int64_t(blockIdx.y) * kAtRows;
   const int rows = int(min(int64_t(kAtRows), n - t0));
-  const int64_t dc = w.k, row0 = h * (dn + DV) + dn, scols = ceil_div(dc, w.bk);
+  const int64_t dc = w.k, row0 = h * (dn + DV) + dn;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int wm = warp / 4, wn = warp % 4, g = lane / 4, t4 = lane % 4;
+  const int wm = warp / 4, wn = warp % 4;
   float acc[2][4][4] = {};
   pdl_wait();
   for (int64_t kc = 0; kc < dc; kc += kAtCols) {
     __syncthreads();  // every warp done with the last chunk
-    for (int c = int(threadIdx.x); c < DV * (kAtCols / CH); c += int(blockDim.x)) {
-      const int i = c / (kAtCols / CH), col = (c % (kAtCols / CH)) * CH;
-      const int64_t wr = row0 + i;
-      float v[CH];
-      decode_chunk<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(w.w) +
-                                                           (wr * dc + kc + col) * ES)),
-                      v);
-      float sc = 1.0f;
-      if constexpr (T == WType::E4M3)
-        sc = __ldg(w.scale + int64_t(int(wr) / w.bn) * scols + int(kc + col) / w.bk);
-      uint32_t* dst = reinterpret_cast<uint32_t*>(sb + i * S + col);
-#pragma unroll
-      for (int e = 0; e < CH / 2; ++e) dst[e] = pack_bf16(v[2 * e] * sc, v[2 * e + 1] * sc);
-    }
-    for (int c = int(threadIdx.x); c < kAtRows * (kAtCols / 4); c += int(blockDim.x)) {
-      const int r = c / (kAtCols / 4), j = (c % (kAtCols / 4)) * 4;
-      float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r < rows)
-        f = *reinterpret_cast<const float4*>(o_lat + ((t0 + r) * heads + h) * dc + kc + j);
-      uint32_t* dst = reinterpret_cast<uint32_t*>(sa + r * S + j);
-      dst[0] = pack_bf16(f.x, f.y);
-      dst[1] = pack_bf16(f.z, f.w);
-    }
+    stage_weight_bf16<T>(w, row0, DV, kc, sb, S);
+    stage_rows_bf16(o_lat + (t0 * heads + h) * dc + kc, heads * dc, rows, kAtCols, sa, S);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kAtCols / 16; ++kk) {
@@ -689,18 +692,9 @@ __global__ void __launch_bounds__(256) uv_tc_kernel(const float* o_lat, int64_t 
     }
   }
   pdl_trigger();
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      const int r = wm * 32 + mi * 16 + g + 8 * rr;
-      if (r >= rows) continue;
-      float* dst = o + ((t0 + r) * heads + h) * DV + wn * 32 + 2 * t4;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-        *reinterpret_cast<float2*>(dst + nt * 8) = {acc[mi][nt][2 * rr], acc[mi][nt][2 * rr + 1]};
-    }
-  }
+  store_tile(acc, wm, lane, rows, [&](int r, int col, float v0, float v1) {
+    *reinterpret_cast<float2*>(o + ((t0 + r) * heads + h) * DV + wn * 32 + col) = {v0, v1};
+  });
 }
 
 template <WType T>
