@@ -592,6 +592,17 @@ int sm_count() {
   return count;
 }
 
+// Shared memory one block may opt in to (227 KB on Hopper).
+size_t block_smem_optin() {
+  static const size_t bytes = [] {
+    int dev = 0, b = 0;
+    DSV3_CUDA_CHECK(cudaGetDevice(&dev));
+    DSV3_CUDA_CHECK(cudaDeviceGetAttribute(&b, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return size_t(b);
+  }();
+  return bytes;
+}
+
 int g_split_k = 0;           // gemv_split_k: 0 = split_k()'s own choice
 int g_rows_block_warps = 2;  // gemv_rows_block_warps
 bool g_tile = true;          // gemv_allow_tile
@@ -670,19 +681,21 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
   }
   launch(gemv_rows_kernel<T, NR, SWIGLU>);
 }
-// False (nothing launched) when the tile of inputs would not fit in shared memory (a split
-// over many warps of a short matrix); the general kernel takes those. Where it splits as the
-// rows kernel does (without SwiGLU and with n a multiple of 4, always: 48 warps an SM at one
-// output a warp ask what 12 do at four) it sums each chunk in the same order: the batch test's
-// FP8 40 x 7168 (split 8 ways, a 128 KB tile at 4 rows) runs 3 to 16 rows there and gets the
-// rows kernel's bits. Otherwise (SwiGLU: 2 outputs a warp) the splits can differ, and the bits.
+// False (nothing launched) when the tile of inputs would not fit in a block's shared memory:
+// never on Hopper (at most 128 KB: FP8 split 8 ways), but then the general kernel takes it.
+// Where that splits as the rows kernel does (without SwiGLU and with n a multiple of 4, always)
+// it sums each chunk in the same order, so the bits are the same (main's tree ran FP8 40 x 7168
+// there under a 96 KB cap and passed the batch test); with SwiGLU they can differ.
 template <WType T, bool SWIGLU, int MT>
 bool launch_tile(const GemvArgs& a, cudaStream_t s) {
   constexpr int NR = kRowsPerWarp<SWIGLU>;
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int ks = split_k(a, slots, WTraits<T>::kChunk, NR, 12);  // launch_rows' split
   const size_t smem = size_t(MT) * kTileSteps<MT> * ks * 32 * WTraits<T>::kChunk * sizeof(float);
-  if (smem > 96 * 1024) return false;
+  // Up to all a block may have (one block an SM then; a 96 KB cap sent FP8 40 x 7168, split 8
+  // ways, to the general kernel from 3 rows).
+  const size_t red = sizeof(float) * 2 * MT * NR * kWarps;  // the kernel's static array
+  if (smem + red > block_smem_optin()) return false;
   const auto kernel = gemv_tile_kernel<T, NR, SWIGLU, MT>;
   if (smem > 48 * 1024)
     DSV3_CUDA_CHECK(
