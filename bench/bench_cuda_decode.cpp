@@ -21,12 +21,9 @@
 //        [--gemv-tile 1 | 0 (batches of 2-16 on the tile kernel or the general one)]
 //        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
 //        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
-//        [--gemv-tile-block-rows N (rows a block of W_UV's per-head gemvs takes)]
-//        [--gemv-rows-batch 1 | 2 | 4 | -1 | -2 | -4 (the one-row kernel's FP8 chunks a batch;
-//         negative: pipelined)]
-//        [--gemv-tile-heads 0 | 1 (W_UV's per-head gemvs at one row on the tile kernel)]
-//        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
-//        [--absorb-tc 0 | 1 (batches over gemv_max_rows absorb W_UK on the tensor cores)]
+//        [--gemv-rows-batch 1 | 2 | 4 (the one-row kernel's FP8 chunks a batch)]
+//        [--absorb-tc 0 | 1 (batches over gemv_max_rows absorb W_UK and W_UV on the tensor
+//         cores; default 1)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -131,8 +128,7 @@ int main(int argc, char** argv) {
   int steps = 32, prompt = 64;
   int gemv_rows = int(cuda::CudaEngineOptions{}.gemv_max_rows);
   bool fp8_cache = false;
-  bool sample_split = false;
-  bool absorb_tc = false;
+  bool absorb_tc = cuda::CudaEngineOptions{}.absorb_tensor_cores;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -159,14 +155,8 @@ int main(int argc, char** argv) {
       cuda::grouped_fp8_blocks_per_sm(std::stoi(v));
     else if (k == "--absorb-tc")
       absorb_tc = v != "0";
-    else if (k == "--sample-split")
-      sample_split = v != "0";
-    else if (k == "--gemv-tile-heads")
-      cuda::gemv_tile_heads_one_row(v != "0");
-    else if (k == "--gemv-rows-batch")  // chunks a batch, negative: pipelined
-      cuda::gemv_rows_batch(std::abs(std::stoi(v)), std::stoi(v) < 0);
-    else if (k == "--gemv-tile-block-rows")
-      cuda::gemv_tile_block_rows(std::stoi(v));
+    else if (k == "--gemv-rows-batch")
+      cuda::gemv_rows_batch(std::stoi(v));
     else if (k == "--gemv-tile-pass")
       cuda::gemv_tile_pass_rows(std::stoi(v));
     else if (k == "--gemv-tile")
@@ -178,9 +168,8 @@ int main(int argc, char** argv) {
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
-        "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--gemv-tile-heads 0|1]\n"
-        "       [--gemv-tile-block-rows N] [--sample-split 0|1] [--absorb-tc 0|1]\n"
-        "       [--gemv-rows-batch 1|2|4|-1|-2|-4]\n");
+        "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
+        "       [--gemv-rows-batch 1|2|4]\n");
     return 2;
   }
   int rc = 0;
@@ -205,7 +194,6 @@ int main(int argc, char** argv) {
       opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
-      opt.sample_split_scan = sample_split;
       opt.absorb_tensor_cores = absorb_tc;
       return opt;
     };
@@ -310,7 +298,6 @@ int main(int argc, char** argv) {
       opt.max_step_tokens = 2048;
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
-      opt.sample_split_scan = sample_split;
       opt.absorb_tensor_cores = absorb_tc;
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;

@@ -325,9 +325,8 @@ void decode_gemv() {
   fmt::print("{:<28} {:>12}", "weight n x k", "auto");
   for (const int ks : {1, 2, 4, 8}) fmt::print(" {:>12}", fmt::format("ks {}", ks));
   fmt::print(" {:>12} {:>12} {:>12}", "auto, via L1", "4-warp blks", "8-warp blks");
-  // The one-row kernel's FP8 loads: chunks a batch, pipelined batches.
-  fmt::print(" {:>12} {:>12} {:>12} {:>12}\n", "1 a batch", "4 a batch", "pipelined 2",
-             "pipelined 4");
+  // The one-row kernel's FP8 loads: chunks a batch (2 in auto).
+  fmt::print(" {:>12} {:>12}\n", "1 a batch", "4 a batch");
   for (const GemvShape& s : shapes) {
     const GemvCase c(s);
     std::string line = fmt::format("{:<28}", s.name);
@@ -344,11 +343,10 @@ void decode_gemv() {
     cuda::gemv_rows_block_warps(8);
     line += pct(c);
     cuda::gemv_rows_block_warps(warps);
-    for (const auto& [chunks, pipe] :
-         {std::pair{1, false}, std::pair{4, false}, std::pair{2, true}, std::pair{4, true}}) {
-      const int before = cuda::gemv_rows_batch(chunks, pipe);
+    for (const int chunks : {1, 4}) {
+      const int before = cuda::gemv_rows_batch(chunks);
       line += pct(c);
-      cuda::gemv_rows_batch(std::abs(before), before < 0);
+      cuda::gemv_rows_batch(before);
     }
     fmt::print("{}\n", line);
   }

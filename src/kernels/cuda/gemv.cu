@@ -284,14 +284,15 @@ __device__ __forceinline__ void load_batch(uint4 (&raw)[U][NR], uint4 (&raw2)[U]
 // FP8: the NR rows share one scale row (launch_rows checks that NR divides the block height and
 // the row offsets), so a chunk takes one scale load for all of them; with per-row scales and
 // row pointers the kernel needed 120 registers, 2 blocks an SM; now 80 (3 blocks, no spills).
-// U: chunks per lane and row in one batch, U · NR (· 2) loads in flight; PIPE: the next batch's
-// loads issued before this one is used (twice the registers). The engine runs U = 2 unpipelined;
-// the others are for the gemv sweep (bench_cuda_fp8_gemm), FP8 only, with no register cap.
-template <int U, bool PIPE>
-constexpr int kRowsMinBlocks = U*(PIPE ? 2 : 1) > 2 ? 1 : 3;
+// U: chunks per lane and row in one batch, U · NR (· 2) loads in flight. The engine runs U = 2;
+// 1 and 4 are for the gemv sweep (bench_cuda_fp8_gemm), FP8 only. (Issuing the next batch's
+// loads before this one is used, at twice the registers, ran at 47-53% of copy where U = 2 ran
+// at 75% for o_proj and down, H200.)
+template <int U>
+constexpr int kRowsMinBlocks = U > 2 ? 1 : 3;
 
-template <WType T, int NR, bool SWIGLU, int U = 2, bool PIPE = false>
-__global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U, PIPE>))
+template <WType T, int NR, bool SWIGLU, int U = 2>
+__global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U>))
     gemv_rows_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
@@ -319,18 +320,9 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U, PIPE>))
     for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = 0.0f;
     uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
     float sc[U], sc2[U];
-    if constexpr (PIPE)
-      load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, (sub * 32 + lane) * CH,
-                                   step, Ki, bk_shift, a.w.bk, flags);
     for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += U * step) {
-      [[maybe_unused]] uint4 nraw[PIPE ? U : 1][NR], nraw2[PIPE ? U : 1][SWIGLU ? NR : 1];
-      [[maybe_unused]] float nsc[PIPE ? U : 1], nsc2[PIPE ? U : 1];
-      if constexpr (PIPE)  // the next batch (zeros past Ki) while this one is used
-        load_batch<T, NR, SWIGLU, U>(nraw, nraw2, nsc, nsc2, rp, row_bytes, last, k0 + U * step,
-                                     step, Ki, bk_shift, a.w.bk, flags);
-      else
-        load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, k0, step, Ki,
-                                     bk_shift, a.w.bk, flags);
+      load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, k0, step, Ki, bk_shift,
+                                   a.w.bk, flags);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int k = k0 + u * step;
@@ -359,18 +351,6 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U, PIPE>))
               for (int c = 0; c < CH; ++c) d2 = fmaf(wv[c], xv[c], d2);
               acc2[r] = fmaf(d2, sc2[u], acc2[r]);
             }
-          }
-        }
-      }
-      if constexpr (PIPE) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          sc[u] = nsc[u];
-          sc2[u] = nsc2[u];
-#pragma unroll
-          for (int r = 0; r < NR; ++r) {
-            raw[u][r] = nraw[u][r];
-            if constexpr (SWIGLU) raw2[u][r] = nraw2[u][r];
           }
         }
       }
@@ -423,14 +403,14 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U, PIPE>))
 // same batched or not.
 // Steps (the chunks of all ks · 32 lanes) per tile of the tile kernel: 2, so U · NR (· 2)
 // weight loads are in flight per lane, up to 4 rows a pass; 1 at 8, whose accumulators take
-// the registers the second step's loads had.
+// the registers the second step's loads had. Passes of 8 (the default) over 4: V3 x 4 layers
+// FP8 decode b=8 1,524 vs 1,461 tok/s, b=256 18,484 vs 17,479 (H200, one call).
 template <int MT>
 constexpr int kTileSteps = MT > 4 ? 1 : 2;
 
 template <WType T, int NR, bool SWIGLU, int MT>
 __global__ void __launch_bounds__(kWarps * 32, 2)
-    gemv_tile_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags,
-                     const int zrows) {
+    gemv_tile_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
   constexpr int U = kTileSteps<MT>;
@@ -448,11 +428,6 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   pdl_wait();
   int64_t g, r0, r1;
   if (!block_rows(a, g, r0, r1)) return;  // uniform over the block
-  if (zrows > 0) {  // this block's share of the rows (launch_tile: per-head groups)
-    r0 += int64_t(blockIdx.z) * zrows;
-    r1 = min(r1, r0 + zrows);
-    if (r0 >= r1) return;
-  }
   // Every warp reaches every barrier; one past the last output loads and writes nothing.
   const bool any = n0 < a.n;
   const int K = int(a.w.k), Ki = any ? K : 0;
@@ -606,11 +581,8 @@ size_t block_smem_optin() {
 int g_split_k = 0;           // gemv_split_k: 0 = split_k()'s own choice
 int g_rows_block_warps = 2;  // gemv_rows_block_warps
 bool g_tile = true;          // gemv_allow_tile
-int g_tile_pass = 4;         // gemv_tile_pass_rows
-bool g_tile_heads = false;   // gemv_tile_heads_one_row
-int g_tile_block_rows = 16;  // gemv_tile_block_rows
+int g_tile_pass = 8;         // gemv_tile_pass_rows
 int g_rows_chunks = 2;       // gemv_rows_batch
-bool g_rows_pipe = false;
 bool g_rows_per_warp = true;
 
 // Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp
@@ -665,16 +637,10 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
     launch_pdl(kernel, grid, warps * 32, 0, s, a, ks, shift_of(a.w.bk), g_gemv_flags);
   };
   if constexpr (T == WType::E4M3) {  // the sweep's variants
-    if (g_rows_pipe && g_rows_chunks == 1)
-      launch(gemv_rows_kernel<T, NR, SWIGLU, 1, true>);
-    else if (g_rows_pipe && g_rows_chunks == 4)
-      launch(gemv_rows_kernel<T, NR, SWIGLU, 4, true>);
-    else if (g_rows_pipe)
-      launch(gemv_rows_kernel<T, NR, SWIGLU, 2, true>);
-    else if (g_rows_chunks == 1)
-      launch(gemv_rows_kernel<T, NR, SWIGLU, 1, false>);
+    if (g_rows_chunks == 1)
+      launch(gemv_rows_kernel<T, NR, SWIGLU, 1>);
     else if (g_rows_chunks == 4)
-      launch(gemv_rows_kernel<T, NR, SWIGLU, 4, false>);
+      launch(gemv_rows_kernel<T, NR, SWIGLU, 4>);
     else
       launch(gemv_rows_kernel<T, NR, SWIGLU>);
     return;
@@ -700,12 +666,8 @@ bool launch_tile(const GemvArgs& a, cudaStream_t s) {
   if (smem > 48 * 1024)
     DSV3_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  // Per-head groups over many rows (W_UV at large batches) split their rows over blocks: one
-  // block looping over all of them ran a grid of 512 blocks through 64 passes at batch 256.
-  const int zrows = per_group_inputs(a) && a.m > g_tile_block_rows ? g_tile_block_rows : 0;
-  const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots),
-                  unsigned(zrows > 0 ? ceil_div(a.m, int64_t(zrows)) : 1));
-  launch_pdl(kernel, grid, kWarps * 32, smem, s, a, ks, shift_of(a.w.bk), g_gemv_flags, zrows);
+  const dim3 grid(unsigned(ceil_div(a.n, int64_t(kWarps / ks) * NR)), unsigned(slots));
+  launch_pdl(kernel, grid, kWarps * 32, smem, s, a, ks, shift_of(a.w.bk), g_gemv_flags);
   return true;
 }
 
@@ -752,7 +714,7 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   const bool rows_ok =
       T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
   const bool heads = per_group_inputs(a);
-  if (rows <= 1 && vec && rows_ok && g_rows_per_warp && !(heads && g_tile_heads)) {
+  if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
     if (a.w2)
       launch_rows<T, true>(a, s);
     else
@@ -788,22 +750,9 @@ void gemv_allow_tile(bool on) {
   g_tile = on;
 }
 
-bool gemv_tile_heads_one_row(bool on) {
-  const bool before = g_tile_heads;
-  g_tile_heads = on;
-  return before;
-}
-
-int gemv_rows_batch(int chunks, bool pipelined) {
-  const int before = g_rows_pipe ? -g_rows_chunks : g_rows_chunks;
+int gemv_rows_batch(int chunks) {
+  const int before = g_rows_chunks;
   g_rows_chunks = chunks;
-  g_rows_pipe = pipelined;
-  return before;
-}
-
-int gemv_tile_block_rows(int rows) {
-  const int before = g_tile_block_rows;
-  g_tile_block_rows = rows;
   return before;
 }
 

@@ -72,21 +72,13 @@ int gemv_rows_block_warps(int warps);
 // Benchmarks only: false sends 2 to 16 input rows to the general kernel instead of the tile
 // kernel (whose rows get the bits they get alone).
 void gemv_allow_tile(bool on);
-// Benchmarks only: input rows the tile kernel takes a pass (4, the default, or 8: weights read
-// once for 5 to 8 rows, one step a tile instead of two). Returns the setting it replaces.
+// Benchmarks only: input rows the tile kernel takes a pass (8, the default: weights read once
+// for 5 to 8 rows, one step a tile; or 4, two steps a tile). The same bits. Returns the
+// setting it replaces.
 int gemv_tile_pass_rows(int rows);
-// Benchmarks only: input rows a block of the tile kernel takes at most for per-head gemvs
-// (W_UV), the rest in more blocks (default 16; a huge value: every row in one block, as
-// before). Returns the setting it replaces.
-int gemv_tile_block_rows(int rows);
 // Benchmarks only: the one-row kernel's loads for FP8 weights, chunks (1, 2: the default, or 4)
-// per lane and row in one batch, pipelined (the next batch issued before this one is used) or
-// not; the same bits. Returns the setting it replaces: chunks, negative when it was pipelined.
-int gemv_rows_batch(int chunks, bool pipelined);
-// Benchmarks only: true sends per-head gemvs (W_UV) of one input row to the tile kernel too
-// (blocks of 8 warps sharing the head's input from shared memory) instead of the one-row
-// kernel's 2-warp blocks; the same bits. Returns the setting it replaces.
-bool gemv_tile_heads_one_row(bool on);
+// per lane and row in one batch; the same bits. Returns the setting it replaces.
+int gemv_rows_batch(int chunks);
 // Benchmarks only (gemv.cu): bit 0, a gemv lets the next kernel launch at once rather than
 // once its weights are read; bit 1, weights are read past L1. Default 2. Returns the flags
 // before.
@@ -302,12 +294,8 @@ struct SampleParams {
 constexpr int32_t kSampleNonFinite = -1;  // a logit is NaN or +inf
 constexpr int32_t kSampleAllMasked = -2;  // every logit is -inf
 constexpr int32_t kSampleOverflow = -3;   // the largest logit overflows at this temperature
-// scan: null, or room for rows · kSampleScanBlocks partial scans (2 words each): the first
-// sweep (max, non-finite check) then runs in kSampleScanBlocks blocks a row before the kernel
-// above, which reads their partials instead; the same tokens.
-constexpr int kSampleScanBlocks = 16;
 void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
-                   const SampleParams* params, int32_t* tokens, uint64_t* scan, cudaStream_t s);
+                   const SampleParams* params, int32_t* tokens, cudaStream_t s);
 
 // MLA prefill attention, non-absorbed (kernels/cuda/flash.cu): per head h and query row t of
 // one sequence (position pos0 + t), o[t, h] = softmax(scale · q[t, h] · K[h]ᵀ) · V[h] over the
