@@ -23,7 +23,10 @@
 //        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
 //        [--gemv-rows-batch 1 | 2 | 4 (the one-row kernel's FP8 chunks a batch)]
 //        [--absorb-tc 0 | 1 (batches over gemv_max_rows absorb W_UK and W_UV on the tensor
-//         cores; default 1)]
+//         cores; default 1)] [--attention-tc 1 | 0 (the absorbed attention on the tensor cores)]
+//        [--uv-merge-splits N (W_UV at one row merges up to N key splits itself; 0: never)]
+//        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
+//         time them inside a graph by difference)]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -129,6 +132,9 @@ int main(int argc, char** argv) {
   int gemv_rows = int(cuda::CudaEngineOptions{}.gemv_max_rows);
   bool fp8_cache = false;
   bool absorb_tc = cuda::CudaEngineOptions{}.absorb_tensor_cores;
+  bool attention_tc = cuda::CudaEngineOptions{}.attention_tensor_cores;
+  unsigned repeat = 0;
+  int64_t uv_merge = cuda::CudaEngineOptions{}.uv_merge_splits;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -155,6 +161,12 @@ int main(int argc, char** argv) {
       cuda::grouped_fp8_blocks_per_sm(std::stoi(v));
     else if (k == "--absorb-tc")
       absorb_tc = v != "0";
+    else if (k == "--attention-tc")
+      attention_tc = v != "0";
+    else if (k == "--uv-merge-splits")
+      uv_merge = std::stoll(v);
+    else if (k == "--repeat")
+      repeat = unsigned(std::stoul(v));
     else if (k == "--gemv-rows-batch")
       cuda::gemv_rows_batch(std::stoi(v));
     else if (k == "--gemv-tile-pass")
@@ -169,7 +181,8 @@ int main(int argc, char** argv) {
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
-        "       [--gemv-rows-batch 1|2|4]\n");
+        "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
+        "       [--uv-merge-splits N]\n");
     return 2;
   }
   int rc = 0;
@@ -195,6 +208,9 @@ int main(int argc, char** argv) {
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
       opt.absorb_tensor_cores = absorb_tc;
+      opt.attention_tensor_cores = attention_tc;
+      opt.repeat_pieces = repeat;
+      opt.uv_merge_splits = uv_merge;
       return opt;
     };
     if (!bs.empty()) {
@@ -299,6 +315,9 @@ int main(int argc, char** argv) {
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
       opt.absorb_tensor_cores = absorb_tc;
+      opt.attention_tensor_cores = attention_tc;
+      opt.repeat_pieces = repeat;
+      opt.uv_merge_splits = uv_merge;
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
       opt.grouped_experts = way == 3;

@@ -1008,4 +1008,62 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MlaTcGpu,
                                            std::make_tuple(16, 512, 64),
                                            std::make_tuple(10, 256, 32)));
 
+// W_UV at one row merging the attention's key splits itself (GemvArgs::merge, one launch fewer
+// at batch 1) gives the bits of the merge kernel then the gemv, for FP8 and BF16 kv_b, with 128
+// heads (one-row kernel unsplit) and 16 (split-K); positions 299 (10 splits) and 20 (1).
+TEST(MlaTcGpu, UvMergingTheSplitsEqualsMergeThenGemv) {
+  SKIP_WITHOUT_GPU();
+  const int64_t dc = 512, dr = 64, dn = 128, dv = 128, D = dc + dr, cap = 320;
+  for (const int64_t H : {128, 16}) {
+    std::vector<float> cache = randn(size_t(cap * D), 63);
+    const PagedCache paged = paged_cache(cache, 1, 1, cap, dc, dr, CacheKind::kBf16, 32);
+    const auto dq = to_device(bf16_bits(bf16_values(randn(size_t(H * D), 64, 0.2f))));
+    const int64_t partial_floats = 132 * H * (dc + 2);
+    DevPtr<float> partial = poisoned(size_t(partial_floats));
+    DevPtr<float> olat = poisoned(size_t(H * dc));
+    const std::vector<int32_t> slot = {0};
+    const auto dslot = to_device(slot);
+    for (const char* dtype : {"fp8", "bf16"}) {
+      TestLinear kv_b = make_linear(dtype, H * (dn + dv), dc, 65);
+      for (const int32_t at : {299, 20}) {
+        SCOPED_TRACE(std::string(dtype) + " " + std::to_string(H) + " heads, position " +
+                     std::to_string(at));
+        const std::vector<int32_t> pos = {at};
+        const auto dpos = to_device(pos);
+        const auto attend = [&](int64_t leave) {
+          return cuda::mla_attention_tc(dq.get(), 1, H, paged.pool, 0, dpos.get(), dslot.get(), at,
+                                        0.07f, partial.get(), partial_floats, olat.get(), nullptr,
+                                        leave);
+        };
+        cuda::GemvArgs g;
+        g.w = kv_b.dev;
+        g.n = dv;
+        g.w_group_rows = dn + dv;
+        g.w_row0 = dn;
+        g.x = olat.get();
+        g.ldx = H * dc;
+        g.x_goff = dc;
+        g.ldy = H * dv;
+        g.y_goff = dv;
+        g.m = 1;
+        g.groups = int(H);
+        ASSERT_TRUE(cuda::gemv_merges_input(g));
+        EXPECT_EQ(attend(0), 0);  // merged into olat
+        DevPtr<float> y1 = poisoned(size_t(H * dv)), y2 = poisoned(size_t(H * dv));
+        g.y = y1.get();
+        cuda::gemv(g, nullptr);
+        const int64_t splits = attend(1000);
+        EXPECT_EQ(splits, at == 299 ? 10 : 1);
+        g.merge = partial.get();
+        g.merge_splits = splits;
+        g.y = y2.get();
+        cuda::gemv(g, nullptr);
+        const std::vector<float> a = to_host(y1, size_t(H * dv)), b = to_host(y2, size_t(H * dv));
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+        for (float v : a) ASSERT_TRUE(std::isfinite(v));
+      }
+    }
+  }
+}
+
 }  // namespace

@@ -707,10 +707,6 @@ struct CudaEngine::Impl {
     const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
     // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
     stage(kStageRouting);
-    if (!(L.router_f32 && blas && n > opt.gemv_max_rows &&
-          blas->matmul_f32(n, E, H, k.h, L.router_f32, k.router, k.blas_ws, k.blas_ws_bytes,
-                           stream)))
-      linear(k.h, n, L.router, k.router, false);
     RouteArgs r;
     r.e = E;
     r.k = top;
@@ -721,15 +717,23 @@ struct CudaEngine::Impl {
     r.top2_group_score = c.topk_method == "noaux_tc";
     r.normalise = c.norm_topk_prob && (r.sigmoid || top > 1);
     r.scale = r.sigmoid || !r.normalise ? float(c.routed_scaling_factor) : 1.0f;
-    route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
-    moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, k.active, stream);
+    twice(kRepeatRoute, [&] {
+      if (!(L.router_f32 && blas && n > opt.gemv_max_rows &&
+            blas->matmul_f32(n, E, H, k.h, L.router_f32, k.router, k.blas_ws, k.blas_ws_bytes,
+                             stream)))
+        linear(k.h, n, L.router, k.router, false);
+      route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
+      moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, k.active, stream);
+    });
     stage(kStageExperts);
     if (!experts_grouped(L, n) && !experts_gemm(L, n)) experts_gemv(L, n);
     stage(kStageShared);
     if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
     stage(kStageRouting);
-    moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
-                out, stream);
+    twice(kRepeatCombine, [&] {
+      moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
+                  out, stream);
+    });
   }
 
   // FP8 experts take block-scaled GEMMs; either kind takes the GEMM path below when the chunk
@@ -936,10 +940,11 @@ struct CudaEngine::Impl {
     stage(kStageAttnProj);
     // k.kv rows: [q_a (q LoRA only, padded) | c_kv | k_pe].
     const int64_t qr = c.has_q_lora() ? c.q_lora_rank : 0, ldkv = L.qkv_a.rows;
-    linear(k.h, n, L.qkv_a, k.kv);
+    twice(kRepeatQkvA, [&] { linear(k.h, n, L.qkv_a, k.kv); });
     if (qr > 0) {
-      add_rmsnorm(k.kv, ldkv, nullptr, L.q_a_norm, eps, n, qr, k.qa, qr, stream);
-      linear(k.qa, n, L.q_b, k.q);
+      twice(kRepeatQaNorm,
+            [&] { add_rmsnorm(k.kv, ldkv, nullptr, L.q_a_norm, eps, n, qr, k.qa, qr, stream); });
+      twice(kRepeatQb, [&] { linear(k.qa, n, L.q_b, k.q); });
     } else {
       linear(k.h, n, L.q, k.q);
     }
@@ -948,8 +953,10 @@ struct CudaEngine::Impl {
     // The absorbed form rotates q_pe inside mla_absorb_q (one launch fewer a layer).
     if (flash) rope(k.q, n, heads, dn + dr, dn, m.inv_freq, half, rope_table.factor, pos, stream);
     stage(kStageAttention);
-    latent_to_cache(k.kv + L.latent_col, ldkv, n, L.kv_a_norm, eps, m.inv_freq, half,
-                    rope_table.factor, pos, seq, pool, layer, stream);
+    twice(kRepeatCacheWrite, [&] {
+      latent_to_cache(k.kv + L.latent_col, ldkv, n, L.kv_a_norm, eps, m.inv_freq, half,
+                      rope_table.factor, pos, seq, pool, layer, stream);
+    });
     if (flash && flash_attention(L, pool, layer, n)) {
       stage(kStageAttnProj);
       linear(k.o, n, L.o, out);
@@ -957,24 +964,6 @@ struct CudaEngine::Impl {
     }
     const QueryRope rot{pos, m.inv_freq, rope_table.factor};
     const QueryRope* qrope = flash ? nullptr : &rot;  // after rope() above: already rotated
-    if (opt.attention_tensor_cores && k.qcb && mla_attention_tc_supported(pool)) {
-      // BF16 straight from the absorb, the tensor-core kernel's input.
-      if (!(opt.absorb_tensor_cores && n > opt.gemv_max_rows &&
-            mla_absorb_q_tc(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qcb, stream)))
-        mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
-      mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
-                       k.partial, k.partial_floats, k.olat, stream);
-      if (opt.absorb_tensor_cores && n > opt.gemv_max_rows &&
-          mla_uv_tc(k.olat, n, heads, dn, dv, L.kv_b, k.o, stream)) {
-        stage(kStageAttnProj);
-        linear(k.o, n, L.o, out);
-        return;
-      }
-    } else {
-      mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qc, nullptr, stream);
-      mla_attention(k.qc, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
-                    k.partial, k.partial_floats, k.olat, stream);
-    }
     GemvArgs g;  // o[t, h] = W_UV[h] · o_lat[t, h]: one group per head
     g.w = L.kv_b;
     g.n = dv;
@@ -988,9 +977,44 @@ struct CudaEngine::Impl {
     g.y_goff = dv;
     g.m = n;
     g.groups = int(heads);
-    gemv(g, stream);
+    if (opt.attention_tensor_cores && k.qcb && mla_attention_tc_supported(pool)) {
+      // BF16 straight from the absorb, the tensor-core kernel's input.
+      twice(kRepeatAbsorb, [&] {
+        if (!(opt.absorb_tensor_cores && n > opt.gemv_max_rows &&
+              mla_absorb_q_tc(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qcb, stream)))
+          mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
+      });
+      const int64_t leave = n == 1 && gemv_merges_input(g) ? opt.uv_merge_splits : 0;
+      twice(kRepeatAttention, [&] {
+        g.merge_splits = mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos,
+                                          float(c.softmax_scale()), k.partial, k.partial_floats,
+                                          k.olat, stream, leave);
+      });
+      if (g.merge_splits > 0) g.merge = k.partial;
+      if (opt.absorb_tensor_cores && n > opt.gemv_max_rows &&
+          mla_uv_tc(k.olat, n, heads, dn, dv, L.kv_b, k.o, stream)) {
+        stage(kStageAttnProj);
+        linear(k.o, n, L.o, out);
+        return;
+      }
+    } else {
+      twice(kRepeatAbsorb,
+            [&] { mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qc, nullptr, stream); });
+      twice(kRepeatAttention, [&] {
+        mla_attention(k.qc, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
+                      k.partial, k.partial_floats, k.olat, stream);
+      });
+    }
+    twice(kRepeatUv, [&] { gemv(g, stream); });
     stage(kStageAttnProj);
-    linear(k.o, n, L.o, out);
+    twice(kRepeatOProj, [&] { linear(k.o, n, L.o, out); });
+  }
+
+  // fn(), and again when the benchmarks ask to time `piece` by difference (repeat_pieces).
+  template <class F>
+  void twice(unsigned piece, F&& fn) {
+    fn();
+    if (opt.repeat_pieces & piece) fn();
   }
 
   // One transformer block over the chunk's rows; `pending` is the previous block's FFN output,
@@ -1169,7 +1193,7 @@ struct CudaEngine::Impl {
     if (out & kTokensOut) {
       DSV3_CUDA_CHECK(cudaMemcpyAsync(k.sample, h_sample + s0, size_t(cnt) * sizeof(SampleParams),
                                       cudaMemcpyHostToDevice, stream));
-      sample_tokens(k.logits, cnt, V, V, k.sample, k.tokens, stream);
+      twice(kRepeatSample, [&] { sample_tokens(k.logits, cnt, V, V, k.sample, k.tokens, stream); });
       DSV3_CUDA_CHECK(cudaMemcpyAsync(h_tokens + s0, k.tokens, size_t(cnt) * sizeof(int32_t),
                                       cudaMemcpyDeviceToHost, stream));
     }

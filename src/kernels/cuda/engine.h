@@ -100,6 +100,28 @@ struct CudaEngineOptions {
   // mla_uv_tc) instead of the CUDA-core kernel and the per-head gemv: V3 x 4 layers FP8 decode
   // b=64 8,812 vs 7,709 tok/s, b=256 25,150 vs 17,479 (H200, one call).
   bool absorb_tensor_cores = true;
+  // At one row, W_UV's gemv merges the tensor-core attention's key splits itself when there are
+  // at most this many (each of its blocks merges its head's: 4 a head at V3's sizes), instead
+  // of a merge kernel between them; 0: never. The same bits.
+  int64_t uv_merge_splits = 16;
+  // Benchmarks only: enqueue these pieces of every layer twice (bits of RepeatPiece; each piece
+  // rewrites what it wrote from unchanged inputs, so the logits stay the same), to time a
+  // kernel inside a replayed graph by the difference in step time (no profiler sees into one).
+  unsigned repeat_pieces = 0;
+};
+// Bits of CudaEngineOptions::repeat_pieces.
+enum RepeatPiece : unsigned {
+  kRepeatQkvA = 1,        // the q_a | kv_a gemv
+  kRepeatQaNorm = 2,      // q_a's RMSNorm
+  kRepeatQb = 4,          // the q_b gemv
+  kRepeatCacheWrite = 8,  // latent_to_cache
+  kRepeatAbsorb = 16,     // W_UK into the query
+  kRepeatAttention = 32,  // the attention kernel and its merge
+  kRepeatUv = 64,         // W_UV out of the latent output
+  kRepeatOProj = 128,     // o_proj
+  kRepeatSample = 256,    // the sampler (once a step)
+  kRepeatRoute = 512,     // the router's gemv, routing and the permutation (MoE layers)
+  kRepeatCombine = 1024,  // the experts' weighted sum (MoE layers)
 };
 
 // Device bytes the engine allocates for a model (computed without a GPU).
