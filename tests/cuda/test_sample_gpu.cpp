@@ -26,7 +26,8 @@ using gpu_test::to_device;
 using gpu_test::to_host;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// One token per u: the GPU sampler over `rows` copies of x (row stride 0).
+// One token per u: the GPU sampler over `rows` copies of x (row stride 0), with its first sweep
+// in one block a row and split over kSampleScanBlocks, which must give the same tokens.
 std::vector<int32_t> gpu_tokens(const std::vector<float>& x, cuda::SampleParams p,
                                 const std::vector<double>& us) {
   std::vector<cuda::SampleParams> ps(us.size(), p);
@@ -35,8 +36,14 @@ std::vector<int32_t> gpu_tokens(const std::vector<float>& x, cuda::SampleParams 
   const auto dp = to_device(ps);
   auto dt = gpu_test::device_buffer<int32_t>(us.size());
   cuda::sample_tokens(dx.get(), int64_t(us.size()), int64_t(x.size()), 0, dp.get(), dt.get(),
-                      nullptr);
-  return to_host(dt, us.size());
+                      nullptr, nullptr);
+  const std::vector<int32_t> tokens = to_host(dt, us.size());
+  auto scan = gpu_test::device_buffer<uint64_t>(us.size() * cuda::kSampleScanBlocks * 2);
+  auto ds = gpu_test::device_buffer<int32_t>(us.size());
+  cuda::sample_tokens(dx.get(), int64_t(us.size()), int64_t(x.size()), 0, dp.get(), ds.get(),
+                      scan.get(), nullptr);
+  EXPECT_EQ(to_host(ds, us.size()), tokens) << "the split first sweep chose otherwise";
+  return tokens;
 }
 
 infer::SamplingParams params_of(const cuda::SampleParams& p) {
@@ -164,64 +171,68 @@ std::string fixture(const std::string& name) {
 
 // step_sample() draws device-drawable samplers' tokens on the GPU and the others (here: one
 // asking for logprobs) on the host from the logits; both must give what a host Sampler gives
-// for the logits of step() over the same prompt.
+// for the logits of step() over the same prompt, with the sampler's first sweep split or not.
 TEST(SampleGpu, EngineStepSampleEqualsStepAndHostSampler) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture("v3_yarn_qlora_bf16")));
   const auto ref = SafetensorsFile::open(fixture("v3_yarn_qlora_bf16") + "/reference.safetensors");
   const Tensor ids = ref->get("input_ids");
-  cuda::CudaEngineOptions o;
-  o.max_sequences = 8;  // three host-path and three device-path caches at once
-  o.max_context = 64;
-  o.max_step_tokens = 64;
-  const cuda::CudaEngine engine(model, o);
-  const int64_t v = model.config().vocab_size;
-  infer::SamplingParams greedy, warm, logprobs;
-  greedy.temperature = 0;
-  warm.temperature = 0.8f;
-  warm.top_k = 40;
-  warm.top_p = 0.9f;
-  warm.seed = 11;
-  logprobs = warm;
-  logprobs.logprobs = 2;
-  const std::vector<infer::SamplingParams> ps = {greedy, warm, logprobs};
-  std::vector<int32_t> prompt(ids.ptr<int32_t>(), ids.ptr<int32_t>() + 6);
-  for (int s = 0; s < 4; ++s) {
-    // Host: logits of step(), then a fresh Sampler per row.
-    std::vector<LatentCache> hc, dc;
-    std::vector<StepEngine::Input> hin, din;
-    for (size_t k = 0; k < ps.size(); ++k) {
-      hc.push_back(engine.new_cache());
-      dc.push_back(engine.new_cache());
+  for (const bool split : {false, true}) {  // the sampler's first sweep in one block or several
+    SCOPED_TRACE(split ? "split sweep" : "one block a row");
+    cuda::CudaEngineOptions o;
+    o.max_sequences = 8;  // three host-path and three device-path caches at once
+    o.max_context = 64;
+    o.max_step_tokens = 64;
+    o.sample_split_scan = split;
+    const cuda::CudaEngine engine(model, o);
+    const int64_t v = model.config().vocab_size;
+    infer::SamplingParams greedy, warm, logprobs;
+    greedy.temperature = 0;
+    warm.temperature = 0.8f;
+    warm.top_k = 40;
+    warm.top_p = 0.9f;
+    warm.seed = 11;
+    logprobs = warm;
+    logprobs.logprobs = 2;
+    const std::vector<infer::SamplingParams> ps = {greedy, warm, logprobs};
+    std::vector<int32_t> prompt(ids.ptr<int32_t>(), ids.ptr<int32_t>() + 6);
+    for (int s = 0; s < 4; ++s) {
+      // Host: logits of step(), then a fresh Sampler per row.
+      std::vector<LatentCache> hc, dc;
+      std::vector<StepEngine::Input> hin, din;
+      for (size_t k = 0; k < ps.size(); ++k) {
+        hc.push_back(engine.new_cache());
+        dc.push_back(engine.new_cache());
+      }
+      for (size_t k = 0; k < ps.size(); ++k) {
+        hin.push_back({&hc[k], prompt, false});
+        din.push_back({&dc[k], prompt, false});
+      }
+      Tensor logits = engine.step(hin);
+      std::vector<infer::Sampler> host, dev;
+      for (const auto& p : ps) {
+        host.emplace_back(p, prompt);
+        dev.emplace_back(p, prompt);
+      }
+      std::vector<infer::Sampler*> ptrs;
+      for (auto& d : dev) ptrs.push_back(&d);
+      const auto drawn = engine.step_sample(din, ptrs);
+      ASSERT_EQ(drawn.size(), ps.size());
+      for (size_t k = 0; k < ps.size(); ++k) {
+        const int32_t want = host[k].sample({logits.ptr<float>() + int64_t(k) * v, size_t(v)});
+        EXPECT_EQ(drawn[k].token, want) << "sampler " << k << " step " << s;
+        EXPECT_EQ(dev[k].num_generated(), 1);
+        EXPECT_EQ(dc[k].size(), int64_t(prompt.size()));
+      }
+      EXPECT_EQ(drawn[2].top.size(), 2u);  // the logprobs one ran on the host
+      prompt.push_back(drawn[0].token);
     }
-    for (size_t k = 0; k < ps.size(); ++k) {
-      hin.push_back({&hc[k], prompt, false});
-      din.push_back({&dc[k], prompt, false});
-    }
-    Tensor logits = engine.step(hin);
-    std::vector<infer::Sampler> host, dev;
-    for (const auto& p : ps) {
-      host.emplace_back(p, prompt);
-      dev.emplace_back(p, prompt);
-    }
-    std::vector<infer::Sampler*> ptrs;
-    for (auto& d : dev) ptrs.push_back(&d);
-    const auto drawn = engine.step_sample(din, ptrs);
-    ASSERT_EQ(drawn.size(), ps.size());
-    for (size_t k = 0; k < ps.size(); ++k) {
-      const int32_t want = host[k].sample({logits.ptr<float>() + int64_t(k) * v, size_t(v)});
-      EXPECT_EQ(drawn[k].token, want) << "sampler " << k << " step " << s;
-      EXPECT_EQ(dev[k].num_generated(), 1);
-      EXPECT_EQ(dc[k].size(), int64_t(prompt.size()));
-    }
-    EXPECT_EQ(drawn[2].top.size(), 2u);  // the logprobs one ran on the host
-    prompt.push_back(drawn[0].token);
+    // A null sampler: no token, and the cache still advances.
+    LatentCache c = engine.new_cache();
+    const auto none = engine.step_sample({{&c, prompt, false}}, {nullptr});
+    EXPECT_EQ(none[0].token, -1);
+    EXPECT_EQ(c.size(), int64_t(prompt.size()));
   }
-  // A null sampler: no token, and the cache still advances.
-  LatentCache c = engine.new_cache();
-  const auto none = engine.step_sample({{&c, prompt, false}}, {nullptr});
-  EXPECT_EQ(none[0].token, -1);
-  EXPECT_EQ(c.size(), int64_t(prompt.size()));
 }
 
 }  // namespace

@@ -276,6 +276,7 @@ struct Work {
   // Rows sampled on the GPU: their parameters and tokens, logit_rows each.
   SampleParams* sample = nullptr;
   int32_t* tokens = nullptr;
+  uint64_t* sample_scan = nullptr;  // sample_tokens' split sweep: [logit_rows][blocks][2]
   uint16_t *xb = nullptr, *wb = nullptr;
   int64_t wb_elems = 0;
   // FP8 GEMMs: activations quantised in 1×128 tiles (rows padded per group), their scales, the
@@ -413,6 +414,7 @@ DevModel layout(const ModelWeights& mw, const CudaEngineOptions& opt, Arena& a) 
   w.logits = a.alloc_n<float>(w.logit_rows * V);
   w.sample = a.alloc_n<SampleParams>(w.logit_rows);
   w.tokens = a.alloc_n<int32_t>(w.logit_rows);
+  w.sample_scan = a.alloc_n<uint64_t>(w.logit_rows * kSampleScanBlocks * 2);
   if (!m.mtp.empty()) {
     w.cat = a.alloc_n<float>(T * 2 * H);
     w.hprev = a.alloc_n<float>(T * H);
@@ -1193,7 +1195,10 @@ struct CudaEngine::Impl {
     if (out & kTokensOut) {
       DSV3_CUDA_CHECK(cudaMemcpyAsync(k.sample, h_sample + s0, size_t(cnt) * sizeof(SampleParams),
                                       cudaMemcpyHostToDevice, stream));
-      twice(kRepeatSample, [&] { sample_tokens(k.logits, cnt, V, V, k.sample, k.tokens, stream); });
+      twice(kRepeatSample, [&] {
+        sample_tokens(k.logits, cnt, V, V, k.sample, k.tokens,
+                      opt.sample_split_scan ? k.sample_scan : nullptr, stream);
+      });
       DSV3_CUDA_CHECK(cudaMemcpyAsync(h_tokens + s0, k.tokens, size_t(cnt) * sizeof(int32_t),
                                       cudaMemcpyDeviceToHost, stream));
     }

@@ -104,6 +104,10 @@ struct CudaEngineOptions {
   // at most this many (each of its blocks merges its head's: 4 a head at V3's sizes), instead
   // of a merge kernel between them; 0: never. The same bits.
   int64_t uv_merge_splits = 16;
+  // The sampler's first sweep over a row's logits in kSampleScanBlocks blocks a row instead of
+  // its one (kernels.h sample_tokens): the same tokens. (One A/B at batch 1 saw no gain: 766.8
+  // against 770.7 tok/s; the sampler costs ~26 us a step in the graph.)
+  bool sample_split_scan = false;
   // Benchmarks only: enqueue these pieces of every layer twice (bits of RepeatPiece; each piece
   // rewrites what it wrote from unchanged inputs, so the logits stay the same), to time a
   // kernel inside a replayed graph by the difference in step time (no profiler sees into one).

@@ -81,16 +81,18 @@ __device__ __forceinline__ RowPtrs row_ptrs(const GemvArgs& a, int64_t g, int64_
 // as was fetching the first weights of each row into L2 before the wait (V3 dims: 723 tok/s
 // against 745). Weights are read past L1 (L1::no_allocate), so the streamed bytes do not evict
 // the input row every warp of the SM reads again (64 KB at o_proj's K = 16384): o_proj 2,853
-// -> 3,090 GB/s, batch-1 decode 720 -> 745 tok/s. gemv_flags (benchmarks) turns either on/off.
-constexpr int kTriggerEarly = 1, kWeightsPastL1 = 2;
+// -> 3,090 GB/s, batch-1 decode 720 -> 745 tok/s. kWeightsEarly: the one-row kernel loads its
+// first batch of weights into registers before the wait (not yet measured). gemv_flags
+// (benchmarks) turns each on/off.
+constexpr int kTriggerEarly = 1, kWeightsPastL1 = 2, kWeightsEarly = 4;
 int g_gemv_flags = kWeightsPastL1;
 
 __device__ __forceinline__ uint4 load_weight(const char* p, int flags) {
   if (!(flags & kWeightsPastL1)) return __ldg(reinterpret_cast<const uint4*>(p));
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
+  uint4 v;  // volatile: the compiler must not sink the early loads past pdl_wait()
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
   return v;
 }
 
@@ -284,10 +286,11 @@ __device__ __forceinline__ void load_batch(uint4 (&raw)[U][NR], uint4 (&raw2)[U]
 // FP8: the NR rows share one scale row (launch_rows checks that NR divides the block height and
 // the row offsets), so a chunk takes one scale load for all of them; with per-row scales and
 // row pointers the kernel needed 120 registers, 2 blocks an SM; now 80 (3 blocks, no spills).
-// U: chunks per lane and row in one batch, U · NR (· 2) loads in flight. The engine runs U = 2;
-// 1 and 4 are for the gemv sweep (bench_cuda_fp8_gemm), FP8 only. (Issuing the next batch's
-// loads before this one is used, at twice the registers, ran at 47-53% of copy where U = 2 ran
-// at 75% for o_proj and down, H200.)
+// U: chunks per lane and row in one batch, U · NR (· 2) loads in flight. The engine runs FP8 at
+// U = 1 (V3 x 4 layers batch-1 decode 778.9 tok/s against 761.4 / 768.7 at 2, H200, one call;
+// the gemv sweep had every FP8 shape 1-6% faster) and the others at 2; 4 is for the sweep.
+// (Issuing the next batch's loads before this one is used, at twice the registers, ran at
+// 47-53% of copy where U = 2 ran at 75% for o_proj and down.)
 template <int U>
 constexpr int kRowsMinBlocks = U > 2 ? 1 : 3;
 
@@ -304,6 +307,21 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U>))
   const int sub = warp % ks, warps = int(blockDim.x) / 32;  // ks divides warps (≤ kWarps)
   const int64_t n0 = (int64_t(blockIdx.x) * (warps / ks) + warp / ks) * NR;
   if (flags & kTriggerEarly) pdl_trigger();
+  const bool any = n0 < a.n;
+  const int Ki = any ? int(a.w.k) : 0;
+  const int64_t nb = min(n0, a.n - 1), row_bytes = a.w.k * ES;
+  // Rows past the end read the last row (in bounds) and are never written.
+  const int last = int(min(int64_t(NR - 1), a.n - 1 - nb));
+  const int step = ks * 32 * CH, k_first = (sub * 32 + lane) * CH;
+  uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
+  float sc[U], sc2[U];
+  // kWeightsEarly: the first batch of weights is loaded before the wait when the block's group
+  // needs no device data (no active list or offsets), so its latency passes while the kernel
+  // before finishes.
+  const bool early = (flags & kWeightsEarly) && !a.active && !a.offsets;
+  if (early)
+    load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, row_ptrs<T, SWIGLU>(a, blockIdx.y, nb),
+                                 row_bytes, last, k_first, step, Ki, bk_shift, a.w.bk, flags);
   pdl_wait();
   int64_t g, r0, r1;
   if (!block_rows(a, g, r0, r1)) return;  // uniform over the block
@@ -312,25 +330,18 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U>))
     merge_splits(a.merge + g * a.merge_splits * (a.w.k + 2), a.merge_splits, a.w.k, merged);
     __syncthreads();
   }
-  const bool any = n0 < a.n;
   if (!any && ks == 1) return;  // with ks > 1 every warp must reach the barriers
-  const int Ki = any ? int(a.w.k) : 0;
-  const int64_t nb = min(n0, a.n - 1), row_bytes = a.w.k * ES;
-  // Rows past the end read the last row (in bounds) and are never written.
-  const int last = int(min(int64_t(NR - 1), a.n - 1 - nb));
   const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, nb);  // the scale row serves all NR rows
-  const int step = ks * 32 * CH;
   for (int64_t p = r0; p < r1; ++p) {
     const int64_t row = a.x_rows ? a.x_rows[p] : p;
     const float* xr = MERGE ? merged : a.x + row * a.ldx + g * a.x_goff;
     float acc[NR], acc2[NR];
 #pragma unroll
     for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = 0.0f;
-    uint4 raw[U][NR], raw2[U][SWIGLU ? NR : 1];
-    float sc[U], sc2[U];
-    for (int k0 = (sub * 32 + lane) * CH; k0 < Ki; k0 += U * step) {
-      load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, k0, step, Ki, bk_shift,
-                                   a.w.bk, flags);
+    for (int k0 = k_first; k0 < Ki; k0 += U * step) {
+      if (!(early && p == r0 && k0 == k_first))
+        load_batch<T, NR, SWIGLU, U>(raw, raw2, sc, sc2, rp, row_bytes, last, k0, step, Ki,
+                                     bk_shift, a.w.bk, flags);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int k = k0 + u * step;
@@ -591,7 +602,7 @@ int g_split_k = 0;           // gemv_split_k: 0 = split_k()'s own choice
 int g_rows_block_warps = 2;  // gemv_rows_block_warps
 bool g_tile = true;          // gemv_allow_tile
 int g_tile_pass = 8;         // gemv_tile_pass_rows
-int g_rows_chunks = 2;       // gemv_rows_batch
+int g_rows_chunks = 1;       // gemv_rows_batch
 bool g_rows_per_warp = true;
 
 // Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp

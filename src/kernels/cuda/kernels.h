@@ -84,11 +84,12 @@ void gemv_allow_tile(bool on);
 // for 5 to 8 rows, one step a tile; or 4, two steps a tile). The same bits. Returns the
 // setting it replaces.
 int gemv_tile_pass_rows(int rows);
-// Benchmarks only: the one-row kernel's loads for FP8 weights, chunks (1, 2: the default, or 4)
+// Benchmarks only: the one-row kernel's loads for FP8 weights, chunks (1: the default, 2 or 4)
 // per lane and row in one batch; the same bits. Returns the setting it replaces.
 int gemv_rows_batch(int chunks);
 // Benchmarks only (gemv.cu): bit 0, a gemv lets the next kernel launch at once rather than
-// once its weights are read; bit 1, weights are read past L1. Default 2. Returns the flags
+// once its weights are read; bit 1, weights are read past L1; bit 2, the one-row kernel loads
+// its first weights before waiting for the kernel before it. Default 2. Returns the flags
 // before.
 int gemv_flags(int flags);
 
@@ -305,8 +306,12 @@ struct SampleParams {
 constexpr int32_t kSampleNonFinite = -1;  // a logit is NaN or +inf
 constexpr int32_t kSampleAllMasked = -2;  // every logit is -inf
 constexpr int32_t kSampleOverflow = -3;   // the largest logit overflows at this temperature
+// scan: null, or room for rows · kSampleScanBlocks partial scans (2 words each): the first
+// sweep (max, non-finite check) then runs in kSampleScanBlocks blocks a row before the kernel
+// above, which reads their partials instead; the same tokens.
+constexpr int kSampleScanBlocks = 16;
 void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
-                   const SampleParams* params, int32_t* tokens, cudaStream_t s);
+                   const SampleParams* params, int32_t* tokens, uint64_t* scan, cudaStream_t s);
 
 // MLA prefill attention, non-absorbed (kernels/cuda/flash.cu): per head h and query row t of
 // one sequence (position pos0 + t), o[t, h] = softmax(scale · q[t, h] · K[h]ᵀ) · V[h] over the

@@ -41,8 +41,8 @@ __device__ __forceinline__ float key_value(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-// Every thread gets op over all threads' v, combined in a fixed order (deterministic).
-template <class T, class Op>
+// Every thread gets op over all NT threads' v, combined in a fixed order (deterministic).
+template <int NT = kThreads, class T, class Op>
 __device__ T block_reduce(T v, Op op, T* smem) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -51,7 +51,7 @@ __device__ T block_reduce(T v, Op op, T* smem) {
   if (lane == 0) smem[warp] = v;
   __syncthreads();
   v = smem[0];
-  for (int i = 1; i < kWarps; ++i) v = op(v, smem[i]);
+  for (int i = 1; i < NT / 32; ++i) v = op(v, smem[i]);
   return v;
 }
 
@@ -150,20 +150,16 @@ __device__ uint32_t radix_select(const Row& r, Cand cand, Weight weight, double 
   return prefix;
 }
 
-__global__ void __launch_bounds__(kThreads)
-    sample_kernel(const float* logits, int64_t v, int64_t ld, const SampleParams* params,
-                  int32_t* tokens) {
-  pdl_enter();
-  extern __shared__ uint64_t hist[];  // [kWarps][256]
-  __shared__ int s_i[kWarps];
-  __shared__ uint64_t s_u[kWarps];
-  __shared__ uint32_t s_tie;
-  const SampleParams p = params[blockIdx.x];
-  const float* x = logits + blockIdx.x * ld;
+constexpr int kBadShift = 40;  // a scan's counts: bad in bits kBadShift and up, finite below
 
-  // One scan: the max and the lowest id holding it, NaN / +inf, the finite count; float4 loads
-  // (unrolled, so several are in flight) where the row allows. Two scalar sweeps had taken 36 us
-  // for one V3 row (ncu); this takes 12.4.
+// The first sweep over ids [lo, hi) of row x by this block (NT threads): the max and the
+// lowest id holding it, as one key ((max, lowest id), -0 tying +0 as on the CPU), and NaN / +inf
+// and the finite count as one sum; float4 loads (unrolled, so several are in flight) where the
+// row allows. lo is a multiple of 4. Two scalar sweeps had taken 36 us for one V3 row in one
+// block (ncu); this sweep, 12.4.
+template <int NT>
+__device__ void scan_row(const float* x, int64_t lo, int64_t hi, uint64_t* best_out,
+                         uint64_t* counts_out, uint64_t* s_u) {
   float mx = -INFINITY;
   int arg = INT32_MAX, bad = 0, finite = 0;
   const auto see = [&](float a, int64_t i) {
@@ -174,12 +170,12 @@ __global__ void __launch_bounds__(kThreads)
     bad |= !(a < INFINITY);
     finite += a > -INFINITY;
   };
-  int64_t tail = 0;
+  int64_t tail = lo;
   if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {
     const auto* x4 = reinterpret_cast<const float4*>(x);
-    tail = v / 4 * 4;
+    tail = lo + (hi - lo) / 4 * 4;
 #pragma unroll 4
-    for (int64_t j = threadIdx.x; j < v / 4; j += kThreads) {
+    for (int64_t j = lo / 4 + threadIdx.x; j < tail / 4; j += NT) {
       const float4 f = __ldg(x4 + j);
       see(f.x, 4 * j);
       see(f.y, 4 * j + 1);
@@ -187,21 +183,62 @@ __global__ void __launch_bounds__(kThreads)
       see(f.w, 4 * j + 3);
     }
   }
-  for (int64_t i = tail + threadIdx.x; i < v; i += kThreads) see(x[i], i);
-  // (max, lowest id) as one key (-0 ties +0, as on the CPU); bad and finite as one sum (bad in
-  // bits kBadShift and up).
-  const uint64_t best = block_reduce((uint64_t(order_key(mx + 0.0f)) << 32) | uint32_t(~arg),
-                                     [](uint64_t a, uint64_t b) { return a > b ? a : b; }, s_u);
-  constexpr int kBadShift = 40;
-  const uint64_t counts = block_reduce((uint64_t(bad) << kBadShift) + uint64_t(finite),
-                                       [](uint64_t a, uint64_t b) { return a + b; }, s_u);
+  for (int64_t i = tail + threadIdx.x; i < hi; i += NT) see(x[i], i);
+  *best_out = block_reduce<NT>((uint64_t(order_key(mx + 0.0f)) << 32) | uint32_t(~arg),
+                               [](uint64_t a, uint64_t b) { return a > b ? a : b; }, s_u);
+  *counts_out = block_reduce<NT>((uint64_t(bad) << kBadShift) + uint64_t(finite),
+                                 [](uint64_t a, uint64_t b) { return a + b; }, s_u);
+}
+
+constexpr int kScanThreads = 256;
+
+// sample_tokens' split first sweep: block (row, part) scans its part of the row.
+__global__ void __launch_bounds__(kScanThreads)
+    scan_kernel(const float* logits, int64_t v, int64_t ld, uint64_t* scan) {
+  pdl_enter();
+  __shared__ uint64_t s_u[kScanThreads / 32];
+  const int64_t per = (v + kSampleScanBlocks - 1) / kSampleScanBlocks / 4 * 4 + 4;
+  const int64_t lo = min(v, blockIdx.y * per), hi = min(v, lo + per);
+  uint64_t best, counts;
+  scan_row<kScanThreads>(logits + blockIdx.x * ld, lo, hi, &best, &counts, s_u);
+  if (threadIdx.x == 0) {
+    uint64_t* out = scan + (blockIdx.x * kSampleScanBlocks + blockIdx.y) * 2;
+    out[0] = best;
+    out[1] = counts;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(const float* logits, int64_t v, int64_t ld, const SampleParams* params,
+                  const uint64_t* scan, int32_t* tokens) {
+  pdl_enter();
+  extern __shared__ uint64_t hist[];  // [kWarps][256]
+  __shared__ int s_i[kWarps];
+  __shared__ uint64_t s_u[kWarps];
+  __shared__ uint32_t s_tie;
+  const SampleParams p = params[blockIdx.x];
+  const float* x = logits + blockIdx.x * ld;
+
+  uint64_t best, counts;
+  if (scan) {  // the parts' results, combined in part order
+    const uint64_t* in = scan + blockIdx.x * kSampleScanBlocks * 2;
+    const bool mine = threadIdx.x < kSampleScanBlocks;
+    best = block_reduce<kThreads>(
+        mine ? in[2 * threadIdx.x] : uint64_t(0),
+        [](uint64_t a, uint64_t b) { return a > b ? a : b; }, s_u);
+    counts = block_reduce<kThreads>(
+        mine ? in[2 * threadIdx.x + 1] : uint64_t(0), [](uint64_t a, uint64_t b) { return a + b; },
+        s_u);
+  } else {
+    scan_row<kThreads>(x, 0, v, &best, &counts, s_u);
+  }
   const bool any_bad = (counts >> kBadShift) != 0;
-  finite = int(counts & ((uint64_t(1) << kBadShift) - 1));
+  const int finite = int(counts & ((uint64_t(1) << kBadShift) - 1));
   if (any_bad || finite == 0) {
     if (threadIdx.x == 0) tokens[blockIdx.x] = any_bad ? kSampleNonFinite : kSampleAllMasked;
     return;
   }
-  mx = key_value(uint32_t(best >> 32));
+  float mx = key_value(uint32_t(best >> 32));
   if (p.temperature == 0.0f) {  // greedy: the lowest id holding the max
     if (threadIdx.x == 0) tokens[blockIdx.x] = int(~uint32_t(best));
     return;
@@ -317,13 +354,19 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void sample_tokens(const float* logits, int64_t rows, int64_t v, int64_t ld,
-                   const SampleParams* params, int32_t* tokens, cudaStream_t s) {
+                   const SampleParams* params, int32_t* tokens, uint64_t* scan, cudaStream_t s) {
   if (rows == 0) return;
+  if (scan) {
+    launch_pdl(scan_kernel, dim3(unsigned(rows), unsigned(kSampleScanBlocks)), kScanThreads, 0, s,
+               logits, v, ld, scan);
+    DSV3_CUDA_CHECK_LAUNCH();
+  }
   constexpr size_t smem = sizeof(uint64_t) * kWarps * 256;  // 64 KiB of histograms
   // Per launch, as the other kernels over 48 KiB: the attribute belongs to the current device.
   DSV3_CUDA_CHECK(
       cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_pdl(sample_kernel, unsigned(rows), kThreads, smem, s, logits, v, ld, params, tokens);
+  launch_pdl(sample_kernel, unsigned(rows), kThreads, smem, s, logits, v, ld, params,
+             static_cast<const uint64_t*>(scan), tokens);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
