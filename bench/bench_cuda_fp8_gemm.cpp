@@ -335,7 +335,8 @@ void decode_gemv() {
       line += pct(c);
     }
     cuda::gemv_split_k(0);
-    const int flags = cuda::gemv_flags(0);  // weights through L1 too
+    const int flags = cuda::gemv_flags(0);
+    cuda::gemv_flags(flags & ~2);  // weights through L1 too
     line += pct(c);
     cuda::gemv_flags(flags);
     const int warps = cuda::gemv_rows_block_warps(4);  // the one-row kernel's blocks

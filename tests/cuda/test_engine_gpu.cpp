@@ -279,7 +279,8 @@ std::vector<float> scripted_run(const cuda::CudaEngine& engine, const Tensor& id
 // Graph replay against eager launches, with every linear on the gemv kernel (gemv_max_rows 16)
 // and with every linear on cuBLASLt (0: its calls captured in the graphs); then both again with
 // every kernel launched plainly, not early (launch.cuh): a kernel that read its input before
-// waiting for the one that writes it would differ.
+// waiting for the one that writes it would differ; and with one stream (side_stream off: the
+// cache write and the shared experts no longer beside the rest).
 TEST_P(CudaFixture, GraphReplayIsBitIdenticalToEager) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture(GetParam())));
@@ -316,6 +317,13 @@ TEST_P(CudaFixture, GraphReplayIsBitIdenticalToEager) {
       ASSERT_EQ(std::memcmp(&eager[i], &plain_eager[i], sizeof(float)), 0) << i;
       ASSERT_EQ(std::memcmp(&eager[i], &plain_graphed[i], sizeof(float)), 0) << i;
     }
+    cuda::CudaEngineOptions one = small(false, gemv_rows);
+    one.side_stream = false;
+    const cuda::CudaEngine single(model, one);
+    const std::vector<float> one_stream = scripted_run(single, ids);
+    ASSERT_EQ(eager.size(), one_stream.size());
+    for (size_t i = 0; i < eager.size(); ++i)
+      ASSERT_EQ(std::memcmp(&eager[i], &one_stream[i], sizeof(float)), 0) << "one stream " << i;
   }
 }
 

@@ -252,7 +252,7 @@ TEST(GemvGpu, BatchRowsGetTheBitsOfARowAlone) {
 // The one-row kernel's block size moves outputs between blocks, not their arithmetic: the
 // same bits from blocks of 2, 4 or 8 warps, split-K included (300 x 2048: 4 warps an output;
 // 40 x 7168 splits 8 ways, so its blocks are 8 warps whatever is asked); likewise its FP8 load
-// variants and its first weights loaded before the wait.
+// variants and its first weights loaded after the wait, not before.
 TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
   SKIP_WITHOUT_GPU();
   for (const GemvCase c : {GemvCase{"fp8", 300, 2048, 1}, GemvCase{"fp8", 40, 7168, 1},
@@ -290,9 +290,9 @@ TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
                 0)
           << chunks << " chunks a batch";
     }
-    {  // the first weights loaded before the wait for the kernel before
+    {  // the first weights loaded after the wait for the kernel before, not before it
       const int flags = cuda::gemv_flags(0);
-      cuda::gemv_flags(flags | 4);
+      cuda::gemv_flags(flags & ~4);
       DevPtr<float> dv = poisoned(size_t(c.out));
       cuda::GemvArgs gv = g;
       gv.y = dv.get();
@@ -301,7 +301,7 @@ TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
       EXPECT_EQ(std::memcmp(to_host(dv, size_t(c.out)).data(), got[0].data(),
                             got[0].size() * sizeof(float)),
                 0)
-          << "weights early";
+          << "weights after the wait";
     }
   }
 }

@@ -503,6 +503,10 @@ struct CudaEngine::Impl {
   CudaEngineOptions opt;
   char* base = nullptr;
   cudaStream_t stream = nullptr;
+  // Decode-sized chunks (side_stream): kernels off the chain's critical path run here, between
+  // fork() and join(); a graph captures them as a parallel branch.
+  cudaStream_t side = nullptr;
+  cudaEvent_t fork_event = nullptr, join_event = nullptr;
   DevModel m;
   std::unique_ptr<Blas> blas;
   // The caches' blocks: which are free, shared, and each sequence's table (host bookkeeping;
@@ -585,6 +589,9 @@ struct CudaEngine::Impl {
     DSV3_CUDA_CHECK(cudaMemset(m.pool.base, 0, block_bytes * size_t(m.pool.layers)));
     if (m.mtp_pool.base) DSV3_CUDA_CHECK(cudaMemset(m.mtp_pool.base, 0, block_bytes));
     DSV3_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    DSV3_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+    DSV3_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event, cudaEventDisableTiming));
+    DSV3_CUDA_CHECK(cudaEventCreateWithFlags(&join_event, cudaEventDisableTiming));
     if (!opt.exact) blas = std::make_unique<Blas>();
     blocks = std::make_shared<BlockPool>(c, c.num_hidden_layers, m.pool.blocks, m.pool.block_tokens,
                                          opt.prefix_caching, false);
@@ -610,6 +617,9 @@ struct CudaEngine::Impl {
     if (stream) (void)cudaStreamSynchronize(stream);
     drop_graphs();
     for (cudaEvent_t e : events) (void)cudaEventDestroy(e);
+    if (fork_event) (void)cudaEventDestroy(fork_event);
+    if (join_event) (void)cudaEventDestroy(join_event);
+    if (side) (void)cudaStreamDestroy(side);
     if (stream) (void)cudaStreamDestroy(stream);
     blas.reset();
     (void)cudaFreeHost(h_ints);
@@ -682,6 +692,29 @@ struct CudaEngine::Impl {
     gemv(g, stream);
   }
 
+  // Side work for chunks of up to gemv_max_rows rows (gemvs only: no cuBLASLt workspace shared
+  // between the streams).
+  bool use_side(int64_t n) const { return opt.side_stream && n <= opt.gemv_max_rows; }
+  // The side stream starts after what the main stream has enqueued so far ...
+  void fork() {
+    DSV3_CUDA_CHECK(cudaEventRecord(fork_event, stream));
+    DSV3_CUDA_CHECK(cudaStreamWaitEvent(side, fork_event, 0));
+  }
+  // ... and the main stream goes on past this point only once the side work is done.
+  void join() {
+    DSV3_CUDA_CHECK(cudaEventRecord(join_event, side));
+    DSV3_CUDA_CHECK(cudaStreamWaitEvent(stream, join_event, 0));
+  }
+  // While alive, the launches of the helpers (linear, mlp: they take `stream`) go to the side
+  // stream.
+  struct OnSide {
+    Impl& e;
+    explicit OnSide(Impl& impl) : e(impl) { std::swap(e.stream, e.side); }
+    ~OnSide() { std::swap(e.stream, e.side); }
+    OnSide(const OnSide&) = delete;
+    OnSide& operator=(const OnSide&) = delete;
+  };
+
   void mlp(const DevMlp& p, const float* in, int64_t n, float* out) {
     const int64_t inter = p.gate.rows;
     if (use_blas(n, p.gate) || use_fp8_gemm(n, p.gate)) {
@@ -707,6 +740,14 @@ struct CudaEngine::Impl {
   void moe(const DevLayer& L, int64_t n, float* out) {
     Work& k = m.work;
     const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
+    // The shared experts beside the routing and the routed experts (a decode step's routing is
+    // a chain of small latency-bound kernels).
+    const bool shared_aside = L.has_shared && use_side(n);
+    if (shared_aside) {
+      fork();
+      const OnSide on(*this);
+      mlp(L.shared, k.h, n, k.shared_out);
+    }
     // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
     stage(kStageRouting);
     RouteArgs r;
@@ -730,7 +771,8 @@ struct CudaEngine::Impl {
     stage(kStageExperts);
     if (!experts_grouped(L, n) && !experts_gemm(L, n)) experts_gemv(L, n);
     stage(kStageShared);
-    if (L.has_shared) mlp(L.shared, k.h, n, k.shared_out);
+    if (L.has_shared && !shared_aside) mlp(L.shared, k.h, n, k.shared_out);
+    if (shared_aside) join();
     stage(kStageRouting);
     twice(kRepeatCombine, [&] {
       moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
@@ -943,6 +985,10 @@ struct CudaEngine::Impl {
     // k.kv rows: [q_a (q LoRA only, padded) | c_kv | k_pe].
     const int64_t qr = c.has_q_lora() ? c.q_lora_rank : 0, ldkv = L.qkv_a.rows;
     twice(kRepeatQkvA, [&] { linear(k.h, n, L.qkv_a, k.kv); });
+    // The latent cache write beside q's chain (q_a's norm, q_b, the absorb), joined before the
+    // attention reads the cache.
+    const bool write_aside = use_side(n);
+    if (write_aside) fork();
     if (qr > 0) {
       twice(kRepeatQaNorm,
             [&] { add_rmsnorm(k.kv, ldkv, nullptr, L.q_a_norm, eps, n, qr, k.qa, qr, stream); });
@@ -957,7 +1003,7 @@ struct CudaEngine::Impl {
     stage(kStageAttention);
     twice(kRepeatCacheWrite, [&] {
       latent_to_cache(k.kv + L.latent_col, ldkv, n, L.kv_a_norm, eps, m.inv_freq, half,
-                      rope_table.factor, pos, seq, pool, layer, stream);
+                      rope_table.factor, pos, seq, pool, layer, write_aside ? side : stream);
     });
     if (flash && flash_attention(L, pool, layer, n)) {
       stage(kStageAttnProj);
@@ -987,6 +1033,7 @@ struct CudaEngine::Impl {
           mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
       });
       const int64_t leave = n == 1 && gemv_merges_input(g) ? opt.uv_merge_splits : 0;
+      if (write_aside) join();
       twice(kRepeatAttention, [&] {
         g.merge_splits = mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos,
                                           float(c.softmax_scale()), k.partial, k.partial_floats,
@@ -1002,6 +1049,7 @@ struct CudaEngine::Impl {
     } else {
       twice(kRepeatAbsorb,
             [&] { mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qc, nullptr, stream); });
+      if (write_aside) join();
       twice(kRepeatAttention, [&] {
         mla_attention(k.qc, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
                       k.partial, k.partial_floats, k.olat, stream);

@@ -105,9 +105,13 @@ struct CudaEngineOptions {
   // of a merge kernel between them; 0: never. The same bits.
   int64_t uv_merge_splits = 16;
   // The sampler's first sweep over a row's logits in kSampleScanBlocks blocks a row instead of
-  // its one (kernels.h sample_tokens): the same tokens. (One A/B at batch 1 saw no gain: 766.8
-  // against 770.7 tok/s; the sampler costs ~26 us a step in the graph.)
-  bool sample_split_scan = false;
+  // its one (kernels.h sample_tokens): the same tokens. With the gemvs' early weights (gemv.cu
+  // kWeightsEarly) batch-1 decode ran at 779.1-780.1 tok/s against 769.5-775.9 without either
+  // and 770.0-772.2 with this alone (H200, three alternating rounds in one call).
+  bool sample_split_scan = true;
+  // Chunks of up to gemv_max_rows rows run the latent cache write and the shared experts on a
+  // second stream beside the kernels that do not need them (graphs: parallel branches).
+  bool side_stream = true;
   // Benchmarks only: enqueue these pieces of every layer twice (bits of RepeatPiece; each piece
   // rewrites what it wrote from unchanged inputs, so the logits stay the same), to time a
   // kernel inside a replayed graph by the difference in step time (no profiler sees into one).

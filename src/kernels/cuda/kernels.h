@@ -89,7 +89,7 @@ int gemv_tile_pass_rows(int rows);
 int gemv_rows_batch(int chunks);
 // Benchmarks only (gemv.cu): bit 0, a gemv lets the next kernel launch at once rather than
 // once its weights are read; bit 1, weights are read past L1; bit 2, the one-row kernel loads
-// its first weights before waiting for the kernel before it. Default 2. Returns the flags
+// its first weights before waiting for the kernel before it. Default 6. Returns the flags
 // before.
 int gemv_flags(int flags);
 
