@@ -26,7 +26,6 @@
 //         cores; default 1)] [--attention-tc 1 | 0 (the absorbed attention on the tensor cores)]
 //        [--side-stream 1 | 0 (the cache write and shared experts on a second stream)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
-//        [--uv-merge-splits N (W_UV at one row merges up to N key splits itself; 0: never)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
 //         time them inside a graph by difference)]
 #include <cuda_runtime.h>
@@ -138,7 +137,6 @@ int main(int argc, char** argv) {
   unsigned repeat = 0;
   bool sample_split = cuda::CudaEngineOptions{}.sample_split_scan;
   bool side_stream = cuda::CudaEngineOptions{}.side_stream;
-  int64_t uv_merge = cuda::CudaEngineOptions{}.uv_merge_splits;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -171,8 +169,6 @@ int main(int argc, char** argv) {
       side_stream = v != "0";
     else if (k == "--sample-split")
       sample_split = v != "0";
-    else if (k == "--uv-merge-splits")
-      uv_merge = std::stoll(v);
     else if (k == "--repeat")
       repeat = unsigned(std::stoul(v));
     else if (k == "--gemv-rows-batch")
@@ -190,7 +186,7 @@ int main(int argc, char** argv) {
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
-        "       [--uv-merge-splits N] [--sample-split 0|1] [--side-stream 1|0]\n");
+        "       [--sample-split 0|1] [--side-stream 1|0]\n");
     return 2;
   }
   int rc = 0;
@@ -218,7 +214,6 @@ int main(int argc, char** argv) {
       opt.absorb_tensor_cores = absorb_tc;
       opt.attention_tensor_cores = attention_tc;
       opt.repeat_pieces = repeat;
-      opt.uv_merge_splits = uv_merge;
       opt.sample_split_scan = sample_split;
       opt.side_stream = side_stream;
       return opt;
@@ -327,7 +322,6 @@ int main(int argc, char** argv) {
       opt.absorb_tensor_cores = absorb_tc;
       opt.attention_tensor_cores = attention_tc;
       opt.repeat_pieces = repeat;
-      opt.uv_merge_splits = uv_merge;
       opt.sample_split_scan = sample_split;
       opt.side_stream = side_stream;
       opt.fp8_gemm = fp8;

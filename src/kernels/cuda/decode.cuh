@@ -147,24 +147,4 @@ __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
-// Flash-decoding's merge of one (row, head)'s key splits, by a whole block: p holds `splits`
-// partials of dc + 2 floats (o unnormalised, running max, sum), out gets the dc columns of o.
-// The one arithmetic for merge_kernel and the gemv that merges W_UV's input itself, so both give
-// the same bits.
-__device__ __forceinline__ void merge_splits(const float* p, int64_t splits, int64_t dc,
-                                             float* out) {
-  float mx = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (dc + 2) + dc]);
-  float l = 0.0f;
-  for (int64_t s = 0; s < splits; ++s)
-    l += p[s * (dc + 2) + dc + 1] * expf(p[s * (dc + 2) + dc] - mx);
-  const float inv = 1.0f / l;
-  for (int64_t c = threadIdx.x; c < dc; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t s = 0; s < splits; ++s)
-      acc = fmaf(p[s * (dc + 2) + c], expf(p[s * (dc + 2) + dc] - mx), acc);
-    out[c] = acc * inv;
-  }
-}
-
 }  // namespace dsv3::cuda

@@ -1032,14 +1032,11 @@ struct CudaEngine::Impl {
               mla_absorb_q_tc(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, k.qcb, stream)))
           mla_absorb_q(k.q, n, heads, dn, dr, dv, L.kv_b, qrope, nullptr, k.qcb, stream);
       });
-      const int64_t leave = n == 1 && gemv_merges_input(g) ? opt.uv_merge_splits : 0;
       if (write_aside) join();
       twice(kRepeatAttention, [&] {
-        g.merge_splits = mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos,
-                                          float(c.softmax_scale()), k.partial, k.partial_floats,
-                                          k.olat, stream, leave);
+        mla_attention_tc(k.qcb, n, heads, pool, layer, pos, seq, max_pos, float(c.softmax_scale()),
+                         k.partial, k.partial_floats, k.olat, stream);
       });
-      if (g.merge_splits > 0) g.merge = k.partial;
       if (opt.absorb_tensor_cores && n > opt.gemv_max_rows &&
           mla_uv_tc(k.olat, n, heads, dn, dv, L.kv_b, k.o, stream)) {
         stage(kStageAttnProj);

@@ -100,10 +100,6 @@ struct CudaEngineOptions {
   // mla_uv_tc) instead of the CUDA-core kernel and the per-head gemv: V3 x 4 layers FP8 decode
   // b=64 8,812 vs 7,709 tok/s, b=256 25,150 vs 17,479 (H200, one call).
   bool absorb_tensor_cores = true;
-  // At one row, W_UV's gemv merges the tensor-core attention's key splits itself when there are
-  // at most this many (each of its blocks merges its head's: 4 a head at V3's sizes), instead
-  // of a merge kernel between them; 0: never. The same bits.
-  int64_t uv_merge_splits = 16;
   // The sampler's first sweep over a row's logits in kSampleScanBlocks blocks a row instead of
   // its one (kernels.h sample_tokens): the same tokens. With the gemvs' early weights (gemv.cu
   // kWeightsEarly) batch-1 decode ran at 779.1-780.1 tok/s against 769.5-775.9 without either

@@ -296,15 +296,12 @@ __device__ __forceinline__ void load_batch(uint4 (&raw)[U][NR], uint4 (&raw2)[U]
 template <int U>
 constexpr int kRowsMinBlocks = U > 2 ? 1 : 3;
 
-// MERGE: the group's input merged from the attention's split partials (GemvArgs::merge) into
-// shared memory first, by the whole block.
-template <WType T, int NR, bool SWIGLU, int U = 2, bool MERGE = false>
+template <WType T, int NR, bool SWIGLU, int U = 2>
 __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U>))
     gemv_rows_kernel(const GemvArgs a, const int ks, const int bk_shift, const int flags) {
   constexpr int CH = WTraits<T>::kChunk;
   constexpr int ES = WTraits<T>::kSize;
   __shared__ float red[2][NR][kWarps];
-  extern __shared__ float4 merged4[];  // MERGE: [w.k] floats
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int sub = warp % ks, warps = int(blockDim.x) / 32;  // ks divides warps (≤ kWarps)
   const int64_t n0 = (int64_t(blockIdx.x) * (warps / ks) + warp / ks) * NR;
@@ -327,16 +324,11 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U>))
   pdl_wait();
   int64_t g, r0, r1;
   if (!block_rows(a, g, r0, r1)) return;  // uniform over the block
-  float* merged = reinterpret_cast<float*>(merged4);
-  if constexpr (MERGE) {  // before any warp leaves: every thread takes columns
-    merge_splits(a.merge + g * a.merge_splits * (a.w.k + 2), a.merge_splits, a.w.k, merged);
-    __syncthreads();
-  }
-  if (!any && ks == 1) return;  // with ks > 1 every warp must reach the barriers
+  if (!any && ks == 1) return;            // with ks > 1 every warp must reach the barriers
   const RowPtrs rp = row_ptrs<T, SWIGLU>(a, g, nb);  // the scale row serves all NR rows
   for (int64_t p = r0; p < r1; ++p) {
     const int64_t row = a.x_rows ? a.x_rows[p] : p;
-    const float* xr = MERGE ? merged : a.x + row * a.ldx + g * a.x_goff;
+    const float* xr = a.x + row * a.ldx + g * a.x_goff;
     float acc[NR], acc2[NR];
 #pragma unroll
     for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = 0.0f;
@@ -351,8 +343,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U>))
           float xv[CH];
 #pragma unroll
           for (int c = 0; c < CH; c += 4) {
-            const float4* x4 = reinterpret_cast<const float4*>(xr + k + c);
-            const float4 f = MERGE ? *x4 : __ldg(x4);  // (ld.global.nc takes no shared address)
+            const float4 f = __ldg(reinterpret_cast<const float4*>(xr + k + c));
             xv[c] = f.x;
             xv[c + 1] = f.y;
             xv[c + 2] = f.z;
@@ -644,23 +635,11 @@ bool rows_share_scales(const GemvArgs& a, int nr) {
   return a.w.bn % nr == 0 && a.w_row0 % nr == 0 && a.w_group_rows % nr == 0;
 }
 
-// Blocks of the one-row kernel that merge their input (GemvArgs::merge): every block merges its
-// head's splits, so fewer, larger blocks merge fewer times (W_UV: 4 blocks a head).
-constexpr int kMergeWarps = 8;
-
 template <WType T, bool SWIGLU>
 void launch_rows(const GemvArgs& a, cudaStream_t s) {
   constexpr int NR = kRowsPerWarp<SWIGLU>;
   const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
   const int ks = split_k(a, slots, WTraits<T>::kChunk, NR, 12);
-  if (a.merge) {
-    if constexpr (!SWIGLU) {
-      const dim3 grid(unsigned(ceil_div(a.n, int64_t(kMergeWarps / ks) * NR)), unsigned(slots));
-      launch_pdl(gemv_rows_kernel<T, NR, false, 2, true>, grid, kMergeWarps * 32,
-                 size_t(a.w.k) * sizeof(float), s, a, ks, shift_of(a.w.bk), g_gemv_flags);
-      return;
-    }
-  }
   // Blocks of fewer warps spread a grid of under a wave more evenly over the SMs (224 blocks of
   // 8 warps for o_proj put 16 warps on 92 SMs and 8 on 40). Blocks of 2 (the default): V3 x 4
   // layers FP8 batch-1 decode 766 / 772 tok/s vs 742 / 743 with 8 and 764 with 1 (H200, one
@@ -757,21 +736,12 @@ Shape shape_of(const GemvArgs& a) {
   return sh;
 }
 
-// GemvArgs::merge's conditions: one row of per-head groups without SwiGLU, on the one-row kernel.
-template <WType T>
-bool merges(const GemvArgs& a) {
-  return a.m == 1 && !a.w2 && per_group_inputs(a) && shape_of<T>(a).one_row();
-}
-
 template <WType T>
 void launch_type(const GemvArgs& a, cudaStream_t s) {
   const Shape sh = shape_of<T>(a);
   const bool vec = sh.vec, rows_ok = sh.rows_ok;
   const int64_t rows = sh.rows;
   const bool heads = per_group_inputs(a);
-  if (a.merge && !merges<T>(a))
-    throw_cuda_error(cudaErrorInvalidValue, "gemv: GemvArgs::merge outside gemv_merges_input",
-                     __FILE__, __LINE__);
   if (sh.one_row()) {
     if (a.w2)
       launch_rows<T, true>(a, s);
@@ -828,20 +798,6 @@ int gemv_flags(int flags) {
 
 void gemv_allow_rows_per_warp(bool on) {
   g_rows_per_warp = on;
-}
-
-bool gemv_merges_input(const GemvArgs& a) {
-  switch (a.w.type) {
-    case WType::F32:
-      return merges<WType::F32>(a);
-    case WType::BF16:
-      return merges<WType::BF16>(a);
-    case WType::F16:
-      return merges<WType::F16>(a);
-    case WType::E4M3:
-      return merges<WType::E4M3>(a);
-  }
-  return false;
 }
 
 void gemv(const GemvArgs& a, cudaStream_t s) {

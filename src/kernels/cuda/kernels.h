@@ -57,16 +57,8 @@ struct GemvArgs {
   // Optional [1 + groups]: the number of groups with rows, then their ids (moe_permute writes
   // it). The grid then spans only `groups` slots (≤ rows), not every expert.
   const int32_t* active = nullptr;
-  // Optional, one input row (m = 1) of per-head groups only: the input of group g is merged
-  // here from mla_attention_tc's `merge_splits` partials [groups][splits][w.k + 2] instead of
-  // read from x (W_UV straight from the attention's splits, one launch fewer), the same bits as
-  // merge_kernel then x.
-  const float* merge = nullptr;
-  int64_t merge_splits = 0;
 };
 void gemv(const GemvArgs& a, cudaStream_t s);
-// Whether gemv(a) may take GemvArgs::merge (a given as it would be launched, merge aside).
-bool gemv_merges_input(const GemvArgs& a);
 // Benchmarks only: later gemv launches split each output over ks warps (1: no split-K; 2, 4 or
 // 8), to measure what the split buys; 0 (the default) restores the engine's choice.
 // Process-wide.
@@ -282,14 +274,11 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
 // mla_attention on the BF16 tensor cores for a BF16 cache of kv_lora 512 / rope 64 (DeepSeek-V3,
 // V2-Lite, Moonlight) or 256 / 32: qc in BF16 [n, H, dc + dr] (rows 16-byte aligned), P in
 // BF16 before P·c_kv; the same o_lat. mla_attention_tc_supported says when it applies.
-// With the keys in at most leave_unmerged splits, the merge is left to the caller (W_UV's gemv
-// merges its own input: GemvArgs::merge) and o_lat is not written: returns the splits in
-// `partial` then, else 0.
 bool mla_attention_tc_supported(const CachePool& pool);  // BF16 or FP8 caches
-int64_t mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
-                         int64_t layer, const int32_t* positions, const int32_t* seqs,
-                         int64_t max_position, float scale, float* partial, int64_t partial_floats,
-                         float* o_lat, cudaStream_t s, int64_t leave_unmerged = 0);
+void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
+                      int64_t layer, const int32_t* positions, const int32_t* seqs,
+                      int64_t max_position, float scale, float* partial, int64_t partial_floats,
+                      float* o_lat, cudaStream_t s);
 
 // Token sampling (kernels/cuda/sample.cu): infer::Sampler's steps 3-7 for rows without
 // penalties, one block per row of logits [rows, v] (row stride ld). params[r]: temperature 0 is

@@ -534,7 +534,19 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 __global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, float* o_lat) {
   pdl_enter();
   const int64_t th = blockIdx.x;  // row · heads + head
-  merge_splits(partial + th * splits * (dc + 2), splits, dc, o_lat + th * dc);
+  const float* p = partial + th * splits * (dc + 2);
+  float mx = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (dc + 2) + dc]);
+  float l = 0.0f;
+  for (int64_t s = 0; s < splits; ++s)
+    l += p[s * (dc + 2) + dc + 1] * expf(p[s * (dc + 2) + dc] - mx);
+  const float inv = 1.0f / l;
+  for (int64_t c = threadIdx.x; c < dc; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t s = 0; s < splits; ++s)
+      acc = fmaf(p[s * (dc + 2) + c], expf(p[s * (dc + 2) + dc] - mx), acc);
+    o_lat[th * dc + c] = acc * inv;
+  }
 }
 
 // The absorb on the BF16 tensor cores, for chunks over gemv_max_rows (where rows need not get
@@ -829,11 +841,11 @@ bool mla_attention_tc_supported(const CachePool& pool) {
          ((pool.dc == 512 && pool.dr == 64) || (pool.dc == 256 && pool.dr == 32));
 }
 
-int64_t mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
-                         int64_t layer, const int32_t* positions, const int32_t* seqs,
-                         int64_t max_position, float scale, float* partial, int64_t partial_floats,
-                         float* o_lat, cudaStream_t s, int64_t leave_unmerged) {
-  if (n == 0) return 0;
+void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
+                      int64_t layer, const int32_t* positions, const int32_t* seqs,
+                      int64_t max_position, float scale, float* partial, int64_t partial_floats,
+                      float* o_lat, cudaStream_t s) {
+  if (n == 0) return;
   const int64_t dc = pool.dc, D = pool.row();
   const int64_t splits = mla_splits(n, heads, kTcHeads, kTcKeys, dc, max_position, partial_floats);
   const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kTcKeys) * kTcKeys;
@@ -854,10 +866,8 @@ int64_t mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const Cac
   else
     DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // callers check mla_attention_tc_supported
   DSV3_CUDA_CHECK_LAUNCH();
-  if (splits <= leave_unmerged) return splits;
   launch_pdl(merge_kernel, unsigned(n * heads), 128, 0, s, partial, splits, dc, o_lat);
   DSV3_CUDA_CHECK_LAUNCH();
-  return 0;
 }
 
 }  // namespace dsv3::cuda
