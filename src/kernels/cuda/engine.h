@@ -43,7 +43,7 @@ struct CudaEngineOptions {
   // Linears over more rows than this use cuBLASLt (tensor cores), up to it the gemv kernel
   // (F32 activations; each row's result independent of the batch it is in, so a request decodes
   // the same alone or batched: tools/gpu/check_serve_cuda.py checks it). 2 to 16 rows run the
-  // tile kernel (H200, DeepSeek-V3 dims x 4 layers FP8: batch 8 at 1,467 tok/s; the GEMMs with 1
+  // tile kernel (H200, DeepSeek-V3 dims x 4 layers FP8: batch 8 at 1,556 tok/s; the GEMMs with 1
   // here made 1,540 in an earlier tree), whose FP32 FMAs per weight grow with the rows. The
   // GEMMs round the activations (FP8 or BF16), which tips near-ties: 1 trades batch invariance
   // for speed.
@@ -106,7 +106,10 @@ struct CudaEngineOptions {
   // and 770.0-772.2 with this alone (H200, three alternating rounds in one call).
   bool sample_split_scan = true;
   // Chunks of up to gemv_max_rows rows run the latent cache write and the shared experts on a
-  // second stream beside the kernels that do not need them (graphs: parallel branches).
+  // second stream beside the kernels that do not need them (graphs: parallel branches): V3 x 4
+  // layers FP8 batch-1 decode 794.5-804.0 tok/s against 782.2-789.0 on one stream (H200, three
+  // alternating rounds; 785-799 against 778-782 on another machine). The same bits. Stage
+  // times (time_stages) do not see the second stream's work.
   bool side_stream = true;
   // Benchmarks only: enqueue these pieces of every layer twice (bits of RepeatPiece; each piece
   // rewrites what it wrote from unchanged inputs, so the logits stay the same), to time a
