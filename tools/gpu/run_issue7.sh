@@ -15,9 +15,10 @@
 #   b1: the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds;
 #   hf: that model in BF16 in dsv3 and in HF transformers: logits parity and speed, same GPU.
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
-# Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, PROMPT (decode prompt length,
-# default 64), PROFILE_BATCH / PROFILE_LAUNCHES (profile's batch and launch count), BENCH_ARGS /
-# BENCH_TAG (V3 bench: more flags, log suffix), BENCH_TIMEOUT (seconds per bench).
+# Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, AB / ROUNDS (ab's variants and
+# rounds), PROMPT (decode prompt length, default 64), PROFILE_BATCH / PROFILE_LAUNCHES (profile's
+# batch and launch count), BENCH_ARGS / BENCH_TAG (V3 bench: more flags, log suffix),
+# BENCH_TIMEOUT (seconds per bench).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/issue7}
@@ -137,10 +138,15 @@ if has v3; then
 fi
 
 # A/B on one machine: the V3 bench once per variant of AB (';'-separated flag sets, empty for
-# the defaults), all into one log, e.g. AB="--pdl 0;;--pdl 0;" BATCHES=1,8 ... ab.
+# the defaults), all into one log, e.g. AB=";--pdl 0" BATCHES=1,8 ... ab; ROUNDS=3 runs the
+# list three times over, alternating (a variant at batch 1 takes ~4 s; two runs of one binary
+# differ by up to ~7 tok/s there, so one reading of a smaller difference says nothing).
 if has ab; then
   v3_checkpoint
-  IFS=';' read -ra variants <<< "${AB:-}"
+  IFS=';' read -ra once <<< "${AB:-}"
+  [ ${#once[@]} -eq 0 ] && once=("")
+  variants=()
+  for ((round = 0; round < ${ROUNDS:-1}; ++round)); do variants+=("${once[@]}"); done
   : > "$OUT/ab.txt"
   for v in "${variants[@]}"; do
     log "A/B: ${v:-defaults}" | tee -a "$OUT/ab.txt"
