@@ -33,7 +33,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -203,12 +202,8 @@ int main(int argc, char** argv) {
     fmt::print("device-to-device copy {:.0f} GB/s (read + write)\n", bw / 1e9);
     fmt::print("weights read per token at batch 1: {:.1f} MB\n", double(per_tok) / 1e6);
     std::vector<std::string> table, stages;
-    // The decode engines: room for the largest batch of prompt + steps tokens.
-    const auto decode_options = [&] {
-      cuda::CudaEngineOptions opt;
-      opt.max_sequences = *std::max_element(bs.begin(), bs.end());
-      opt.max_context = prompt + steps + 8;
-      opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
+    // The command line's engine options, for every engine of the run.
+    const auto with_flags = [&](cuda::CudaEngineOptions opt) {
       opt.gemv_max_rows = gemv_rows;
       opt.fp8_cache = fp8_cache;
       opt.absorb_tensor_cores = absorb_tc;
@@ -217,6 +212,14 @@ int main(int argc, char** argv) {
       opt.sample_split_scan = sample_split;
       opt.side_stream = side_stream;
       return opt;
+    };
+    // The decode engines: room for the largest batch of prompt + steps tokens.
+    const auto decode_options = [&] {
+      cuda::CudaEngineOptions opt;
+      opt.max_sequences = *std::max_element(bs.begin(), bs.end());
+      opt.max_context = prompt + steps + 8;
+      opt.max_step_tokens = std::max<int64_t>(512, opt.max_sequences);
+      return with_flags(opt);
     };
     if (!bs.empty()) {
       cuda::CudaEngineOptions opt = decode_options();
@@ -317,13 +320,7 @@ int main(int argc, char** argv) {
       opt.max_sequences = 1;
       opt.max_context = *std::max_element(pls.begin(), pls.end()) + 8;
       opt.max_step_tokens = 2048;
-      opt.gemv_max_rows = gemv_rows;
-      opt.fp8_cache = fp8_cache;
-      opt.absorb_tensor_cores = absorb_tc;
-      opt.attention_tensor_cores = attention_tc;
-      opt.repeat_pieces = repeat;
-      opt.sample_split_scan = sample_split;
-      opt.side_stream = side_stream;
+      opt = with_flags(opt);
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
       opt.grouped_experts = way == 3;

@@ -1012,19 +1012,6 @@ struct CudaEngine::Impl {
     }
     const QueryRope rot{pos, m.inv_freq, rope_table.factor};
     const QueryRope* qrope = flash ? nullptr : &rot;  // after rope() above: already rotated
-    GemvArgs g;  // o[t, h] = W_UV[h] · o_lat[t, h]: one group per head
-    g.w = L.kv_b;
-    g.n = dv;
-    g.w_group_rows = dn + dv;
-    g.w_row0 = dn;
-    g.x = k.olat;
-    g.ldx = heads * dc;
-    g.x_goff = dc;
-    g.y = k.o;
-    g.ldy = heads * dv;
-    g.y_goff = dv;
-    g.m = n;
-    g.groups = int(heads);
     if (opt.attention_tensor_cores && k.qcb && mla_attention_tc_supported(pool)) {
       // BF16 straight from the absorb, the tensor-core kernel's input.
       twice(kRepeatAbsorb, [&] {
@@ -1052,6 +1039,19 @@ struct CudaEngine::Impl {
                       k.partial, k.partial_floats, k.olat, stream);
       });
     }
+    GemvArgs g;  // o[t, h] = W_UV[h] · o_lat[t, h]: one group per head
+    g.w = L.kv_b;
+    g.n = dv;
+    g.w_group_rows = dn + dv;
+    g.w_row0 = dn;
+    g.x = k.olat;
+    g.ldx = heads * dc;
+    g.x_goff = dc;
+    g.y = k.o;
+    g.ldy = heads * dv;
+    g.y_goff = dv;
+    g.m = n;
+    g.groups = int(heads);
     twice(kRepeatUv, [&] { gemv(g, stream); });
     stage(kStageAttnProj);
     twice(kRepeatOProj, [&] { linear(k.o, n, L.o, out); });

@@ -8,6 +8,7 @@
 // (a chunk never crosses a 128-wide block). Small matrices (few outputs, long rows: kv_a, the
 // router, q_a) would leave most SMs idle with one warp per output; `ks` > 1 fills them.
 #include <algorithm>
+#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
@@ -624,8 +625,9 @@ template <bool SWIGLU>
 constexpr int kRowsPerWarp = SWIGLU ? 2 : 4;
 
 // Groups with inputs of their own and every row (W_UV: a head's latent output times its
-// 128 x 512 slice of kv_b), which take the tile kernel at any batch: the engine has no GEMM
-// for them, and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows.
+// 128 x 512 slice of kv_b), which take the tile kernel at any batch: cuBLASLt has no grouped
+// GEMM for them (the engine runs them on mla_uv_tc over gemv_max_rows rows unless asked not
+// to), and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows.
 bool per_group_inputs(const GemvArgs& a) {
   return a.groups > 1 && !a.offsets && !a.active && a.x_goff > 0;
 }
@@ -712,37 +714,22 @@ void launch_mt(const GemvArgs& a, bool vec, cudaStream_t s) {
     launch_vec<T, MT, false>(a, vec, s);
 }
 
-// What picks a gemv's kernel: 16-byte loads possible (vec), FP8 rows sharing scale rows as the
-// NR-output kernels need, and the rows per pass. Grouped rows (experts) are sized by their mean
-// per launched group: at batch 1 each expert has one row, and MT = 4 would cost registers
-// (occupancy) for nothing.
-struct Shape {
-  bool vec, rows_ok;
-  int64_t rows;
-  bool one_row() const { return rows <= 1 && vec && rows_ok && g_rows_per_warp; }
-};
-template <WType T>
-Shape shape_of(const GemvArgs& a) {
-  constexpr int CH = WTraits<T>::kChunk;
-  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  Shape sh;
-  sh.vec = a.w.k % CH == 0 && a.ldx % 4 == 0 && a.x_goff % 4 == 0 && aligned(a.x) &&
-           aligned(a.w.w) && (!a.w2 || aligned(a.w2));
-  if (T == WType::E4M3) sh.vec = sh.vec && a.w.bk % CH == 0;
-  const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
-  sh.rows = a.offsets ? ceil_div(a.m, std::max<int64_t>(slots, 1)) : a.m;
-  sh.rows_ok =
-      T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
-  return sh;
-}
-
 template <WType T>
 void launch_type(const GemvArgs& a, cudaStream_t s) {
-  const Shape sh = shape_of<T>(a);
-  const bool vec = sh.vec, rows_ok = sh.rows_ok;
-  const int64_t rows = sh.rows;
+  constexpr int CH = WTraits<T>::kChunk;
+  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  bool vec = a.w.k % CH == 0 && a.ldx % 4 == 0 && a.x_goff % 4 == 0 && aligned(a.x) &&
+             aligned(a.w.w) && (!a.w2 || aligned(a.w2));
+  if (T == WType::E4M3) vec = vec && a.w.bk % CH == 0;
+  // Rows per pass: the weight is re-read (mostly from L2) once per MT rows of a group. Grouped
+  // rows (experts) are sized by their mean per launched group: at batch 1 each expert has one
+  // row, and MT = 4 would cost registers (occupancy) for nothing.
+  const int64_t slots = a.active ? std::min<int64_t>(a.groups, a.m) : a.groups;
+  const int64_t rows = a.offsets ? ceil_div(a.m, std::max<int64_t>(slots, 1)) : a.m;
+  const bool rows_ok =
+      T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
   const bool heads = per_group_inputs(a);
-  if (sh.one_row()) {
+  if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
     if (a.w2)
       launch_rows<T, true>(a, s);
     else
@@ -769,9 +756,7 @@ void gemv_split_k(int ks) {
 }
 
 int gemv_rows_block_warps(int warps) {
-  const int before = g_rows_block_warps;
-  g_rows_block_warps = warps;
-  return before;
+  return std::exchange(g_rows_block_warps, warps);
 }
 
 void gemv_allow_tile(bool on) {
@@ -779,21 +764,15 @@ void gemv_allow_tile(bool on) {
 }
 
 int gemv_rows_batch(int chunks) {
-  const int before = g_rows_chunks;
-  g_rows_chunks = chunks;
-  return before;
+  return std::exchange(g_rows_chunks, chunks);
 }
 
 int gemv_tile_pass_rows(int rows) {
-  const int before = g_tile_pass;
-  g_tile_pass = rows;
-  return before;
+  return std::exchange(g_tile_pass, rows);
 }
 
 int gemv_flags(int flags) {
-  const int before = g_gemv_flags;
-  g_gemv_flags = flags;
-  return before;
+  return std::exchange(g_gemv_flags, flags);
 }
 
 void gemv_allow_rows_per_warp(bool on) {

@@ -10,6 +10,7 @@
 // accumulators times (row tile scale × weight block scale): the scales are applied per 128 of
 // K in F32, as DeepSeek-V3's recipe and DeepGEMM promote, not inside the tensor cores' sum.
 #include <algorithm>
+#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
@@ -152,9 +153,7 @@ int g_blocks_per_sm = 2;  // grouped_fp8_blocks_per_sm
 }  // namespace
 
 int grouped_fp8_blocks_per_sm(int blocks) {
-  const int before = g_blocks_per_sm;
-  g_blocks_per_sm = blocks;
-  return before;
+  return std::exchange(g_blocks_per_sm, blocks);
 }
 
 void grouped_fp8_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,

@@ -725,50 +725,53 @@ void absorb_launch(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t
 
 }  // namespace
 
+namespace {
+
+// What both tensor-core projections take: kv_b FP8 (block width a multiple of 16) or BF16,
+// kv_lora a multiple of kAtCols, kv_b and the F32 input 16-byte aligned.
+bool absorbed_tc_operands(const DevWeight& kv_b, const float* in) {
+  const bool fp8 = kv_b.type == WType::E4M3;
+  return (fp8 || kv_b.type == WType::BF16) && kv_b.k % kAtCols == 0 &&
+         (!fp8 || kv_b.bk % 16 == 0) && (reinterpret_cast<uintptr_t>(kv_b.w) & 15) == 0 &&
+         (reinterpret_cast<uintptr_t>(in) & 15) == 0;
+}
+
+// The kernel built for kv_b's type (fp8 or bf16, both of one signature), with `smem` bytes of
+// dynamic shared memory allowed.
+template <class Kernel>
+Kernel absorbed_tc_kernel(const DevWeight& kv_b, Kernel fp8, Kernel bf16, size_t smem) {
+  const Kernel kernel = kv_b.type == WType::E4M3 ? fp8 : bf16;
+  DSV3_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  return kernel;
+}
+
+}  // namespace
+
 bool mla_absorb_q_tc(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t dr, int64_t dv,
                      const DevWeight& kv_b, const QueryRope* rope, uint16_t* qcb, cudaStream_t s) {
-  const bool fp8 = kv_b.type == WType::E4M3;
-  if (!(fp8 || kv_b.type == WType::BF16) || dn != kAtDn || kv_b.k % kAtCols != 0 || dr % 4 != 0 ||
-      (fp8 && kv_b.bk % 16 != 0) || (reinterpret_cast<uintptr_t>(kv_b.w) & 15) != 0 ||
-      (reinterpret_cast<uintptr_t>(q) & 15) != 0)
-    return false;
+  if (!absorbed_tc_operands(kv_b, q) || dn != kAtDn || dr % 4 != 0) return false;
   if (n == 0) return true;
   const AbsorbOut out{nullptr, qcb, rope ? *rope : QueryRope{}};
   const dim3 grid(unsigned(heads), unsigned(kv_b.k / kAtCols), unsigned(ceil_div(n, kAtRows)));
   constexpr size_t smem = size_t(kAtRows * (kAtDn + kAtPad) + kAtDn * (kAtCols + kAtPad)) * 2;
-  const auto launch = [&](auto kernel) {
-    DSV3_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    launch_pdl(kernel, grid, 256, smem, s, q, n, heads, dr, dv, kv_b, out);
-  };
-  if (fp8)
-    launch(absorb_q_tc_kernel<WType::E4M3>);
-  else
-    launch(absorb_q_tc_kernel<WType::BF16>);
+  launch_pdl(absorbed_tc_kernel(kv_b, absorb_q_tc_kernel<WType::E4M3>,
+                                absorb_q_tc_kernel<WType::BF16>, smem),
+             grid, 256, smem, s, q, n, heads, dr, dv, kv_b, out);
   DSV3_CUDA_CHECK_LAUNCH();
   return true;
 }
 
 bool mla_uv_tc(const float* o_lat, int64_t n, int64_t heads, int64_t dn, int64_t dv,
                const DevWeight& kv_b, float* o, cudaStream_t s) {
-  const bool fp8 = kv_b.type == WType::E4M3;
-  if (!(fp8 || kv_b.type == WType::BF16) || dv != 128 || kv_b.k % kAtCols != 0 ||
-      (fp8 && (kv_b.bk % 16 != 0 || kv_b.bn % 16 != 0)) ||
-      (reinterpret_cast<uintptr_t>(kv_b.w) & 15) != 0 ||
-      (reinterpret_cast<uintptr_t>(o_lat) & 15) != 0)
+  if (!absorbed_tc_operands(kv_b, o_lat) || dv != 128 ||
+      (kv_b.type == WType::E4M3 && kv_b.bn % 16 != 0))
     return false;
   if (n == 0) return true;
   const dim3 grid(unsigned(heads), unsigned(ceil_div(n, kAtRows)));
   constexpr size_t smem = size_t((kAtRows + 128) * (kAtCols + kAtPad)) * 2;
-  const auto launch = [&](auto kernel) {
-    DSV3_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    launch_pdl(kernel, grid, 256, smem, s, o_lat, n, heads, dn, kv_b, o);
-  };
-  if (fp8)
-    launch(uv_tc_kernel<WType::E4M3>);
-  else
-    launch(uv_tc_kernel<WType::BF16>);
+  launch_pdl(absorbed_tc_kernel(kv_b, uv_tc_kernel<WType::E4M3>, uv_tc_kernel<WType::BF16>, smem),
+             grid, 256, smem, s, o_lat, n, heads, dn, kv_b, o);
   DSV3_CUDA_CHECK_LAUNCH();
   return true;
 }
