@@ -25,6 +25,7 @@
 //        [--absorb-tc 0 | 1 (batches over gemv_max_rows absorb W_UK and W_UV on the tensor
 //         cores; default 1)] [--attention-tc 1 | 0 (the absorbed attention on the tensor cores)]
 //        [--side-stream 1 | 0 (the cache write and shared experts on a second stream)]
+//        [--fused-route 1 | 0 (a decode step's routing and permutation in one launch)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
 //         time them inside a graph by difference)]
@@ -176,6 +177,8 @@ int main(int argc, char** argv) {
       cuda::gemv_tile_pass_rows(std::stoi(v));
     else if (k == "--gemv-tile")
       cuda::gemv_allow_tile(v != "0");
+    else if (k == "--fused-route")
+      cuda::fused_route_permute(v != "0");
   }
   if (model_dir.empty()) {
     fmt::print(
@@ -185,7 +188,7 @@ int main(int argc, char** argv) {
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
-        "       [--sample-split 0|1] [--side-stream 1|0]\n");
+        "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n");
     return 2;
   }
   int rc = 0;

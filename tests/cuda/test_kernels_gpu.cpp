@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
@@ -481,30 +482,54 @@ TEST_P(RouteGpu, ChoosesAsTheCpu) {
       rel_err(to_host(dw_ties, size_t(n * rc.k)), want_ties.weight.data(), want_ties.weight.size()),
       1e-6);
 
-  // Permutation + combine: every pair lands once, grouped by expert.
-  DevPtr<int32_t> off = to_device(std::vector<int32_t>(size_t(rc.e + 1), -1));
-  DevPtr<int32_t> rows = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
-  DevPtr<int32_t> pos = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
-  DevPtr<int32_t> active = to_device(std::vector<int32_t>(size_t(rc.e + 1), -1));
-  cuda::moe_permute(de.get(), n * rc.k, rc.k, rc.e, off.get(), rows.get(), pos.get(), active.get(),
-                    nullptr);
-  const auto ho = to_host(off, size_t(rc.e + 1));
-  const auto hr = to_host(rows, size_t(n * rc.k));
-  const auto hp = to_host(pos, size_t(n * rc.k));
-  EXPECT_EQ(ho.back(), n * rc.k);
-  std::vector<int32_t> want_off(size_t(rc.e + 1), 0);  // the counts' exclusive prefix sum
-  for (const int32_t e : want.expert) ++want_off[size_t(e) + 1];
-  for (int64_t e = 0; e < rc.e; ++e) want_off[size_t(e) + 1] += want_off[size_t(e)];
-  EXPECT_EQ(ho, want_off);
-  const auto ha = to_host(active, size_t(rc.e + 1));
-  std::vector<int32_t> want_active;
-  for (int64_t e = 0; e < rc.e; ++e)
-    if (ho[size_t(e) + 1] > ho[size_t(e)]) want_active.push_back(int32_t(e));
-  EXPECT_EQ(std::vector<int32_t>(ha.begin() + 1, ha.begin() + 1 + ha[0]), want_active);
-  for (int64_t a = 0; a < n * rc.k; ++a) {
-    const int32_t e = want.expert[size_t(a)], p = hp[size_t(a)];
-    EXPECT_TRUE(p >= ho[size_t(e)] && p < ho[size_t(e) + 1]) << a;
-    EXPECT_EQ(hr[size_t(p)], a / rc.k) << a;
+  // The permutation: every pair lands once, grouped by expert, experts with pairs listed.
+  const auto expect_grouped = [&](const std::vector<int32_t>& experts, int64_t tokens,
+                                  const DevPtr<int32_t>& off, const DevPtr<int32_t>& rows,
+                                  const DevPtr<int32_t>& pos, const DevPtr<int32_t>& active) {
+    const int64_t pairs = tokens * rc.k;
+    const auto ho = to_host(off, size_t(rc.e + 1));
+    const auto hr = to_host(rows, size_t(pairs));
+    const auto hp = to_host(pos, size_t(pairs));
+    std::vector<int32_t> want_off(size_t(rc.e + 1), 0);  // the counts' exclusive prefix sum
+    for (int64_t a = 0; a < pairs; ++a) ++want_off[size_t(experts[size_t(a)]) + 1];
+    for (int64_t e = 0; e < rc.e; ++e) want_off[size_t(e) + 1] += want_off[size_t(e)];
+    EXPECT_EQ(ho, want_off) << tokens << " tokens";
+    const auto ha = to_host(active, size_t(rc.e + 1));
+    std::vector<int32_t> want_active;
+    for (int64_t e = 0; e < rc.e; ++e)
+      if (want_off[size_t(e) + 1] > want_off[size_t(e)]) want_active.push_back(int32_t(e));
+    ASSERT_TRUE(ha[0] >= 0 && ha[0] <= rc.e) << tokens << " tokens";
+    EXPECT_EQ(std::vector<int32_t>(ha.begin() + 1, ha.begin() + 1 + ha[0]), want_active);
+    for (int64_t a = 0; a < pairs; ++a) {
+      const int32_t e = experts[size_t(a)], p = hp[size_t(a)];
+      ASSERT_TRUE(p >= want_off[size_t(e)] && p < want_off[size_t(e) + 1]) << a;
+      EXPECT_EQ(hr[size_t(p)], a / rc.k) << a;
+    }
+  };
+  const auto buffers = [&] {
+    return std::array{to_device(std::vector<int32_t>(size_t(rc.e + 1), -1)),
+                      to_device(std::vector<int32_t>(size_t(n * rc.k), -1)),
+                      to_device(std::vector<int32_t>(size_t(n * rc.k), -1)),
+                      to_device(std::vector<int32_t>(size_t(rc.e + 1), -1))};
+  };
+  {
+    auto [off, rows, pos, active] = buffers();
+    cuda::moe_permute(de.get(), n * rc.k, rc.k, rc.e, off.get(), rows.get(), pos.get(),
+                      active.get(), nullptr);
+    expect_grouped(want.expert, n, off, rows, pos, active);
+  }
+  // route_and_permute: one launch up to 4 tokens (a decode step), else both kernels; the same
+  // choices and grouping either way.
+  for (const int64_t m : {int64_t(1), int64_t(3), int64_t(4), n}) {
+    const Routing w = route_tokens(c, logits.data(), sigmoid ? bias.data() : nullptr, m);
+    DevPtr<int32_t> e2 = to_device(std::vector<int32_t>(size_t(n * rc.k), -1));
+    DevPtr<float> w2 = poisoned(size_t(n * rc.k));
+    auto [off, rows, pos, active] = buffers();
+    cuda::route_and_permute(dl.get(), sigmoid ? db.get() : nullptr, m, r, e2.get(), w2.get(),
+                            off.get(), rows.get(), pos.get(), active.get(), nullptr);
+    EXPECT_EQ(to_host(e2, size_t(m * rc.k)), w.expert) << m << " tokens";
+    EXPECT_LE(rel_err(to_host(w2, size_t(m * rc.k)), w.weight.data(), w.weight.size()), 1e-6);
+    expect_grouped(w.expert, m, off, rows, pos, active);
   }
 }
 

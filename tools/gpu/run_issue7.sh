@@ -6,19 +6,20 @@
 #   [ab] [detail] [v2lite] [b1] [hf]   (default: build test v3 v2lite)
 #   gemv: the one-row gemv per split-K and setting at V3's shapes (bench_cuda_fp8_gemm
 #     --gemv-only, no checkpoint needed);
-#   ab: the V3 checkpoint once per flag set of AB, alternating on one machine (below);
+#   ab: the V3 checkpoint (or AB_MODEL's) once per flag set of AB, alternating on one machine;
 #   profile: ncu over a short run of the V3 checkpoint (time per kernel); profile_prefill: over
 #     one of its 2K-token prefills (the whole bench runs under ncu: slow);
 #   detail: ncu's stall, memory and occupancy sections on the tile gemvs of an 8-token prefill
 #     (they run as batch 8's do) and on the batch-1 attention chain's kernels;
 #   mla: the MLA decode and prefill kernels at DeepSeek-V3's sizes (bench_cuda_mla);
 #   b1: the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds;
-#   hf: that model in BF16 in dsv3 and in HF transformers: logits parity and speed, same GPU.
+#   hf: that model in BF16 in dsv3 and in HF transformers: logits parity and speed, same GPU
+#     (HF_MODEL=v2lite: the V2-Lite checkpoint instead, speed only).
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
-# Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, AB / ROUNDS (ab's variants and
-# rounds), PROMPT (decode prompt length, default 64), PROFILE_BATCH / PROFILE_LAUNCHES (profile's
-# batch and launch count), BENCH_ARGS / BENCH_TAG (V3 bench: more flags, log suffix),
-# BENCH_TIMEOUT (seconds per bench).
+# Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, AB / ROUNDS / AB_MODEL (ab's
+# variants, rounds, and checkpoint: v3 or v2lite), PROMPT (decode prompt length, default 64),
+# PROFILE_BATCH / PROFILE_LAUNCHES (profile's batch and launch count), BENCH_ARGS / BENCH_TAG
+# (V3 bench: more flags, log suffix), BENCH_TIMEOUT (seconds per bench).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/issue7}
@@ -141,8 +142,14 @@ fi
 # the defaults), all into one log, e.g. AB=";--pdl 0" BATCHES=1,8 ... ab; ROUNDS=3 runs the
 # list three times over, alternating (a variant at batch 1 takes ~4 s; two runs of one binary
 # differ by up to ~7 tok/s there, so one reading of a smaller difference says nothing).
+v2lite_checkpoint() {
+  log "init DeepSeek-V2-Lite (bf16)"
+  [ -f "$CKPT/v2lite/config.json" ] || /usr/bin/time -f "init %e s" "$BUILD/bin/dsv3" init \
+    --config tests/fixtures/configs/deepseek_v2_lite.json --out "$CKPT/v2lite" --dtype bf16
+}
 if has ab; then
-  v3_checkpoint
+  if [ "${AB_MODEL:-v3}" = v2lite ]; then v2lite_checkpoint; else v3_checkpoint; fi
+  ab_ckpt="$CKPT/$([ "${AB_MODEL:-v3}" = v2lite ] && echo v2lite || echo v3-4l)"
   IFS=';' read -ra once <<< "${AB:-}"
   [ ${#once[@]} -eq 0 ] && once=("")
   variants=()
@@ -151,7 +158,7 @@ if has ab; then
   for v in "${variants[@]}"; do
     log "A/B: ${v:-defaults}" | tee -a "$OUT/ab.txt"
     # shellcheck disable=SC2086
-    timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v3-4l" \
+    timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$ab_ckpt" \
       --batch "${BATCHES:-1}" --prefill "${PREFILLS:-none}" --steps 32 --prompt "${PROMPT:-64}" \
       $v 2>&1 | grep -E "^ *decode b=[0-9]+ |copy" | tee -a "$OUT/ab.txt" ||
       echo "A/B variant failed or timed out: $v"
@@ -178,9 +185,7 @@ fi
 
 # DeepSeek-V2-Lite dims, full depth (27 layers), BF16.
 if has v2lite; then
-  log "init DeepSeek-V2-Lite (bf16)"
-  [ -f "$CKPT/v2lite/config.json" ] || /usr/bin/time -f "init %e s" "$BUILD/bin/dsv3" init \
-    --config tests/fixtures/configs/deepseek_v2_lite.json --out "$CKPT/v2lite" --dtype bf16
+  v2lite_checkpoint
   "$BUILD/bin/dsv3" info --model "$CKPT/v2lite" | tee "$OUT/info_v2lite.txt"
   log "bench V2-Lite bf16"
   timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/v2lite" \
@@ -201,20 +206,34 @@ if has b1; then
 fi
 # The peer: the same BF16 checkpoint in HF transformers (tools/reference/bench_hf_cuda.py).
 if has hf; then
-  log "init bench-1b (bf16)"
-  [ -f "$CKPT/b1bf/config.json" ] || "$BUILD/bin/dsv3" init --config configs/bench-1b.json \
-    --out "$CKPT/b1bf" --dtype bf16 > /dev/null
-  python3 tools/reference/bench_hf_cuda.py --model "$CKPT/b1bf" --make-ids "$CKPT/ids.safetensors"
-  "$BUILD/bin/dsv3" forward --model "$CKPT/b1bf" --input "$CKPT/ids.safetensors" \
-    --output "$CKPT/ours.safetensors" --device cuda
-  log "HF transformers, bench-1b bf16"
-  timeout "${BENCH_TIMEOUT:-200}" python3 tools/reference/bench_hf_cuda.py --model "$CKPT/b1bf" \
-    --ids "$CKPT/ids.safetensors" --ours "$CKPT/ours.safetensors" \
-    --batch "${HF_BATCHES:-1,8}" --prefill "${HF_PREFILLS:-1024}" 2>&1 | grep -v Warning |
-    tee "$OUT/hf_b1.txt" || echo "HF bench failed or timed out"
-  log "dsv3, bench-1b bf16"
-  timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$CKPT/b1bf" \
-    --batch "${HF_BATCHES:-1,8}" --prefill "${HF_PREFILLS:-1024}" --steps 32 --prompt 64 \
-    2>&1 | tee "$OUT/bench_b1bf.txt" || echo "bench b1 bf16 failed or timed out"
+  # HF_MODEL=v2lite: the V2-Lite checkpoint (full depth, BF16) for speed alone (transformers in
+  # F32 for the parity check would take 63 GB and minutes to load); default: bench-1b, both.
+  if [ "${HF_MODEL:-b1}" = v2lite ]; then
+    v2lite_checkpoint
+    hf_ckpt="$CKPT/v2lite"
+    hf_parity=()
+  else
+    log "init bench-1b (bf16)"
+    [ -f "$CKPT/b1bf/config.json" ] || "$BUILD/bin/dsv3" init --config configs/bench-1b.json \
+      --out "$CKPT/b1bf" --dtype bf16 > /dev/null
+    hf_ckpt="$CKPT/b1bf"
+    python3 tools/reference/bench_hf_cuda.py --model "$hf_ckpt" --make-ids "$CKPT/ids.safetensors"
+    "$BUILD/bin/dsv3" forward --model "$hf_ckpt" --input "$CKPT/ids.safetensors" \
+      --output "$CKPT/ours.safetensors" --device cuda
+    hf_parity=(--ids "$CKPT/ids.safetensors" --ours "$CKPT/ours.safetensors")
+  fi
+  hf_tag=$(basename "$hf_ckpt")
+  log "HF transformers, $hf_tag"
+  timeout "${BENCH_TIMEOUT:-200}" python3 tools/reference/bench_hf_cuda.py --model "$hf_ckpt" \
+    "${hf_parity[@]}" --batch "${HF_BATCHES:-1,8}" --prefill "${HF_PREFILLS:-1024}" 2>&1 |
+    grep -v Warning | tee "$OUT/hf_$hf_tag.txt" || echo "HF bench failed or timed out"
+  log "dsv3, $hf_tag"
+  if [ "$hf_tag" = v2lite ] && [ -s "$OUT/bench_v2lite.txt" ]; then
+    echo "dsv3 on this checkpoint: bench_v2lite.txt of this run"
+  else
+    timeout "${BENCH_TIMEOUT:-200}" "$BUILD/bin/bench_cuda_decode" --model "$hf_ckpt" \
+      --batch "${HF_BATCHES:-1,8}" --prefill "${HF_PREFILLS:-1024}" --steps 32 --prompt 64 \
+      2>&1 | tee "$OUT/bench_dsv3_$hf_tag.txt" || echo "bench $hf_tag failed or timed out"
+  fi
 fi
 log "done in ${SECONDS}s"

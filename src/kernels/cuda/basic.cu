@@ -3,6 +3,7 @@
 // Each follows its CPU counterpart's arithmetic (kernels/cpu/basic.cpp, model/moe.cpp).
 #include <cfloat>
 #include <climits>
+#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
@@ -12,6 +13,7 @@ namespace dsv3::cuda {
 
 namespace {
 bool g_pdl = true;
+bool g_fused_route = true;  // fused_route_permute
 }  // namespace
 
 bool pdl_enabled() {
@@ -311,15 +313,12 @@ __device__ int warp_top1(const float* v, int n) {
 
 constexpr int kRouteWarps = 4;
 
-__global__ void route_kernel(const float* logits, const float* bias, int64_t n, RouteArgs r,
-                             int32_t* expert, float* weight) {
-  pdl_enter();
-  extern __shared__ float smem[];
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
-  if (t >= n) return;
+// Token t's choices by one warp; `smem` holds the warp's 2e + n_group floats.
+__device__ void route_token(const float* logits, const float* bias, int64_t t, const RouteArgs& r,
+                            float* smem, int32_t* expert, float* weight) {
+  const int lane = int(threadIdx.x) % 32;
   const int e = int(r.e), groups = int(r.n_group), per_group = e / groups;
-  float* score = smem + warp * (2 * e + groups);
+  float* score = smem;
   float* choice = score + e;
   float* gscore = choice + e;
   const float* l = logits + t * e;
@@ -385,10 +384,30 @@ __global__ void route_kernel(const float* logits, const float* bias, int64_t n, 
   }
 }
 
-__global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t k, int64_t e,
-                                   int32_t* offsets, int32_t* rows, int32_t* pos, int32_t* active) {
+__host__ __device__ size_t route_smem_floats(const RouteArgs& r) {
+  return size_t(kRouteWarps) * size_t(2 * r.e + r.n_group);
+}
+
+void check_route(const RouteArgs& r) {
+  // One choice per lane: the engine refuses models over 32 at load, with a message.
+  if (r.k < 1 || r.k > 32 || r.k > r.e) DSV3_CUDA_CHECK(cudaErrorInvalidValue);
+}
+
+__global__ void route_kernel(const float* logits, const float* bias, int64_t n, RouteArgs r,
+                             int32_t* expert, float* weight) {
   pdl_enter();
-  extern __shared__ int32_t cnt[];  // [e + 1]
+  extern __shared__ float smem[];
+  const int warp = int(threadIdx.x) / 32;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t < n) route_token(logits, bias, t, r, smem + warp * (2 * r.e + r.n_group), expert, weight);
+}
+
+// The block groups the pairs by expert (moe_permute's outputs); cnt: e + 1 ints of shared
+// memory. Any block size of whole warps up to 1024: thread i scans a run of ceil(e / threads)
+// consecutive experts. (Thread 0 walking all 256 experts took 7.2 us of a batch-1 step, ncu.)
+__device__ void permute_pairs(const int32_t* expert, int64_t pairs, int64_t k, int64_t e,
+                              int32_t* cnt, int32_t* offsets, int32_t* rows, int32_t* pos,
+                              int32_t* active) {
   for (int64_t i = threadIdx.x; i <= e; i += blockDim.x) cnt[i] = 0;
   __syncthreads();
   // An expert id out of range (a bug upstream) must not corrupt shared memory: clamp it.
@@ -396,54 +415,44 @@ __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t
   for (int64_t a = threadIdx.x; a < pairs; a += blockDim.x)
     pos[a] = atomicAdd(&cnt[id(a)], 1);  // rank within the expert (any order)
   __syncthreads();
-  if (e <= int64_t(blockDim.x)) {
-    // Thread i holds expert i: one exclusive scan of (has pairs, count) packed in 64 bits gives
-    // its offset and its slot in `active`. (Thread 0 walking all 256 experts took 7.2 us of a
-    // batch-1 step, ncu.)
-    const int i = int(threadIdx.x), lane = i % 32, warp = i / 32;
-    __shared__ uint64_t warp_total[32];
-    const uint32_t c = i < e ? uint32_t(cnt[i]) : 0u;
-    const uint64_t v = (uint64_t(c > 0) << 32) | c;
-    uint64_t inc = v;
+  // One exclusive scan of (experts with pairs, pairs) packed in 64 bits gives each run of
+  // experts its first offset and its first slot in `active`.
+  const int i = int(threadIdx.x), lane = i % 32, warp = i / 32;
+  const int64_t per = (e + blockDim.x - 1) / blockDim.x;
+  const int64_t lo = min(e, i * per), hi = min(e, lo + per);
+  __shared__ uint64_t warp_total[32];
+  uint64_t v = 0;
+  for (int64_t x = lo; x < hi; ++x) v += (uint64_t(cnt[x] > 0) << 32) | uint32_t(cnt[x]);
+  uint64_t inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint64_t u = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += u;
+  }
+  if (lane == 31) warp_total[warp] = inc;
+  __syncthreads();
+  if (warp == 0) {
+    uint64_t t = lane < int(blockDim.x) / 32 ? warp_total[lane] : 0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
-      const uint64_t u = __shfl_up_sync(0xffffffffu, inc, o);
-      if (lane >= o) inc += u;
+      const uint64_t u = __shfl_up_sync(0xffffffffu, t, o);
+      if (lane >= o) t += u;
     }
-    if (lane == 31) warp_total[warp] = inc;
-    __syncthreads();
-    if (warp == 0) {
-      uint64_t t = lane < int(blockDim.x) / 32 ? warp_total[lane] : 0;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const uint64_t u = __shfl_up_sync(0xffffffffu, t, o);
-        if (lane >= o) t += u;
-      }
-      warp_total[lane] = t;  // inclusive over warps
-    }
-    __syncthreads();
-    const uint64_t before = (warp > 0 ? warp_total[warp - 1] : 0) + inc - v;
-    const int32_t run = int32_t(before & 0xffffffffu), slot = int32_t(before >> 32);
-    if (i < e) {
-      cnt[i] = run;
-      offsets[i] = run;
-      if (c > 0) active[1 + slot] = i;
-    }
-    if (i == e - 1) {
-      offsets[e] = run + int32_t(c);
-      active[0] = slot + (c > 0);
-    }
-  } else if (threadIdx.x == 0) {
-    int32_t run = 0, na = 0;
-    for (int64_t i = 0; i < e; ++i) {
-      const int32_t c = cnt[i];
-      if (c > 0) active[1 + na++] = int32_t(i);
-      cnt[i] = run;
-      offsets[i] = run;
-      run += c;
-    }
+    warp_total[lane] = t;  // inclusive over warps
+  }
+  __syncthreads();
+  const uint64_t before = (warp > 0 ? warp_total[warp - 1] : 0) + inc - v;
+  int32_t run = int32_t(before & 0xffffffffu), slot = int32_t(before >> 32);
+  for (int64_t x = lo; x < hi; ++x) {
+    const int32_t c = cnt[x];
+    cnt[x] = run;
+    offsets[x] = run;
+    if (c > 0) active[1 + slot++] = int32_t(x);
+    run += c;
+  }
+  if (i == int(blockDim.x) - 1) {  // the last run ends where every pair is counted
     offsets[e] = run;
-    active[0] = na;
+    active[0] = slot;
   }
   __syncthreads();
   for (int64_t a = threadIdx.x; a < pairs; a += blockDim.x) {
@@ -451,6 +460,28 @@ __global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t
     pos[a] = p;
     rows[p] = int32_t(a / k);
   }
+}
+
+__global__ void moe_permute_kernel(const int32_t* expert, int64_t pairs, int64_t k, int64_t e,
+                                   int32_t* offsets, int32_t* rows, int32_t* pos, int32_t* active) {
+  pdl_enter();
+  extern __shared__ int32_t cnt[];  // [e + 1]
+  permute_pairs(expert, pairs, k, e, cnt, offsets, rows, pos, active);
+}
+
+// route_kernel then moe_permute_kernel in one block, for up to kRouteWarps tokens: a decode
+// step's routing is a chain of latency-bound launches, and this is one fewer.
+__global__ void route_permute_kernel(const float* logits, const float* bias, int64_t n, RouteArgs r,
+                                     int32_t* expert, float* weight, int32_t* offsets,
+                                     int32_t* rows, int32_t* pos, int32_t* active) {
+  pdl_enter();
+  extern __shared__ float smem[];
+  const int warp = int(threadIdx.x) / 32;
+  if (warp < n)
+    route_token(logits, bias, warp, r, smem + warp * (2 * r.e + r.n_group), expert, weight);
+  __syncthreads();  // the choices, written to global memory, are visible to the block
+  permute_pairs(expert, n * r.k, r.k, r.e, reinterpret_cast<int32_t*>(smem + route_smem_floats(r)),
+                offsets, rows, pos, active);
 }
 
 // The token's slots and weights go to shared memory first and each thread loads 8 experts'
@@ -631,11 +662,9 @@ void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t 
 void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r, int32_t* expert,
            float* weight, cudaStream_t s) {
   if (n == 0) return;
-  // One choice per lane: the engine refuses models over 32 at load, with a message.
-  if (r.k < 1 || r.k > 32 || r.k > r.e) DSV3_CUDA_CHECK(cudaErrorInvalidValue);
-  const size_t smem = size_t(kRouteWarps) * size_t(2 * r.e + r.n_group) * sizeof(float);
-  launch_pdl(route_kernel, unsigned(ceil_div(n, kRouteWarps)), kRouteWarps * 32, smem, s, logits,
-             bias, n, r, expert, weight);
+  check_route(r);
+  launch_pdl(route_kernel, unsigned(ceil_div(n, kRouteWarps)), kRouteWarps * 32,
+             route_smem_floats(r) * sizeof(float), s, logits, bias, n, r, expert, weight);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -644,6 +673,25 @@ void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int
   launch_pdl(moe_permute_kernel, 1, 1024, size_t(e + 1) * sizeof(int32_t), s, expert, pairs, k, e,
              offsets, rows, pos, active);
   DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void route_and_permute(const float* logits, const float* bias, int64_t n, const RouteArgs& r,
+                       int32_t* expert, float* weight, int32_t* offsets, int32_t* rows,
+                       int32_t* pos, int32_t* active, cudaStream_t s) {
+  if (n == 0 || n > kRouteWarps || !g_fused_route) {
+    route(logits, bias, n, r, expert, weight, s);
+    moe_permute(expert, n * r.k, r.k, r.e, offsets, rows, pos, active, s);
+    return;
+  }
+  check_route(r);
+  const size_t smem = route_smem_floats(r) * sizeof(float) + size_t(r.e + 1) * sizeof(int32_t);
+  launch_pdl(route_permute_kernel, 1, kRouteWarps * 32, smem, s, logits, bias, n, r, expert, weight,
+             offsets, rows, pos, active);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+bool fused_route_permute(bool on) {
+  return std::exchange(g_fused_route, on);
 }
 
 void moe_combine(const float* shared, const float* expert_out, const float* weight,

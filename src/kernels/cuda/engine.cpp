@@ -765,8 +765,8 @@ struct CudaEngine::Impl {
             blas->matmul_f32(n, E, H, k.h, L.router_f32, k.router, k.blas_ws, k.blas_ws_bytes,
                              stream)))
         linear(k.h, n, L.router, k.router, false);
-      route(k.router, L.bias, n, r, k.experts, k.eweights, stream);
-      moe_permute(k.experts, n * top, top, E, k.offsets, k.perm_rows, k.perm_pos, k.active, stream);
+      route_and_permute(k.router, L.bias, n, r, k.experts, k.eweights, k.offsets, k.perm_rows,
+                        k.perm_pos, k.active, stream);
     });
     stage(kStageExperts);
     if (!experts_grouped(L, n) && !experts_gemm(L, n)) experts_gemv(L, n);
@@ -984,16 +984,25 @@ struct CudaEngine::Impl {
     stage(kStageAttnProj);
     // k.kv rows: [q_a (q LoRA only, padded) | c_kv | k_pe].
     const int64_t qr = c.has_q_lora() ? c.q_lora_rank : 0, ldkv = L.qkv_a.rows;
-    twice(kRepeatQkvA, [&] { linear(k.h, n, L.qkv_a, k.kv); });
     // The latent cache write beside q's chain (q_a's norm, q_b, the absorb), joined before the
     // attention reads the cache.
     const bool write_aside = use_side(n);
-    if (write_aside) fork();
+    const auto qkv_a = [&] { twice(kRepeatQkvA, [&] { linear(k.h, n, L.qkv_a, k.kv); }); };
     if (qr > 0) {
+      qkv_a();  // q_a's rows feed q's chain
+      if (write_aside) fork();
       twice(kRepeatQaNorm,
             [&] { add_rmsnorm(k.kv, ldkv, nullptr, L.q_a_norm, eps, n, qr, k.qa, qr, stream); });
       twice(kRepeatQb, [&] { linear(k.qa, n, L.q_b, k.q); });
     } else {
+      // Without a q LoRA q reads the hidden row itself, so kv_a's gemv goes aside too.
+      if (write_aside) {
+        fork();
+        const OnSide on(*this);
+        qkv_a();
+      } else {
+        qkv_a();
+      }
       linear(k.h, n, L.q, k.q);
     }
     const int64_t half = dr / 2;

@@ -105,8 +105,9 @@ struct CudaEngineOptions {
   // kWeightsEarly) batch-1 decode ran at 779.1-780.1 tok/s against 769.5-775.9 without either
   // and 770.0-772.2 with this alone (H200, three alternating rounds in one call).
   bool sample_split_scan = true;
-  // Chunks of up to gemv_max_rows rows run the latent cache write and the shared experts on a
-  // second stream beside the kernels that do not need them (graphs: parallel branches): V3 x 4
+  // Chunks of up to gemv_max_rows rows run the latent cache write (and, without a q LoRA, the
+  // kv_a gemv before it) and the shared experts on a second stream beside the kernels that do
+  // not need them (graphs: parallel branches): V3 x 4
   // layers FP8 batch-1 decode 794.5-804.0 tok/s against 782.2-789.0 on one stream (H200, three
   // alternating rounds; 785-799 against 778-782 on another machine). The same bits. Stage
   // times (time_stages) do not see the second stream's work.

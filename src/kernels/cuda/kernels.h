@@ -236,6 +236,13 @@ void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r
 // pairs, then their ids in ascending order.
 void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int32_t* offsets,
                  int32_t* rows, int32_t* pos, int32_t* active, cudaStream_t s);
+// route() then moe_permute(); up to 4 tokens (decode steps) in one launch.
+void route_and_permute(const float* logits, const float* bias, int64_t n, const RouteArgs& r,
+                       int32_t* expert, float* weight, int32_t* offsets, int32_t* rows,
+                       int32_t* pos, int32_t* active, cudaStream_t s);
+// Benchmarks only: false makes route_and_permute launch route() and moe_permute() apart at any
+// size (the same results). Returns the setting it replaces.
+bool fused_route_permute(bool on);
 // y[t] = (shared ? shared[t] : 0) + Σ_j weight[t, j] · expert_out[pos[t·k + j]] over width d.
 void moe_combine(const float* shared, const float* expert_out, const float* weight,
                  const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s);
