@@ -26,6 +26,7 @@
 //         cores; default 1)] [--attention-tc 1 | 0 (the absorbed attention on the tensor cores)]
 //        [--side-stream 1 | 0 (the cache write and shared experts on a second stream)]
 //        [--fused-route 1 | 0 (a decode step's routing and permutation in one launch)]
+//        [--combine-in-norm 1 | 0 (the routed experts' sum done by the next norm)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
 //         time them inside a graph by difference)]
@@ -137,6 +138,7 @@ int main(int argc, char** argv) {
   unsigned repeat = 0;
   bool sample_split = cuda::CudaEngineOptions{}.sample_split_scan;
   bool side_stream = cuda::CudaEngineOptions{}.side_stream;
+  bool combine_in_norm = cuda::CudaEngineOptions{}.combine_in_norm;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -177,6 +179,8 @@ int main(int argc, char** argv) {
       cuda::gemv_tile_pass_rows(std::stoi(v));
     else if (k == "--gemv-tile")
       cuda::gemv_allow_tile(v != "0");
+    else if (k == "--combine-in-norm")
+      combine_in_norm = v != "0";
     else if (k == "--fused-route")
       cuda::fused_route_permute(v != "0");
   }
@@ -188,7 +192,8 @@ int main(int argc, char** argv) {
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
-        "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n");
+        "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
+        "       [--combine-in-norm 1|0]\n");
     return 2;
   }
   int rc = 0;
@@ -214,6 +219,7 @@ int main(int argc, char** argv) {
       opt.repeat_pieces = repeat;
       opt.sample_split_scan = sample_split;
       opt.side_stream = side_stream;
+      opt.combine_in_norm = combine_in_norm;
       return opt;
     };
     // The decode engines: room for the largest batch of prompt + steps tokens.

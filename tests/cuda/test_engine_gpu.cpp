@@ -279,8 +279,9 @@ std::vector<float> scripted_run(const cuda::CudaEngine& engine, const Tensor& id
 // Graph replay against eager launches, with every linear on the gemv kernel (gemv_max_rows 16)
 // and with every linear on cuBLASLt (0: its calls captured in the graphs); then both again with
 // every kernel launched plainly, not early (launch.cuh): a kernel that read its input before
-// waiting for the one that writes it would differ; and with one stream (side_stream off: the
-// cache write and the shared experts no longer beside the rest).
+// waiting for the one that writes it would differ; with one stream (side_stream off: the
+// cache write and the shared experts no longer beside the rest); and with the MoE layers'
+// launches apart (routing and permutation in two, the combine before the norm, not in it).
 TEST_P(CudaFixture, GraphReplayIsBitIdenticalToEager) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture(GetParam())));
@@ -317,13 +318,22 @@ TEST_P(CudaFixture, GraphReplayIsBitIdenticalToEager) {
       ASSERT_EQ(std::memcmp(&eager[i], &plain_eager[i], sizeof(float)), 0) << i;
       ASSERT_EQ(std::memcmp(&eager[i], &plain_graphed[i], sizeof(float)), 0) << i;
     }
+    const auto expect_same = [&](const std::vector<float>& run, const char* what) {
+      ASSERT_EQ(eager.size(), run.size()) << what;
+      for (size_t i = 0; i < eager.size(); ++i)
+        ASSERT_EQ(std::memcmp(&eager[i], &run[i], sizeof(float)), 0) << what << " " << i;
+    };
     cuda::CudaEngineOptions one = small(false, gemv_rows);
     one.side_stream = false;
     const cuda::CudaEngine single(model, one);
-    const std::vector<float> one_stream = scripted_run(single, ids);
-    ASSERT_EQ(eager.size(), one_stream.size());
-    for (size_t i = 0; i < eager.size(); ++i)
-      ASSERT_EQ(std::memcmp(&eager[i], &one_stream[i], sizeof(float)), 0) << "one stream " << i;
+    expect_same(scripted_run(single, ids), "one stream");
+    cuda::CudaEngineOptions apart = small(false, gemv_rows);
+    apart.combine_in_norm = false;
+    const bool fused = cuda::fused_route_permute(false);
+    const cuda::CudaEngine separate(model, apart);
+    const std::vector<float> separate_run = scripted_run(separate, ids);
+    cuda::fused_route_permute(fused);
+    expect_same(separate_run, "MoE launches apart");
   }
 }
 

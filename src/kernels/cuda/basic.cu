@@ -89,14 +89,59 @@ __global__ void add_rmsnorm_kernel(float* x, int64_t ldx, const float* delta, co
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = w[i] * (xr[i] * inv);
 }
 
+// The routed experts' combine, moe_combine's and add_rmsnorm_combine's: the token's slots and
+// weights go to shared memory first and each thread loads 8 experts' values at once before
+// summing them in order: loading a slot, then the value it points to, inside the sum put two
+// dependent loads a term in series (17 us a step at batch 1, V3's 8 experts: the step time with
+// the kernel enqueued twice, H200).
+constexpr int kCombineMaxK = 32;  // route() takes at most 32 experts a token
+constexpr int kCombineBatch = 8;
+
+// Token t's slots and weights into s_pos / s_w (the block's threads; then a barrier).
+__device__ void combine_stage(const CombineArgs& c, int64_t t, int32_t* s_pos, float* s_w) {
+  for (int64_t j = threadIdx.x; j < c.k; j += blockDim.x) {
+    s_pos[j] = c.pos[t * c.k + j];
+    s_w[j] = c.weight[t * c.k + j];
+  }
+  __syncthreads();
+}
+
+__device__ float fma_v(float w, float e, float v) {
+  return fmaf(w, e, v);
+}
+__device__ float4 fma_v(float w, float4 e, float4 v) {
+  return make_float4(fmaf(w, e.x, v.x), fmaf(w, e.y, v.y), fmaf(w, e.z, v.z), fmaf(w, e.w, v.w));
+}
+
+// Element i of token t's combine (V: a float, or a float4 of 4 elements; d in V units):
+// shared + Σ_j weight_j · expert_out[pos_j], in j's order.
+template <class V>
+__device__ V combine_at(const CombineArgs& c, const int32_t* s_pos, const float* s_w, int64_t t,
+                        int64_t d, int64_t i) {
+  const auto* eo = reinterpret_cast<const V*>(c.expert_out);
+  V v = c.shared ? reinterpret_cast<const V*>(c.shared)[t * d + i] : V{};
+  for (int64_t j0 = 0; j0 < c.k; j0 += kCombineBatch) {
+    V e[kCombineBatch];
+#pragma unroll
+    for (int u = 0; u < kCombineBatch; ++u)
+      e[u] = j0 + u < c.k ? eo[int64_t(s_pos[j0 + u]) * d + i] : V{};
+#pragma unroll
+    for (int u = 0; u < kCombineBatch; ++u)
+      if (j0 + u < c.k) v = fma_v(s_w[j0 + u], e[u], v);
+  }
+  return v;
+}
+
 // Rows of up to kNormThreads · 4 · kNormVecs floats in float4s held in registers, so every load
 // is in flight before the first is used. (In the strided loop above each store into x kept the
 // next loads from being hoisted over it, since x might alias delta: 7.8 us for one V3 row, ncu.)
 constexpr int kNormVecs = 2;
 
+// COMBINE: delta is the routed experts' combine, summed here (add_rmsnorm_combine).
+template <bool COMBINE>
 __global__ void __launch_bounds__(kNormThreads)
-    add_rmsnorm_vec_kernel(float* x, int64_t ldx, const float* delta, const float* w, float eps,
-                           int64_t d, float* out, int64_t ldo) {
+    add_rmsnorm_vec_kernel(float* x, int64_t ldx, const float* delta, CombineArgs cmb,
+                           const float* w, float eps, int64_t d, float* out, int64_t ldo) {
   pdl_enter();
   __shared__ double buf[kNormThreads / 32];
   const int64_t nv = d / 4;
@@ -104,13 +149,23 @@ __global__ void __launch_bounds__(kNormThreads)
   const auto* dr = reinterpret_cast<const float4*>(delta ? delta + blockIdx.x * d : nullptr);
   const auto* wr = reinterpret_cast<const float4*>(w);
   float4 v[kNormVecs], g[kNormVecs], e[kNormVecs];
+  if constexpr (COMBINE) {
+    __shared__ int32_t s_pos[kCombineMaxK];
+    __shared__ float s_w[kCombineMaxK];
+    combine_stage(cmb, blockIdx.x, s_pos, s_w);
+#pragma unroll
+    for (int j = 0; j < kNormVecs; ++j) {
+      const int64_t i = threadIdx.x + int64_t(j) * kNormThreads;
+      if (i < nv) e[j] = combine_at<float4>(cmb, s_pos, s_w, blockIdx.x, nv, i);
+    }
+  }
 #pragma unroll
   for (int j = 0; j < kNormVecs; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * kNormThreads;
     if (i < nv) {
       v[j] = xr[i];
       g[j] = __ldg(wr + i);
-      if (delta) e[j] = dr[i];
+      if (!COMBINE && delta) e[j] = dr[i];
     }
   }
   double ss = 0;
@@ -118,7 +173,7 @@ __global__ void __launch_bounds__(kNormThreads)
   for (int j = 0; j < kNormVecs; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * kNormThreads;
     if (i < nv) {
-      if (delta) {
+      if (COMBINE || delta) {
         v[j] = make_float4(v[j].x + e[j].x, v[j].y + e[j].y, v[j].z + e[j].z, v[j].w + e[j].w);
         xr[i] = v[j];
       }
@@ -484,39 +539,15 @@ __global__ void route_permute_kernel(const float* logits, const float* bias, int
                 offsets, rows, pos, active);
 }
 
-// The token's slots and weights go to shared memory first and each thread loads 8 experts'
-// values at once before summing them in order: loading a slot, then the value it points to,
-// inside the sum put two dependent loads a term in series (17 us a step at batch 1, V3's 8
-// experts: the step time with the kernel enqueued twice, H200).
-constexpr int kCombineMaxK = 32;  // route() takes at most 32 experts a token
-constexpr int kCombineBatch = 8;
-
-__global__ void moe_combine_kernel(const float* shared, const float* expert_out,
-                                   const float* weight, const int32_t* pos, int64_t k, int64_t d,
-                                   float* y) {
+__global__ void moe_combine_kernel(CombineArgs c, int64_t d, float* y) {
   pdl_enter();
   __shared__ int32_t s_pos[kCombineMaxK];
   __shared__ float s_w[kCombineMaxK];
   const int64_t t = blockIdx.x;
-  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-    s_pos[j] = pos[t * k + j];
-    s_w[j] = weight[t * k + j];
-  }
-  __syncthreads();
+  combine_stage(c, t, s_pos, s_w);
   for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < d;
-       i += int64_t(gridDim.y) * blockDim.x) {
-    float v = shared ? shared[t * d + i] : 0.0f;
-    for (int64_t j0 = 0; j0 < k; j0 += kCombineBatch) {
-      float e[kCombineBatch];
-#pragma unroll
-      for (int u = 0; u < kCombineBatch; ++u)
-        e[u] = j0 + u < k ? expert_out[int64_t(s_pos[j0 + u]) * d + i] : 0.0f;
-#pragma unroll
-      for (int u = 0; u < kCombineBatch; ++u)
-        if (j0 + u < k) v = fmaf(s_w[j0 + u], e[u], v);
-    }
-    y[t * d + i] = v;
-  }
+       i += int64_t(gridDim.y) * blockDim.x)
+    y[t * d + i] = combine_at<float>(c, s_pos, s_w, t, d, i);
 }
 
 unsigned blocks_for(int64_t n) {
@@ -533,14 +564,24 @@ void embedding(const int32_t* ids, int64_t n, const void* table, WType type, int
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+// Whether rows take add_rmsnorm_vec_kernel.
+bool norm_vec_fits(const float* x, int64_t ldx, const float* w, int64_t d, const float* out,
+                   int64_t ldo) {
+  return d % 4 == 0 && ldx % 4 == 0 && ldo % 4 == 0 && d <= int64_t(kNormThreads) * 4 * kNormVecs &&
+         aligned16(x) && aligned16(w) && aligned16(out);
+}
+}  // namespace
+
 void add_rmsnorm(float* x, int64_t ldx, const float* delta, const float* w, float eps, int64_t n,
                  int64_t d, float* out, int64_t ldo, cudaStream_t s) {
   if (n == 0) return;
-  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (d % 4 == 0 && ldx % 4 == 0 && ldo % 4 == 0 && d <= int64_t(kNormThreads) * 4 * kNormVecs &&
-      aligned(x) && aligned(delta) && aligned(w) && aligned(out))
-    launch_pdl(add_rmsnorm_vec_kernel, unsigned(n), kNormThreads, 0, s, x, ldx, delta, w, eps, d,
-               out, ldo);
+  if (norm_vec_fits(x, ldx, w, d, out, ldo) && aligned16(delta))
+    launch_pdl(add_rmsnorm_vec_kernel<false>, unsigned(n), kNormThreads, 0, s, x, ldx, delta,
+               CombineArgs{}, w, eps, d, out, ldo);
   else
     launch_pdl(add_rmsnorm_kernel, unsigned(n), kNormThreads, 0, s, x, ldx, delta, w, eps, d, out,
                ldo);
@@ -694,13 +735,25 @@ bool fused_route_permute(bool on) {
   return std::exchange(g_fused_route, on);
 }
 
-void moe_combine(const float* shared, const float* expert_out, const float* weight,
-                 const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s) {
+void moe_combine(const CombineArgs& c, int64_t n, int64_t d, float* y, cudaStream_t s) {
   if (n == 0) return;
-  if (k > kCombineMaxK) DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // route() refuses them first
+  if (c.k > kCombineMaxK) DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // route() refuses them first
   const dim3 grid(unsigned(n), unsigned(ceil_div(d, kThreads)));
-  launch_pdl(moe_combine_kernel, grid, kThreads, 0, s, shared, expert_out, weight, pos, k, d, y);
+  launch_pdl(moe_combine_kernel, grid, kThreads, 0, s, c, d, y);
   DSV3_CUDA_CHECK_LAUNCH();
+}
+
+bool add_rmsnorm_combine(float* x, int64_t ldx, const CombineArgs& delta, const float* w, float eps,
+                         int64_t n, int64_t d, float* out, int64_t ldo, cudaStream_t s) {
+  if (n == 0) return true;
+  if (delta.k > kCombineMaxK) DSV3_CUDA_CHECK(cudaErrorInvalidValue);
+  if (!norm_vec_fits(x, ldx, w, d, out, ldo) || !aligned16(delta.shared) ||
+      !aligned16(delta.expert_out))
+    return false;
+  launch_pdl(add_rmsnorm_vec_kernel<true>, unsigned(n), kNormThreads, 0, s, x, ldx, nullptr, delta,
+             w, eps, d, out, ldo);
+  DSV3_CUDA_CHECK_LAUNCH();
+  return true;
 }
 
 }  // namespace dsv3::cuda

@@ -737,7 +737,26 @@ struct CudaEngine::Impl {
     linear(m.work.act, n, p.down, out);
   }
 
-  void moe(const DevLayer& L, int64_t n, float* out) {
+  // A block's FFN output, still to be added to the residual stream: delta, or with moe.expert_out
+  // set the routed experts' outputs, combined by the next norm (combine_in_norm).
+  struct Pending {
+    const float* delta = nullptr;
+    CombineArgs moe;
+  };
+  // x += pending, then out = RMSNorm(x) · w.
+  void add_norm(const Pending& p, const float* w, int64_t n, float* out, int64_t ldo) {
+    Work& k = m.work;
+    const int64_t H = c.hidden_size;
+    const float eps = float(c.rms_norm_eps);
+    if (!p.moe.expert_out) {
+      add_rmsnorm(k.x, H, p.delta, w, eps, n, H, out, ldo, stream);
+    } else if (!add_rmsnorm_combine(k.x, H, p.moe, w, eps, n, H, out, ldo, stream)) {
+      moe_combine(p.moe, n, H, k.delta, stream);
+      add_rmsnorm(k.x, H, k.delta, w, eps, n, H, out, ldo, stream);
+    }
+  }
+
+  Pending moe(const DevLayer& L, int64_t n, float* out) {
     Work& k = m.work;
     const int64_t E = c.n_routed_experts, top = c.num_experts_per_tok, H = c.hidden_size;
     // The shared experts beside the routing and the routed experts (a decode step's routing is
@@ -773,11 +792,17 @@ struct CudaEngine::Impl {
     stage(kStageShared);
     if (L.has_shared && !shared_aside) mlp(L.shared, k.h, n, k.shared_out);
     if (shared_aside) join();
+    CombineArgs comb;
+    comb.shared = L.has_shared ? k.shared_out : nullptr;
+    comb.expert_out = k.eout;
+    comb.weight = k.eweights;
+    comb.pos = k.perm_pos;
+    comb.k = top;
+    // A piece timed twice must not add to x twice: the combine then runs on its own.
+    if (opt.combine_in_norm && !(opt.repeat_pieces & kRepeatCombine)) return {nullptr, comb};
     stage(kStageRouting);
-    twice(kRepeatCombine, [&] {
-      moe_combine(L.has_shared ? k.shared_out : nullptr, k.eout, k.eweights, k.perm_pos, n, top, H,
-                  out, stream);
-    });
+    twice(kRepeatCombine, [&] { moe_combine(comb, n, H, out, stream); });
+    return {out, {}};
   }
 
   // FP8 experts take block-scaled GEMMs; either kind takes the GEMM path below when the chunk
@@ -1075,24 +1100,24 @@ struct CudaEngine::Impl {
 
   // One transformer block over the chunk's rows; `pending` is the previous block's FFN output,
   // added to the residual stream in the fused add + norm.
-  const float* block(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n,
-                     int64_t max_pos, const float* pending) {
+  Pending block(const DevLayer& L, const CachePool& pool, int64_t layer, int64_t n, int64_t max_pos,
+                const Pending& pending) {
     Work& k = m.work;
     const int64_t H = c.hidden_size;
-    const float eps = float(c.rms_norm_eps);
     stage(kStageOther);
-    add_rmsnorm(k.x, H, pending, L.in_norm, eps, n, H, k.h, H, stream);
+    add_norm(pending, L.in_norm, n, k.h, H);
     attention(L, pool, layer, n, max_pos, k.delta);
     stage(kStageOther);
-    add_rmsnorm(k.x, H, k.delta, L.post_norm, eps, n, H, k.h, H, stream);
+    add_norm({k.delta, {}}, L.post_norm, n, k.h, H);
     if (L.moe) {
-      moe(L, n, k.delta);
-    } else {
-      stage(kStageDense);
-      mlp(L.mlp, k.h, n, k.delta);
+      const Pending out = moe(L, n, k.delta);
+      stage(kStageOther);
+      return out;
     }
+    stage(kStageDense);
+    mlp(L.mlp, k.h, n, k.delta);
     stage(kStageOther);
-    return k.delta;
+    return {k.delta, {}};
   }
 
   // Chunk rows [row, row + count) of one sequence, its first at position pos0.
@@ -1209,13 +1234,13 @@ struct CudaEngine::Impl {
                                     size_t(n * m.pool.max_blocks) * sizeof(int32_t),
                                     cudaMemcpyHostToDevice, stream));
     const float eps = float(c.rms_norm_eps);
-    const float* pending = nullptr;
+    Pending pending;
     const DevLayer* head_layer = nullptr;
     if (!mtp) {
       embedding(k.ints, n, m.embed, m.embed_type, H, k.x, stream);
       for (size_t l = 0; l < m.layers.size(); ++l)
         pending = block(m.layers[l], m.pool, int64_t(l), n, max_pos, pending);
-      add_rmsnorm(k.x, H, pending, m.final_norm, eps, n, H, k.xn, H, stream);
+      add_norm(pending, m.final_norm, n, k.xn, H);
     } else {
       const DevLayer& L = m.mtp[0];
       DSV3_CUDA_CHECK(cudaMemcpyAsync(k.hprev, h_rows, size_t(n * H) * sizeof(float),
@@ -1225,8 +1250,8 @@ struct CudaEngine::Impl {
       add_rmsnorm(k.h, H, nullptr, L.enorm, eps, n, H, k.cat, 2 * H, stream);
       add_rmsnorm(k.hprev, H, nullptr, L.hnorm, eps, n, H, k.cat + H, 2 * H, stream);
       linear(k.cat, n, L.eh_proj, k.x);
-      pending = block(L, m.mtp_pool, 0, n, max_pos, nullptr);
-      add_rmsnorm(k.x, H, pending, L.head_norm, eps, n, H, k.xn, H, stream);
+      pending = block(L, m.mtp_pool, 0, n, max_pos, {});
+      add_norm(pending, L.head_norm, n, k.xn, H);
       head_layer = &L;
     }
     if (want_hidden)

@@ -112,6 +112,9 @@ struct CudaEngineOptions {
   // alternating rounds; 785-799 against 778-782 on another machine). The same bits. Stage
   // times (time_stages) do not see the second stream's work.
   bool side_stream = true;
+  // The routed experts' weighted sum done by the next add + RMSNorm as it reads it
+  // (add_rmsnorm_combine), one launch fewer a MoE layer. The same bits.
+  bool combine_in_norm = true;
   // Benchmarks only: enqueue these pieces of every layer twice (bits of RepeatPiece; each piece
   // rewrites what it wrote from unchanged inputs, so the logits stay the same), to time a
   // kernel inside a replayed graph by the difference in step time (no profiler sees into one).
@@ -129,7 +132,7 @@ enum RepeatPiece : unsigned {
   kRepeatOProj = 128,     // o_proj
   kRepeatSample = 256,    // the sampler (once a step)
   kRepeatRoute = 512,     // the router's gemv, routing and the permutation (MoE layers)
-  kRepeatCombine = 1024,  // the experts' weighted sum (MoE layers)
+  kRepeatCombine = 1024,  // the experts' weighted sum (MoE layers; turns combine_in_norm off)
 };
 
 // Device bytes the engine allocates for a model (computed without a GPU).

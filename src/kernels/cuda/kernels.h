@@ -243,9 +243,20 @@ void route_and_permute(const float* logits, const float* bias, int64_t n, const 
 // Benchmarks only: false makes route_and_permute launch route() and moe_permute() apart at any
 // size (the same results). Returns the setting it replaces.
 bool fused_route_permute(bool on);
-// y[t] = (shared ? shared[t] : 0) + Σ_j weight[t, j] · expert_out[pos[t·k + j]] over width d.
-void moe_combine(const float* shared, const float* expert_out, const float* weight,
-                 const int32_t* pos, int64_t n, int64_t k, int64_t d, float* y, cudaStream_t s);
+// The routed experts' outputs of n tokens, to be combined: y[t] = (shared ? shared[t] : 0) +
+// Σ_j weight[t, j] · expert_out[pos[t·k + j]] over width d, summed in j's order.
+struct CombineArgs {
+  const float* shared = nullptr;      // [n, d], or null
+  const float* expert_out = nullptr;  // rows in moe_permute's order
+  const float* weight = nullptr;      // [n, k]
+  const int32_t* pos = nullptr;       // [n · k]: moe_permute's positions
+  int64_t k = 0;
+};
+void moe_combine(const CombineArgs& c, int64_t n, int64_t d, float* y, cudaStream_t s);
+// add_rmsnorm with delta = moe_combine's y, summed on the fly (the same bits, one launch fewer);
+// false, with nothing launched, where rows do not suit its kernel (d % 4, d > 8192, alignment).
+bool add_rmsnorm_combine(float* x, int64_t ldx, const CombineArgs& delta, const float* w, float eps,
+                         int64_t n, int64_t d, float* out, int64_t ldo, cudaStream_t s);
 
 // Absorbed MLA (MODEL_SPEC §3). q [n, H, dn + dr] and kv_b [H·(dn + dv), dc]: qc [n, H, dc + dr] =
 // [q_nope·W_UK ; q_pe], the query against cache rows [c_kv ; k_pe], in F32 (qc) or BF16 (qcb,
