@@ -27,6 +27,7 @@
 //        [--side-stream 1 | 0 (the cache write and shared experts on a second stream)]
 //        [--fused-route 1 | 0 (a decode step's routing and permutation in one launch)]
 //        [--combine-in-norm 1 | 0 (the routed experts' sum done by the next norm)]
+//        [--bf16-expert-gemm-rows N (BF16 routed experts on GEMMs from N rows an expert)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
 //         time them inside a graph by difference)]
@@ -139,6 +140,7 @@ int main(int argc, char** argv) {
   bool sample_split = cuda::CudaEngineOptions{}.sample_split_scan;
   bool side_stream = cuda::CudaEngineOptions{}.side_stream;
   bool combine_in_norm = cuda::CudaEngineOptions{}.combine_in_norm;
+  int64_t bf16_expert_rows = cuda::CudaEngineOptions{}.bf16_expert_gemm_rows;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -179,6 +181,8 @@ int main(int argc, char** argv) {
       cuda::gemv_tile_pass_rows(std::stoi(v));
     else if (k == "--gemv-tile")
       cuda::gemv_allow_tile(v != "0");
+    else if (k == "--bf16-expert-gemm-rows")
+      bf16_expert_rows = std::stoll(v);
     else if (k == "--combine-in-norm")
       combine_in_norm = v != "0";
     else if (k == "--fused-route")
@@ -193,7 +197,7 @@ int main(int argc, char** argv) {
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
-        "       [--combine-in-norm 1|0]\n");
+        "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N]\n");
     return 2;
   }
   int rc = 0;
@@ -220,6 +224,7 @@ int main(int argc, char** argv) {
       opt.sample_split_scan = sample_split;
       opt.side_stream = side_stream;
       opt.combine_in_norm = combine_in_norm;
+      opt.bf16_expert_gemm_rows = bf16_expert_rows;
       return opt;
     };
     // The decode engines: room for the largest batch of prompt + steps tokens.
@@ -299,11 +304,13 @@ int main(int argc, char** argv) {
     }
     // Batches over gemv_max_rows run their FP8 linears as block-scaled GEMMs and the FP8
     // experts on the grouped kernel (by default); the same batches with the experts on the gemv
-    // kernel, and on BF16 GEMMs over dequantised weights (the path before both), for the ratios.
+    // kernel (BF16 ones up to expert_gemm_rows rows an expert), and on BF16 GEMMs over
+    // dequantised weights (the path before both), for the ratios.
     if (std::any_of(bs.begin(), bs.end(), [&](int b) { return b > gemv_rows; })) {
       for (const bool bf16 : {false, true}) {
         cuda::CudaEngineOptions opt = decode_options();
         opt.grouped_experts = false;
+        if (!bf16) opt.bf16_expert_gemm_rows = opt.expert_gemm_rows;  // BF16 experts too
         opt.fp8_gemm = !bf16;
         const cuda::CudaEngine engine(model, opt);
         for (int b : bs) {

@@ -97,6 +97,7 @@ TEST_P(CudaFixture, PrefillWithExpertGemmsMatchesTransformers) {
   SKIP_WITHOUT_GPU();
   cuda::CudaEngineOptions o = small(false, 0);
   o.expert_gemm_rows = 1;
+  o.bf16_expert_gemm_rows = 1;
   expect_prefill_matches(GetParam(), o, 5e-2, 1);
 }
 

@@ -824,8 +824,10 @@ struct CudaEngine::Impl {
   }
   bool experts_on_gemm(const DevLayer& L, int64_t n) const {
     const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
-    return (experts_fp8(L, n) || bf16) && n > opt.gemv_max_rows &&
-           n * c.num_experts_per_tok / c.n_routed_experts >= opt.expert_gemm_rows;
+    const int64_t rows = n * c.num_experts_per_tok / c.n_routed_experts;
+    if (n <= opt.gemv_max_rows) return false;
+    if (experts_fp8(L, n)) return rows >= opt.expert_gemm_rows;
+    return bf16 && rows >= opt.bf16_expert_gemm_rows;
   }
 
   // The routed experts on the tensor cores, one GEMM per expert with rows (cuBLASLt 13.1 has no

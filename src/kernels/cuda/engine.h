@@ -76,6 +76,11 @@ struct CudaEngineOptions {
   // Routed experts run as one cuBLASLt GEMM each when they average this many rows or more
   // (prefill), else on the gemv kernel (decode batches) or the grouped kernel below.
   int64_t expert_gemm_rows = 32;
+  // ... BF16 routed experts (the grouped kernel below is FP8 only) from this many: over 16 rows
+  // an expert the gemv takes its general kernel, one output a warp and a pass over the weights
+  // per 8 rows (V2-Lite dims, batch 256, 24 rows an expert: 2,209 tok/s, 108.6 of its 115.9 ms
+  // a step in the routed experts; H200).
+  int64_t bf16_expert_gemm_rows = 17;
   // FP8 routed experts of chunks over gemv_max_rows rows that average grouped_min_rows to
   // expert_gemm_rows rows per expert (decode batches of 64 to a few hundred at DeepSeek-V3's 8
   // of 256) in one launch per projection (grouped_fp8: our mma.sync kernel, its tile map built
