@@ -278,30 +278,28 @@ TEST(GemvGpu, RowsKernelBlockSizeKeepsTheBits) {
     for (int i = 0; i < 2; ++i)
       EXPECT_EQ(std::memcmp(got[i].data(), got[2].data(), got[2].size() * sizeof(float)), 0)
           << (2 << i) << " warps";
-    // The sweep's FP8 load variants (chunks a batch): the same bits too.
-    for (const int chunks : {2, 4}) {
-      const int before = cuda::gemv_rows_batch(chunks);
+    // The same gemv again, into a fresh buffer, under the settings the caller has made.
+    const auto again = [&] {
       DevPtr<float> dv = poisoned(size_t(c.out));
       cuda::GemvArgs gv = g;
       gv.y = dv.get();
       cuda::gemv(gv, nullptr);
+      return to_host(dv, size_t(c.out));
+    };
+    // The sweep's FP8 load variants (chunks a batch): the same bits too.
+    for (const int chunks : {2, 4}) {
+      const int before = cuda::gemv_rows_batch(chunks);
+      const std::vector<float> v = again();
       cuda::gemv_rows_batch(before);
-      EXPECT_EQ(std::memcmp(to_host(dv, size_t(c.out)).data(), got[0].data(),
-                            got[0].size() * sizeof(float)),
-                0)
+      EXPECT_EQ(std::memcmp(v.data(), got[0].data(), got[0].size() * sizeof(float)), 0)
           << chunks << " chunks a batch";
     }
     {  // the first weights loaded after the wait for the kernel before, not before it
       const int flags = cuda::gemv_flags(0);
       cuda::gemv_flags(flags & ~4);
-      DevPtr<float> dv = poisoned(size_t(c.out));
-      cuda::GemvArgs gv = g;
-      gv.y = dv.get();
-      cuda::gemv(gv, nullptr);
+      const std::vector<float> v = again();
       cuda::gemv_flags(flags);
-      EXPECT_EQ(std::memcmp(to_host(dv, size_t(c.out)).data(), got[0].data(),
-                            got[0].size() * sizeof(float)),
-                0)
+      EXPECT_EQ(std::memcmp(v.data(), got[0].data(), got[0].size() * sizeof(float)), 0)
           << "weights after the wait";
     }
   }

@@ -368,7 +368,7 @@ __device__ int warp_top1(const float* v, int n) {
 
 constexpr int kRouteWarps = 4;
 
-// Token t's choices by one warp; `smem` holds the warp's 2e + n_group floats.
+// Token t's choices by one warp; `smem` holds the warp's route_warp_floats.
 __device__ void route_token(const float* logits, const float* bias, int64_t t, const RouteArgs& r,
                             float* smem, int32_t* expert, float* weight) {
   const int lane = int(threadIdx.x) % 32;
@@ -439,8 +439,12 @@ __device__ void route_token(const float* logits, const float* bias, int64_t t, c
   }
 }
 
+// Shared floats route_token's warp takes (its scores, choices and group scores), and a block's.
+__host__ __device__ int64_t route_warp_floats(const RouteArgs& r) {
+  return 2 * r.e + r.n_group;
+}
 __host__ __device__ size_t route_smem_floats(const RouteArgs& r) {
-  return size_t(kRouteWarps) * size_t(2 * r.e + r.n_group);
+  return size_t(kRouteWarps) * size_t(route_warp_floats(r));
 }
 
 void check_route(const RouteArgs& r) {
@@ -454,7 +458,7 @@ __global__ void route_kernel(const float* logits, const float* bias, int64_t n, 
   extern __shared__ float smem[];
   const int warp = int(threadIdx.x) / 32;
   const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
-  if (t < n) route_token(logits, bias, t, r, smem + warp * (2 * r.e + r.n_group), expert, weight);
+  if (t < n) route_token(logits, bias, t, r, smem + warp * route_warp_floats(r), expert, weight);
 }
 
 // The block groups the pairs by expert (moe_permute's outputs); cnt: e + 1 ints of shared
@@ -533,7 +537,7 @@ __global__ void route_permute_kernel(const float* logits, const float* bias, int
   extern __shared__ float smem[];
   const int warp = int(threadIdx.x) / 32;
   if (warp < n)
-    route_token(logits, bias, warp, r, smem + warp * (2 * r.e + r.n_group), expert, weight);
+    route_token(logits, bias, warp, r, smem + warp * route_warp_floats(r), expert, weight);
   __syncthreads();  // the choices, written to global memory, are visible to the block
   permute_pairs(expert, n * r.k, r.k, r.e, reinterpret_cast<int32_t*>(smem + route_smem_floats(r)),
                 offsets, rows, pos, active);

@@ -751,6 +751,8 @@ struct CudaEngine::Impl {
     if (!p.moe.expert_out) {
       add_rmsnorm(k.x, H, p.delta, w, eps, n, H, out, ldo, stream);
     } else if (!add_rmsnorm_combine(k.x, H, p.moe, w, eps, n, H, out, ldo, stream)) {
+      // Rows the fused kernel does not take: the sum into k.delta first (nothing pending
+      // lives there: the MoE layer's output is still in eout).
       moe_combine(p.moe, n, H, k.delta, stream);
       add_rmsnorm(k.x, H, k.delta, w, eps, n, H, out, ldo, stream);
     }

@@ -236,7 +236,8 @@ void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r
 // pairs, then their ids in ascending order.
 void moe_permute(const int32_t* expert, int64_t pairs, int64_t k, int64_t e, int32_t* offsets,
                  int32_t* rows, int32_t* pos, int32_t* active, cudaStream_t s);
-// route() then moe_permute(); up to 4 tokens (decode steps) in one launch.
+// route() then moe_permute(); up to 4 tokens (decode steps) in one launch (V2-Lite dims,
+// 26 MoE layers, batch-1 decode 456.4 / 455.5 tok/s against 444.1 / 441.3 in two; H200).
 void route_and_permute(const float* logits, const float* bias, int64_t n, const RouteArgs& r,
                        int32_t* expert, float* weight, int32_t* offsets, int32_t* rows,
                        int32_t* pos, int32_t* active, cudaStream_t s);
