@@ -29,6 +29,8 @@
 //        [--combine-in-norm 1 | 0 (the routed experts' sum done by the next norm)]
 //        [--bf16-expert-gemm-rows N (BF16 routed experts on GEMMs from N rows an expert)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
+//        [--mla-split-blocks N (the blocks the attention's key splits aim at; default 0: one
+//         wave of the GPU)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
 //         time them inside a graph by difference)]
 #include <cuda_runtime.h>
@@ -187,6 +189,8 @@ int main(int argc, char** argv) {
       combine_in_norm = v != "0";
     else if (k == "--fused-route")
       cuda::fused_route_permute(v != "0");
+    else if (k == "--mla-split-blocks")
+      cuda::set_mla_split_blocks(std::stoll(v));
   }
   if (model_dir.empty()) {
     fmt::print(
@@ -197,7 +201,7 @@ int main(int argc, char** argv) {
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
-        "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N]\n");
+        "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N] [--mla-split-blocks N]\n");
     return 2;
   }
   int rc = 0;

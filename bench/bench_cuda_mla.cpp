@@ -2,13 +2,18 @@
 // 128, v 128), each against the ceiling measured in the same run:
 // 1. Decode (absorbed, over the BF16 latent cache; mla_attention_tc on the tensor cores and
 //    mla_attention on the CUDA cores): GB/s of cache read against a device-to-device copy, and
-//    TFLOP/s (at 128 heads a cache row feeds 128 · 2 · (576 + 512) FLOPs: compute-bound).
-//    FlashMLA reports up to 3000 GB/s memory-bound and 660 TFLOP/s compute-bound on the H800.
+//    TFLOP/s (at 128 heads a cache row feeds 128 · 2 · (576 + 512) FLOPs: compute-bound; at
+//    V2-Lite's 16, 8 times fewer: memory-bound). FlashMLA reports up to 3000 GB/s memory-bound
+//    and 660 TFLOP/s compute-bound on the H800. The tensor-core kernel also runs with its key
+//    splits aimed at two waves of blocks (set_mla_split_blocks), the rule before one wave, and
+//    over an FP8 cache. L2 is
+//    flushed before each timed call: one layer's cache at batch 1 would fit in it.
 // 2. Prefill (flash_prefill, non-absorbed, causal): TFLOP/s of its useful work, 2 · heads ·
 //    n(n+1)/2 · (dn + dr + dv), against a square cuBLASLt BF16 GEMM (the dense peak in
 //    practice).
 // Inputs are one constant (the kernels' time does not depend on the values); their numerics are
 // tested in tests/cuda/test_kernels_gpu.cpp.
+// Decode runs at (--batch, --context) and at batch 1 over 4 × --context, with 128 heads and 16.
 // Usage: bench_cuda_mla [--batch 64] [--context 4096] [--prefill 1024,8192]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -28,7 +33,7 @@ using namespace dsv3;
 
 namespace {
 
-constexpr int64_t kHeads = 128, kDc = 512, kDr = 64, kDn = 128, kDv = 128;
+constexpr int64_t kHeads = 128, kLiteHeads = 16, kDc = 512, kDr = 64, kDn = 128, kDv = 128;
 
 void* device_filled(size_t bytes) {
   void* p = nullptr;
@@ -38,8 +43,9 @@ void* device_filled(size_t bytes) {
   return p;
 }
 
-// Decode: `batch` sequences each at the last position of `context` cached rows.
-void decode(int64_t batch, int64_t context, double copy_bw) {
+// Decode: `batch` sequences each at the last position of `context` cached rows, `heads` query
+// heads; the CUDA-core kernel too when `cuda_cores`.
+void decode(int64_t batch, int64_t context, int64_t heads, bool cuda_cores, double copy_bw) {
   // The engine's paged layout: blocks of 64 rows, each sequence's consecutive.
   const int64_t block = 64, mb = (context + block - 1) / block;
   cuda::CachePool pool{nullptr, 1, batch * mb, block, kDc, kDr, true, nullptr, mb};
@@ -51,10 +57,10 @@ void decode(int64_t batch, int64_t context, double copy_bw) {
   DSV3_CUDA_CHECK(cudaMalloc(&dtable, table.size() * 4));
   DSV3_CUDA_CHECK(cudaMemcpy(dtable, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
   pool.tables = dtable;
-  auto* qc = static_cast<float*>(device_filled(size_t(batch * kHeads * pool.row()) * 4));
-  auto* olat = static_cast<float*>(device_filled(size_t(batch * kHeads * kDc) * 4));
+  auto* qc = static_cast<float*>(device_filled(size_t(batch * heads * pool.row()) * 4));
+  auto* olat = static_cast<float*>(device_filled(size_t(batch * heads * kDc) * 4));
   // The engine's split scratch for its default 512-token chunks.
-  const int64_t partial_floats = 512 * kHeads * (kDc + 2);
+  const int64_t partial_floats = 512 * heads * (kDc + 2);
   auto* partial = static_cast<float*>(device_filled(size_t(partial_floats) * 4));
   std::vector<int32_t> pos(size_t(batch), int32_t(context - 1)),
       slots(static_cast<size_t>(batch), 0);
@@ -64,30 +70,55 @@ void decode(int64_t batch, int64_t context, double copy_bw) {
   DSV3_CUDA_CHECK(cudaMalloc(&dslots, slots.size() * 4));
   DSV3_CUDA_CHECK(cudaMemcpy(dpos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
   DSV3_CUDA_CHECK(cudaMemcpy(dslots, slots.data(), slots.size() * 4, cudaMemcpyHostToDevice));
-  void* qcb = device_filled(size_t(batch * kHeads * pool.row()) * 2);
+  void* qcb = device_filled(size_t(batch * heads * pool.row()) * 2);
   // Bytes that must move (the cache rows, the queries, the outputs) and the useful FLOPs: per
   // head and key, dc + dr multiply-adds for the score and dc for the sum.
-  const double bytes = double(cache_bytes) + double(batch * kHeads * (pool.row() + kDc) * 4);
-  const double flops = 2.0 * double(batch * kHeads * context) * double(pool.row() + kDc);
-  for (const bool tc : {true, false}) {
-    const double ms = bench::time_ms([&] {
-      if (tc)
-        cuda::mla_attention_tc(static_cast<const uint16_t*>(qcb), batch, kHeads, pool, 0, dpos,
-                               dslots, context - 1, 0.1f, partial, partial_floats, olat, nullptr);
-      else
-        cuda::mla_attention(qc, batch, kHeads, pool, 0, dpos, dslots, context - 1, 0.1f, partial,
-                            partial_floats, olat, nullptr);
-    });
+  const double flops = 2.0 * double(batch * heads * context) * double(pool.row() + kDc);
+  // The same rows in FP8 (c_kv codes, a scale per 128 columns, k_pe in BF16): fewer bytes to
+  // read, converted to BF16 on the way into shared memory.
+  cuda::CachePool fp8_pool = pool;
+  fp8_pool.bf16 = false;
+  fp8_pool.fp8 = true;
+  const size_t fp8_bytes = size_t(batch * mb * block * fp8_pool.row_bytes());
+  fp8_pool.base = device_filled(fp8_bytes);
+  const double query_bytes = double(batch * heads * (pool.row() + kDc) * 4);
+  int sms = 0;
+  DSV3_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const int64_t two_waves = 2 * int64_t(sms);  // the tensor-core kernel holds one block an SM
+  struct Variant {
+    const char* name;
+    bool tc;
+    int64_t split_blocks;
+    bool fp8;
+  };
+  for (const Variant& v :
+       {Variant{"tensor cores,", true, 0, false}, Variant{"tc, 2 waves,", true, two_waves, false},
+        Variant{"tc, FP8 cache,", true, 0, true}, Variant{"CUDA cores,", false, 0, false}}) {
+    if (!v.tc && !cuda_cores) continue;
+    cuda::set_mla_split_blocks(v.split_blocks);
+    const double ms = bench::time_ms(
+        [&] {
+          if (v.tc)
+            cuda::mla_attention_tc(static_cast<const uint16_t*>(qcb), batch, heads,
+                                   v.fp8 ? fp8_pool : pool, 0, dpos, dslots, context - 1, 0.1f,
+                                   partial, partial_floats, olat, nullptr);
+          else
+            cuda::mla_attention(qc, batch, heads, pool, 0, dpos, dslots, context - 1, 0.1f, partial,
+                                partial_floats, olat, nullptr);
+        },
+        10, bench::l2_flusher());
+    const double bytes = double(v.fp8 ? fp8_bytes : cache_bytes) + query_bytes;
     fmt::print(
-        "decode {:>13} batch {:>3} context {:>6}: {:8.3f} ms {:6.0f} GB/s ({:.0f}% of copy) "
-        "{:6.1f} TFLOP/s\n",
-        tc ? "tensor cores," : "CUDA cores,", batch, context, ms, bytes / ms / 1e6,
+        "decode {:>14} {:>3} heads batch {:>3} context {:>6}: {:8.3f} ms {:6.0f} GB/s ({:.0f}% of "
+        "copy) {:6.1f} TFLOP/s\n",
+        v.name, heads, batch, context, ms, bytes / ms / 1e6,
         100.0 * bytes / ms / 1e6 / (copy_bw / 1e9), flops / ms / 1e9);
   }
+  cuda::set_mla_split_blocks(0);
   DSV3_CUDA_CHECK(cudaFree(qcb));
-  for (void* p :
-       {pool.base, static_cast<void*>(qc), static_cast<void*>(olat), static_cast<void*>(partial),
-        static_cast<void*>(dpos), static_cast<void*>(dslots), static_cast<void*>(dtable)})
+  for (void* p : {pool.base, fp8_pool.base, static_cast<void*>(qc), static_cast<void*>(olat),
+                  static_cast<void*>(partial), static_cast<void*>(dpos), static_cast<void*>(dslots),
+                  static_cast<void*>(dtable)})
     DSV3_CUDA_CHECK(cudaFree(p));
 }
 
@@ -167,8 +198,10 @@ int main(int argc, char** argv) {
     const double gemm = bf16_gemm_tflops();
     fmt::print("device-to-device copy {:.0f} GB/s; cuBLASLt BF16 8192^3 {:.0f} TFLOP/s\n", bw / 1e9,
                gemm);
-    decode(batch, context, bw);
-    decode(1, context * 4, bw);
+    for (const int64_t heads : {kHeads, kLiteHeads}) {
+      decode(batch, context, heads, heads == kHeads, bw);
+      decode(1, context * 4, heads, false, bw);
+    }
     for (const int n : bench::parse_list(prefills)) prefill(n, gemm);
   } catch (const Error& e) {
     fmt::print(stderr, "bench_cuda_mla: {}\n", e.what());

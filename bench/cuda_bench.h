@@ -12,13 +12,16 @@
 
 namespace dsv3::bench {
 
-// Median milliseconds of fn() (launches on the default stream) over `reps` runs after 3 more.
-inline double time_ms(const std::function<void()>& fn, int reps = 10) {
+// Median milliseconds of fn() (launches on the default stream) over `reps` runs after 3 more;
+// `before`, when given, runs ahead of each, untimed (an L2 flush: l2_flusher below).
+inline double time_ms(const std::function<void()>& fn, int reps = 10,
+                      const std::function<void()>& before = {}) {
   cudaEvent_t e0, e1;
   DSV3_CUDA_CHECK(cudaEventCreate(&e0));
   DSV3_CUDA_CHECK(cudaEventCreate(&e1));
   std::vector<double> ms;
   for (int rep = 0; rep < reps + 3; ++rep) {
+    if (before) before();
     DSV3_CUDA_CHECK(cudaEventRecord(e0));
     fn();
     DSV3_CUDA_CHECK(cudaEventRecord(e1));
@@ -46,6 +49,17 @@ inline double copy_bandwidth() {
   DSV3_CUDA_CHECK(cudaFree(a));
   DSV3_CUDA_CHECK(cudaFree(b));
   return 2.0 * double(n) / (ms * 1e-3);
+}
+
+// A `before` for time_ms that writes 256 MiB (several times any L2), so that inputs which would
+// fit in L2 (one layer's latent cache at batch 1) are read from HBM, as in a model's step.
+inline std::function<void()> l2_flusher() {
+  static void* junk = [] {
+    void* p = nullptr;
+    DSV3_CUDA_CHECK(cudaMalloc(&p, size_t(256) << 20));
+    return p;
+  }();
+  return [] { DSV3_CUDA_CHECK(cudaMemsetAsync(junk, 0, size_t(256) << 20)); };
 }
 
 }  // namespace dsv3::bench

@@ -865,28 +865,31 @@ TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
     DevPtr<float> qc = poisoned(size_t(T * H * (dc + dr)));
     DevPtr<float> olat = poisoned(size_t(T * H * dc));
     DevPtr<float> o = poisoned(size_t(T * H * dv));
-    const int64_t partial_floats = 64 * T * H * (dc + 2);
-    DevPtr<float> partial = poisoned(size_t(partial_floats));
     cuda::mla_absorb_q(dq.get(), T, H, dn, dr, dv, kv_b.dev, nullptr, qc.get(), nullptr, nullptr);
-    cuda::mla_attention(qc.get(), T, H, pool, 0, dpos.get(), dslots.get(), start + T - 1, scale,
-                        partial.get(), partial_floats, olat.get(), nullptr);
-    cuda::GemvArgs g;
-    g.w = kv_b.dev;
-    g.n = dv;
-    g.w_group_rows = dn + dv;
-    g.w_row0 = dn;
-    g.x = olat.get();
-    g.ldx = H * dc;
-    g.x_goff = dc;
-    g.y = o.get();
-    g.ldy = H * dv;
-    g.y_goff = dv;
-    g.m = T;
-    g.groups = int(H);
-    cuda::gemv(g, nullptr);
-    EXPECT_LE(rel_err(to_host(o, size_t(T * H * dv)), want.ptr<float>(), size_t(want.numel())),
-              1e-5)
-        << int(kind) << " (0 f32, 1 bf16, 2 fp8) cache";
+    // Scratch for many key splits (merged), then for one (written straight to o_lat).
+    for (const int64_t splits : {int64_t(64), int64_t(1)}) {
+      const int64_t partial_floats = splits * T * H * (dc + 2);
+      DevPtr<float> partial = poisoned(size_t(partial_floats));
+      cuda::mla_attention(qc.get(), T, H, pool, 0, dpos.get(), dslots.get(), start + T - 1, scale,
+                          partial.get(), partial_floats, olat.get(), nullptr);
+      cuda::GemvArgs g;
+      g.w = kv_b.dev;
+      g.n = dv;
+      g.w_group_rows = dn + dv;
+      g.w_row0 = dn;
+      g.x = olat.get();
+      g.ldx = H * dc;
+      g.x_goff = dc;
+      g.y = o.get();
+      g.ldy = H * dv;
+      g.y_goff = dv;
+      g.m = T;
+      g.groups = int(H);
+      cuda::gemv(g, nullptr);
+      EXPECT_LE(rel_err(to_host(o, size_t(T * H * dv)), want.ptr<float>(), size_t(want.numel())),
+                1e-5)
+          << int(kind) << " (0 f32, 1 bf16, 2 fp8) cache, scratch for " << splits << " splits";
+    }
   }
 }
 
@@ -1024,18 +1027,25 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
     for (double w : want) ref = std::max(ref, std::fabs(w));
     const auto dq = to_device(bf16_bits(qc));
     const auto dpos = to_device(pos), dslot = to_device(slot);
-    const int64_t partial_floats = 64 * n * H * (dc + 2);
-    DevPtr<float> partial = poisoned(size_t(partial_floats));
-    DevPtr<float> olat = poisoned(size_t(n * H * dc));
-    cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299, float(scale),
-                           partial.get(), partial_floats, olat.get(), nullptr);
-    const std::vector<float> got = to_host(olat, size_t(n * H * dc));
-    double worst = 0;
-    for (size_t i = 0; i < got.size(); ++i)
-      worst = std::isnan(got[i]) ? INFINITY : std::max(worst, std::fabs(double(got[i]) - want[i]));
-    EXPECT_LE(worst / ref, 8e-3) << (kind == CacheKind::kFp8 ? "fp8" : "bf16") << " cache";
-    std::printf("[ mla tc %d heads, %d/%d, %s cache ] max|d|/max|o| = %.2e\n", heads, dc, dr,
-                kind == CacheKind::kFp8 ? "fp8" : "bf16", worst / ref);
+    // Scratch for many key splits (merged), then for one (written straight to o_lat).
+    for (const int64_t splits : {int64_t(64), int64_t(1)}) {
+      const int64_t partial_floats = splits * n * H * (dc + 2);
+      DevPtr<float> partial = poisoned(size_t(partial_floats));
+      DevPtr<float> olat = poisoned(size_t(n * H * dc));
+      cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299,
+                             float(scale), partial.get(), partial_floats, olat.get(), nullptr);
+      const std::vector<float> got = to_host(olat, size_t(n * H * dc));
+      double worst = 0;
+      for (size_t i = 0; i < got.size(); ++i)
+        worst =
+            std::isnan(got[i]) ? INFINITY : std::max(worst, std::fabs(double(got[i]) - want[i]));
+      EXPECT_LE(worst / ref, 8e-3) << (kind == CacheKind::kFp8 ? "fp8" : "bf16")
+                                   << " cache, scratch for " << splits << " splits";
+      std::printf(
+          "[ mla tc %d heads, %d/%d, %s cache, %lld splits' scratch ] max|d|/max|o| = %.2e\n",
+          heads, dc, dr, kind == CacheKind::kFp8 ? "fp8" : "bf16", static_cast<long long>(splits),
+          worst / ref);
+    }
   }
 }
 

@@ -285,7 +285,8 @@ bool mla_uv_tc(const float* o_lat, int64_t n, int64_t heads, int64_t dn, int64_t
                const DevWeight& kv_b, float* o, cudaStream_t s);
 // Attention of each query row over its sequence's (seqs[t]) cache rows 0 .. positions[t] (causal):
 // o_lat [n, H, dc] = softmax(scale · qc·[c_kv ; k_pe]ᵀ) · c_kv. The keys are split into chunks
-// (flash-decoding) as far as `partial` (scratch of partial_floats floats) allows, then merged.
+// (flash-decoding), as many as make one wave of blocks on the GPU and as far as `partial`
+// (scratch of partial_floats floats) allows, then merged; one split writes o_lat itself.
 void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
                    const int32_t* positions, const int32_t* seqs, int64_t max_position, float scale,
                    float* partial, int64_t partial_floats, float* o_lat, cudaStream_t s);
@@ -294,6 +295,9 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
 // V2-Lite, Moonlight) or 256 / 32: qc in BF16 [n, H, dc + dr] (rows 16-byte aligned), P in
 // BF16 before P·c_kv; the same o_lat. mla_attention_tc_supported says when it applies.
 bool mla_attention_tc_supported(const CachePool& pool);  // BF16 or FP8 caches
+// For benchmarks: the blocks both attention kernels' splits aim to fill (0, the default: the
+// kernel's blocks resident on the whole GPU, one wave).
+void set_mla_split_blocks(int64_t blocks);
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
                       int64_t layer, const int32_t* positions, const int32_t* seqs,
                       int64_t max_position, float scale, float* partial, int64_t partial_floats,

@@ -9,6 +9,9 @@
 //  mla_attention_tc: the same on the BF16 tensor cores, the heads of a row as the M dimension.
 // Prefill runs the non-absorbed form instead (flash.cu).
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
@@ -270,7 +273,7 @@ template <class K>
 __global__ void __launch_bounds__(kHeadsPerBlock * 32)
     attention_kernel(const float* qc, int64_t heads, CachePool pool, int64_t layer,
                      const int32_t* positions, const int32_t* seqs, int64_t split_len, float scale,
-                     float* partial) {
+                     float* partial, float* o_lat) {
   pdl_enter();
   extern __shared__ float smem[];
   const int64_t dc = pool.dc, D = pool.row(), ldk = D + 1;
@@ -352,6 +355,12 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
     __syncthreads();
   }
   if (!active) return;
+  if (o_lat) {  // one split: nothing to merge
+    const float inv = 1.0f / l;
+    for (int64_t c = lane; c < dc; c += 32)
+      o_lat[(t * heads + h) * dc + c] = o_s[warp * dc + c] * inv;
+    return;
+  }
   float* out = partial + ((t * heads + h) * splits + split) * (dc + 2);
   for (int64_t c = lane; c < dc; c += 32) out[c] = o_s[warp * dc + c];
   if (lane == 0) {
@@ -370,26 +379,28 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
 // half of the dc columns (128 accumulators a thread at dc = 512). Rows past `heads` are zeros,
 // never written. Writes the same partials as attention_kernel, for merge_kernel.
 constexpr int kTcHeads = 64, kTcKeys = 32, kTcWarps = 8, kTcPad = 8;
+// Key tiles in shared memory: one in use while the other loads. Three measured the same (H200,
+// 2026-12-02, bench_cuda_mla, at 16 and 128 heads) for 37 KB more shared memory.
+constexpr int kTcStages = 2;
 
 template <int DC, int DR>
 __global__ void __launch_bounds__(kTcWarps * 32)
     attention_tc_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
                         const int32_t* positions, const int32_t* seqs, int64_t split_len,
-                        float scale_log2, float* partial) {
+                        float scale_log2, float* partial, float* o_lat) {
   pdl_enter();
   constexpr int DK = DC + DR, SK = DK + kTcPad, SS = kTcKeys + 4, DH = DC / 2;
   static_assert(DK % 16 == 0 && DH % 16 == 0, "head sizes the tensor-core tiles cover");
-  extern __shared__ __align__(16) uint16_t tc_smem[];           // (the other kernels declare float)
-  uint16_t* sq = tc_smem;                                       // [64][SK]
-  uint16_t* sk = sq + kTcHeads * SK;                            // [2][32][SK]
-  float* ss = reinterpret_cast<float*>(sk + 2 * kTcKeys * SK);  // [64][SS] scores
+  extern __shared__ __align__(16) uint16_t tc_smem[];  // (the other kernels declare float)
+  uint16_t* sq = tc_smem;                              // [64][SK]
+  uint16_t* sk = sq + kTcHeads * SK;                   // [kTcStages][32][SK]
+  float* ss = reinterpret_cast<float*>(sk + kTcStages * kTcKeys * SK);  // [64][SS] scores
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane / 4, t4 = lane % 4, grp = warp / 2, half = warp % 2;
   const int64_t t = blockIdx.x, h0 = int64_t(blockIdx.y) * kTcHeads;
   const int64_t split = blockIdx.z, splits = gridDim.z;
   const int64_t pos = positions[t];
   const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
-  const uint16_t* cache = static_cast<const uint16_t*>(pool.base);
   const int64_t seq = seqs[t];
 
   for (int c = int(threadIdx.x); c < kTcHeads * (DK / 8); c += kTcWarps * 32) {
@@ -399,10 +410,11 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   }
   const auto load = [&](int64_t j0, int buf) {
     uint16_t* dst = sk + buf * kTcKeys * SK;
+    // The tile lies in one cache block (block_tokens is a multiple of kTcKeys).
+    const char* rows = pool.row_ptr(seq, layer, j0);
     if (pool.fp8) {
       // FP8 rows decoded to BF16 on the way in (loads, not cp.async): c_kv 16 codes at a time
       // times their tile's scale, k_pe copied.
-      const char* rows = pool.row_ptr(seq, layer, j0);
       const int64_t rb = pool.row_bytes(), kpe = pool.fp8_kpe_offset();
       for (int c = int(threadIdx.x); c < kTcKeys * (DC / 16); c += kTcWarps * 32) {
         const int r = c / (DC / 16), d = (c % (DC / 16)) * 16;
@@ -426,28 +438,39 @@ __global__ void __launch_bounds__(kTcWarps * 32)
       }
       return;
     }
-    // The tile lies in one cache block (block_tokens is a multiple of kTcKeys).
-    const uint16_t* keys = cache + pool.at(seq, layer, j0);
+    const uint16_t* keys = reinterpret_cast<const uint16_t*>(rows);
     for (int c = int(threadIdx.x); c < kTcKeys * (DK / 8); c += kTcWarps * 32) {
       const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
       const bool ok = j0 + r < kend;
       cp16(dst + r * SK + d, ok ? keys + r * DK + d : keys, ok);
     }
   };
-  if (kbeg < kend) load(kbeg, 0);
-  cp_commit();
+  // Tiles 0 .. kTcStages - 2 ahead, a commit group each (the first also holds q).
+#pragma unroll
+  for (int st = 0; st < kTcStages - 1; ++st) {
+    if (kbeg + st * kTcKeys < kend) load(kbeg + st * kTcKeys, st);
+    cp_commit();
+  }
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   float o[DH / 8][4];
 #pragma unroll
   for (int i = 0; i < DH / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   const uint16_t* qrow = sq + (grp * 16 + lane % 16) * SK + (lane / 16) * 8;
+  // A group of heads all past `heads` (V2-Lite's 16 fill one group of four) has nothing to
+  // compute: its warps only help load.
+  const bool live = h0 + grp * 16 < heads;
   for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kTcKeys, ++it) {
-    const int buf = int(it & 1);
-    cp_wait_all();
-    __syncthreads();  // tile in; every warp done with the other buffer and with ss
-    if (j0 + kTcKeys < kend) load(j0 + kTcKeys, buf ^ 1);
-    cp_commit();
+    const int buf = int(it % kTcStages);
+    cp_wait<kTcStages - 2>();  // this tile's group in (later ones may still be in flight)
+    __syncthreads();  // visible to all; every warp done with the last tile's buffer and with ss
+    const int64_t ahead = j0 + (kTcStages - 1) * kTcKeys;
+    if (ahead < kend) load(ahead, int((it + kTcStages - 1) % kTcStages));
+    cp_commit();  // empty past the end: the groups stay one a tile
+    if (!live) {  // loads only; the same two barriers an iteration as the others
+      __syncthreads();
+      continue;
+    }
     const uint16_t* tile = sk + buf * kTcKeys * SK;
     // This warp's 16 heads × its 16 keys (two tiles of 8).
     float sc[2][4] = {};
@@ -514,11 +537,21 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   cp_wait_all();
   l[0] = quad_sum(l[0]);
   l[1] = quad_sum(l[1]);
-  // Partials in attention_kernel's units: max of scale · s (natural log), unnormalised o.
+  // Partials in attention_kernel's units: max of scale · s (natural log), unnormalised o; with
+  // one split, o_lat itself.
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
     const int64_t h = h0 + grp * 16 + g + 8 * rr;
     if (h >= heads) continue;
+    if (o_lat) {
+      const float inv = 1.0f / l[rr];
+      float* out = o_lat + (t * heads + h) * DC + half * DH;
+#pragma unroll
+      for (int i = 0; i < DH / 8; ++i)
+        *reinterpret_cast<float2*>(out + i * 8 + 2 * t4) = {o[i][2 * rr] * inv,
+                                                            o[i][2 * rr + 1] * inv};
+      continue;
+    }
     float* out = partial + ((t * heads + h) * splits + split) * (DC + 2);
 #pragma unroll
     for (int i = 0; i < DH / 8; ++i)
@@ -531,22 +564,79 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   }
 }
 
-__global__ void merge_kernel(const float* partial, int64_t splits, int64_t dc, float* o_lat) {
+// The splits of row · heads + head (blockIdx.x) merged, columns blockIdx.y · 64 .. + 64:
+// o_lat = Σ_s o_s · e^(m_s − m) / Σ_s l_s · e^(m_s − m), m the largest m_s. The weights are taken
+// once into shared memory ([splits] floats); each warp sums its share of the splits (s ≡ warp mod
+// 8) for two columns a lane, and warp 0 adds the 8 sums in order. At batch 1 over a long context
+// there are as many splits as blocks fill the GPU, so the sums must read them in parallel: one
+// thread a column, splits in sequence, waited out the memory latency (0.18 ms at 16K tokens).
+constexpr int kMergeWarps = 8, kMergeCols = 64;
+
+__global__ void __launch_bounds__(kMergeWarps * 32)
+    merge_kernel(const float* partial, int64_t splits, int64_t dc, float* o_lat) {
   pdl_enter();
-  const int64_t th = blockIdx.x;  // row · heads + head
-  const float* p = partial + th * splits * (dc + 2);
+  extern __shared__ float wt[];  // [splits]
+  __shared__ float red[kMergeWarps], sums[kMergeWarps][kMergeCols];
+  __shared__ float s_max, s_inv;
+  const int64_t th = blockIdx.x, ld = dc + 2;
+  const float* p = partial + th * splits * ld;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   float mx = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (dc + 2) + dc]);
-  float l = 0.0f;
-  for (int64_t s = 0; s < splits; ++s)
-    l += p[s * (dc + 2) + dc + 1] * expf(p[s * (dc + 2) + dc] - mx);
-  const float inv = 1.0f / l;
-  for (int64_t c = threadIdx.x; c < dc; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t s = 0; s < splits; ++s)
-      acc = fmaf(p[s * (dc + 2) + c], expf(p[s * (dc + 2) + dc] - mx), acc);
-    o_lat[th * dc + c] = acc * inv;
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) mx = fmaxf(mx, p[s * ld + dc]);
+  mx = warp_max(mx);
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = red[0];
+    for (int w = 1; w < kMergeWarps; ++w) m = fmaxf(m, red[w]);
+    s_max = m;
   }
+  __syncthreads();
+  mx = s_max;
+  float l = 0.0f;
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) {
+    const float w = expf(p[s * ld + dc] - mx);  // an empty split: m = -inf, weight 0
+    wt[s] = w;
+    l = fmaf(p[s * ld + dc + 1], w, l);
+  }
+  l = warp_sum(l);
+  __syncthreads();  // every warp has read red[] for the max
+  if (lane == 0) red[warp] = l;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sum = 0.0f;
+    for (int w = 0; w < kMergeWarps; ++w) sum += red[w];
+    s_inv = 1.0f / sum;
+  }
+  const int64_t c0 = int64_t(blockIdx.y) * kMergeCols + lane, c1 = c0 + 32;
+  float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll 4
+  for (int64_t s = warp; s < splits; s += kMergeWarps) {
+    const float* ps = p + s * ld;
+    const float w = wt[s];
+    if (c0 < dc) a0 = fmaf(ps[c0], w, a0);
+    if (c1 < dc) a1 = fmaf(ps[c1], w, a1);
+  }
+  sums[warp][lane] = a0;
+  sums[warp][lane + 32] = a1;
+  __syncthreads();
+  if (warp == 0) {
+    float o0 = 0.0f, o1 = 0.0f;
+    for (int w = 0; w < kMergeWarps; ++w) {
+      o0 += sums[w][lane];
+      o1 += sums[w][lane + 32];
+    }
+    if (c0 < dc) o_lat[th * dc + c0] = o0 * s_inv;
+    if (c1 < dc) o_lat[th * dc + c1] = o1 * s_inv;
+  }
+}
+
+void merge_launch(const float* partial, int64_t n, int64_t heads, int64_t splits, int64_t dc,
+                  float* o_lat, cudaStream_t s) {
+  const dim3 grid(unsigned(n * heads), unsigned(ceil_div(dc, kMergeCols)));
+  launch_pdl(merge_kernel, grid, kMergeWarps * 32, size_t(splits) * sizeof(float), s, partial,
+             splits, dc, o_lat);
+  DSV3_CUDA_CHECK_LAUNCH();
 }
 
 // The absorb on the BF16 tensor cores, for chunks over gemv_max_rows (where rows need not get
@@ -798,16 +888,48 @@ void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t 
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+int64_t g_split_blocks = 0;  // set_mla_split_blocks
+
+// Blocks of `kernel` (its shared memory allowed first) the whole GPU holds at once: the
+// attention's splits aim at one wave of them. Found once per kernel and device (the eager path
+// asks at every layer).
+template <class Kernel>
+int64_t resident_blocks(Kernel kernel, int threads, size_t smem) {
+  DSV3_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  if (g_split_blocks > 0) return g_split_blocks;
+  int dev = 0;
+  DSV3_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int, size_t>, int64_t> known;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, threads, smem);
+  const std::lock_guard<std::mutex> lock(mu);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
+  int sms = 0, per_sm = 0;
+  DSV3_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  DSV3_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return known[key] = std::max(1, sms * per_sm);
+}
+
 // Key splits of the attention kernels (blocks of heads_per_block heads, key tiles of key_tile):
-// enough blocks to cover the GPU twice over, at least one key tile per split, and no more
-// splits than the scratch holds.
+// as many as fill one wave of `resident` blocks, at least one key tile a split, and no more
+// than the scratch holds. A second wave only adds partials to write and merge: each split's
+// are heads · (dc + 2) floats, as many bytes as 450 keys at 128 heads.
 int64_t mla_splits(int64_t n, int64_t heads, int64_t heads_per_block, int64_t key_tile, int64_t dc,
-                   int64_t max_position, int64_t partial_floats) {
+                   int64_t max_position, int64_t partial_floats, int64_t resident) {
   const int64_t blocks = n * ceil_div(heads, heads_per_block);
-  int64_t splits = std::max<int64_t>(1, ceil_div(264, blocks));
+  int64_t splits = std::max<int64_t>(1, resident / blocks);
   splits = std::min(splits, ceil_div(max_position + 1, key_tile));
   splits = std::min(splits, partial_floats / (n * heads * (dc + 2)));
   return std::max<int64_t>(1, splits);
+}
+
+}  // namespace
+
+void set_mla_split_blocks(int64_t blocks) {
+  g_split_blocks = std::max<int64_t>(0, blocks);
 }
 
 void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
@@ -815,18 +937,19 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
                    float* partial, int64_t partial_floats, float* o_lat, cudaStream_t s) {
   if (n == 0) return;
   const int64_t dc = pool.dc, D = pool.row();
-  const int64_t splits =
-      mla_splits(n, heads, kHeadsPerBlock, kKeyTile, dc, max_position, partial_floats);
-  const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kKeyTile) * kKeyTile;
   const size_t smem = size_t(kHeadsPerBlock * D + kKeyTile * (D + 1) + kHeadsPerBlock * dc +
                              kHeadsPerBlock * kKeyTile) *
                       sizeof(float);
-  const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kHeadsPerBlock)), unsigned(splits));
   const auto launch = [&](auto kernel) {
-    DSV3_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const int64_t splits =
+        mla_splits(n, heads, kHeadsPerBlock, kKeyTile, dc, max_position, partial_floats,
+                   resident_blocks(kernel, kHeadsPerBlock * 32, smem));
+    const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kKeyTile) * kKeyTile;
+    const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kHeadsPerBlock)), unsigned(splits));
     launch_pdl(kernel, grid, kHeadsPerBlock * 32, smem, s, qc, heads, pool, layer, positions, seqs,
-               split_len, scale, partial);
+               split_len, scale, partial, splits == 1 ? o_lat : nullptr);
+    DSV3_CUDA_CHECK_LAUNCH();
+    if (splits > 1) merge_launch(partial, n, heads, splits, dc, o_lat, s);
   };
   if (pool.fp8)
     launch(attention_kernel<uint8_t>);
@@ -834,9 +957,6 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
     launch(attention_kernel<uint16_t>);
   else
     launch(attention_kernel<float>);
-  DSV3_CUDA_CHECK_LAUNCH();
-  launch_pdl(merge_kernel, unsigned(n * heads), 128, 0, s, partial, splits, dc, o_lat);
-  DSV3_CUDA_CHECK_LAUNCH();
 }
 
 bool mla_attention_tc_supported(const CachePool& pool) {
@@ -850,17 +970,18 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
                       float* o_lat, cudaStream_t s) {
   if (n == 0) return;
   const int64_t dc = pool.dc, D = pool.row();
-  const int64_t splits = mla_splits(n, heads, kTcHeads, kTcKeys, dc, max_position, partial_floats);
-  const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kTcKeys) * kTcKeys;
-  const size_t smem = size_t((kTcHeads + 2 * kTcKeys) * (D + kTcPad)) * 2 +  // q, 2 key tiles
-                      size_t(kTcHeads * (kTcKeys + 4)) * 4;                  // scores
-  const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kTcHeads)), unsigned(splits));
+  const size_t smem = size_t((kTcHeads + kTcStages * kTcKeys) * (D + kTcPad)) * 2 +  // q, keys
+                      size_t(kTcHeads * (kTcKeys + 4)) * 4;                          // scores
   const float scale_log2 = scale * 1.4426950408889634f;
   const auto launch = [&](auto kernel) {
-    DSV3_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const int64_t splits = mla_splits(n, heads, kTcHeads, kTcKeys, dc, max_position, partial_floats,
+                                      resident_blocks(kernel, kTcWarps * 32, smem));
+    const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kTcKeys) * kTcKeys;
+    const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kTcHeads)), unsigned(splits));
     launch_pdl(kernel, grid, kTcWarps * 32, smem, s, qc, heads, pool, layer, positions, seqs,
-               split_len, scale_log2, partial);
+               split_len, scale_log2, partial, splits == 1 ? o_lat : nullptr);
+    DSV3_CUDA_CHECK_LAUNCH();
+    if (splits > 1) merge_launch(partial, n, heads, splits, dc, o_lat, s);
   };
   if (dc == 512 && pool.dr == 64)
     launch(attention_tc_kernel<512, 64>);
@@ -868,9 +989,6 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
     launch(attention_tc_kernel<256, 32>);
   else
     DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // callers check mla_attention_tc_supported
-  DSV3_CUDA_CHECK_LAUNCH();
-  launch_pdl(merge_kernel, unsigned(n * heads), 128, 0, s, partial, splits, dc, o_lat);
-  DSV3_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace dsv3::cuda
