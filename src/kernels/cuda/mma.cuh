@@ -114,10 +114,6 @@ __device__ __forceinline__ void online_softmax_rescale(float (&mx)[2], float (&m
     mx[rr] = base;
     l[rr] *= corr[rr];
   }
-  // Once the rows' maxima settle, most tiles leave every corr at 1: skipping the N · 4
-  // multiplies then changes no bit. (They were a fifth of the MLA decode kernel's FP32
-  // instructions, ncu, V3 dims at batch 64.)
-  if (!__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) return;
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     o[i][0] *= corr[0];
