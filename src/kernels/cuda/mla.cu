@@ -383,7 +383,7 @@ constexpr int kTcHeads = 64, kTcKeys = 32, kTcWarps = 8, kTcPad = 8;
 // 2026-12-02, bench_cuda_mla, at 16 and 128 heads) for 37 KB more shared memory.
 constexpr int kTcStages = 2;
 
-template <int DC, int DR>
+template <int DC, int DR, bool FP8>
 __global__ void __launch_bounds__(kTcWarps * 32)
     attention_tc_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
                         const int32_t* positions, const int32_t* seqs, int64_t split_len,
@@ -408,49 +408,69 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     const bool ok = h0 + r < heads;
     cp16(sq + r * SK + d, ok ? qc + (t * heads + h0 + r) * DK + d : qc, ok);
   }
+  // FP8 rows (FP8 = pool.fp8): this thread's c_kv chunks of a tile fetched into registers a
+  // tile ahead and decoded to BF16 (times their scales) into shared memory once the tile before
+  // is done with, so the loads' latency hides behind a tile of matrix work. Decoded as soon as
+  // they were fetched, they cost a memory latency every tile (0.68 against 0.41 ms for BF16 at
+  // batch 64, V3 dims). k_pe is copied by cp.async as BF16 rows are.
+  constexpr int kF8 = FP8 ? kTcKeys * (DC / 16) / (kTcWarps * 32) : 1;
+  static_assert(kTcKeys * (DC / 16) % (kTcWarps * 32) == 0, "whole c_kv chunks a thread");
+  uint4 f8[kF8];
+  float f8_scale[kF8];
+  const int64_t rb = pool.row_bytes();
   const auto load = [&](int64_t j0, int buf) {
     uint16_t* dst = sk + buf * kTcKeys * SK;
     // The tile lies in one cache block (block_tokens is a multiple of kTcKeys).
     const char* rows = pool.row_ptr(seq, layer, j0);
-    if (pool.fp8) {
-      // FP8 rows decoded to BF16 on the way in (loads, not cp.async): c_kv 16 codes at a time
-      // times their tile's scale, k_pe copied.
-      const int64_t rb = pool.row_bytes(), kpe = pool.fp8_kpe_offset();
-      for (int c = int(threadIdx.x); c < kTcKeys * (DC / 16); c += kTcWarps * 32) {
-        const int r = c / (DC / 16), d = (c % (DC / 16)) * 16;
-        uint4 out[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-        if (j0 + r < kend) {
-          const char* row = rows + r * rb;
-          float v[16];
-          decode_chunk<WType::E4M3>(*reinterpret_cast<const uint4*>(row + d), v);
-          const float sc = reinterpret_cast<const float*>(row + DC)[d / 128];
-          uint32_t* o = reinterpret_cast<uint32_t*>(out);
+    if constexpr (FP8) {
 #pragma unroll
-          for (int q = 0; q < 8; ++q) o[q] = pack_bf16(v[2 * q] * sc, v[2 * q + 1] * sc);
-        }
-        *reinterpret_cast<uint4*>(dst + r * SK + d) = out[0];
-        *reinterpret_cast<uint4*>(dst + r * SK + d + 8) = out[1];
+      for (int u = 0; u < kF8; ++u) {
+        const int c = int(threadIdx.x) + u * kTcWarps * 32;
+        const int r = c / (DC / 16), d = (c % (DC / 16)) * 16;
+        const bool ok = j0 + r < kend;
+        const char* row = rows + r * rb;
+        f8[u] = ok ? __ldg(reinterpret_cast<const uint4*>(row + d)) : make_uint4(0, 0, 0, 0);
+        f8_scale[u] = ok ? __ldg(reinterpret_cast<const float*>(row + DC) + d / 128) : 0.0f;
       }
+      const int64_t kpe = pool.fp8_kpe_offset();
       for (int c = int(threadIdx.x); c < kTcKeys * (DR / 8); c += kTcWarps * 32) {
         const int r = c / (DR / 8), d = (c % (DR / 8)) * 8;
         const bool ok = j0 + r < kend;
         cp16(dst + r * SK + DC + d, ok ? rows + r * rb + kpe + 2 * d : rows, ok);
       }
-      return;
-    }
-    const uint16_t* keys = reinterpret_cast<const uint16_t*>(rows);
-    for (int c = int(threadIdx.x); c < kTcKeys * (DK / 8); c += kTcWarps * 32) {
-      const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
-      const bool ok = j0 + r < kend;
-      cp16(dst + r * SK + d, ok ? keys + r * DK + d : keys, ok);
+    } else {
+      const uint16_t* keys = reinterpret_cast<const uint16_t*>(rows);
+      for (int c = int(threadIdx.x); c < kTcKeys * (DK / 8); c += kTcWarps * 32) {
+        const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
+        const bool ok = j0 + r < kend;
+        cp16(dst + r * SK + d, ok ? keys + r * DK + d : keys, ok);
+      }
     }
   };
-  // Tiles 0 .. kTcStages - 2 ahead, a commit group each (the first also holds q).
+  const auto decode_fp8 = [&](int buf) {  // the registers load() filled, into buf
+    if constexpr (FP8) {
+      uint16_t* dst = sk + buf * kTcKeys * SK;
 #pragma unroll
-  for (int st = 0; st < kTcStages - 1; ++st) {
-    if (kbeg + st * kTcKeys < kend) load(kbeg + st * kTcKeys, st);
-    cp_commit();
+      for (int u = 0; u < kF8; ++u) {
+        const int c = int(threadIdx.x) + u * kTcWarps * 32;
+        const int r = c / (DC / 16), d = (c % (DC / 16)) * 16;
+        float v[16];
+        decode_chunk<WType::E4M3>(f8[u], v);
+        uint32_t out[8];
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          out[q] = pack_bf16(v[2 * q] * f8_scale[u], v[2 * q + 1] * f8_scale[u]);
+        *reinterpret_cast<uint4*>(dst + r * SK + d) = make_uint4(out[0], out[1], out[2], out[3]);
+        *reinterpret_cast<uint4*>(dst + r * SK + d + 8) =
+            make_uint4(out[4], out[5], out[6], out[7]);
+      }
+    }
+  };
+  if (kbeg < kend) {
+    load(kbeg, 0);
+    decode_fp8(0);
   }
+  cp_commit();  // (with q)
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   float o[DH / 8][4];
@@ -461,14 +481,15 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   // compute: its warps only help load.
   const bool live = h0 + grp * 16 < heads;
   for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kTcKeys, ++it) {
-    const int buf = int(it % kTcStages);
-    cp_wait<kTcStages - 2>();  // this tile's group in (later ones may still be in flight)
-    __syncthreads();  // visible to all; every warp done with the last tile's buffer and with ss
-    const int64_t ahead = j0 + (kTcStages - 1) * kTcKeys;
-    if (ahead < kend) load(ahead, int((it + kTcStages - 1) % kTcStages));
-    cp_commit();  // empty past the end: the groups stay one a tile
+    const int buf = int(it & 1);
+    cp_wait_all();
+    __syncthreads();  // tile in; every warp done with the other buffer and with ss
+    const bool more = j0 + kTcKeys < kend;
+    if (more) load(j0 + kTcKeys, buf ^ 1);
+    cp_commit();
     if (!live) {  // loads only; the same two barriers an iteration as the others
       __syncthreads();
+      if (more) decode_fp8(buf ^ 1);
       continue;
     }
     const uint16_t* tile = sk + buf * kTcKeys * SK;
@@ -533,6 +554,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     }
     // o_lat[:, half] += P · c_kv[:, half]: the tile's first DC columns are the values.
     mma_pv(o, p, tile + half * DH, SK, lane);
+    if (more) decode_fp8(buf ^ 1);
   }
   cp_wait_all();
   l[0] = quad_sum(l[0]);
@@ -984,9 +1006,9 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
     if (splits > 1) merge_launch(partial, n, heads, splits, dc, o_lat, s);
   };
   if (dc == 512 && pool.dr == 64)
-    launch(attention_tc_kernel<512, 64>);
+    launch(pool.fp8 ? attention_tc_kernel<512, 64, true> : attention_tc_kernel<512, 64, false>);
   else if (dc == 256 && pool.dr == 32)
-    launch(attention_tc_kernel<256, 32>);
+    launch(pool.fp8 ? attention_tc_kernel<256, 32, true> : attention_tc_kernel<256, 32, false>);
   else
     DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // callers check mla_attention_tc_supported
 }
