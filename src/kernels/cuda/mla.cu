@@ -377,7 +377,8 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
 // heads against its 16 keys; the scores meet in shared memory, both warps of a group take the
 // same softmax of all 32 (identical arithmetic, so identical P), and each adds P · c_kv into its
 // half of the dc columns (128 accumulators a thread at dc = 512). Rows past `heads` are zeros,
-// never written. Writes the same partials as attention_kernel, for merge_kernel.
+// never written. Writes the same partials as attention_kernel, for merge_kernel (o_lat itself
+// when there is one split). FP8: the cache holds FP8 rows (CachePool::fp8).
 constexpr int kTcHeads = 64, kTcKeys = 32, kTcWarps = 8, kTcPad = 8;
 // Key tiles in shared memory: one in use while the other loads. Three measured the same (H200,
 // 2026-12-02, bench_cuda_mla, at 16 and 128 heads) for 37 KB more shared memory.
