@@ -6,8 +6,8 @@
 //    V2-Lite's 16, 8 times fewer: memory-bound). FlashMLA reports up to 3000 GB/s memory-bound
 //    and 660 TFLOP/s compute-bound on the H800. The tensor-core kernel also runs with its key
 //    splits aimed at two waves of blocks (set_mla_split_blocks), the rule before one wave, and
-//    over an FP8 cache. L2 is
-//    flushed before each timed call: one layer's cache at batch 1 would fit in it.
+//    over an FP8 cache. L2 is flushed before each timed call: one layer's cache at batch 1 would
+//    fit in it.
 // 2. Prefill (flash_prefill, non-absorbed, causal): TFLOP/s of its useful work, 2 · heads ·
 //    n(n+1)/2 · (dn + dr + dv), against a square cuBLASLt BF16 GEMM (the dense peak in
 //    practice).

@@ -113,10 +113,10 @@ struct CudaEngineOptions {
   bool sample_split_scan = true;
   // Chunks of up to gemv_max_rows rows run the latent cache write (and, without a q LoRA, the
   // kv_a gemv before it) and the shared experts on a second stream beside the kernels that do
-  // not need them (graphs: parallel branches): V3 x 4
-  // layers FP8 batch-1 decode 794.5-804.0 tok/s against 782.2-789.0 on one stream (H200, three
-  // alternating rounds; 785-799 against 778-782 on another machine). The same bits. Stage
-  // times (time_stages) do not see the second stream's work.
+  // not need them (graphs: parallel branches): V3 x 4 layers FP8 batch-1 decode 794.5-804.0
+  // tok/s against 782.2-789.0 on one stream (H200, three alternating rounds; 785-799 against
+  // 778-782 on another machine). The same bits. Stage times (time_stages) do not see the second
+  // stream's work.
   bool side_stream = true;
   // The routed experts' weighted sum done by the next add + RMSNorm as it reads it
   // (add_rmsnorm_combine), one launch fewer a MoE layer. The same bits. V2-Lite dims batch-1

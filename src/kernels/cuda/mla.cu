@@ -592,7 +592,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 // once into shared memory ([splits] floats); each warp sums its share of the splits (s ≡ warp mod
 // 8) for two columns a lane, and warp 0 adds the 8 sums in order. At batch 1 over a long context
 // there are as many splits as blocks fill the GPU, so the sums must read them in parallel: one
-// thread a column, splits in sequence, waited out the memory latency (0.18 ms at 16K tokens).
+// thread a column, splits in sequence, waited out the memory latency (attention and merge
+// 0.187 ms at batch 1 over 16K tokens, V3 dims; 0.069 with this merge and the same splits).
 constexpr int kMergeWarps = 8, kMergeCols = 64;
 
 __global__ void __launch_bounds__(kMergeWarps * 32)
@@ -939,7 +940,7 @@ int64_t resident_blocks(Kernel kernel, int threads, size_t smem) {
 // Key splits of the attention kernels (blocks of heads_per_block heads, key tiles of key_tile):
 // as many as fill one wave of `resident` blocks, at least one key tile a split, and no more
 // than the scratch holds. A second wave only adds partials to write and merge: each split's
-// are heads · (dc + 2) floats, as many bytes as 450 keys at 128 heads.
+// are heads · (dc + 2) floats, as many bytes as 228 BF16 cache rows at 128 heads.
 int64_t mla_splits(int64_t n, int64_t heads, int64_t heads_per_block, int64_t key_tile, int64_t dc,
                    int64_t max_position, int64_t partial_floats, int64_t resident) {
   const int64_t blocks = n * ceil_div(heads, heads_per_block);
@@ -947,6 +948,24 @@ int64_t mla_splits(int64_t n, int64_t heads, int64_t heads_per_block, int64_t ke
   splits = std::min(splits, ceil_div(max_position + 1, key_tile));
   splits = std::min(splits, partial_floats / (n * heads * (dc + 2)));
   return std::max<int64_t>(1, splits);
+}
+
+// Either attention kernel (heads_per_block heads and key tiles of key_tile a block, `threads`
+// threads, `smem` bytes) over its splits, then the merge when there is more than one. Both
+// kernels take (qc, heads, pool, layer, positions, seqs, split_len, scale, partial, o_lat).
+template <class Kernel, class Q>
+void attend(Kernel kernel, int64_t heads_per_block, int64_t key_tile, int threads, size_t smem,
+            const Q* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
+            const int32_t* positions, const int32_t* seqs, int64_t max_position, float scale,
+            float* partial, int64_t partial_floats, float* o_lat, cudaStream_t s) {
+  const int64_t splits = mla_splits(n, heads, heads_per_block, key_tile, pool.dc, max_position,
+                                    partial_floats, resident_blocks(kernel, threads, smem));
+  const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), key_tile) * key_tile;
+  const dim3 grid(unsigned(n), unsigned(ceil_div(heads, heads_per_block)), unsigned(splits));
+  launch_pdl(kernel, grid, unsigned(threads), smem, s, qc, heads, pool, layer, positions, seqs,
+             split_len, scale, partial, splits == 1 ? o_lat : nullptr);
+  DSV3_CUDA_CHECK_LAUNCH();
+  if (splits > 1) merge_launch(partial, n, heads, splits, pool.dc, o_lat, s);
 }
 
 }  // namespace
@@ -964,15 +983,8 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
                              kHeadsPerBlock * kKeyTile) *
                       sizeof(float);
   const auto launch = [&](auto kernel) {
-    const int64_t splits =
-        mla_splits(n, heads, kHeadsPerBlock, kKeyTile, dc, max_position, partial_floats,
-                   resident_blocks(kernel, kHeadsPerBlock * 32, smem));
-    const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kKeyTile) * kKeyTile;
-    const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kHeadsPerBlock)), unsigned(splits));
-    launch_pdl(kernel, grid, kHeadsPerBlock * 32, smem, s, qc, heads, pool, layer, positions, seqs,
-               split_len, scale, partial, splits == 1 ? o_lat : nullptr);
-    DSV3_CUDA_CHECK_LAUNCH();
-    if (splits > 1) merge_launch(partial, n, heads, splits, dc, o_lat, s);
+    attend(kernel, kHeadsPerBlock, kKeyTile, kHeadsPerBlock * 32, smem, qc, n, heads, pool, layer,
+           positions, seqs, max_position, scale, partial, partial_floats, o_lat, s);
   };
   if (pool.fp8)
     launch(attention_kernel<uint8_t>);
@@ -997,14 +1009,8 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
                       size_t(kTcHeads * (kTcKeys + 4)) * 4;                          // scores
   const float scale_log2 = scale * 1.4426950408889634f;
   const auto launch = [&](auto kernel) {
-    const int64_t splits = mla_splits(n, heads, kTcHeads, kTcKeys, dc, max_position, partial_floats,
-                                      resident_blocks(kernel, kTcWarps * 32, smem));
-    const int64_t split_len = ceil_div(ceil_div(max_position + 1, splits), kTcKeys) * kTcKeys;
-    const dim3 grid(unsigned(n), unsigned(ceil_div(heads, kTcHeads)), unsigned(splits));
-    launch_pdl(kernel, grid, kTcWarps * 32, smem, s, qc, heads, pool, layer, positions, seqs,
-               split_len, scale_log2, partial, splits == 1 ? o_lat : nullptr);
-    DSV3_CUDA_CHECK_LAUNCH();
-    if (splits > 1) merge_launch(partial, n, heads, splits, dc, o_lat, s);
+    attend(kernel, kTcHeads, kTcKeys, kTcWarps * 32, smem, qc, n, heads, pool, layer, positions,
+           seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
   if (dc == 512 && pool.dr == 64)
     launch(pool.fp8 ? attention_tc_kernel<512, 64, true> : attention_tc_kernel<512, 64, false>);
