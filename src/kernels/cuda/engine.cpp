@@ -767,7 +767,7 @@ struct CudaEngine::Impl {
     if (shared_aside) {
       fork();
       const OnSide on(*this);
-      mlp(L.shared, k.h, n, k.shared_out);
+      twice(kRepeatShared, [&] { mlp(L.shared, k.h, n, k.shared_out); });
     }
     // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
     stage(kStageRouting);
@@ -790,9 +790,12 @@ struct CudaEngine::Impl {
                         k.perm_pos, k.active, stream);
     });
     stage(kStageExperts);
-    if (!experts_grouped(L, n) && !experts_gemm(L, n)) experts_gemv(L, n);
+    twice(kRepeatExperts, [&] {
+      if (!experts_grouped(L, n) && !experts_gemm(L, n)) experts_gemv(L, n);
+    });
     stage(kStageShared);
-    if (L.has_shared && !shared_aside) mlp(L.shared, k.h, n, k.shared_out);
+    if (L.has_shared && !shared_aside)
+      twice(kRepeatShared, [&] { mlp(L.shared, k.h, n, k.shared_out); });
     if (shared_aside) join();
     CombineArgs comb;
     comb.shared = L.has_shared ? k.shared_out : nullptr;
@@ -1032,7 +1035,7 @@ struct CudaEngine::Impl {
       } else {
         qkv_a();
       }
-      linear(k.h, n, L.q, k.q);
+      twice(kRepeatQb, [&] { linear(k.h, n, L.q, k.q); });
     }
     const int64_t half = dr / 2;
     const bool flash = use_flash(pool, n);

@@ -131,7 +131,7 @@ struct CudaEngineOptions {
 enum RepeatPiece : unsigned {
   kRepeatQkvA = 1,        // the q_a | kv_a gemv
   kRepeatQaNorm = 2,      // q_a's RMSNorm
-  kRepeatQb = 4,          // the q_b gemv
+  kRepeatQb = 4,          // the q_b gemv (q's, without a q LoRA)
   kRepeatCacheWrite = 8,  // latent_to_cache
   kRepeatAbsorb = 16,     // W_UK into the query
   kRepeatAttention = 32,  // the attention kernel and its merge
@@ -140,6 +140,8 @@ enum RepeatPiece : unsigned {
   kRepeatSample = 256,    // the sampler (once a step)
   kRepeatRoute = 512,     // the router's gemv, routing and the permutation (MoE layers)
   kRepeatCombine = 1024,  // the experts' weighted sum (MoE layers; turns combine_in_norm off)
+  kRepeatExperts = 2048,  // the routed experts' gemvs or GEMMs
+  kRepeatShared = 4096,   // the shared experts
 };
 
 // Device bytes the engine allocates for a model (computed without a GPU).
