@@ -5,15 +5,17 @@
 //    TFLOP/s (at 128 heads a cache row feeds 128 · 2 · (576 + 512) FLOPs: compute-bound; at
 //    V2-Lite's 16, 8 times fewer: memory-bound). FlashMLA reports up to 3000 GB/s memory-bound
 //    and 660 TFLOP/s compute-bound on the H800. The tensor-core kernel also runs with its key
-//    splits aimed at two waves of blocks (set_mla_split_blocks), the rule before one wave, and
-//    over an FP8 cache. L2 is flushed before each timed call: one layer's cache at batch 1 would
-//    fit in it.
+//    splits aimed at two waves of blocks (set_mla_split_blocks), the rule before one wave, over
+//    an FP8 cache and, at 16 heads, on the 64-head kernel instead of the 16-head one
+//    (set_mla_tc_narrow). L2 is flushed before each timed call: one layer's cache at batch 1
+//    would fit in it.
 // 2. Prefill (flash_prefill, non-absorbed, causal): TFLOP/s of its useful work, 2 · heads ·
 //    n(n+1)/2 · (dn + dr + dv), against a square cuBLASLt BF16 GEMM (the dense peak in
 //    practice).
 // Inputs are one constant (the kernels' time does not depend on the values); their numerics are
 // tested in tests/cuda/test_kernels_gpu.cpp.
-// Decode runs at (--batch, --context) and at batch 1 over 4 × --context, with 128 heads and 16.
+// Decode runs at (--batch, --context), at batch 1 over 4 × --context and at batch 1 over 96
+// tokens (a short chat: latency-bound), with 128 heads and 16.
 // Usage: bench_cuda_mla [--batch 64] [--context 4096] [--prefill 1024,8192]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -84,18 +86,22 @@ void decode(int64_t batch, int64_t context, int64_t heads, bool cuda_cores, doub
   const double query_bytes = double(batch * heads * (pool.row() + kDc) * 4);
   int sms = 0;
   DSV3_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  const int64_t two_waves = 2 * int64_t(sms);  // the tensor-core kernel holds one block an SM
+  const int64_t two_waves = 2 * int64_t(sms);  // the tensor-core kernels hold one block an SM
   struct Variant {
     const char* name;
     bool tc;
     int64_t split_blocks;
     bool fp8;
+    bool narrow = true;  // up to 16 heads over a BF16 cache on the 16-head kernel
   };
   for (const Variant& v :
        {Variant{"tensor cores,", true, 0, false}, Variant{"tc, 2 waves,", true, two_waves, false},
-        Variant{"tc, FP8 cache,", true, 0, true}, Variant{"CUDA cores,", false, 0, false}}) {
+        Variant{"tc, FP8 cache,", true, 0, true}, Variant{"tc, 64-head,", true, 0, false, false},
+        Variant{"CUDA cores,", false, 0, false}}) {
     if (!v.tc && !cuda_cores) continue;
+    if (!v.narrow && heads > 16) continue;  // the same kernel as the first line
     cuda::set_mla_split_blocks(v.split_blocks);
+    cuda::set_mla_tc_narrow(v.narrow);
     const double ms = bench::time_ms(
         [&] {
           if (v.tc)
@@ -115,6 +121,7 @@ void decode(int64_t batch, int64_t context, int64_t heads, bool cuda_cores, doub
         100.0 * bytes / ms / 1e6 / (copy_bw / 1e9), flops / ms / 1e9);
   }
   cuda::set_mla_split_blocks(0);
+  cuda::set_mla_tc_narrow(true);
   DSV3_CUDA_CHECK(cudaFree(qcb));
   for (void* p : {pool.base, fp8_pool.base, static_cast<void*>(qc), static_cast<void*>(olat),
                   static_cast<void*>(partial), static_cast<void*>(dpos), static_cast<void*>(dslots),
@@ -201,6 +208,7 @@ int main(int argc, char** argv) {
     for (const int64_t heads : {kHeads, kLiteHeads}) {
       decode(batch, context, heads, heads == kHeads, bw);
       decode(1, context * 4, heads, false, bw);
+      decode(1, 96, heads, false, bw);  // a short chat: latency, not bytes
     }
     for (const int n : bench::parse_list(prefills)) prefill(n, gemm);
   } catch (const Error& e) {

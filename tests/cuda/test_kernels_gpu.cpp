@@ -984,9 +984,9 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, FlashGpu,
 
 // The absorbed decode attention on the tensor cores (mla_attention_tc) against float64 on the
 // same BF16 values: three query rows of two sequences at positions 299, 40 and 0 (many key
-// splits, a partial last tile, a single key), at DeepSeek-V3's 128 heads, V2-Lite's 16 (fewer
-// than a block's 64) and bench-1b's 10 heads of kv_lora 256. P is BF16 before P·c_kv: ≤ 8e-3
-// of max|o_lat|.
+// splits, a partial last tile, a single key), at DeepSeek-V3's 128 heads, V2-Lite's 16 and
+// bench-1b's 10 heads of kv_lora 256 (over a BF16 cache both on the 16-head kernel and on the
+// 64-head one with the rows past them idle). P is BF16 before P·c_kv: ≤ 8e-3 of max|o_lat|.
 class MlaTcGpu : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
 
 TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
@@ -1027,25 +1027,33 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
     for (double w : want) ref = std::max(ref, std::fabs(w));
     const auto dq = to_device(bf16_bits(qc));
     const auto dpos = to_device(pos), dslot = to_device(slot);
-    // Scratch for many key splits (merged), then for one (written straight to o_lat).
-    for (const int64_t splits : {int64_t(64), int64_t(1)}) {
-      const int64_t partial_floats = splits * n * H * (dc + 2);
-      DevPtr<float> partial = poisoned(size_t(partial_floats));
-      DevPtr<float> olat = poisoned(size_t(n * H * dc));
-      cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299,
-                             float(scale), partial.get(), partial_floats, olat.get(), nullptr);
-      const std::vector<float> got = to_host(olat, size_t(n * H * dc));
-      double worst = 0;
-      for (size_t i = 0; i < got.size(); ++i)
-        worst =
-            std::isnan(got[i]) ? INFINITY : std::max(worst, std::fabs(double(got[i]) - want[i]));
-      EXPECT_LE(worst / ref, 8e-3) << (kind == CacheKind::kFp8 ? "fp8" : "bf16")
-                                   << " cache, scratch for " << splits << " splits";
-      std::printf(
-          "[ mla tc %d heads, %d/%d, %s cache, %lld splits' scratch ] max|d|/max|o| = %.2e\n",
-          heads, dc, dr, kind == CacheKind::kFp8 ? "fp8" : "bf16", static_cast<long long>(splits),
-          worst / ref);
-    }
+    // Scratch for many key splits (merged), then for one (written straight to o_lat); up to 16
+    // heads on 16-head blocks and on 64-head ones.
+    for (const bool narrow : {true, false})
+      for (const int64_t splits : {int64_t(64), int64_t(1)}) {
+        if (!narrow && H > 16) continue;
+        const int64_t partial_floats = splits * n * H * (dc + 2);
+        DevPtr<float> partial = poisoned(size_t(partial_floats));
+        DevPtr<float> olat = poisoned(size_t(n * H * dc));
+        cuda::set_mla_tc_narrow(narrow);
+        cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299,
+                               float(scale), partial.get(), partial_floats, olat.get(), nullptr);
+        cuda::set_mla_tc_narrow(true);
+        const std::vector<float> got = to_host(olat, size_t(n * H * dc));
+        double worst = 0;
+        for (size_t i = 0; i < got.size(); ++i)
+          worst =
+              std::isnan(got[i]) ? INFINITY : std::max(worst, std::fabs(double(got[i]) - want[i]));
+        EXPECT_LE(worst / ref, 8e-3)
+            << (kind == CacheKind::kFp8 ? "fp8" : "bf16") << " cache, scratch for " << splits
+            << " splits, " << (narrow && H <= 16 && kind == CacheKind::kBf16 ? "16" : "64")
+            << "-head blocks";
+        std::printf(
+            "[ mla tc %d heads, %d/%d, %s cache, %lld splits' scratch, %s-head blocks ] "
+            "max|d|/max|o| = %.2e\n",
+            heads, dc, dr, kind == CacheKind::kFp8 ? "fp8" : "bf16", static_cast<long long>(splits),
+            narrow && H <= 16 && kind == CacheKind::kBf16 ? "16" : "64", worst / ref);
+      }
   }
 }
 

@@ -6,7 +6,8 @@
 //                  tile read into shared memory serves 8 heads; splits are merged afterwards
 //                  (flash-decoding), which keeps the GPU busy when few rows decode long contexts.
 // The output projection W_UV·o_lat is a grouped gemv (one group per head) in the engine.
-//  mla_attention_tc: the same on the BF16 tensor cores, the heads of a row as the M dimension.
+//  mla_attention_tc: the same on the BF16 tensor cores, the heads of a row as the M dimension
+//                  (blocks of 64 heads; up to 16 heads over a BF16 cache, a kernel of its own).
 // Prefill runs the non-absorbed form instead (flash.cu).
 #include <algorithm>
 #include <map>
@@ -369,6 +370,42 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   }
 }
 
+// The tensor-core kernels' output for query row t: a thread's rows g and g + 8 of the 16 heads
+// from h_first, its accumulator tiles o at columns col0 .. (of dc = DC), as partials in
+// attention_kernel's units (max of scale · s in natural log, unnormalised o; m and l by the
+// threads with writes_ml, t4 = 0) or, with one split, o_lat itself. Heads past `heads` are not
+// written.
+template <int DC, int NT>
+__device__ __forceinline__ void store_rows(const float (&o)[NT][4], const float (&m)[2],
+                                           const float (&l)[2], int64_t t, int64_t h_first,
+                                           int64_t heads, int col0, bool writes_ml, float* partial,
+                                           float* o_lat, int lane) {
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t split = blockIdx.z, splits = gridDim.z;
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int64_t h = h_first + g + 8 * rr;
+    if (h >= heads) continue;
+    if (o_lat) {
+      const float inv = 1.0f / l[rr];
+      float* out = o_lat + (t * heads + h) * DC + col0;
+#pragma unroll
+      for (int i = 0; i < NT; ++i)
+        *reinterpret_cast<float2*>(out + i * 8 + 2 * t4) = {o[i][2 * rr] * inv,
+                                                            o[i][2 * rr + 1] * inv};
+      continue;
+    }
+    float* out = partial + ((t * heads + h) * splits + split) * (DC + 2);
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+      *reinterpret_cast<float2*>(out + col0 + i * 8 + 2 * t4) = {o[i][2 * rr], o[i][2 * rr + 1]};
+    if (writes_ml && t4 == 0) {
+      out[DC] = m[rr] == -INFINITY ? -INFINITY : m[rr] * 0.6931471805599453f;
+      out[DC + 1] = l[rr];
+    }
+  }
+}
+
 // The absorbed attention on the BF16 tensor cores (FlashMLA's idea, mma.sync instead of wgmma):
 // the heads of a query row all read the same cache rows, so they are the M dimension of
 // S = qc · cacheᵀ (K = dc + dr) and of o_lat += P · c_kv (N = dc; c_kv is the first dc columns
@@ -399,7 +436,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane / 4, t4 = lane % 4, grp = warp / 2, half = warp % 2;
   const int64_t t = blockIdx.x, h0 = int64_t(blockIdx.y) * kTcHeads;
-  const int64_t split = blockIdx.z, splits = gridDim.z;
+  const int64_t split = blockIdx.z;
   const int64_t pos = positions[t];
   const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
   const int64_t seq = seqs[t];
@@ -560,31 +597,151 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   cp_wait_all();
   l[0] = quad_sum(l[0]);
   l[1] = quad_sum(l[1]);
-  // Partials in attention_kernel's units: max of scale · s (natural log), unnormalised o; with
-  // one split, o_lat itself.
+  store_rows<DC>(o, m, l, t, h0 + grp * 16, heads, half * DH, half == 0, partial, o_lat, lane);
+}
+
+// The same attention for up to 16 heads over a BF16 cache (V2-Lite, Moonlight, bench-1b), with
+// 8 warps on the one group of 16 heads: on attention_tc_kernel's 64-head blocks 3 of the 4
+// groups idle, and split 8 ways over 32-key tiles every warp took the whole tile's softmax, ~700
+// instructions a warp a tile for 34 mma (ncu at batch 64 over 4K tokens: 0.38 issued a
+// scheduler, 46% of copy). Here a tile is 64 keys and each warp owns 8 of them: it scores its
+// keys against the 16 heads over all of K, the warps' row maxima meet in shared memory (each
+// warp then takes the same running max), each warp turns its own scores into P (BF16, into
+// shared memory) and its share of the row sums, and then adds P · c_kv over all 64 keys into its
+// dc / 8 columns. The same partials (o_lat with one split) as the other kernels.
+constexpr int kNwKeys = 64, kNwWarps = 8, kNwHeads = 16;
+
+template <int DC, int DR>
+__global__ void __launch_bounds__(kNwWarps * 32)
+    attention_narrow_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
+                            const int32_t* positions, const int32_t* seqs, int64_t split_len,
+                            float scale_log2, float* partial, float* o_lat) {
+  pdl_enter();
+  constexpr int DK = DC + DR, SK = DK + kTcPad, SP = kNwKeys + 8, DH = DC / kNwWarps;
+  static_assert(DK % 32 == 0 && DH % 16 == 0, "head sizes the tensor-core tiles cover");
+  extern __shared__ __align__(16) uint16_t nw_smem[];
+  uint16_t* sq = nw_smem;                                     // [16][SK]
+  uint16_t* sk = sq + kNwHeads * SK;                          // [2][64][SK]
+  uint16_t* sp = sk + 2 * kNwKeys * SK;                       // [16][SP] P of the tile
+  float* red = reinterpret_cast<float*>(sp + kNwHeads * SP);  // [8 warps][16 rows]
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t t = blockIdx.x, split = blockIdx.z;
+  const int64_t pos = positions[t];
+  const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
+  const int64_t seq = seqs[t];
+
+  for (int c = int(threadIdx.x); c < kNwHeads * (DK / 8); c += kNwWarps * 32) {
+    const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
+    const bool ok = r < heads;
+    cp16(sq + r * SK + d, ok ? qc + (t * heads + r) * DK + d : qc, ok);
+  }
+  const auto load = [&](int64_t j0, int buf) {
+    uint16_t* dst = sk + buf * kNwKeys * SK;
+    // Two runs of 32 rows: each lies in one cache block (block_tokens is a multiple of 32).
+#pragma unroll
+    for (int run = 0; run < 2; ++run) {
+      const int64_t r0 = j0 + run * 32;
+      const uint16_t* keys =
+          reinterpret_cast<const uint16_t*>(pool.row_ptr(seq, layer, min(r0, kend - 1)));
+      for (int c = int(threadIdx.x); c < 32 * (DK / 8); c += kNwWarps * 32) {
+        const int r = c / (DK / 8), d = (c % (DK / 8)) * 8;
+        const bool ok = r0 + r < kend;
+        cp16(dst + (run * 32 + r) * SK + d, ok ? keys + r * DK + d : keys, ok);
+      }
+    }
+  };
+  if (kbeg < kend) load(kbeg, 0);
+  cp_commit();  // (with q)
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float o[DH / 8][4];
+#pragma unroll
+  for (int i = 0; i < DH / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  const uint16_t* qrow = sq + (lane % 16) * SK + (lane / 16) * 8;
+  for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kNwKeys, ++it) {
+    const int buf = int(it & 1);
+    cp_wait_all();
+    __syncthreads();  // tile in; every warp done with the other buffer, sp and red
+    if (j0 + kNwKeys < kend) load(j0 + kNwKeys, buf ^ 1);
+    cp_commit();
+    const uint16_t* tile = sk + buf * kNwKeys * SK;
+    // S for the 16 heads × this warp's 8 keys; even and odd k-steps in two chains.
+    float sc[2][4] = {};
+    const uint16_t* krow = tile + (warp * 8 + lane % 8) * SK + (lane / 8) * 8;
+#pragma unroll 3
+    for (int kk = 0; kk < DK / 16; kk += 2) {
+      uint32_t a0[4], a1[4], b[4];
+      ldsm_x4(b, krow + kk * 16);  // k-steps kk (b[0], b[1]) and kk + 1 (b[2], b[3])
+      ldsm_x4(a0, qrow + kk * 16);
+      ldsm_x4(a1, qrow + (kk + 1) * 16);
+      mma(sc[0], a0, b[0], b[1]);
+      mma(sc[1], a1, b[2], b[3]);
+    }
+    // Rows g (e = 0, 1) and g + 8 (e = 2, 3), keys 8 · warp + 2 · t4 (+1).
+    float s[4], mx[2];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t key = j0 + warp * 8 + 2 * t4 + (e & 1);
+      s[e] = key < kend ? (sc[0][e] + sc[1][e]) * scale_log2 : -INFINITY;
+    }
+    mx[0] = quad_max(fmaxf(s[0], s[1]));
+    mx[1] = quad_max(fmaxf(s[2], s[3]));
+    if (t4 == 0) {
+      red[warp * kNwHeads + g] = mx[0];
+      red[warp * kNwHeads + g + 8] = mx[1];
+    }
+    __syncthreads();
+    float corr[2], base[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      float row_max = m[rr];
+#pragma unroll
+      for (int w = 0; w < kNwWarps; ++w) row_max = fmaxf(row_max, red[w * kNwHeads + g + 8 * rr]);
+      base[rr] = row_max == -INFINITY ? 0.0f : row_max;
+      corr[rr] = exp2f(m[rr] - base[rr]);
+      m[rr] = row_max;
+    }
+    float p[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) p[e] = exp2f(s[e] - base[e >> 1]);
+    l[0] = l[0] * corr[0] + (p[0] + p[1]);
+    l[1] = l[1] * corr[1] + (p[2] + p[3]);
+    *reinterpret_cast<uint32_t*>(sp + g * SP + warp * 8 + 2 * t4) = pack_bf16(p[0], p[1]);
+    *reinterpret_cast<uint32_t*>(sp + (g + 8) * SP + warp * 8 + 2 * t4) = pack_bf16(p[2], p[3]);
+#pragma unroll
+    for (int i = 0; i < DH / 8; ++i) {
+      o[i][0] *= corr[0];
+      o[i][1] *= corr[0];
+      o[i][2] *= corr[1];
+      o[i][3] *= corr[1];
+    }
+    __syncthreads();  // P complete
+    uint32_t pa[kNwKeys / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kNwKeys / 16; ++kk)
+      ldsm_x4(pa[kk], sp + (lane % 16) * SP + (lane / 16) * 8 + kk * 16);
+    // o_lat[:, warp's columns] += P · c_kv[:, warp's columns].
+    mma_pv(o, pa, tile + warp * DH, SK, lane);
+  }
+  cp_wait_all();
+  // Row sums: this thread's keys, its quad's, then every warp's in order.
+  l[0] = quad_sum(l[0]);
+  l[1] = quad_sum(l[1]);
+  __syncthreads();  // red's last maxima read
+  if (t4 == 0) {
+    red[warp * kNwHeads + g] = l[0];
+    red[warp * kNwHeads + g + 8] = l[1];
+  }
+  __syncthreads();
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
-    const int64_t h = h0 + grp * 16 + g + 8 * rr;
-    if (h >= heads) continue;
-    if (o_lat) {
-      const float inv = 1.0f / l[rr];
-      float* out = o_lat + (t * heads + h) * DC + half * DH;
+    float sum = 0.0f;
 #pragma unroll
-      for (int i = 0; i < DH / 8; ++i)
-        *reinterpret_cast<float2*>(out + i * 8 + 2 * t4) = {o[i][2 * rr] * inv,
-                                                            o[i][2 * rr + 1] * inv};
-      continue;
-    }
-    float* out = partial + ((t * heads + h) * splits + split) * (DC + 2);
-#pragma unroll
-    for (int i = 0; i < DH / 8; ++i)
-      *reinterpret_cast<float2*>(out + half * DH + i * 8 + 2 * t4) = {o[i][2 * rr],
-                                                                      o[i][2 * rr + 1]};
-    if (half == 0 && t4 == 0) {
-      out[DC] = m[rr] == -INFINITY ? -INFINITY : m[rr] * 0.6931471805599453f;
-      out[DC + 1] = l[rr];
-    }
+    for (int w = 0; w < kNwWarps; ++w) sum += red[w * kNwHeads + g + 8 * rr];
+    l[rr] = sum;
   }
+  store_rows<DC>(o, m, l, t, 0, heads, warp * DH, warp == 0, partial, o_lat, lane);
 }
 
 // The splits of row · heads + head (blockIdx.x) merged, columns blockIdx.y · 64 .. + 64:
@@ -914,7 +1071,9 @@ void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t 
 
 namespace {
 
-int64_t g_split_blocks = 0;  // set_mla_split_blocks
+int64_t g_split_blocks = 0;    // set_mla_split_blocks
+int64_t g_split_min_keys = 0;  // set_mla_split_min_keys
+bool g_tc_narrow = true;       // set_mla_tc_narrow
 
 // Blocks of `kernel` (its shared memory allowed first) the whole GPU holds at once: the
 // attention's splits aim at one wave of them. Found once per kernel and device (the eager path
@@ -938,14 +1097,15 @@ int64_t resident_blocks(Kernel kernel, int threads, size_t smem) {
 }
 
 // Key splits of the attention kernels (blocks of heads_per_block heads, key tiles of key_tile):
-// as many as fill one wave of `resident` blocks, at least one key tile a split, and no more
-// than the scratch holds. A second wave only adds partials to write and merge: each split's
-// are heads · (dc + 2) floats, as many bytes as 228 BF16 cache rows at 128 heads.
+// as many as fill one wave of `resident` blocks, at least one key tile (and
+// set_mla_split_min_keys' keys) a split, and no more than the scratch holds. A second wave only
+// adds partials to write and merge: each split's are heads · (dc + 2) floats, as many bytes as 228
+// BF16 cache rows at 128 heads.
 int64_t mla_splits(int64_t n, int64_t heads, int64_t heads_per_block, int64_t key_tile, int64_t dc,
                    int64_t max_position, int64_t partial_floats, int64_t resident) {
   const int64_t blocks = n * ceil_div(heads, heads_per_block);
   int64_t splits = std::max<int64_t>(1, resident / blocks);
-  splits = std::min(splits, ceil_div(max_position + 1, key_tile));
+  splits = std::min(splits, ceil_div(max_position + 1, std::max(key_tile, g_split_min_keys)));
   splits = std::min(splits, partial_floats / (n * heads * (dc + 2)));
   return std::max<int64_t>(1, splits);
 }
@@ -972,6 +1132,12 @@ void attend(Kernel kernel, int64_t heads_per_block, int64_t key_tile, int thread
 
 void set_mla_split_blocks(int64_t blocks) {
   g_split_blocks = std::max<int64_t>(0, blocks);
+}
+void set_mla_split_min_keys(int64_t keys) {
+  g_split_min_keys = std::max<int64_t>(0, keys);
+}
+void set_mla_tc_narrow(bool on) {
+  g_tc_narrow = on;
 }
 
 void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
@@ -1012,12 +1178,28 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
     attend(kernel, kTcHeads, kTcKeys, kTcWarps * 32, smem, qc, n, heads, pool, layer, positions,
            seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
-  if (dc == 512 && pool.dr == 64)
-    launch(pool.fp8 ? attention_tc_kernel<512, 64, true> : attention_tc_kernel<512, 64, false>);
-  else if (dc == 256 && pool.dr == 32)
-    launch(pool.fp8 ? attention_tc_kernel<256, 32, true> : attention_tc_kernel<256, 32, false>);
-  else
+  // Up to 16 heads over a BF16 cache: the narrow kernel (the FP8 cache keeps the 64-head one).
+  const size_t narrow_smem =
+      size_t((kNwHeads + 2 * kNwKeys) * (D + kTcPad) + kNwHeads * (kNwKeys + 8)) * 2 +
+      size_t(kNwWarps * kNwHeads) * 4;
+  const auto narrow = [&](auto kernel) {
+    attend(kernel, kNwHeads, kNwKeys, kNwWarps * 32, narrow_smem, qc, n, heads, pool, layer,
+           positions, seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
+  };
+  const bool use_narrow = g_tc_narrow && heads <= kNwHeads && pool.bf16 && !pool.fp8;
+  if (dc == 512 && pool.dr == 64) {
+    if (use_narrow)
+      narrow(attention_narrow_kernel<512, 64>);
+    else
+      launch(pool.fp8 ? attention_tc_kernel<512, 64, true> : attention_tc_kernel<512, 64, false>);
+  } else if (dc == 256 && pool.dr == 32) {
+    if (use_narrow)
+      narrow(attention_narrow_kernel<256, 32>);
+    else
+      launch(pool.fp8 ? attention_tc_kernel<256, 32, true> : attention_tc_kernel<256, 32, false>);
+  } else {
     DSV3_CUDA_CHECK(cudaErrorInvalidValue);  // callers check mla_attention_tc_supported
+  }
 }
 
 }  // namespace dsv3::cuda
