@@ -602,9 +602,10 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 
 // The same attention for up to 16 heads over a BF16 cache (V2-Lite, Moonlight, bench-1b), with
 // 8 warps on the one group of 16 heads: on attention_tc_kernel's 64-head blocks 3 of the 4
-// groups idle, and split 8 ways over 32-key tiles every warp took the whole tile's softmax, ~700
-// instructions a warp a tile for 34 mma (ncu at batch 64 over 4K tokens: 0.38 issued a
-// scheduler, 46% of copy). Here a tile is 64 keys and each warp owns 8 of them: it scores its
+// groups idle (46% of copy at batch 64 over 4K tokens), and that kernel's 8 warps on one group
+// over 32-key tiles (a trial) all took the whole tile's softmax, ~700 instructions a warp a tile
+// for 34 mma (ncu: 0.38 issued a cycle per scheduler; 51% of copy). Here (55%: 0.132 against
+// 0.157 ms, H200) a tile is 64 keys and each warp owns 8 of them: it scores its
 // keys against the 16 heads over all of K, the warps' row maxima meet in shared memory (each
 // warp then takes the same running max), each warp turns its own scores into P (BF16, into
 // shared memory) and its share of the row sums, and then adds P · c_kv over all 64 keys into its
