@@ -31,7 +31,6 @@
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--mla-split-blocks N (the blocks the attention's key splits aim at; default 0: one
 //         wave of the GPU)]
-//        [--mla-split-min-keys N (the fewest keys a split takes; default 0: one key tile)]
 //        [--mla-tc-narrow 1 | 0 (up to 16 heads over a BF16 cache on the 16-head attention
 //         kernel)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
@@ -194,8 +193,6 @@ int main(int argc, char** argv) {
       cuda::fused_route_permute(v != "0");
     else if (k == "--mla-split-blocks")
       cuda::set_mla_split_blocks(std::stoll(v));
-    else if (k == "--mla-split-min-keys")
-      cuda::set_mla_split_min_keys(std::stoll(v));
     else if (k == "--mla-tc-narrow")
       cuda::set_mla_tc_narrow(v != "0");
   }
@@ -209,7 +206,7 @@ int main(int argc, char** argv) {
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
         "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N] [--mla-split-blocks N]\n"
-        "       [--mla-split-min-keys N] [--mla-tc-narrow 1|0]\n");
+        "       [--mla-tc-narrow 1|0]\n");
     return 2;
   }
   int rc = 0;

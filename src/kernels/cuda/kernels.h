@@ -298,10 +298,8 @@ bool mla_attention_tc_supported(const CachePool& pool);  // BF16 or FP8 caches
 // For benchmarks: the blocks both attention kernels' splits aim to fill (0, the default: the
 // kernel's blocks resident on the whole GPU, one wave).
 void set_mla_split_blocks(int64_t blocks);
-// For benchmarks: the fewest keys a split takes (0, the default: one key tile), and whether
-// models of up to 16 heads over a BF16 cache take the 16-head tensor-core kernel (true, the
-// default) or the 64-head one.
-void set_mla_split_min_keys(int64_t keys);
+// For benchmarks: whether models of up to 16 heads over a BF16 cache take the 16-head
+// tensor-core kernel (true, the default) or the 64-head one.
 void set_mla_tc_narrow(bool on);
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
                       int64_t layer, const int32_t* positions, const int32_t* seqs,

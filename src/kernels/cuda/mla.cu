@@ -611,6 +611,11 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 // shared memory) and its share of the row sums, and then adds P · c_kv over all 64 keys into its
 // dc / 8 columns. The same partials (o_lat with one split) as the other kernels.
 constexpr int kNwKeys = 64, kNwWarps = 8, kNwHeads = 16;
+// Its shared memory for cache rows of `row` elements: q, two key tiles, P, the warps' row values.
+constexpr size_t narrow_smem_bytes(int64_t row) {
+  return size_t((kNwHeads + 2 * kNwKeys) * (row + kTcPad) + kNwHeads * (kNwKeys + 8)) * 2 +
+         size_t(kNwWarps * kNwHeads) * 4;
+}
 
 template <int DC, int DR>
 __global__ void __launch_bounds__(kNwWarps * 32)
@@ -1072,9 +1077,8 @@ void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t 
 
 namespace {
 
-int64_t g_split_blocks = 0;    // set_mla_split_blocks
-int64_t g_split_min_keys = 0;  // set_mla_split_min_keys
-bool g_tc_narrow = true;       // set_mla_tc_narrow
+int64_t g_split_blocks = 0;  // set_mla_split_blocks
+bool g_tc_narrow = true;     // set_mla_tc_narrow
 
 // Blocks of `kernel` (its shared memory allowed first) the whole GPU holds at once: the
 // attention's splits aim at one wave of them. Found once per kernel and device (the eager path
@@ -1098,15 +1102,14 @@ int64_t resident_blocks(Kernel kernel, int threads, size_t smem) {
 }
 
 // Key splits of the attention kernels (blocks of heads_per_block heads, key tiles of key_tile):
-// as many as fill one wave of `resident` blocks, at least one key tile (and
-// set_mla_split_min_keys' keys) a split, and no more than the scratch holds. A second wave only
-// adds partials to write and merge: each split's are heads · (dc + 2) floats, as many bytes as 228
-// BF16 cache rows at 128 heads.
+// as many as fill one wave of `resident` blocks, at least one key tile a split, and no more
+// than the scratch holds. A second wave only adds partials to write and merge: each split's
+// are heads · (dc + 2) floats, as many bytes as 228 BF16 cache rows at 128 heads.
 int64_t mla_splits(int64_t n, int64_t heads, int64_t heads_per_block, int64_t key_tile, int64_t dc,
                    int64_t max_position, int64_t partial_floats, int64_t resident) {
   const int64_t blocks = n * ceil_div(heads, heads_per_block);
   int64_t splits = std::max<int64_t>(1, resident / blocks);
-  splits = std::min(splits, ceil_div(max_position + 1, std::max(key_tile, g_split_min_keys)));
+  splits = std::min(splits, ceil_div(max_position + 1, key_tile));
   splits = std::min(splits, partial_floats / (n * heads * (dc + 2)));
   return std::max<int64_t>(1, splits);
 }
@@ -1133,9 +1136,6 @@ void attend(Kernel kernel, int64_t heads_per_block, int64_t key_tile, int thread
 
 void set_mla_split_blocks(int64_t blocks) {
   g_split_blocks = std::max<int64_t>(0, blocks);
-}
-void set_mla_split_min_keys(int64_t keys) {
-  g_split_min_keys = std::max<int64_t>(0, keys);
 }
 void set_mla_tc_narrow(bool on) {
   g_tc_narrow = on;
@@ -1184,12 +1184,9 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
   // finish sooner than 4 of 64 (V2-Lite dims, batch 1 at a 64-token prompt: 475.8 / 473.2
   // tok/s against 471.8 / 469.2; at 16K tokens the 16-head kernel is ahead, 0.023 ms against
   // 0.025 a layer, H200).
-  const size_t narrow_smem =
-      size_t((kNwHeads + 2 * kNwKeys) * (D + kTcPad) + kNwHeads * (kNwKeys + 8)) * 2 +
-      size_t(kNwWarps * kNwHeads) * 4;
   const auto narrow = [&](auto kernel) {
-    attend(kernel, kNwHeads, kNwKeys, kNwWarps * 32, narrow_smem, qc, n, heads, pool, layer,
-           positions, seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
+    attend(kernel, kNwHeads, kNwKeys, kNwWarps * 32, narrow_smem_bytes(D), qc, n, heads, pool,
+           layer, positions, seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
   const bool use_narrow = g_tc_narrow && heads <= kNwHeads && pool.bf16 && !pool.fp8 &&
                           (n > 1 || max_position + 1 > 256);
