@@ -15,6 +15,10 @@
 //    256 experts) against one block-scaled cuBLASLt GEMM per expert, in the same run.
 // 4. The decode gemv at batch 1 at DeepSeek-V3's shapes (the routed experts 8 of 256, the BF16
 //    lm_head), per kernel and setting: weight GB/s against the copy bandwidth of the same run.
+// 5. The decode gemv over 1 to 16 input rows (small decode batches: the tile kernel from 2) at
+//    DeepSeek-V3's FP8 and DeepSeek-V2-Lite's BF16 dense shapes: weight GB/s against the copy,
+//    and the multiply-adds' TFLOP/s (each weight times every row; FP32 on the CUDA cores, and
+//    on the tensor cores for the trial kernel of kernels.h gemv_tensor_cores).
 // Usage: bench_cuda_fp8_gemm [--m 4096] [--gemv-only]
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -227,7 +231,7 @@ struct GemvCase {
   void* w = nullptr;
   float *sw = nullptr, *x = nullptr, *y = nullptr;
   int32_t *offsets = nullptr, *active = nullptr, *rows = nullptr;  // per launch, experts only
-  static constexpr int kTop = 8;
+  static constexpr int kTop = 8, kMaxRows = 16;
 
   explicit GemvCase(const GemvShape& shape) : s(shape) {
     const int64_t es = s.type == cuda::WType::E4M3 ? 1 : 2, mats = s.swiglu ? 2 : 1;
@@ -241,8 +245,8 @@ struct GemvCase {
     const int64_t units = s.experts ? s.experts : copies;
     if (s.type == cuda::WType::E4M3)
       sw = upload(std::vector<float>(size_t(scales * units), 1.0f / 64));
-    x = upload(std::vector<float>(size_t(s.k * kTop), 0.25f));
-    DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(s.n * kTop) * sizeof(float)));
+    x = upload(std::vector<float>(size_t(s.k * kMaxRows), 0.25f));
+    DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(s.n * kMaxRows) * sizeof(float)));
     if (s.experts) {
       // Launch c: experts 8c .. 8c + 7 one row each (rows in expert order, all token 0).
       std::vector<int32_t> off, act, rws(kTop, 0);
@@ -263,7 +267,8 @@ struct GemvCase {
           static_cast<void*>(offsets), static_cast<void*>(active), static_cast<void*>(rows)})
       cudaFree(p);
   }
-  double seconds() const {
+  // m: input rows of a dense weight (at most kMaxRows); experts take one row each.
+  double seconds(int64_t m = 1) const {
     const int64_t es = s.type == cuda::WType::E4M3 ? 1 : 2;
     cuda::GemvArgs g;
     g.w.type = s.type;
@@ -274,7 +279,7 @@ struct GemvCase {
     g.ldx = s.k;
     g.y = y;
     g.ldy = s.n;
-    g.m = 1;
+    g.m = m;
     if (s.experts) {
       g.w_group_rows = s.swiglu ? 2 * s.n : s.n;
       g.scale_group_rows = (s.swiglu ? 2 : 1) * cdiv(s.n, 128);
@@ -351,6 +356,53 @@ void decode_gemv() {
   }
 }
 
+// ---- 5. the decode gemv over 1 to 16 input rows ----
+// Weights rotate over copies as in part 4, so each launch reads its weight from memory once.
+void decode_gemv_rows() {
+  const double copy = bench::copy_bandwidth();
+  fmt::print(
+      "\ngemv over r input rows: GB/s of weight bytes (% of copy {:.0f} GB/s) | FP32 TFLOP/s\n",
+      copy / 1e9);
+  using cuda::WType;
+  const std::vector<GemvShape> shapes = {
+      {"V3 q_b fp8 24576 x 1536", 24576, 1536, false},
+      {"V3 o_proj fp8 7168 x 16384", 7168, 16384, false},
+      {"V3 gate|up fp8 2x18432x7168", 18432, 7168, true},
+      {"V3 down fp8 7168 x 18432", 7168, 18432, false},
+      {"V2L q bf16 3072 x 2048", 3072, 2048, false, WType::BF16},
+      {"V2L kv_a bf16 576 x 2048", 576, 2048, false, WType::BF16},
+      {"V2L o_proj bf16 2048 x 2048", 2048, 2048, false, WType::BF16},
+      {"V2L shared g|u bf16 2x2816x2048", 2816, 2048, true, WType::BF16},
+      {"V2L shared down bf16 2048x2816", 2048, 2816, false, WType::BF16}};
+  const std::vector<int64_t> rows = {1, 2, 4, 8, 16};
+  const auto cell = [&](const GemvCase& c, int64_t r) {
+    const double sec = c.seconds(r);
+    const double flop = 2.0 * double(r) * double(c.s.n) * double(c.s.k) * (c.s.swiglu ? 2 : 1);
+    return fmt::format(" {:>5.0f} ({:>2.0f}%) {:>4.1f}", double(c.bytes) / sec / 1e9,
+                       100.0 * double(c.bytes) / sec / copy, flop / sec / 1e12);
+  };
+  fmt::print("{:<32}", "weight n x k");
+  for (const int64_t r : rows) fmt::print(" {:>17}", fmt::format("r = {}", r));
+  fmt::print(" {:>17} {:>17} {:>17} {:>17}\n", "8, general kernel", "8, passes of 4",
+             "8, tensor cores", "16, tensor cores");
+  for (const GemvShape& s : shapes) {
+    const GemvCase c(s);
+    std::string line = fmt::format("{:<32}", s.name);
+    for (const int64_t r : rows) line += cell(c, r);
+    cuda::gemv_allow_tile(false);
+    line += cell(c, 8);
+    cuda::gemv_allow_tile(true);
+    const int pass = cuda::gemv_tile_pass_rows(4);
+    line += cell(c, 8);
+    cuda::gemv_tile_pass_rows(pass);
+    cuda::gemv_tensor_cores(true);
+    line += cell(c, 8);
+    line += cell(c, 16);
+    cuda::gemv_tensor_cores(false);
+    fmt::print("{}\n", line);
+  }
+}
+
 int main(int argc, char** argv) {
   int64_t big_m = 4096;
   bool gemv_only = false;
@@ -361,6 +413,7 @@ int main(int argc, char** argv) {
   try {
     if (gemv_only) {
       decode_gemv();
+      decode_gemv_rows();
       return 0;
     }
     cublasLtHandle_t h = nullptr;
@@ -549,6 +602,7 @@ int main(int argc, char** argv) {
     }
 
     decode_gemv();
+    decode_gemv_rows();
     cublasLtDestroy(h);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_cuda_fp8_gemm: {}\n", e.what());

@@ -160,6 +160,51 @@ INSTANTIATE_TEST_SUITE_P(
                       GemvCase{"bf16", 257, 512, 1}, GemvCase{"bf16", 96, 36, 11},
                       GemvCase{"f32", 77, 64, 2}, GemvCase{"f32", 50, 33, 9}));
 
+// The trial tensor-core kernel (kernels.h gemv_tensor_cores) for 2 to 16 rows, FP8 and BF16,
+// with SwiGLU: within 1e-4 of the CPU (inputs in two BF16 parts), and not the F32 kernel's
+// bits (so it ran). 48 x 2048 splits K over 8 warps; 160 outputs cross an FP8 block of rows.
+TEST(GemvGpu, TensorCoresMatchCpuLinear) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    const char* dtype;
+    int64_t out, in;
+  };
+  for (const Case c : {Case{"fp8", 160, 1024}, Case{"bf16", 160, 1024}, Case{"fp8", 48, 2048},
+                       Case{"bf16", 2048, 384}}) {
+    const TestLinear w = make_linear(c.dtype, c.out, c.in, 31);
+    const TestLinear w2 = make_linear(c.dtype, c.out, c.in, 32);
+    for (const int64_t m : {2, 5, 8, 9, 16}) {
+      const std::vector<float> x = randn(size_t(m * c.in), 33 + uint64_t(m));
+      Tensor y1 = Tensor::zeros(DType::F32, {m, c.out});
+      Tensor y2 = Tensor::zeros(DType::F32, {m, c.out});
+      ops::linear(f32_tensor(x, {m, c.in}), w.cpu, y1);
+      ops::linear(f32_tensor(x, {m, c.in}), w2.cpu, y2);
+      const DevPtr<float> dx = to_device(x);
+      DevPtr<float> dy = poisoned(size_t(m * c.out));
+      cuda::GemvArgs g = gemv_args(w, dx.get(), dy.get(), c.out, c.in, m);
+      const auto run = [&](bool tc) {
+        const bool before = cuda::gemv_tensor_cores(tc);
+        cuda::gemv(g, nullptr);
+        cuda::gemv_tensor_cores(before);
+        return to_host(dy, size_t(m * c.out));
+      };
+      const std::string what = std::string(c.dtype) + " " + std::to_string(c.out) + " x " +
+                               std::to_string(c.in) + ", " + std::to_string(m) + " rows ";
+      for (const bool swiglu : {false, true}) {
+        if (swiglu) {
+          g.w2 = w2.dev.w;
+          g.scale2 = w2.dev.scale;
+          ops::silu_mul(y1, y2, y1);
+        }
+        const std::vector<float> tc = run(true), f32 = run(false);
+        EXPECT_LE(rel_err(tc, y1.ptr<float>(), size_t(y1.numel())), 1e-4) << what << swiglu;
+        EXPECT_NE(std::memcmp(tc.data(), f32.data(), tc.size() * sizeof(float)), 0)
+            << what << swiglu;
+      }
+    }
+  }
+}
+
 // Batch invariance: each row of a 2- to 16-row launch (the tile kernel, passes of 4 or 8 rows;
 // per-head groups at 40 rows too) gets the bits it gets alone (the rows
 // kernel), for FP8 with split-K (few outputs, long rows), BF16 and F32, with SwiGLU, and

@@ -4,8 +4,8 @@
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
 # Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill]
 #   [ab] [detail] [v2lite] [b1] [hf]   (default: build test v3 v2lite)
-#   gemv: the one-row gemv per split-K and setting at V3's shapes (bench_cuda_fp8_gemm
-#     --gemv-only, no checkpoint needed);
+#   gemv: the one-row gemv per split-K and setting at V3's shapes, then the gemv over 1 to 16
+#     rows at V3's and V2-Lite's dense shapes (bench_cuda_fp8_gemm --gemv-only, no checkpoint);
 #   ab: the V3 checkpoint (or AB_MODEL's) once per flag set of AB, alternating on one machine;
 #   profile: ncu over a short run of the V3 checkpoint (time per kernel); profile_prefill: over
 #     one of its 2K-token prefills (the whole bench runs under ncu: slow);
@@ -79,7 +79,7 @@ if has mla; then
 fi
 
 if has gemv; then
-  log "one-row gemv at DeepSeek-V3's FP8 shapes, per split-K"
+  log "gemv: one row at DeepSeek-V3's FP8 shapes per split-K; 1 to 16 rows"
   timeout 120 "$BUILD/bin/bench_cuda_fp8_gemm" --gemv-only 2>&1 | tee "$OUT/bench_gemv.txt" ||
     echo "bench gemv failed"
 fi

@@ -13,6 +13,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace dsv3::cuda {
 
@@ -571,6 +572,152 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   }
 }
 
+// Tensor cores for 2 to 16 input rows (gemv_tensor_cores; off by default). The tile kernel's
+// FP32 multiply-adds grow with the rows: at 8 rows it streams weights at 18% of copy (~11
+// TFLOP/s at V3's FP8 shapes, bench_cuda_fp8_gemm part 5, H200). Here each warp takes 16
+// outputs as the M of BF16 mma.sync m16n8k16 and the rows as N (NT tiles of 8), its share of K
+// in 128-wide blocks. A lane loads 16 bytes of each of its two weight rows (g, g + 8) at
+// k = 4 lanes' chunks apart, straight into A fragments: the mma's K order is permuted (logical
+// k 2t, 2t + 1, 2t + 8, 2t + 9 of a step are the lane's next four k), the same for B, so the
+// dot product is unchanged. The inputs are split in two BF16 parts, x = hi + lo (an mma each),
+// which keeps ~16 of F32's 24 bits; FP8 weights become BF16 exactly, their block scale applied
+// per 128-k block. Not the bits of the F32 kernels: a row batched no longer decodes as alone.
+// At 8 rows 36-59% of copy (part 5); V3 dims x 4 layers FP8 decode b=8 3,251 against 1,548
+// tok/s, V2-Lite b=8 1,157 / 1,156 against 873 / 873 (H200, alternating in one call).
+template <WType T, bool SWIGLU, int NT>
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    gemv_mma_kernel(const GemvArgs a, const int ks, const int flags) {
+  constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize;
+  constexpr int KW = 4 * CH;     // k a window: the chunks of the 4 lanes of a row
+  constexpr int WB = 128 / KW;   // windows a 128-k block
+  constexpr int STEPS = CH / 4;  // mma k-steps a window
+  constexpr int NA = SWIGLU ? 2 : 1;
+  __shared__ float red[kWarps][NA][NT * 4][32];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4, sub = warp % ks;
+  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * 16;
+  const bool valid = n0 < a.n;
+  const int64_t K = a.w.k, nkb = valid ? K / 128 : 0, row_bytes = K * ES;
+  const int64_t kb0 = sub * nkb / ks, kb1 = (sub + 1) * nkb / ks;
+  const char* wrow[NA];
+  wrow[0] = static_cast<const char*>(a.w.w) + (valid ? n0 + g : 0) * row_bytes;
+  if constexpr (SWIGLU) wrow[1] = static_cast<const char*>(a.w2) + (valid ? n0 + g : 0) * row_bytes;
+  const float* srow[NA] = {};
+  if constexpr (T == WType::E4M3) {
+    const int64_t scols = ceil_div(K, 128), sr = (valid ? n0 : 0) / a.w.bn;
+    srow[0] = a.w.scale + sr * scols;
+    if constexpr (SWIGLU) srow[1] = a.scale2 + sr * scols;
+  }
+  pdl_wait();
+  const float* xr[NT];
+  bool xok[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    xok[nt] = nt * 8 + g < a.m;
+    xr[nt] = a.x + (xok[nt] ? nt * 8 + g : 0) * a.ldx;
+  }
+  float c[NA][NT][4] = {};
+  for (int64_t kb = kb0; kb < kb1; ++kb) {
+    uint4 w[NA][WB][2];  // the block's weights first: all of them in flight at once
+#pragma unroll
+    for (int i = 0; i < NA; ++i)
+#pragma unroll
+      for (int u = 0; u < WB; ++u) {
+        const int64_t off = (kb * 128 + u * KW + t * CH) * ES;
+        w[i][u][0] = load_weight(wrow[i] + off, flags);
+        w[i][u][1] = load_weight(wrow[i] + 8 * row_bytes + off, flags);
+      }
+    float blk[NA][NT][4] = {};  // this block's sums, before its scale
+#pragma unroll
+    for (int u = 0; u < WB; ++u)
+#pragma unroll
+      for (int j = 0; j < STEPS; ++j) {
+        const int64_t k = kb * 128 + u * KW + t * CH + 4 * j;
+        uint32_t bh[NT][2], bl[NT][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const float4 f = xok[nt] ? __ldg(reinterpret_cast<const float4*>(xr[nt] + k))
+                                   : make_float4(0, 0, 0, 0);
+          const float v[4] = {f.x, f.y, f.z, f.w};
+          float lo[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) lo[e] = v[e] - __bfloat162float(__float2bfloat16_rn(v[e]));
+          bh[nt][0] = pack_bf16(v[0], v[1]);
+          bh[nt][1] = pack_bf16(v[2], v[3]);
+          bl[nt][0] = pack_bf16(lo[0], lo[1]);
+          bl[nt][1] = pack_bf16(lo[2], lo[3]);
+        }
+#pragma unroll
+        for (int i = 0; i < NA; ++i) {
+          uint32_t af[4];
+          if constexpr (T == WType::BF16) {
+            const uint32_t r0[4] = {w[i][u][0].x, w[i][u][0].y, w[i][u][0].z, w[i][u][0].w};
+            const uint32_t r8[4] = {w[i][u][1].x, w[i][u][1].y, w[i][u][1].z, w[i][u][1].w};
+            af[0] = r0[2 * j];
+            af[1] = r8[2 * j];
+            af[2] = r0[2 * j + 1];
+            af[3] = r8[2 * j + 1];
+          } else {
+            float f0[4], f8[4];  // E4M3 values are BF16 values: exact
+            decode_quad<T>(w[i][u][0], j, f0);
+            decode_quad<T>(w[i][u][1], j, f8);
+            af[0] = pack_bf16(f0[0], f0[1]);
+            af[1] = pack_bf16(f8[0], f8[1]);
+            af[2] = pack_bf16(f0[2], f0[3]);
+            af[3] = pack_bf16(f8[2], f8[3]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            mma(blk[i][nt], af, bh[nt][0], bh[nt][1]);
+            mma(blk[i][nt], af, bl[nt][0], bl[nt][1]);
+          }
+        }
+      }
+#pragma unroll
+    for (int i = 0; i < NA; ++i) {
+      const float sc = T == WType::E4M3 ? __ldg(srow[i] + kb) : 1.0f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[i][nt][e] = fmaf(blk[i][nt][e], sc, c[i][nt][e]);
+    }
+  }
+  pdl_trigger();  // this warp's weights all read
+  if (ks > 1) {   // the ks warps of an output tile summed in order
+#pragma unroll
+    for (int i = 0; i < NA; ++i)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) red[warp][i][nt * 4 + e][lane] = c[i][nt][e];
+    __syncthreads();
+    if (sub == 0) {
+#pragma unroll
+      for (int i = 0; i < NA; ++i)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float v = 0.0f;
+            for (int j = 0; j < ks; ++j) v += red[warp + j][i][nt * 4 + e][lane];
+            c[i][nt][e] = v;
+          }
+    }
+  }
+  if (!valid || sub != 0) return;
+    // C fragment: outputs n0 + g (e 0, 1) and n0 + g + 8 (e 2, 3), rows 2t and 2t + 1 of tile nt.
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = nt * 8 + 2 * t + (e & 1), out = n0 + g + (e >= 2 ? 8 : 0);
+      if (row < a.m) {
+        const float v = SWIGLU ? silu(c[0][nt][e]) * c[NA - 1][nt][e] : c[0][nt][e];
+        a.y[row * a.ldy + out] = v;
+      }
+    }
+}
+
 int sm_count() {
   static const int count = [] {
     int dev = 0, c = 0;
@@ -598,6 +745,38 @@ bool g_tile = true;          // gemv_allow_tile
 int g_tile_pass = 8;         // gemv_tile_pass_rows
 int g_rows_chunks = 1;       // gemv_rows_batch
 bool g_rows_per_warp = true;
+
+bool g_mma = false;  // gemv_tensor_cores
+
+// gemv_mma_kernel for what it takes (one group of 2 to 16 plain rows, 16 outputs a tile,
+// K in 128-wide blocks, FP8 blocks of 128 columns); false: nothing launched.
+template <WType T>
+bool launch_mma(const GemvArgs& a, cudaStream_t s) {
+  if constexpr (T != WType::BF16 && T != WType::E4M3) {
+    return false;
+  } else {
+    const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+    if (!g_mma || a.m < 2 || a.m > 16 || a.groups != 1 || a.offsets || a.active || a.x_rows ||
+        a.w_row0 != 0 || a.n % 16 != 0 || a.w.k % 128 != 0 || a.ldx % 4 != 0 || !aligned(a.x) ||
+        !aligned(a.w.w) || (a.w2 && !aligned(a.w2)))
+      return false;
+    if (T == WType::E4M3 && (a.w.bk != 128 || a.w.bn % 16 != 0 || a.scale_group_rows != 0))
+      return false;
+    // Split K while fewer than 16 warps an SM would run and each warp keeps a 128-k block.
+    const int64_t tiles = a.n / 16, want = 16 * int64_t(sm_count()), blocks = a.w.k / 128;
+    int ks = 1;
+    while (ks < kWarps && tiles * ks < want && blocks >= 2 * ks) ks *= 2;
+    const dim3 grid(unsigned(ceil_div(tiles, kWarps / ks)));
+    const auto go = [&](auto kernel) {
+      launch_pdl(kernel, grid, kWarps * 32, 0, s, a, ks, g_gemv_flags);
+    };
+    if (a.w2)
+      a.m > 8 ? go(gemv_mma_kernel<T, true, 2>) : go(gemv_mma_kernel<T, true, 1>);
+    else
+      a.m > 8 ? go(gemv_mma_kernel<T, false, 2>) : go(gemv_mma_kernel<T, false, 1>);
+    return true;
+  }
+}
 
 // Warps per output: double while fewer than warps_per_sm warps per SM would run and each warp
 // still gets at least one 16-byte chunk per lane. The general kernel wants 48 (3/4 of what an
@@ -729,6 +908,7 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   const bool rows_ok =
       T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
   const bool heads = per_group_inputs(a);
+  if (launch_mma<T>(a, s)) return;
   if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
     if (a.w2)
       launch_rows<T, true>(a, s);
@@ -773,6 +953,10 @@ int gemv_tile_pass_rows(int rows) {
 
 int gemv_flags(int flags) {
   return std::exchange(g_gemv_flags, flags);
+}
+
+bool gemv_tensor_cores(bool on) {
+  return std::exchange(g_mma, on);
 }
 
 void gemv_allow_rows_per_warp(bool on) {
