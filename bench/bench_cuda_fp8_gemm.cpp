@@ -360,9 +360,8 @@ void decode_gemv() {
 // Weights rotate over copies as in part 4, so each launch reads its weight from memory once.
 void decode_gemv_rows() {
   const double copy = bench::copy_bandwidth();
-  fmt::print(
-      "\ngemv over r input rows: GB/s of weight bytes (% of copy {:.0f} GB/s) | FP32 TFLOP/s\n",
-      copy / 1e9);
+  fmt::print("\ngemv over r input rows: GB/s of weight bytes (% of copy {:.0f} GB/s) | TFLOP/s\n",
+             copy / 1e9);
   using cuda::WType;
   const std::vector<GemvShape> shapes = {
       {"V3 q_b fp8 24576 x 1536", 24576, 1536, false},

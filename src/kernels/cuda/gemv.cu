@@ -582,8 +582,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // dot product is unchanged. The inputs are split in two BF16 parts, x = hi + lo (an mma each),
 // which keeps ~16 of F32's 24 bits; FP8 weights become BF16 exactly, their block scale applied
 // per 128-k block. Not the bits of the F32 kernels: a row batched no longer decodes as alone.
-// At 8 rows 36-59% of copy (part 5); V3 dims x 4 layers FP8 decode b=8 3,251 against 1,548
-// tok/s, V2-Lite b=8 1,157 / 1,156 against 873 / 873 (H200, alternating in one call).
+// At 8 rows 36-59% of copy (13% at kv_a's 576 outputs; part 5); V3 dims x 4 layers FP8 decode b=8
+// 3,251 against 1,548 tok/s, V2-Lite b=8 1,157 / 1,156 against 873 / 873 (H200, alternating in one
+// call).
 template <WType T, bool SWIGLU, int NT>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     gemv_mma_kernel(const GemvArgs a, const int ks, const int flags) {
@@ -704,8 +705,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
           }
     }
   }
+  // C fragment: outputs n0 + g (e 0, 1) and n0 + g + 8 (e 2, 3), rows 2t and 2t + 1 of tile nt.
   if (!valid || sub != 0) return;
-    // C fragment: outputs n0 + g (e 0, 1) and n0 + g + 8 (e 2, 3), rows 2t and 2t + 1 of tile nt.
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -748,6 +749,11 @@ bool g_rows_per_warp = true;
 
 bool g_mma = false;  // gemv_tensor_cores
 
+// Whether p suits the kernels' 16-byte loads.
+bool aligned(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
 // gemv_mma_kernel for what it takes (one group of 2 to 16 plain rows, 16 outputs a tile,
 // K in 128-wide blocks, FP8 blocks of 128 columns); false: nothing launched.
 template <WType T>
@@ -755,7 +761,6 @@ bool launch_mma(const GemvArgs& a, cudaStream_t s) {
   if constexpr (T != WType::BF16 && T != WType::E4M3) {
     return false;
   } else {
-    const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
     if (!g_mma || a.m < 2 || a.m > 16 || a.groups != 1 || a.offsets || a.active || a.x_rows ||
         a.w_row0 != 0 || a.n % 16 != 0 || a.w.k % 128 != 0 || a.ldx % 4 != 0 || !aligned(a.x) ||
         !aligned(a.w.w) || (a.w2 && !aligned(a.w2)))
@@ -896,7 +901,6 @@ void launch_mt(const GemvArgs& a, bool vec, cudaStream_t s) {
 template <WType T>
 void launch_type(const GemvArgs& a, cudaStream_t s) {
   constexpr int CH = WTraits<T>::kChunk;
-  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   bool vec = a.w.k % CH == 0 && a.ldx % 4 == 0 && a.x_goff % 4 == 0 && aligned(a.x) &&
              aligned(a.w.w) && (!a.w2 || aligned(a.w2));
   if (T == WType::E4M3) vec = vec && a.w.bk % CH == 0;

@@ -69,9 +69,9 @@ void gemv_allow_rows_per_warp(bool on);
 // Benchmarks only: warps a block of the one-row kernel (at least its split; default 2). Returns
 // the setting it replaces.
 int gemv_rows_block_warps(int warps);
-// Benchmarks only, a trial: 2 to 16 plain input rows (one group, outputs a multiple of 16, K of
-// 128) of BF16 and FP8 weights on the BF16 tensor cores (inputs split in two BF16 parts,
-// ~1e-5 relative), not the F32 tile kernel: a batched row no longer gets the bits it gets
+// Benchmarks only, a trial: 2 to 16 plain input rows (one group, outputs a multiple of 16, K a
+// multiple of 128) of BF16 and FP8 weights on the BF16 tensor cores (inputs split in two BF16
+// parts, ~1e-5 relative), not the F32 tile kernel: a batched row no longer gets the bits it gets
 // alone. Off by default. Returns the setting it replaces.
 bool gemv_tensor_cores(bool on);
 // Benchmarks only: false sends 2 to 16 input rows to the general kernel instead of the tile
