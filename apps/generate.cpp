@@ -20,7 +20,8 @@ struct GenerateArgs {
   std::vector<std::string> prompts;
   std::vector<std::string> prompt_ids;
   SamplingFlags sampling;
-  bool speculative = false, print_ids = false, no_special = false, batch_gemms = false;
+  bool speculative = false, print_ids = false, no_special = false, batch_gemms = false,
+       batch_invariant = false;
   std::string kv_cache_dtype = "auto";
 };
 
@@ -46,6 +47,7 @@ void run(const GenerateArgs& a) {
   e.cuda_index = cuda_index_of(a.device);
   e.sequences = int64_t(a.prompts.size() + a.prompt_ids.size());
   e.batch_gemms = a.batch_gemms;
+  e.batch_invariant = a.batch_invariant;
   e.kv_cache_dtype = a.kv_cache_dtype;
   check_engine_flags(e);
   DSV3_CHECK(a.prompts.empty() != a.prompt_ids.empty(),
@@ -156,7 +158,7 @@ void add_generate(CLI::App& app) {
   cmd->add_flag("--print-ids", a->print_ids,
                 "print the generated ids, space-separated, as the last stdout line(s)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
-  add_batch_gemms_flag(cmd, a->batch_gemms);
+  add_batch_flags(cmd, a->batch_gemms, a->batch_invariant);
   add_kv_cache_dtype_option(cmd, a->kv_cache_dtype);
   cmd->callback([a] { run(*a); });
 }

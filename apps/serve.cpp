@@ -25,7 +25,7 @@ constexpr int64_t kDeviceMaxModelLen = 4096;
 struct ServeArgs {
   std::string model, tokenizer, template_file, name, port_file, device = "cpu";
   bool budget_given = false;  // --max-batch-tokens on the command line
-  bool batch_gemms = false;
+  bool batch_gemms = false, batch_invariant = false;
   std::string kv_cache_dtype = "auto";
   serve::ServerOptions opt;
 };
@@ -53,6 +53,7 @@ void run(ServeArgs a) {
   EngineChoice e;
   e.cuda_index = cuda_index;
   e.batch_gemms = a.batch_gemms;
+  e.batch_invariant = a.batch_invariant;
   e.kv_cache_dtype = a.kv_cache_dtype;
   check_engine_flags(e);
   const Model model(ModelWeights::load(a.model));
@@ -159,7 +160,7 @@ void add_serve(CLI::App& app) {
                   "cpu, cuda or cuda:N (on CUDA each sequence's cache is the engine's own, no "
                   "prefix sharing)")
       ->capture_default_str();
-  add_batch_gemms_flag(cmd, a->batch_gemms);
+  add_batch_flags(cmd, a->batch_gemms, a->batch_invariant);
   add_kv_cache_dtype_option(cmd, a->kv_cache_dtype);
   cmd->add_option("--max-model-len", o.scheduler.max_model_len,
                   "longest sequence (prompt + output) a request may make (default: the model's "

@@ -19,8 +19,8 @@
 //        [--pdl 1 | 0 (kernels launched early, programmatic dependent launch; default 1)]
 //        [--gemv-flags FLAGS (kernels.h gemv_flags)] [--gemv-block-warps 1..8]
 //        [--gemv-tile 1 | 0 (batches of 2-16 on the tile kernel or the general one)]
-//        [--gemv-tc 0 | 1 (a trial: batches of 2-16 on the tensor cores, kernels.h
-//         gemv_tensor_cores)]
+//        [--gemv-tc 1 | 0 (batches of 2-16 on the gemv's tensor-core kernel or the F32 ones,
+//         CudaEngineOptions::gemv_tensor_cores; default 1)]
 //        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
 //        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
 //        [--gemv-rows-batch 1 | 2 | 4 (the one-row kernel's FP8 chunks a batch)]
@@ -142,6 +142,7 @@ int main(int argc, char** argv) {
   bool fp8_cache = false;
   bool absorb_tc = cuda::CudaEngineOptions{}.absorb_tensor_cores;
   bool attention_tc = cuda::CudaEngineOptions{}.attention_tensor_cores;
+  bool gemv_tc = cuda::CudaEngineOptions{}.gemv_tensor_cores;
   unsigned repeat = 0;
   bool sample_split = cuda::CudaEngineOptions{}.sample_split_scan;
   bool side_stream = cuda::CudaEngineOptions{}.side_stream;
@@ -188,7 +189,7 @@ int main(int argc, char** argv) {
     else if (k == "--gemv-tile")
       cuda::gemv_allow_tile(v != "0");
     else if (k == "--gemv-tc")
-      cuda::gemv_tensor_cores(v != "0");
+      gemv_tc = v != "0";
     else if (k == "--bf16-expert-gemm-rows")
       bf16_expert_rows = std::stoll(v);
     else if (k == "--combine-in-norm")
@@ -206,7 +207,7 @@ int main(int argc, char** argv) {
         "usage: bench_cuda_decode --model DIR [--steps N] [--batch 1,8,64,256 | none] [--prompt N] "
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0] [--gemv-tc "
-        "0|1]\n"
+        "1|0]\n"
         "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
@@ -234,6 +235,7 @@ int main(int argc, char** argv) {
       opt.fp8_cache = fp8_cache;
       opt.absorb_tensor_cores = absorb_tc;
       opt.attention_tensor_cores = attention_tc;
+      opt.gemv_tensor_cores = gemv_tc;
       opt.repeat_pieces = repeat;
       opt.sample_split_scan = sample_split;
       opt.side_stream = side_stream;

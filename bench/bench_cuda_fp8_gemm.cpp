@@ -18,7 +18,7 @@
 // 5. The decode gemv over 1 to 16 input rows (small decode batches: the tile kernel from 2) at
 //    DeepSeek-V3's FP8 and DeepSeek-V2-Lite's BF16 dense shapes: weight GB/s against the copy,
 //    and the multiply-adds' TFLOP/s (each weight times every row; FP32 on the CUDA cores, and
-//    on the tensor cores for the trial kernel of kernels.h gemv_tensor_cores).
+//    on the tensor cores for the kernel of kernels.h GemvArgs::tensor_cores).
 // Usage: bench_cuda_fp8_gemm [--m 4096] [--gemv-only]
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -267,8 +267,9 @@ struct GemvCase {
           static_cast<void*>(offsets), static_cast<void*>(active), static_cast<void*>(rows)})
       cudaFree(p);
   }
-  // m: input rows of a dense weight (at most kMaxRows); experts take one row each.
-  double seconds(int64_t m = 1) const {
+  // m: input rows of a dense weight (at most kMaxRows); experts take one row each. tc:
+  // GemvArgs::tensor_cores.
+  double seconds(int64_t m = 1, bool tc = false) const {
     const int64_t es = s.type == cuda::WType::E4M3 ? 1 : 2;
     cuda::GemvArgs g;
     g.w.type = s.type;
@@ -280,6 +281,7 @@ struct GemvCase {
     g.y = y;
     g.ldy = s.n;
     g.m = m;
+    g.tensor_cores = tc;
     if (s.experts) {
       g.w_group_rows = s.swiglu ? 2 * s.n : s.n;
       g.scale_group_rows = (s.swiglu ? 2 : 1) * cdiv(s.n, 128);
@@ -374,8 +376,8 @@ void decode_gemv_rows() {
       {"V2L shared g|u bf16 2x2816x2048", 2816, 2048, true, WType::BF16},
       {"V2L shared down bf16 2048x2816", 2048, 2816, false, WType::BF16}};
   const std::vector<int64_t> rows = {1, 2, 4, 8, 16};
-  const auto cell = [&](const GemvCase& c, int64_t r) {
-    const double sec = c.seconds(r);
+  const auto cell = [&](const GemvCase& c, int64_t r, bool tc = false) {
+    const double sec = c.seconds(r, tc);
     const double flop = 2.0 * double(r) * double(c.s.n) * double(c.s.k) * (c.s.swiglu ? 2 : 1);
     return fmt::format(" {:>5.0f} ({:>2.0f}%) {:>4.1f}", double(c.bytes) / sec / 1e9,
                        100.0 * double(c.bytes) / sec / copy, flop / sec / 1e12);
@@ -394,10 +396,8 @@ void decode_gemv_rows() {
     const int pass = cuda::gemv_tile_pass_rows(4);
     line += cell(c, 8);
     cuda::gemv_tile_pass_rows(pass);
-    cuda::gemv_tensor_cores(true);
-    line += cell(c, 8);
-    line += cell(c, 16);
-    cuda::gemv_tensor_cores(false);
+    line += cell(c, 8, true);
+    line += cell(c, 16, true);
     fmt::print("{}\n", line);
   }
 }

@@ -44,10 +44,15 @@ mkdir -p "$tmp/noconfig" && cp "$fix/v3_plain_f32/model.safetensors" "$tmp/nocon
 expect_error "config.json" "$dsv3" info --model "$tmp/noconfig"
 expect_error "input_ids" "$dsv3" forward --model "$fix/v3_plain_f32" \
   --input "$fix/v3_plain_f32/model.safetensors" --output "$tmp/o.safetensors"
-expect_error "add --device cuda" "$dsv3" generate --model "$fix/v3_plain_f32" --prompt-ids 1,2 \
-  --batch-gemms
-expect_error "add --device cuda" "$dsv3" serve --model "$fix/v3_plain_f32" --batch-gemms
-"$dsv3" serve --help | grep -q -- "--batch-gemms" || fail "serve --help lacks --batch-gemms"
+for flag in --batch-gemms --batch-invariant; do
+  expect_error "add --device cuda" "$dsv3" generate --model "$fix/v3_plain_f32" --prompt-ids 1,2 \
+    "$flag"
+  expect_error "add --device cuda" "$dsv3" serve --model "$fix/v3_plain_f32" "$flag"
+  "$dsv3" serve --help | grep -q -- "$flag" || fail "serve --help lacks $flag"
+done
+# Checked before any device is opened (a build without CUDA says so first).
+expect_error "pick one\\|built without the CUDA" "$dsv3" generate --model "$fix/v3_plain_f32" \
+  --prompt-ids 1,2 --device cuda --batch-gemms --batch-invariant
 expect_error "add --device cuda" "$dsv3" generate --model "$fix/v3_plain_f32" --prompt-ids 1,2 \
   --kv-cache-dtype fp8
 expect_error "add --device cuda" "$dsv3" chat --model "$fix/v3_plain_f32" --kv-cache-dtype fp8

@@ -209,6 +209,43 @@ TEST_P(CudaFixture, BatchedDecodeEqualsOneByOne) {
   }
 }
 
+// Batches of 2 to 16 rows on the gemv's tensor-core kernel (the default) against the F32
+// kernels (--batch-invariant): a prefill of 2 x 5 rows and batched decode steps within 1e-4 of
+// the logits' std, and not their bits (so the kernel ran) unless every weight is F32.
+TEST_P(CudaFixture, TensorCoreBatchesStayNearTheF32Kernels) {
+  SKIP_WITHOUT_GPU();
+  const Model model(ModelWeights::load(fixture(GetParam())));
+  const auto ref = SafetensorsFile::open(fixture(GetParam()) + "/reference.safetensors");
+  const Tensor ids = ref->get("input_ids");
+  const int64_t v = model.config().vocab_size;
+  const auto run = [&](bool tc) {
+    cuda::CudaEngineOptions o = small(false);
+    o.gemv_tensor_cores = tc;
+    const cuda::CudaEngine engine(model, o);
+    const auto a = row_ids(ids, 0), b = row_ids(ids, 1);
+    LatentCache ca = engine.new_cache(32), cb = engine.new_cache(32);
+    std::vector<Tensor> out;
+    out.push_back(engine.step(
+        {{&ca, {a.begin(), a.begin() + 5}, true}, {&cb, {b.begin(), b.begin() + 5}, true}}));
+    for (int s = 5; s < 8; ++s)
+      out.push_back(engine.step({{&ca, {a[size_t(s)]}}, {&cb, {b[size_t(s)]}}}));
+    return out;
+  };
+  const std::vector<Tensor> tc = run(true), f32 = run(false);
+  bool same = true;
+  for (size_t s = 0; s < tc.size(); ++s) {
+    ASSERT_EQ(tc[s].numel(), f32[s].numel());
+    for (int64_t r = 0; r < tc[s].dim(0); ++r)
+      EXPECT_LE(err_vs_std(tc[s].ptr<float>() + r * v, f32[s].ptr<float>() + r * v, v), 1e-4)
+          << "step " << s << " row " << r;
+    same = same && std::memcmp(tc[s].data(), f32[s].data(), tc[s].nbytes()) == 0;
+  }
+  // F32 weights never take the kernel (BF16 and FP8 only).
+  const bool f32_weights = std::string(GetParam()) == "v3_plain_f32";
+  EXPECT_EQ(same, f32_weights) << (same ? "no linear took the tensor-core kernel"
+                                        : "F32 weights took the tensor-core kernel");
+}
+
 TEST_P(CudaMtpFixture, MtpStepsEqualTheFullMtpForward) {
   SKIP_WITHOUT_GPU();
   const Model model(ModelWeights::load(fixture(GetParam())));

@@ -160,44 +160,72 @@ INSTANTIATE_TEST_SUITE_P(
                       GemvCase{"bf16", 257, 512, 1}, GemvCase{"bf16", 96, 36, 11},
                       GemvCase{"f32", 77, 64, 2}, GemvCase{"f32", 50, 33, 9}));
 
-// The trial tensor-core kernel (kernels.h gemv_tensor_cores) for 2 to 16 rows, FP8 and BF16,
-// with SwiGLU: within 1e-4 of the CPU (inputs in two BF16 parts), and not the F32 kernel's
-// bits (so it ran). 48 x 2048 splits K over 8 warps; 160 outputs cross an FP8 block of rows.
+// The tensor-core kernel (kernels.h GemvArgs::tensor_cores) for 2 to 16 rows, FP8 and BF16,
+// with SwiGLU: within 1e-4 of the CPU (inputs in two BF16 parts), and not the F32 kernels' bits
+// (so it ran). 48 x 2048 splits K over 8 warps; 160 outputs cross an FP8 block of rows; 100 x
+// 200 ends in part of a 16-output tile and of a 128-k block, FP8 1040 in part of a scale block;
+// groups = 3 is W_UV's form: a head's rows at an offset into its group, inputs and outputs of
+// their own.
 TEST(GemvGpu, TensorCoresMatchCpuLinear) {
   SKIP_WITHOUT_GPU();
   struct Case {
     const char* dtype;
     int64_t out, in;
+    int groups = 1;
   };
   for (const Case c : {Case{"fp8", 160, 1024}, Case{"bf16", 160, 1024}, Case{"fp8", 48, 2048},
-                       Case{"bf16", 2048, 384}}) {
-    const TestLinear w = make_linear(c.dtype, c.out, c.in, 31);
-    const TestLinear w2 = make_linear(c.dtype, c.out, c.in, 32);
+                       Case{"bf16", 2048, 384}, Case{"bf16", 100, 200}, Case{"fp8", 64, 1040},
+                       Case{"fp8", 128, 512, 3}, Case{"bf16", 48, 96, 3}}) {
+    // Groups: each 2 · out rows, the outputs the second half (w_row0 = out), as kv_b's W_UV.
+    const int64_t grows = c.groups > 1 ? 2 * c.out : c.out, row0 = c.groups > 1 ? c.out : 0;
+    const int64_t ldx = c.in * c.groups, ldy = c.out * c.groups;
+    const TestLinear w = make_linear(c.dtype, grows * c.groups, c.in, 31);
+    const TestLinear w2 = make_linear(c.dtype, grows * c.groups, c.in, 32);
     for (const int64_t m : {2, 5, 8, 9, 16}) {
-      const std::vector<float> x = randn(size_t(m * c.in), 33 + uint64_t(m));
-      Tensor y1 = Tensor::zeros(DType::F32, {m, c.out});
-      Tensor y2 = Tensor::zeros(DType::F32, {m, c.out});
-      ops::linear(f32_tensor(x, {m, c.in}), w.cpu, y1);
-      ops::linear(f32_tensor(x, {m, c.in}), w2.cpu, y2);
+      const std::vector<float> x = randn(size_t(m * ldx), 33 + uint64_t(m));
       const DevPtr<float> dx = to_device(x);
-      DevPtr<float> dy = poisoned(size_t(m * c.out));
+      DevPtr<float> dy = poisoned(size_t(m * ldy));
       cuda::GemvArgs g = gemv_args(w, dx.get(), dy.get(), c.out, c.in, m);
+      g.groups = c.groups;
+      g.w_group_rows = c.groups > 1 ? grows : 0;
+      g.w_row0 = row0;
+      g.ldx = ldx;
+      g.x_goff = c.groups > 1 ? c.in : 0;
+      g.ldy = ldy;
+      g.y_goff = c.groups > 1 ? c.out : 0;
       const auto run = [&](bool tc) {
-        const bool before = cuda::gemv_tensor_cores(tc);
+        g.tensor_cores = tc;
         cuda::gemv(g, nullptr);
-        cuda::gemv_tensor_cores(before);
-        return to_host(dy, size_t(m * c.out));
+        return to_host(dy, size_t(m * ldy));
       };
       const std::string what = std::string(c.dtype) + " " + std::to_string(c.out) + " x " +
-                               std::to_string(c.in) + ", " + std::to_string(m) + " rows ";
+                               std::to_string(c.in) + " groups " + std::to_string(c.groups) + ", " +
+                               std::to_string(m) + " rows ";
       for (const bool swiglu : {false, true}) {
+        if (swiglu && c.groups > 1) continue;
+        // The CPU's answer, group by group: every weight row, then the group's outputs.
+        std::vector<float> want(size_t(m * ldy));
+        for (int gi = 0; gi < c.groups; ++gi) {
+          std::vector<float> xg(size_t(m * c.in));
+          for (int64_t r = 0; r < m; ++r)
+            std::copy_n(x.begin() + r * ldx + gi * c.in, c.in, xg.begin() + r * c.in);
+          Tensor y1 = Tensor::zeros(DType::F32, {m, grows * c.groups});
+          ops::linear(f32_tensor(xg, {m, c.in}), w.cpu, y1);
+          if (swiglu) {
+            Tensor y2 = Tensor::zeros(DType::F32, {m, grows * c.groups});
+            ops::linear(f32_tensor(xg, {m, c.in}), w2.cpu, y2);
+            ops::silu_mul(y1, y2, y1);
+          }
+          for (int64_t r = 0; r < m; ++r)
+            std::copy_n(y1.ptr<float>() + r * grows * c.groups + gi * grows + row0, c.out,
+                        want.begin() + r * ldy + gi * c.out);
+        }
         if (swiglu) {
           g.w2 = w2.dev.w;
           g.scale2 = w2.dev.scale;
-          ops::silu_mul(y1, y2, y1);
         }
         const std::vector<float> tc = run(true), f32 = run(false);
-        EXPECT_LE(rel_err(tc, y1.ptr<float>(), size_t(y1.numel())), 1e-4) << what << swiglu;
+        EXPECT_LE(rel_err(tc, want.data(), want.size()), 1e-4) << what << swiglu;
         EXPECT_NE(std::memcmp(tc.data(), f32.data(), tc.size() * sizeof(float)), 0)
             << what << swiglu;
       }

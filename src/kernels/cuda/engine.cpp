@@ -569,6 +569,7 @@ struct CudaEngine::Impl {
     DSV3_CHECK(o.device < count, "CUDA engine: device cuda:{} asked for, {} present", o.device,
                count);
     opt.max_context = std::min(opt.max_context, c.max_position_embeddings);
+    opt.gemv_tensor_cores = opt.gemv_tensor_cores && !opt.exact;
     DSV3_CUDA_CHECK(cudaSetDevice(opt.device));
     Arena plan;
     layout(model.weights(), opt, plan);
@@ -689,6 +690,7 @@ struct CudaEngine::Impl {
     g.y = y;
     g.ldy = w.rows;
     g.m = rows;
+    g.tensor_cores = opt.gemv_tensor_cores;
     gemv(g, stream);
   }
 
@@ -732,6 +734,7 @@ struct CudaEngine::Impl {
       g.y = m.work.act;
       g.ldy = inter;
       g.m = n;
+      g.tensor_cores = opt.gemv_tensor_cores;
       gemv(g, stream);
     }
     linear(m.work.act, n, p.down, out);
@@ -1093,6 +1096,7 @@ struct CudaEngine::Impl {
     g.y_goff = dv;
     g.m = n;
     g.groups = int(heads);
+    g.tensor_cores = opt.gemv_tensor_cores;
     twice(kRepeatUv, [&] { gemv(g, stream); });
     stage(kStageAttnProj);
     twice(kRepeatOProj, [&] { linear(k.o, n, L.o, out); });

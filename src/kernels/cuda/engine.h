@@ -40,14 +40,17 @@ struct CudaEngineOptions {
   int64_t cache_blocks = 0;    // blocks in the cache; 0: max_sequences · ceil(max_context / block)
   bool prefix_caching = true;  // full blocks of cache_pool() caches are shared by prompt prefix
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
-  // Linears over more rows than this use cuBLASLt (tensor cores), up to it the gemv kernel
-  // (F32 activations; each row's result independent of the batch it is in, so a request decodes
-  // the same alone or batched: tools/gpu/check_serve_cuda.py checks it). 2 to 16 rows run the
-  // tile kernel (H200, DeepSeek-V3 dims x 4 layers FP8: batch 8 at 1,556 tok/s; the GEMMs with 1
-  // here made 1,540 in an earlier tree), whose FP32 FMAs per weight grow with the rows. The
-  // GEMMs round the activations (FP8 or BF16), which tips near-ties: 1 trades batch invariance
-  // for speed.
+  // Linears over more rows than this use cuBLASLt (tensor cores), up to it the gemv kernels
+  // (F32 activations). The GEMMs round the activations (FP8 or BF16), which tips near-ties.
   int64_t gemv_max_rows = 16;
+  // Linears of 2 to gemv_max_rows (≤ 16) rows on the gemv's BF16 tensor-core kernel (kernels.h
+  // GemvArgs::tensor_cores: inputs in two BF16 parts, ~1e-5 relative) where the weight suits it:
+  // V3 dims x 4 layers FP8 decode b=8 3,251 against 1,548 tok/s on the F32 tile kernel (H200).
+  // A row's logits then move with what it is batched with by that much, which can tip a greedy
+  // near-tie. Off (batch invariance: --batch-invariant): every row on the F32 kernels, its
+  // result the bits it gets alone, so a request decodes the same alone or batched
+  // (tools/gpu/check_serve_cuda.py checks it). `exact` turns it off.
+  bool gemv_tensor_cores = true;
   bool exact = false;  // F32 gemv for every linear and an F32 cache (tests vs the CPU)
   // The latent cache in BF16 (FlashMLA's format: half the memory and the attention's bytes of
   // F32, relative error ~2^-9 per value), else F32.

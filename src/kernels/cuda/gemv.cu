@@ -572,96 +572,115 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   }
 }
 
-// Tensor cores for 2 to 16 input rows (gemv_tensor_cores; off by default). The tile kernel's
-// FP32 multiply-adds grow with the rows: at 8 rows it streams weights at 18% of copy (~11
-// TFLOP/s at V3's FP8 shapes, bench_cuda_fp8_gemm part 5, H200). Here each warp takes 16
-// outputs as the M of BF16 mma.sync m16n8k16 and the rows as N (NT tiles of 8), its share of K
-// in 128-wide blocks. A lane loads 16 bytes of each of its two weight rows (g, g + 8) at
-// k = 4 lanes' chunks apart, straight into A fragments: the mma's K order is permuted (logical
-// k 2t, 2t + 1, 2t + 8, 2t + 9 of a step are the lane's next four k), the same for B, so the
-// dot product is unchanged. The inputs are split in two BF16 parts, x = hi + lo (an mma each),
-// which keeps ~16 of F32's 24 bits; FP8 weights become BF16 exactly, their block scale applied
-// per 128-k block. Not the bits of the F32 kernels: a row batched no longer decodes as alone.
-// At 8 rows 36-59% of copy (13% at kv_a's 576 outputs; part 5); V3 dims x 4 layers FP8 decode b=8
-// 3,251 against 1,548 tok/s, V2-Lite b=8 1,157 / 1,156 against 873 / 873 (H200, alternating in one
-// call).
-template <WType T, bool SWIGLU, int NT>
+// Tensor cores for 2 to 16 input rows (GemvArgs::tensor_cores). The tile kernel's FP32
+// multiply-adds grow with the rows: at 8 rows it streams weights at 4-19% of copy (~11 TFLOP/s
+// at V3's FP8 shapes, bench_cuda_fp8_gemm part 5, H200). Here each warp takes 16 outputs as the
+// M of BF16 mma.sync m16n8k16 and the rows as N (NT tiles of 8), its share of K in 128-wide
+// blocks. A lane loads 16 bytes of each of its two weight rows (g, g + 8) at k = 4 lanes'
+// chunks apart, straight into A fragments: the mma's K order is permuted (logical k 2t, 2t + 1,
+// 2t + 8, 2t + 9 of a step are the lane's next four k), the same for B, so the dot product is
+// unchanged. The inputs are split in two BF16 parts, x = hi + lo (an mma each), which keeps ~16
+// of F32's 24 bits; FP8 weights become BF16 exactly, their block scale applied per 128-k block.
+// Chunks past K (K a multiple of the chunk, not of 128) and outputs past n (the last read
+// again, never written) are zeros. One group a blockIdx.y: W_UV's heads, inputs and outputs of
+// their own. Not the bits of the F32 kernels: a row batched no longer decodes as alone.
+// At 8 rows 36-59% of copy (13% at kv_a's 576 outputs; part 5); V3 dims x 4 layers FP8 decode
+// b=8 3,251 against 1,548 tok/s, V2-Lite b=8 1,157 / 1,156 against 873 / 873 (H200, alternating
+// in one call).
+template <WType T, bool SWIGLU, int NT, int OT>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     gemv_mma_kernel(const GemvArgs a, const int ks, const int flags) {
   constexpr int CH = WTraits<T>::kChunk, ES = WTraits<T>::kSize;
   constexpr int KW = 4 * CH;     // k a window: the chunks of the 4 lanes of a row
   constexpr int WB = 128 / KW;   // windows a 128-k block
   constexpr int STEPS = CH / 4;  // mma k-steps a window
-  constexpr int NA = SWIGLU ? 2 : 1;
+  // A tiles a warp: SwiGLU's two weights over the same 16 outputs, else OT tiles of 16 outputs
+  // each, which share every input fragment.
+  constexpr int NA = SWIGLU ? 2 : OT, OUTS = SWIGLU ? 16 : 16 * OT;
   __shared__ float red[kWarps][NA][NT * 4][32];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4, sub = warp % ks;
-  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * 16;
+  const int64_t grp = blockIdx.y;
+  const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * OUTS;
   const bool valid = n0 < a.n;
-  const int64_t K = a.w.k, nkb = valid ? K / 128 : 0, row_bytes = K * ES;
+  const int64_t K = a.w.k, nkb = valid ? ceil_div(K, int64_t(128)) : 0, row_bytes = K * ES;
   const int64_t kb0 = sub * nkb / ks, kb1 = (sub + 1) * nkb / ks;
-  const char* wrow[NA];
-  wrow[0] = static_cast<const char*>(a.w.w) + (valid ? n0 + g : 0) * row_bytes;
-  if constexpr (SWIGLU) wrow[1] = static_cast<const char*>(a.w2) + (valid ? n0 + g : 0) * row_bytes;
+  const int64_t last = a.n - 1, wr = grp * a.w_group_rows + a.w_row0;
+  const char* wrow[NA][2];  // tile i's rows g and g + 8 (the last output past n)
   const float* srow[NA] = {};
-  if constexpr (T == WType::E4M3) {
-    const int64_t scols = ceil_div(K, 128), sr = (valid ? n0 : 0) / a.w.bn;
-    srow[0] = a.w.scale + sr * scols;
-    if constexpr (SWIGLU) srow[1] = a.scale2 + sr * scols;
+  const int64_t scols = ceil_div(K, int64_t(128));
+#pragma unroll
+  for (int i = 0; i < NA; ++i) {
+    const int64_t t0 = SWIGLU ? n0 : n0 + 16 * i;  // the tile's first output
+    const char* base = static_cast<const char*>(SWIGLU && i == 1 ? a.w2 : a.w.w);
+    wrow[i][0] = base + (wr + min(t0 + g, last)) * row_bytes;
+    wrow[i][1] = base + (wr + min(t0 + g + 8, last)) * row_bytes;
+    if constexpr (T == WType::E4M3) {  // a tile's 16 rows share a scale row (launch_mma)
+      const float* scale = SWIGLU && i == 1 ? a.scale2 : a.w.scale;
+      srow[i] = scale + (wr + min(t0, last)) / a.w.bn * scols;
+    }
   }
+  // Block kb's weights: zeros past K or past this warp's last block.
+  const auto load_block = [&](uint4(&w)[NA][WB][2], int64_t kb) {
+#pragma unroll
+    for (int u = 0; u < WB; ++u) {
+      const int64_t k = kb * 128 + u * KW + t * CH;
+      const bool in = kb < kb1 && k < K;
+#pragma unroll
+      for (int i = 0; i < NA; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          w[i][u][h] = in ? load_weight(wrow[i][h] + k * ES, flags) : make_uint4(0, 0, 0, 0);
+    }
+  };
   pdl_wait();
+  uint4 w[NA][WB][2];
+  load_block(w, kb0);
   const float* xr[NT];
   bool xok[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     xok[nt] = nt * 8 + g < a.m;
-    xr[nt] = a.x + (xok[nt] ? nt * 8 + g : 0) * a.ldx;
+    xr[nt] = a.x + grp * a.x_goff + (xok[nt] ? nt * 8 + g : 0) * a.ldx;
   }
   float c[NA][NT][4] = {};
-  for (int64_t kb = kb0; kb < kb1; ++kb) {
-    uint4 w[NA][WB][2];  // the block's weights first: all of them in flight at once
-#pragma unroll
-    for (int i = 0; i < NA; ++i)
-#pragma unroll
-      for (int u = 0; u < WB; ++u) {
-        const int64_t off = (kb * 128 + u * KW + t * CH) * ES;
-        w[i][u][0] = load_weight(wrow[i] + off, flags);
-        w[i][u][1] = load_weight(wrow[i] + 8 * row_bytes + off, flags);
-      }
+  // c += block kb's products (its weights in w), times its scale.
+  const auto use_block = [&](int64_t kb) {
     float blk[NA][NT][4] = {};  // this block's sums, before its scale
 #pragma unroll
-    for (int u = 0; u < WB; ++u)
+    for (int u = 0; u < WB; ++u) {
+      const int64_t k0 = kb * 128 + u * KW + t * CH;
 #pragma unroll
       for (int j = 0; j < STEPS; ++j) {
-        const int64_t k = kb * 128 + u * KW + t * CH + 4 * j;
+        const int64_t k = k0 + 4 * j;
         uint32_t bh[NT][2], bl[NT][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const float4 f = xok[nt] ? __ldg(reinterpret_cast<const float4*>(xr[nt] + k))
-                                   : make_float4(0, 0, 0, 0);
-          const float v[4] = {f.x, f.y, f.z, f.w};
-          float lo[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) lo[e] = v[e] - __bfloat162float(__float2bfloat16_rn(v[e]));
-          bh[nt][0] = pack_bf16(v[0], v[1]);
-          bh[nt][1] = pack_bf16(v[2], v[3]);
-          bl[nt][0] = pack_bf16(lo[0], lo[1]);
-          bl[nt][1] = pack_bf16(lo[2], lo[3]);
+          const float4 f = xok[nt] && k0 < K ? __ldg(reinterpret_cast<const float4*>(xr[nt] + k))
+                                             : make_float4(0, 0, 0, 0);
+          // hi: x rounded to BF16; lo: what it left, rounded again.
+          bh[nt][0] = pack_bf16(f.x, f.y);
+          bh[nt][1] = pack_bf16(f.z, f.w);
+          bl[nt][0] = pack_bf16(f.x - __uint_as_float(bh[nt][0] << 16),
+                                f.y - __uint_as_float(bh[nt][0] & 0xffff0000u));
+          bl[nt][1] = pack_bf16(f.z - __uint_as_float(bh[nt][1] << 16),
+                                f.w - __uint_as_float(bh[nt][1] & 0xffff0000u));
         }
 #pragma unroll
         for (int i = 0; i < NA; ++i) {
           uint32_t af[4];
+          const uint4 w0 = w[i][u][0], w8 = w[i][u][1];
           if constexpr (T == WType::BF16) {
-            const uint32_t r0[4] = {w[i][u][0].x, w[i][u][0].y, w[i][u][0].z, w[i][u][0].w};
-            const uint32_t r8[4] = {w[i][u][1].x, w[i][u][1].y, w[i][u][1].z, w[i][u][1].w};
-            af[0] = r0[2 * j];
-            af[1] = r8[2 * j];
-            af[2] = r0[2 * j + 1];
-            af[3] = r8[2 * j + 1];
+            const uint32_t q0[4] = {w0.x, w0.y, w0.z, w0.w};
+            const uint32_t q8[4] = {w8.x, w8.y, w8.z, w8.w};
+            af[0] = q0[2 * j];
+            af[1] = q8[2 * j];
+            af[2] = q0[2 * j + 1];
+            af[3] = q8[2 * j + 1];
           } else {
             float f0[4], f8[4];  // E4M3 values are BF16 values: exact
-            decode_quad<T>(w[i][u][0], j, f0);
-            decode_quad<T>(w[i][u][1], j, f8);
+            decode_quad<T>(w0, j, f0);
+            decode_quad<T>(w8, j, f8);
             af[0] = pack_bf16(f0[0], f0[1]);
             af[1] = pack_bf16(f8[0], f8[1]);
             af[2] = pack_bf16(f0[2], f0[3]);
@@ -674,6 +693,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
           }
         }
       }
+    }
 #pragma unroll
     for (int i = 0; i < NA; ++i) {
       const float sc = T == WType::E4M3 ? __ldg(srow[i] + kb) : 1.0f;
@@ -682,6 +702,13 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 #pragma unroll
         for (int e = 0; e < 4; ++e) c[i][nt][e] = fmaf(blk[i][nt][e], sc, c[i][nt][e]);
     }
+  };
+  // A trial loaded the next block's weights into registers while this one's were used: slower
+  // at 2 and 16 rows (V3 dims x 4 layers FP8 b=2 1,071 / 1,070 tok/s against 1,126 / 1,123,
+  // b=16 4,000 / 3,987 against 4,098 / 4,123; H200, alternating in one call).
+  for (int64_t kb = kb0; kb < kb1; ++kb) {
+    use_block(kb);
+    if (kb + 1 < kb1) load_block(w, kb + 1);
   }
   pdl_trigger();  // this warp's weights all read
   if (ks > 1) {   // the ks warps of an output tile summed in order
@@ -705,18 +732,22 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
           }
     }
   }
-  // C fragment: outputs n0 + g (e 0, 1) and n0 + g + 8 (e 2, 3), rows 2t and 2t + 1 of tile nt.
+  // C fragment of A tile i: outputs g (e 0, 1) and g + 8 (e 2, 3) of its 16, rows 2t and
+  // 2t + 1 of row tile nt.
   if (!valid || sub != 0) return;
+  float* y = a.y + grp * a.y_goff;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
+  for (int i = 0; i < (SWIGLU ? 1 : NA); ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = nt * 8 + 2 * t + (e & 1), out = n0 + g + (e >= 2 ? 8 : 0);
-      if (row < a.m) {
-        const float v = SWIGLU ? silu(c[0][nt][e]) * c[NA - 1][nt][e] : c[0][nt][e];
-        a.y[row * a.ldy + out] = v;
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t row = nt * 8 + 2 * t + (e & 1), out = n0 + 16 * i + g + (e >= 2 ? 8 : 0);
+        if (row < a.m && out < a.n) {
+          const float v = SWIGLU ? silu(c[0][nt][e]) * c[NA - 1][nt][e] : c[i][nt][e];
+          y[row * a.ldy + out] = v;
+        }
       }
-    }
 }
 
 int sm_count() {
@@ -747,38 +778,51 @@ int g_tile_pass = 8;         // gemv_tile_pass_rows
 int g_rows_chunks = 1;       // gemv_rows_batch
 bool g_rows_per_warp = true;
 
-bool g_mma = false;  // gemv_tensor_cores
-
 // Whether p suits the kernels' 16-byte loads.
 bool aligned(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
-// gemv_mma_kernel for what it takes (one group of 2 to 16 plain rows, 16 outputs a tile,
-// K in 128-wide blocks, FP8 blocks of 128 columns); false: nothing launched.
+template <WType T, bool SWIGLU, int NT, int OT>
+void launch_mma_grid(dim3 grid, const GemvArgs& a, int ks, cudaStream_t s) {
+  launch_pdl(gemv_mma_kernel<T, SWIGLU, NT, OT>, grid, kWarps * 32, 0, s, a, ks, g_gemv_flags);
+}
+
+// gemv_mma_kernel for what it takes (GemvArgs::tensor_cores, 2 to 16 rows without row lists,
+// K a multiple of the 16-byte chunk, FP8 in 128-wide blocks whose rows a tile of 16 outputs
+// shares); false: nothing launched.
 template <WType T>
 bool launch_mma(const GemvArgs& a, cudaStream_t s) {
   if constexpr (T != WType::BF16 && T != WType::E4M3) {
     return false;
   } else {
-    if (!g_mma || a.m < 2 || a.m > 16 || a.groups != 1 || a.offsets || a.active || a.x_rows ||
-        a.w_row0 != 0 || a.n % 16 != 0 || a.w.k % 128 != 0 || a.ldx % 4 != 0 || !aligned(a.x) ||
+    constexpr int CH = WTraits<T>::kChunk;
+    if (!a.tensor_cores || a.m < 2 || a.m > 16 || a.offsets || a.active || a.x_rows ||
+        a.w.k % CH != 0 || a.ldx % 4 != 0 || a.x_goff % 4 != 0 || !aligned(a.x) ||
         !aligned(a.w.w) || (a.w2 && !aligned(a.w2)))
       return false;
-    if (T == WType::E4M3 && (a.w.bk != 128 || a.w.bn % 16 != 0 || a.scale_group_rows != 0))
+    if (T == WType::E4M3 && (a.w.bk != 128 || a.w.bn % 16 != 0 || a.scale_group_rows != 0 ||
+                             a.w_row0 % 16 != 0 || a.w_group_rows % 16 != 0))
       return false;
+    // FP8 without SwiGLU (whose two weights already share the inputs): two tiles of 16 outputs
+    // a warp. At 8 rows (part 5) o_proj 2,559 GB/s against 1,926, down 2,570 against 1,922,
+    // q_b 1,703 against 1,414; V3 dims x 4 layers b=8 3,315 / 3,314 tok/s against 3,118 /
+    // 3,157 (with BF16's lm_head on two tiles as well). BF16 stays at one: V2-Lite b=8 1,163
+    // against 1,200, its o_proj 1,303 GB/s against 1,423 (two tiles spill registers there).
+    constexpr int kOt = T == WType::E4M3 ? 2 : 1;
+    const int64_t outs = a.w2 ? 16 : 16 * kOt;  // a warp's
     // Split K while fewer than 16 warps an SM would run and each warp keeps a 128-k block.
-    const int64_t tiles = a.n / 16, want = 16 * int64_t(sm_count()), blocks = a.w.k / 128;
+    const int64_t tiles = ceil_div(a.n, outs), blocks = ceil_div(a.w.k, int64_t(128));
+    const int64_t want = 16 * int64_t(sm_count());
     int ks = 1;
-    while (ks < kWarps && tiles * ks < want && blocks >= 2 * ks) ks *= 2;
-    const dim3 grid(unsigned(ceil_div(tiles, kWarps / ks)));
-    const auto go = [&](auto kernel) {
-      launch_pdl(kernel, grid, kWarps * 32, 0, s, a, ks, g_gemv_flags);
-    };
+    while (ks < kWarps && tiles * a.groups * ks < want && blocks >= 2 * ks) ks *= 2;
+    const dim3 grid(unsigned(ceil_div(tiles, kWarps / ks)), unsigned(a.groups));
     if (a.w2)
-      a.m > 8 ? go(gemv_mma_kernel<T, true, 2>) : go(gemv_mma_kernel<T, true, 1>);
+      a.m > 8 ? launch_mma_grid<T, true, 2, 1>(grid, a, ks, s)
+              : launch_mma_grid<T, true, 1, 1>(grid, a, ks, s);
     else
-      a.m > 8 ? go(gemv_mma_kernel<T, false, 2>) : go(gemv_mma_kernel<T, false, 1>);
+      a.m > 8 ? launch_mma_grid<T, false, 2, kOt>(grid, a, ks, s)
+              : launch_mma_grid<T, false, 1, kOt>(grid, a, ks, s);
     return true;
   }
 }
@@ -957,10 +1001,6 @@ int gemv_tile_pass_rows(int rows) {
 
 int gemv_flags(int flags) {
   return std::exchange(g_gemv_flags, flags);
-}
-
-bool gemv_tensor_cores(bool on) {
-  return std::exchange(g_mma, on);
 }
 
 void gemv_allow_rows_per_warp(bool on) {

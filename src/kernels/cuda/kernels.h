@@ -57,6 +57,10 @@ struct GemvArgs {
   // Optional [1 + groups]: the number of groups with rows, then their ids (moe_permute writes
   // it). The grid then spans only `groups` slots (≤ rows), not every expert.
   const int32_t* active = nullptr;
+  // 2 to 16 rows without row lists on the BF16 tensor cores where the weight suits them (BF16 or
+  // FP8 in 128-wide blocks; gemv.cu gemv_mma_kernel): inputs split in two BF16 parts, ~1e-5
+  // relative, so a row batched no longer gets the bits it gets alone (the F32 kernels' promise).
+  bool tensor_cores = false;
 };
 void gemv(const GemvArgs& a, cudaStream_t s);
 // Benchmarks only: later gemv launches split each output over ks warps (1: no split-K; 2, 4 or
@@ -69,11 +73,6 @@ void gemv_allow_rows_per_warp(bool on);
 // Benchmarks only: warps a block of the one-row kernel (at least its split; default 2). Returns
 // the setting it replaces.
 int gemv_rows_block_warps(int warps);
-// Benchmarks only, a trial: 2 to 16 plain input rows (one group, outputs a multiple of 16, K a
-// multiple of 128) of BF16 and FP8 weights on the BF16 tensor cores (inputs split in two BF16
-// parts, ~1e-5 relative), not the F32 tile kernel: a batched row no longer gets the bits it gets
-// alone. Off by default. Returns the setting it replaces.
-bool gemv_tensor_cores(bool on);
 // Benchmarks only: false sends 2 to 16 input rows to the general kernel instead of the tile
 // kernel (whose rows get the bits they get alone).
 void gemv_allow_tile(bool on);
