@@ -44,12 +44,13 @@ struct CudaEngineOptions {
   // (F32 activations). The GEMMs round the activations (FP8 or BF16), which tips near-ties.
   int64_t gemv_max_rows = 16;
   // Linears of 2 to gemv_max_rows (≤ 16) rows on the gemv's BF16 tensor-core kernel (kernels.h
-  // GemvArgs::tensor_cores: inputs in two BF16 parts, ~1e-5 relative) where the weight suits it:
-  // V3 dims x 4 layers FP8 decode b=8 3,251 against 1,548 tok/s on the F32 tile kernel (H200).
-  // A row's logits then move with what it is batched with by that much, which can tip a greedy
-  // near-tie. Off (batch invariance: --batch-invariant): every row on the F32 kernels, its
-  // result the bits it gets alone, so a request decodes the same alone or batched
-  // (tools/gpu/check_serve_cuda.py checks it). `exact` turns it off.
+  // GemvArgs::tensor_cores: inputs in two BF16 parts, ~1e-5 relative) where the weight suits it.
+  // H200, decode tok/s against the F32 kernels (alternating in one call, 002fd9f): V3 dims x 4
+  // layers FP8 b=8 3,315 / 3,358 against 1,543 / 1,553, b=16 4,095 / 4,145 against 1,573 /
+  // 1,570; V2-Lite BF16 b=8 1,196 against 882. A row's logits then move with what it is
+  // batched with by that much, which can tip a greedy near-tie. Off (--batch-invariant):
+  // every row on the F32 kernels, its result the bits it gets alone, so a request decodes the
+  // same alone or batched (tools/gpu/check_serve_cuda.py checks it). `exact` turns it off.
   bool gemv_tensor_cores = true;
   bool exact = false;  // F32 gemv for every linear and an F32 cache (tests vs the CPU)
   // The latent cache in BF16 (FlashMLA's format: half the memory and the attention's bytes of
