@@ -24,7 +24,7 @@ namespace {
 struct ChatArgs {
   std::string model, tokenizer, template_file, system, device = "cpu", kv_cache_dtype = "auto";
   SamplingFlags sampling;
-  bool speculative = false;
+  bool speculative = false, batch_gemms = false, batch_invariant = false;
 };
 
 // Splits streamed text into reasoning (before </think>) and answer, holding back a tail that
@@ -87,6 +87,8 @@ void run(const ChatArgs& a) {
   EngineChoice e;
   e.cuda_index = cuda_index_of(a.device);
   e.kv_cache_dtype = a.kv_cache_dtype;
+  e.batch_gemms = a.batch_gemms;  // a speculative step verifies two rows
+  e.batch_invariant = a.batch_invariant;
   check_engine_flags(e);
   const Model model(ModelWeights::load(a.model));
   const std::unique_ptr<StepEngine> engine_ptr = make_step_engine(model, e);
@@ -169,6 +171,7 @@ void add_chat(CLI::App& app) {
   a->sampling.add_to(*cmd);
   cmd->add_flag("--speculative", a->speculative, "MTP speculative decoding");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  add_batch_flags(cmd, a->batch_gemms, a->batch_invariant);
   add_kv_cache_dtype_option(cmd, a->kv_cache_dtype);
   cmd->callback([a] { run(*a); });
 }

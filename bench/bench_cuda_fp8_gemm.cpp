@@ -15,7 +15,8 @@
 //    256 experts) against one block-scaled cuBLASLt GEMM per expert, in the same run.
 // 4. The decode gemv at batch 1 at DeepSeek-V3's shapes (the routed experts 8 of 256, the BF16
 //    lm_head), per kernel and setting: weight GB/s against the copy bandwidth of the same run.
-// 5. The decode gemv over 1 to 16 input rows (small decode batches: the tile kernel from 2) at
+// 5. The decode gemv over 1 to 16 input rows (small decode batches: the F32 tile kernel from 2,
+//    the columns "tensor cores" the engine's default kernel at 8 and 16 rows) at
 //    DeepSeek-V3's FP8 and DeepSeek-V2-Lite's BF16 dense shapes: weight GB/s against the copy,
 //    and the multiply-adds' TFLOP/s (each weight times every row; FP32 on the CUDA cores, and
 //    on the tensor cores for the kernel of kernels.h GemvArgs::tensor_cores).

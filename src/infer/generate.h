@@ -3,7 +3,10 @@
 // token budget or the context ends it. With `speculative`, the MTP module drafts one token per
 // step and the main model verifies it in the same step (MODEL_SPEC §6): a draft is kept only
 // when it equals the token the main model's own sampling picks at that position, so greedy
-// output is identical to plain decoding.
+// output is identical to plain decoding wherever a row's logits do not depend on the rows
+// decoded beside it (on CUDA, --batch-invariant's F32 kernels, which take up to 16 rows a step:
+// 8 sequences speculating). CUDA's default runs a verify's two rows a sequence on the
+// tensor-core gemv, ~1e-5 from one row alone: a near-tie can tip.
 #pragma once
 
 #include <functional>

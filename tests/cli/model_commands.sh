@@ -48,6 +48,7 @@ for flag in --batch-gemms --batch-invariant; do
   expect_error "add --device cuda" "$dsv3" generate --model "$fix/v3_plain_f32" --prompt-ids 1,2 \
     "$flag"
   expect_error "add --device cuda" "$dsv3" serve --model "$fix/v3_plain_f32" "$flag"
+  expect_error "add --device cuda" "$dsv3" chat --model "$fix/v3_plain_f32" "$flag"
   "$dsv3" serve --help | grep -q -- "$flag" || fail "serve --help lacks $flag"
 done
 # Checked before any device is opened (a build without CUDA says so first).

@@ -163,7 +163,8 @@ INSTANTIATE_TEST_SUITE_P(
 // The tensor-core kernel (kernels.h GemvArgs::tensor_cores) for 2 to 16 rows, FP8 and BF16,
 // with SwiGLU: within 1e-4 of the CPU (inputs in two BF16 parts), and not the F32 kernels' bits
 // (so it ran). 48 x 2048 splits K over 8 warps; 160 outputs cross an FP8 block of rows; 100 x
-// 200 ends in part of a 16-output tile and of a 128-k block, FP8 1040 in part of a scale block;
+// 200 ends in part of a 16-output tile and of a 128-k block, FP8 1040 in part of a scale block
+// and FP8 100 x 256 in part of a warp's two 16-output tiles;
 // groups = 3 is W_UV's form: a head's rows at an offset into its group, inputs and outputs of
 // their own.
 TEST(GemvGpu, TensorCoresMatchCpuLinear) {
@@ -175,7 +176,7 @@ TEST(GemvGpu, TensorCoresMatchCpuLinear) {
   };
   for (const Case c : {Case{"fp8", 160, 1024}, Case{"bf16", 160, 1024}, Case{"fp8", 48, 2048},
                        Case{"bf16", 2048, 384}, Case{"bf16", 100, 200}, Case{"fp8", 64, 1040},
-                       Case{"fp8", 128, 512, 3}, Case{"bf16", 48, 96, 3}}) {
+                       Case{"fp8", 100, 256}, Case{"fp8", 128, 512, 3}, Case{"bf16", 48, 96, 3}}) {
     // Groups: each 2 · out rows, the outputs the second half (w_row0 = out), as kv_b's W_UV.
     const int64_t grows = c.groups > 1 ? 2 * c.out : c.out, row0 = c.groups > 1 ? c.out : 0;
     const int64_t ldx = c.in * c.groups, ldy = c.out * c.groups;

@@ -657,10 +657,11 @@ struct CudaEngine::Impl {
            (w.type == WType::BF16 || w.rows * w.k <= m.work.wb_elems);
   }
 
-  // y [rows, w.rows] = x [rows, w.k] · Wᵀ.
-  void linear(const float* x, int64_t rows, const DevWeight& w, float* y, bool allow_blas = true) {
+  // y [rows, w.rows] = x [rows, w.k] · Wᵀ; f32: the F32 gemv kernels whatever the rows (the
+  // router: its inputs rounded could flip a near-tie between experts).
+  void linear(const float* x, int64_t rows, const DevWeight& w, float* y, bool f32 = false) {
     const Work& k = m.work;
-    if (allow_blas && use_fp8_gemm(rows, w)) {
+    if (!f32 && use_fp8_gemm(rows, w)) {
       QuantizeArgs q;
       q.x = x;
       q.ldx = w.k;
@@ -672,7 +673,7 @@ struct CudaEngine::Impl {
       quantize_e4m3_tiles(q, stream);
       if (fp8_gemm(q.padded_rows, k.xq, k.xs, w, 0, w.rows, y)) return;
     }
-    if (allow_blas && use_blas(rows, w)) {
+    if (!f32 && use_blas(rows, w)) {
       to_bf16(x, k.xb, rows * w.k, stream);
       const void* wb = w.w;
       if (w.type != WType::BF16) {
@@ -690,7 +691,7 @@ struct CudaEngine::Impl {
     g.y = y;
     g.ldy = w.rows;
     g.m = rows;
-    g.tensor_cores = opt.gemv_tensor_cores;
+    g.tensor_cores = opt.gemv_tensor_cores && !f32;
     gemv(g, stream);
   }
 
@@ -772,7 +773,8 @@ struct CudaEngine::Impl {
       const OnSide on(*this);
       twice(kRepeatShared, [&] { mlp(L.shared, k.h, n, k.shared_out); });
     }
-    // The router always in F32: a BF16 GEMM could flip a near-tie between experts.
+    // The router always in F32 (cuBLASLt's F32 GEMM, else the F32 gemv): BF16 inputs could
+    // flip a near-tie between experts.
     stage(kStageRouting);
     RouteArgs r;
     r.e = E;
@@ -788,7 +790,7 @@ struct CudaEngine::Impl {
       if (!(L.router_f32 && blas && n > opt.gemv_max_rows &&
             blas->matmul_f32(n, E, H, k.h, L.router_f32, k.router, k.blas_ws, k.blas_ws_bytes,
                              stream)))
-        linear(k.h, n, L.router, k.router, false);
+        linear(k.h, n, L.router, k.router, /*f32=*/true);
       route_and_permute(k.router, L.bias, n, r, k.experts, k.eweights, k.offsets, k.perm_rows,
                         k.perm_pos, k.active, stream);
     });

@@ -41,7 +41,8 @@ struct CudaEngineOptions {
   bool prefix_caching = true;  // full blocks of cache_pool() caches are shared by prompt prefix
   int64_t max_step_tokens = 512;  // tokens per forward chunk; bigger steps run in chunks
   // Linears over more rows than this use cuBLASLt (tensor cores), up to it the gemv kernels
-  // (F32 activations). The GEMMs round the activations (FP8 or BF16), which tips near-ties.
+  // (activations F32, or two BF16 parts on the tensor-core gemv below). The GEMMs round the
+  // activations to FP8 or BF16, which tips near-ties.
   int64_t gemv_max_rows = 16;
   // Linears of 2 to gemv_max_rows (≤ 16) rows on the gemv's BF16 tensor-core kernel (kernels.h
   // GemvArgs::tensor_cores: inputs in two BF16 parts, ~1e-5 relative) where the weight suits it.

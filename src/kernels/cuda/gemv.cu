@@ -408,7 +408,9 @@ __global__ void __launch_bounds__(kWarps * 32, (kRowsMinBlocks<U>))
   }
 }
 
-// Batches of 2 to gemv_max_rows (decode at small batch): the rows kernel's warps, each NR
+// Batches of 2 to gemv_max_rows (decode at small batch) that the tensor-core kernel does not
+// take (GemvArgs::tensor_cores off: --batch-invariant; F32 weights; the routed experts' rows
+// gathered by expert): the rows kernel's warps, each NR
 // outputs, over MT input rows at once. The block stages the rows' inputs in shared memory a tile
 // of U steps at a time (a step: the 16-byte chunks of all ks · 32 lanes), so each weight chunk
 // is read once for the MT rows and each input once for the block's outputs (the general
@@ -583,10 +585,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // of F32's 24 bits; FP8 weights become BF16 exactly, their block scale applied per 128-k block.
 // Chunks past K (K a multiple of the chunk, not of 128) and outputs past n (the last read
 // again, never written) are zeros. One group a blockIdx.y: W_UV's heads, inputs and outputs of
-// their own. Not the bits of the F32 kernels: a row batched no longer decodes as alone.
-// At 8 rows 36-59% of copy (13% at kv_a's 576 outputs; part 5); V3 dims x 4 layers FP8 decode
-// b=8 3,251 against 1,548 tok/s, V2-Lite b=8 1,157 / 1,156 against 873 / 873 (H200, alternating
-// in one call).
+// their own. OT: tiles of 16 outputs a warp (launch_mma). Not the bits of the F32 kernels: a
+// row batched no longer decodes as alone. At 8 rows 44-68% of copy at V3's FP8 shapes and
+// 36-50% at V2-Lite's BF16 ones (14% at kv_a's 576 outputs), 28-40% at 16 (part 5, 002fd9f).
 template <WType T, bool SWIGLU, int NT, int OT>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     gemv_mma_kernel(const GemvArgs a, const int ks, const int flags) {
@@ -603,22 +604,20 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   const int64_t grp = blockIdx.y;
   const int64_t n0 = (int64_t(blockIdx.x) * (kWarps / ks) + warp / ks) * OUTS;
   const bool valid = n0 < a.n;
-  const int64_t K = a.w.k, nkb = valid ? ceil_div(K, int64_t(128)) : 0, row_bytes = K * ES;
+  const int64_t K = a.w.k, nkb = valid ? ceil_div(K, int64_t(128)) : 0;
   const int64_t kb0 = sub * nkb / ks, kb1 = (sub + 1) * nkb / ks;
-  const int64_t last = a.n - 1, wr = grp * a.w_group_rows + a.w_row0;
+  const int64_t last = a.n - 1;
   const char* wrow[NA][2];  // tile i's rows g and g + 8 (the last output past n)
-  const float* srow[NA] = {};
-  const int64_t scols = ceil_div(K, int64_t(128));
+  const float* srow[NA];    // its scale row, which its 16 rows share (launch_mma)
 #pragma unroll
   for (int i = 0; i < NA; ++i) {
     const int64_t t0 = SWIGLU ? n0 : n0 + 16 * i;  // the tile's first output
-    const char* base = static_cast<const char*>(SWIGLU && i == 1 ? a.w2 : a.w.w);
-    wrow[i][0] = base + (wr + min(t0 + g, last)) * row_bytes;
-    wrow[i][1] = base + (wr + min(t0 + g + 8, last)) * row_bytes;
-    if constexpr (T == WType::E4M3) {  // a tile's 16 rows share a scale row (launch_mma)
-      const float* scale = SWIGLU && i == 1 ? a.scale2 : a.w.scale;
-      srow[i] = scale + (wr + min(t0, last)) / a.w.bn * scols;
-    }
+    const RowPtrs r0 = row_ptrs<T, SWIGLU>(a, grp, min(t0 + g, last));
+    const RowPtrs r8 = row_ptrs<T, SWIGLU>(a, grp, min(t0 + g + 8, last));
+    const bool second = SWIGLU && i == 1;  // SwiGLU's second weight
+    wrow[i][0] = second ? r0.w2 : r0.w1;
+    wrow[i][1] = second ? r8.w2 : r8.w1;
+    srow[i] = second ? r0.s2 : r0.s1;
   }
   // Block kb's weights: zeros past K or past this warp's last block.
   const auto load_block = [&](uint4(&w)[NA][WB][2], int64_t kb) {
@@ -703,9 +702,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
         for (int e = 0; e < 4; ++e) c[i][nt][e] = fmaf(blk[i][nt][e], sc, c[i][nt][e]);
     }
   };
-  // A trial loaded the next block's weights into registers while this one's were used: slower
-  // at 2 and 16 rows (V3 dims x 4 layers FP8 b=2 1,071 / 1,070 tok/s against 1,126 / 1,123,
-  // b=16 4,000 / 3,987 against 4,098 / 4,123; H200, alternating in one call).
+  // Each block's weights are loaded once the block before is used. Loading them while it was
+  // used (a trial, into a second set of registers) was slower at 2 and 16 rows (V3 dims x 4 layers
+  // FP8 b=2 1,071 / 1,070 tok/s against 1,126 / 1,123, b=16 4,000 / 3,987 against 4,098 / 4,123;
+  // H200, alternating in one call).
   for (int64_t kb = kb0; kb < kb1; ++kb) {
     use_block(kb);
     if (kb + 1 < kb1) load_block(w, kb + 1);
@@ -788,21 +788,21 @@ void launch_mma_grid(dim3 grid, const GemvArgs& a, int ks, cudaStream_t s) {
   launch_pdl(gemv_mma_kernel<T, SWIGLU, NT, OT>, grid, kWarps * 32, 0, s, a, ks, g_gemv_flags);
 }
 
+// Whether an FP8 weight's outputs come in groups of NR rows that share a scale row.
+bool rows_share_scales(const GemvArgs& a, int nr) {
+  return a.w.bn % nr == 0 && a.w_row0 % nr == 0 && a.w_group_rows % nr == 0;
+}
+
 // gemv_mma_kernel for what it takes (GemvArgs::tensor_cores, 2 to 16 rows without row lists,
-// K a multiple of the 16-byte chunk, FP8 in 128-wide blocks whose rows a tile of 16 outputs
-// shares); false: nothing launched.
+// FP8 in 128-wide blocks whose rows a tile of 16 outputs shares), where the 16-byte loads
+// suit the operands (launch_type's `vec`); false: nothing launched.
 template <WType T>
 bool launch_mma(const GemvArgs& a, cudaStream_t s) {
   if constexpr (T != WType::BF16 && T != WType::E4M3) {
     return false;
   } else {
-    constexpr int CH = WTraits<T>::kChunk;
-    if (!a.tensor_cores || a.m < 2 || a.m > 16 || a.offsets || a.active || a.x_rows ||
-        a.w.k % CH != 0 || a.ldx % 4 != 0 || a.x_goff % 4 != 0 || !aligned(a.x) ||
-        !aligned(a.w.w) || (a.w2 && !aligned(a.w2)))
-      return false;
-    if (T == WType::E4M3 && (a.w.bk != 128 || a.w.bn % 16 != 0 || a.scale_group_rows != 0 ||
-                             a.w_row0 % 16 != 0 || a.w_group_rows % 16 != 0))
+    if (!a.tensor_cores || a.m < 2 || a.m > 16 || a.offsets || a.active || a.x_rows) return false;
+    if (T == WType::E4M3 && (a.w.bk != 128 || a.scale_group_rows != 0 || !rows_share_scales(a, 16)))
       return false;
     // FP8 without SwiGLU (whose two weights already share the inputs): two tiles of 16 outputs
     // a warp. At 8 rows (part 5) o_proj 2,559 GB/s against 1,926, down 2,570 against 1,922,
@@ -853,16 +853,12 @@ template <bool SWIGLU>
 constexpr int kRowsPerWarp = SWIGLU ? 2 : 4;
 
 // Groups with inputs of their own and every row (W_UV: a head's latent output times its
-// 128 x 512 slice of kv_b), which take the tile kernel at any batch: cuBLASLt has no grouped
+// 128 x 512 slice of kv_b), which take the tile kernel at any batch (after the tensor-core
+// kernel, up to 16 rows with GemvArgs::tensor_cores): cuBLASLt has no grouped
 // GEMM for them (the engine runs them on mla_uv_tc over gemv_max_rows rows unless asked not
 // to), and the general kernel re-reads 32x the weight bytes of input per pass of 8 rows.
 bool per_group_inputs(const GemvArgs& a) {
   return a.groups > 1 && !a.offsets && !a.active && a.x_goff > 0;
-}
-
-// Whether an FP8 weight's outputs come in groups of NR rows that share a scale row.
-bool rows_share_scales(const GemvArgs& a, int nr) {
-  return a.w.bn % nr == 0 && a.w_row0 % nr == 0 && a.w_group_rows % nr == 0;
 }
 
 template <WType T, bool SWIGLU>
@@ -956,7 +952,7 @@ void launch_type(const GemvArgs& a, cudaStream_t s) {
   const bool rows_ok =
       T != WType::E4M3 || rows_share_scales(a, a.w2 ? kRowsPerWarp<true> : kRowsPerWarp<false>);
   const bool heads = per_group_inputs(a);
-  if (launch_mma<T>(a, s)) return;
+  if (vec && launch_mma<T>(a, s)) return;
   if (rows <= 1 && vec && rows_ok && g_rows_per_warp) {
     if (a.w2)
       launch_rows<T, true>(a, s);

@@ -73,8 +73,8 @@ void gemv_allow_rows_per_warp(bool on);
 // Benchmarks only: warps a block of the one-row kernel (at least its split; default 2). Returns
 // the setting it replaces.
 int gemv_rows_block_warps(int warps);
-// Benchmarks only: false sends 2 to 16 input rows to the general kernel instead of the tile
-// kernel (whose rows get the bits they get alone).
+// Benchmarks only: false sends 2 to 16 input rows that the tensor-core kernel does not take to
+// the general kernel instead of the tile kernel (whose rows get the bits they get alone).
 void gemv_allow_tile(bool on);
 // Benchmarks only: input rows the tile kernel takes a pass (8, the default: weights read once
 // for 5 to 8 rows, one step a tile; or 4, two steps a tile). The same bits. Returns the
