@@ -164,8 +164,10 @@ def main():
     invariant = ["--batch-invariant"] if a.device != "cpu" else []
 
     t0 = time.time()
-    alone_inv = {q: generate_ids(a, q, a.device, invariant) for q in PROMPTS}
     alone = {q: generate_ids(a, q, a.device) for q in PROMPTS}
+    alone_inv = alone  # the CPU has one mode
+    if invariant:
+        alone_inv = {q: generate_ids(a, q, a.device, invariant) for q in PROMPTS}
     cpu = {q: generate_ids(a, q, "cpu") for q in PROMPTS}
     print(f"generate: {len(PROMPTS)} prompts on {a.device} (both modes) and cpu in "
           f"{time.time() - t0:.1f} s")
