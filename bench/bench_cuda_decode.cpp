@@ -9,8 +9,8 @@
 // --prefill, on an engine sized for it, with FP8 weights' GEMMs on the FP8 tensor cores
 // (block-scaled cuBLASLt) and, in the same run, on BF16 copies (the path before it), with the
 // attention in the absorbed form on the decode kernel instead of the non-absorbed flash kernel, and
-// with the FP8 routed experts in one grouped launch per projection (grouped_experts, forced on at
-// prefill sizes); batches over --gemv-max-rows are also timed with the experts on the gemv
+// with every routed expert in one grouped launch per projection (grouped_experts, forced on at
+// every size); batches over --gemv-max-rows are also timed with the experts on the gemv
 // kernel and with BF16 GEMMs. Eager decode steps and the default
 // prefill's GPU time are also split by stage (CudaEngineOptions::time_stages). Usage:
 // bench_cuda_decode --model DIR [--steps 32] [--batch 1,8,64,256 | none] [--prompt 64]
@@ -22,6 +22,9 @@
 //        [--gemv-tc 1 | 0 (batches of 2-16 on the gemv's tensor-core kernel or the F32 ones,
 //         CudaEngineOptions::gemv_tensor_cores; default 1)]
 //        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
+//        [--grouped-experts 1 | 0] [--grouped-min-rows N] [--bf16-grouped-min-rows N]
+//         (CudaEngineOptions: decode batches' FP8 / BF16 routed experts on the grouped kernel
+//         from N rows an expert)]
 //        [--gemv-tile-pass 4 | 8 (input rows the tile kernel takes a pass)]
 //        [--gemv-rows-batch 1 | 2 | 4 (the one-row kernel's FP8 chunks a batch)]
 //        [--absorb-tc 0 | 1 (batches over gemv_max_rows absorb W_UK and W_UV on the tensor
@@ -148,6 +151,9 @@ int main(int argc, char** argv) {
   bool side_stream = cuda::CudaEngineOptions{}.side_stream;
   bool combine_in_norm = cuda::CudaEngineOptions{}.combine_in_norm;
   int64_t bf16_expert_rows = cuda::CudaEngineOptions{}.bf16_expert_gemm_rows;
+  bool grouped = cuda::CudaEngineOptions{}.grouped_experts;
+  int64_t grouped_min_rows = cuda::CudaEngineOptions{}.grouped_min_rows;
+  int64_t bf16_grouped_min_rows = cuda::CudaEngineOptions{}.bf16_grouped_min_rows;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -171,7 +177,13 @@ int main(int argc, char** argv) {
     else if (k == "--gemv-block-warps")
       cuda::gemv_rows_block_warps(std::stoi(v));
     else if (k == "--grouped-blocks")
-      cuda::grouped_fp8_blocks_per_sm(std::stoi(v));
+      cuda::grouped_blocks_per_sm(std::stoi(v));
+    else if (k == "--grouped-experts")
+      grouped = v != "0";
+    else if (k == "--grouped-min-rows")
+      grouped_min_rows = std::stoll(v);
+    else if (k == "--bf16-grouped-min-rows")
+      bf16_grouped_min_rows = std::stoll(v);
     else if (k == "--absorb-tc")
       absorb_tc = v != "0";
     else if (k == "--attention-tc")
@@ -208,7 +220,9 @@ int main(int argc, char** argv) {
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0] [--gemv-tc "
         "1|0]\n"
-        "       [--grouped-blocks 1|2] [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
+        "       [--grouped-blocks 1|2] [--grouped-experts 1|0] [--grouped-min-rows N]\n"
+        "       [--bf16-grouped-min-rows N]\n"
+        "       [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
         "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N] [--mla-split-blocks N]\n"
@@ -241,6 +255,9 @@ int main(int argc, char** argv) {
       opt.side_stream = side_stream;
       opt.combine_in_norm = combine_in_norm;
       opt.bf16_expert_gemm_rows = bf16_expert_rows;
+      opt.grouped_experts = grouped;
+      opt.grouped_min_rows = grouped_min_rows;
+      opt.bf16_grouped_min_rows = bf16_grouped_min_rows;
       return opt;
     };
     // The decode engines: room for the largest batch of prompt + steps tokens.
@@ -318,10 +335,11 @@ int main(int argc, char** argv) {
         }
       }
     }
-    // Batches over gemv_max_rows run their FP8 linears as block-scaled GEMMs and the FP8
+    // Batches over gemv_max_rows run their FP8 linears as block-scaled GEMMs and the routed
     // experts on the grouped kernel (by default); the same batches with the experts on the gemv
     // kernel (BF16 ones up to expert_gemm_rows rows an expert), and on BF16 GEMMs over
-    // dequantised weights (the path before both), for the ratios.
+    // dequantised weights with BF16 experts on one cuBLASLt GEMM each from
+    // bf16_expert_gemm_rows rows (the paths before both), for the ratios.
     if (std::any_of(bs.begin(), bs.end(), [&](int b) { return b > gemv_rows; })) {
       for (const bool bf16 : {false, true}) {
         cuda::CudaEngineOptions opt = decode_options();
@@ -342,8 +360,9 @@ int main(int argc, char** argv) {
     }
     // Prefill four ways: as an engine runs it by default; the FP8 weights' GEMMs on BF16
     // copies instead (bf16); the attention in the absorbed form on the decode kernel (tensor
-    // cores) instead of the flash kernel (absorbed); the FP8 routed experts in one grouped
-    // launch per projection instead of a cuBLASLt GEMM each (grouped experts).
+    // cores) instead of the flash kernel (absorbed); the routed experts in one grouped launch
+    // per projection at any size instead of one cuBLASLt GEMM each from the engine's
+    // thresholds (grouped experts).
     for (const int way : {0, 1, 2, 3}) {
       const bool fp8 = way != 1;
       if (pls.empty()) break;
@@ -355,8 +374,10 @@ int main(int argc, char** argv) {
       opt = with_flags(opt);
       opt.fp8_gemm = fp8;
       opt.flash_prefill = way != 2;
-      opt.grouped_experts = way == 3;
-      if (way == 3) opt.expert_gemm_rows = std::numeric_limits<int64_t>::max();  // not per expert
+      if (way == 3) {  // every expert on it (by default, cuBLASLt from some size)
+        opt.grouped_experts = true;
+        opt.expert_gemm_rows = opt.bf16_grouped_max_rows = std::numeric_limits<int64_t>::max();
+      }
       opt.time_stages = way == 0 || way == 3;
       const cuda::CudaEngine engine(model, opt);
       for (int len : pls) {

@@ -11,8 +11,9 @@
 // 2. Speed at DeepSeek-V3's projection shapes for M tokens: TFLOP/s of the block-scaled FP8
 //    GEMM against cuBLASLt BF16 (the engine's prefill path today) in the same run, and the
 //    H200's dense FP8 / BF16 peaks for scale.
-// 3. The routed experts at DeepSeek-V3's shapes: our grouped FP8 kernel (one launch for all
-//    256 experts) against one block-scaled cuBLASLt GEMM per expert, in the same run.
+// 3. The routed experts at DeepSeek-V3's FP8 shapes and DeepSeek-V2-Lite's BF16 ones: our
+//    grouped kernel (one launch for all experts) against one cuBLASLt GEMM per expert
+//    (block-scaled FP8, or BF16), TFLOP/s and the weights' GB/s, in the same run.
 // 4. The decode gemv at batch 1 at DeepSeek-V3's shapes (the routed experts 8 of 256, the BF16
 //    lm_head), per kernel and setting: weight GB/s against the copy bandwidth of the same run.
 // 5. The decode gemv over 1 to 16 input rows (small decode batches: the F32 tile kernel from 2,
@@ -20,7 +21,7 @@
 //    DeepSeek-V3's FP8 and DeepSeek-V2-Lite's BF16 dense shapes: weight GB/s against the copy,
 //    and the multiply-adds' TFLOP/s (each weight times every row; FP32 on the CUDA cores, and
 //    on the tensor cores for the kernel of kernels.h GemvArgs::tensor_cores).
-// Usage: bench_cuda_fp8_gemm [--m 4096] [--gemv-only]
+// Usage: bench_cuda_fp8_gemm [--m 4096] [--gemv-only (4 and 5) | --experts-only (3)]
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -403,14 +404,117 @@ void decode_gemv_rows() {
   }
 }
 
+// ---- 3. the routed experts: one grouped launch vs one cuBLASLt GEMM per expert ----
+void grouped_experts() {
+  cuda::Blas blas;
+  // DeepSeek-V3's 256 FP8 experts with R rows each (8 of 256 chosen per token: batch 256
+  // gives R = 8, a 1K-token prefill R = 32; the engine takes cuBLASLt from there) and
+  // DeepSeek-V2-Lite's 64 BF16 experts (6 of 64: batch 64 gives R = 6, batch 256 R = 24, a
+  // 1K-token prefill R = 96, 2K R = 192, 4K R = 384), the
+  // engine's two projections (gate|up fused, down). GB/s: the weights' bytes over the time,
+  // against the copy (decode batches read every expert's weights once).
+  const double copy = bench::copy_bandwidth();
+  fmt::print("\ndevice-to-device copy {:.0f} GB/s\n", copy / 1e9);
+  fmt::print("{:<34} {:>4} {:>9} {:>9} {:>6} {:>11} {:>11} {:>7}\n", "experts x rows, n x k", "R",
+             "grouped", "GB/s", "copy", "per-expert", "GB/s", "ratio");
+  struct Experts {
+    cuda::WType type;
+    const char* name;
+    int64_t e, n, k;
+    std::vector<int64_t> rows;
+  };
+  const Experts experts[] = {
+      {cuda::WType::E4M3, "FP8 gate|up (4096 x 7168)", 256, 4096, 7168, {8, 32}},
+      {cuda::WType::E4M3, "FP8 down (7168 x 2048)", 256, 7168, 2048, {8, 32}},
+      {cuda::WType::BF16, "BF16 gate|up (2816 x 2048)", 64, 2816, 2048, {6, 24, 96, 192, 384}},
+      {cuda::WType::BF16, "BF16 down (2048 x 1408)", 64, 2048, 1408, {6, 24, 96}}};
+  for (const Experts& s : experts) {
+    for (const int64_t R : s.rows) {
+      const bool fp8 = s.type == cuda::WType::E4M3;
+      // FP8 groups padded to 16 rows (quantize_e4m3_tiles' layout), which the per-expert
+      // GEMMs take whole; BF16 rows as they are.
+      const int64_t E = s.e, N = s.n, K = s.k, P = E * R, kbk = K / 128, elem = fp8 ? 1 : 2;
+      const int64_t Rp = fp8 ? (R + 15) / 16 * 16 : R, Pp = E * Rp;
+      void *x = nullptr, *w = nullptr;
+      float *sx = nullptr, *sw = nullptr, *y = nullptr;
+      DSV3_CUDA_CHECK(cudaMalloc(&x, size_t(Pp * K * elem)));
+      DSV3_CUDA_CHECK(cudaMalloc(&w, size_t(E * N * K * elem)));
+      // E4M3 1.0 and 0.5; BF16 0x3838 and 0x3030 (about 4.4e-5 and 6.4e-10): finite, no NaN.
+      DSV3_CUDA_CHECK(cudaMemset(x, 0x38, size_t(Pp * K * elem)));
+      DSV3_CUDA_CHECK(cudaMemset(w, 0x30, size_t(E * N * K * elem)));
+      if (fp8) {
+        sx = upload(std::vector<float>(size_t(Pp * kbk), 1.0f / 64));
+        sw = upload(std::vector<float>(size_t(E * (N / 128) * kbk), 1.0f / 64));
+      }
+      DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(Pp * N) * sizeof(float)));
+      std::vector<int32_t> off(size_t(E + 1)), pad(size_t(E + 1)), tiles(size_t(E + 1));
+      for (int64_t e = 0; e <= E; ++e) {
+        off[size_t(e)] = int32_t(e * R);
+        pad[size_t(e)] = int32_t(e * Rp);
+        tiles[size_t(e)] = int32_t(e * cuda::grouped_tiles(Rp));
+      }
+      int32_t* doff = upload(off);
+      int32_t* dpad = upload(pad);
+      int32_t* dtiles = upload(tiles);
+      cuda::GroupedArgs g;
+      g.type = s.type;
+      g.x = x;
+      g.x_scale = sx;
+      g.offsets = doff;
+      g.padded_offsets = dpad;
+      g.tile_start = dtiles;
+      g.groups = int(E);
+      g.total_tiles = tiles.back();
+      g.w = w;
+      g.w_scale = sw;
+      g.w_scale_ld = fp8 ? kbk : 0;
+      g.n = N;
+      g.k = K;
+      g.y = y;
+      g.ldy = N;
+      const double flop = 2.0 * double(P) * double(N) * double(K);
+      const double bytes = double(E * N * K * elem);
+      const double t_grouped = bench::time_ms([&] { cuda::grouped_gemm(g, nullptr); }, 5) * 1e-3;
+      void* work = nullptr;
+      const size_t work_bytes = size_t(32) << 20;
+      DSV3_CUDA_CHECK(cudaMalloc(&work, work_bytes));
+      bool ok = true;
+      const auto per_expert = [&] {
+        for (int64_t e = 0; e < E; ++e) {
+          const auto* xe = static_cast<const uint8_t*>(x) + e * Rp * K * elem;
+          const auto* we = static_cast<const uint8_t*>(w) + e * N * K * elem;
+          ok &= fp8 ? blas.matmul_fp8_block(Rp, N, K, xe, sx + e * Rp * kbk, we,
+                                            sw + e * (N / 128) * kbk, y + e * Rp * N, work,
+                                            work_bytes, nullptr)
+                    : blas.matmul_bf16(R, N, K, xe, we, y + e * R * N, work, work_bytes, nullptr);
+        }
+      };
+      const double t_each = bench::time_ms(per_expert, 5) * 1e-3;
+      fmt::print("{:<34} {:>4} {:>9.0f} {:>9.0f} {:>5.0f}% {:>11.0f} {:>11.0f} {:>6.2f}x{}\n",
+                 fmt::format("{} x {}", E, s.name), R, flop / t_grouped / 1e12,
+                 bytes / t_grouped / 1e9, 100 * bytes / t_grouped / copy, flop / t_each / 1e12,
+                 bytes / t_each / 1e9, t_each / t_grouped, ok ? "" : " (cuBLASLt: no algorithm)");
+      for (void* p :
+           {x, w, static_cast<void*>(sx), static_cast<void*>(sw), static_cast<void*>(y),
+            static_cast<void*>(doff), static_cast<void*>(dpad), static_cast<void*>(dtiles), work})
+        cudaFree(p);
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   int64_t big_m = 4096;
-  bool gemv_only = false;
+  bool gemv_only = false, experts_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--m" && i + 1 < argc) big_m = std::stoll(argv[++i]);
     if (std::string(argv[i]) == "--gemv-only") gemv_only = true;
+    if (std::string(argv[i]) == "--experts-only") experts_only = true;
   }
   try {
+    if (experts_only) {
+      grouped_experts();
+      return 0;
+    }
     if (gemv_only) {
       decode_gemv();
       decode_gemv_rows();
@@ -537,70 +641,7 @@ int main(int argc, char** argv) {
         cudaFree(p);
     }
 
-    // ---- 3. the routed experts: one grouped launch vs one cuBLASLt GEMM per expert ----
-    // DeepSeek-V3's 256 experts with R rows each (8 of 256 chosen per token: a 1K-token prefill
-    // gives R = 32, an 8K one R = 256), the engine's two projections (gate|up fused, down).
-    fmt::print("\n{:<26} {:>5} {:>16} {:>16} {:>8}\n", "experts x rows, n x k", "R",
-               "grouped TFLOP/s", "per-expert TFLOP/s", "ratio");
-    const int64_t E = 256;
-    for (const int64_t R : {int64_t(32), int64_t(256)}) {
-      for (const Shape& s :
-           {Shape{"gate|up (4096 x 7168)", 4096, 7168}, Shape{"down (7168 x 2048)", 7168, 2048}}) {
-        const int64_t N = s.n, K = s.k, P = E * R, kbk = K / 128;
-        uint8_t *x8 = nullptr, *w8 = nullptr;
-        float *sx = nullptr, *sw = nullptr, *y = nullptr;
-        DSV3_CUDA_CHECK(cudaMalloc(&x8, size_t(P * K)));
-        DSV3_CUDA_CHECK(cudaMalloc(&w8, size_t(E * N * K)));
-        DSV3_CUDA_CHECK(cudaMemset(x8, 0x38, size_t(P * K)));      // E4M3 1.0
-        DSV3_CUDA_CHECK(cudaMemset(w8, 0x30, size_t(E * N * K)));  // E4M3 0.5
-        sx = upload(std::vector<float>(size_t(P * kbk), 1.0f / 64));
-        sw = upload(std::vector<float>(size_t(E * (N / 128) * kbk), 1.0f / 64));
-        DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(P * N) * sizeof(float)));
-        std::vector<int32_t> off(size_t(E + 1)), tiles(size_t(E + 1));
-        for (int64_t e = 0; e <= E; ++e) {
-          off[size_t(e)] = int32_t(e * R);
-          tiles[size_t(e)] = int32_t(e * cuda::grouped_fp8_tiles(R));
-        }
-        int32_t* doff = upload(off);
-        int32_t* dtiles = upload(tiles);
-        cuda::GroupedFp8Args g;
-        g.x = x8;
-        g.x_scale = sx;
-        g.offsets = g.padded_offsets = doff;
-        g.tile_start = dtiles;
-        g.groups = int(E);
-        g.total_tiles = tiles.back();
-        g.w = w8;
-        g.w_scale = sw;
-        g.w_scale_ld = kbk;
-        g.n = N;
-        g.k = K;
-        g.y = y;
-        g.ldy = N;
-        const double flop = 2.0 * double(P) * double(N) * double(K);
-        const double grouped =
-            flop / (bench::time_ms([&] { cuda::grouped_fp8(g, nullptr); }, 5) * 1e-3) / 1e12;
-        void* work = nullptr;
-        const size_t work_bytes = size_t(32) << 20;
-        DSV3_CUDA_CHECK(cudaMalloc(&work, work_bytes));
-        bool ok = true;
-        const auto per_expert = [&] {
-          for (int64_t e = 0; e < E; ++e)
-            ok &= blas.matmul_fp8_block(R, N, K, x8 + e * R * K, sx + e * R * kbk, w8 + e * N * K,
-                                        sw + e * (N / 128) * kbk, y + e * R * N, work, work_bytes,
-                                        nullptr);
-        };
-        const double each = flop / (bench::time_ms(per_expert, 5) * 1e-3) / 1e12;
-        fmt::print("{:<26} {:>5} {:>16.0f} {:>16.0f} {:>7.2f}x{}\n",
-                   fmt::format("{} x {}", E, s.name), R, grouped, each, grouped / each,
-                   ok ? "" : " (cuBLASLt: no algorithm)");
-        for (void* p : {static_cast<void*>(x8), static_cast<void*>(w8), static_cast<void*>(sx),
-                        static_cast<void*>(sw), static_cast<void*>(y), static_cast<void*>(doff),
-                        static_cast<void*>(dtiles), work})
-          cudaFree(p);
-      }
-    }
-
+    grouped_experts();
     decode_gemv();
     decode_gemv_rows();
     cublasLtDestroy(h);

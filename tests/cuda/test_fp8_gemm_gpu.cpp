@@ -225,36 +225,52 @@ double rms_vs_std(const float* a, const float* b, int64_t n) {
   return std::sqrt(d2 / var);
 }
 
+// Five experts' row groups for the grouped kernels: 0, 3, 70, 16 and 130 rows (empty, under
+// one 16-row pad, over one 64-row tile, exactly one pad, three tiles), the rows drawn from a
+// permutation; the layout made on the device as the engine makes it (grouped_layout), checked
+// against the host's. Tiles count padded rows (the same count for the unpadded BF16 groups).
+struct ExpertGroups {
+  std::vector<int32_t> counts = {0, 3, 70, 16, 130};
+  std::vector<int32_t> offsets = {0}, padded = {0}, tiles = {0}, perm;
+  gpu_test::DevPtr<int32_t> doff, dpad, dtiles;
+  int groups() const { return int(counts.size()); }
+  int64_t rows() const { return offsets.back(); }
+  ExpertGroups() {
+    for (int32_t c : counts) {
+      offsets.push_back(offsets.back() + c);
+      padded.push_back(padded.back() + (c + 15) / 16 * 16);
+      tiles.push_back(tiles.back() + int32_t(cuda::grouped_tiles((c + 15) / 16 * 16)));
+      EXPECT_EQ(cuda::grouped_tiles(c), cuda::grouped_tiles((c + 15) / 16 * 16));
+    }
+    for (int64_t i = 0; i < rows(); ++i) perm.push_back(int32_t((i * 37) % rows()));
+    doff = to_device(offsets);
+    dpad = device_buffer<int32_t>(padded.size());
+    dtiles = device_buffer<int32_t>(tiles.size());
+    cuda::grouped_layout(doff.get(), groups(), dpad.get(), dtiles.get(), nullptr);
+    EXPECT_EQ(to_host(dpad, padded.size()), padded);
+    EXPECT_EQ(to_host(dtiles, tiles.size()), tiles);
+  }
+};
+
 // A random FP8 model whose every projection has K a multiple of 128, so every FP8 linear takes
 // the FP8 GEMM; two prompts of 24 tokens prefilled in one step on the engine (exact F32 gemv,
 // FP8 GEMMs or BF16 GEMMs, every linear over more than 0 rows on cuBLASLt), and on the CPU
 // with every FP8 linear's input through E4M3 1×128 tiles (the same numerics, F32 products).
-// The grouped FP8 kernel against float64 over the same codes: 5 experts with 0, 3, 70, 16 and
-// 130 rows (empty, under one 16-row pad, over one 64-row tile, exactly one pad, three tiles),
-// rows gathered from a permutation, N 256 and K 384 (3 scale blocks), every block and tile its
-// own magnitude. Each expert's rows land at its unpadded offset; nothing else is written.
+// The grouped FP8 kernel against float64 over the same codes: ExpertGroups' five experts, rows
+// quantised from a permutation, N 256 and K 384 (3 scale blocks), every block and tile its own
+// magnitude. Each expert's rows land at its unpadded offset; nothing else is written.
 TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 256, k = 384, kb = k / 128;
-  const std::vector<int32_t> counts = {0, 3, 70, 16, 130};
-  const int groups = int(counts.size());
-  std::vector<int32_t> offsets = {0}, padded = {0}, tiles = {0};
-  for (int32_t c : counts) {
-    offsets.push_back(offsets.back() + c);
-    padded.push_back(padded.back() + (c + 15) / 16 * 16);
-    tiles.push_back(tiles.back() + int32_t(cuda::grouped_fp8_tiles((c + 15) / 16 * 16)));
-  }
-  const int64_t rows = offsets.back(), prows = padded.back();
-  std::vector<int32_t> perm(static_cast<size_t>(rows), 0);
-  for (int64_t i = 0; i < rows; ++i) perm[size_t(i)] = int32_t((i * 37) % rows);
+  const ExpertGroups eg;
+  const std::vector<int32_t>&counts = eg.counts, &offsets = eg.offsets, &padded = eg.padded,
+        &tiles = eg.tiles, &perm = eg.perm;
+  const int groups = eg.groups();
+  const int64_t rows = eg.rows(), prows = padded.back();
   const std::vector<float> x = varied(rows, k, 1, 71);
   const auto dx = to_device(x);
-  const auto dperm = to_device(perm), doff = to_device(offsets);
-  // The layout as the engine makes it, on the device, against the host's.
-  auto dpad = device_buffer<int32_t>(padded.size()), dtiles = device_buffer<int32_t>(tiles.size());
-  cuda::grouped_fp8_layout(doff.get(), groups, dpad.get(), dtiles.get(), nullptr);
-  EXPECT_EQ(to_host(dpad, padded.size()), padded);
-  EXPECT_EQ(to_host(dtiles, tiles.size()), tiles);
+  const auto dperm = to_device(perm);
+  const auto &doff = eg.doff, &dpad = eg.dpad, &dtiles = eg.dtiles;
   // Bounds on the padded rows and tiles, as the engine passes them (the kernels stop at the
   // device-side ends); the buffers hold the bound.
   const int64_t prows_bound = prows + 48;
@@ -286,7 +302,7 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   const auto dw = to_device(wcodes);
   const auto dws = to_device(wscale);
   auto dy = device_buffer<float>(size_t(rows * n));  // NaN: unwritten rows show
-  cuda::GroupedFp8Args g;
+  cuda::GroupedArgs g;
   g.x = dq.get();
   g.x_scale = ds.get();
   g.offsets = doff.get();
@@ -301,8 +317,8 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   g.k = k;
   g.y = dy.get();
   g.ldy = n;
-  ASSERT_TRUE(cuda::grouped_fp8_supported(n, k));
-  cuda::grouped_fp8(g, nullptr);
+  ASSERT_TRUE(cuda::grouped_supported(cuda::WType::E4M3, n, k));
+  cuda::grouped_gemm(g, nullptr);
   DSV3_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint8_t> q = to_host(dq.get(), size_t(prows * k));
   const std::vector<float> xs = to_host(ds.get(), size_t(prows * kb));
@@ -335,9 +351,81 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
               static_cast<long long>(rows));
 }
 
+// The grouped kernel on BF16 experts against float64 over the same BF16 values: ExpertGroups'
+// five experts, rows gathered from a permutation and rounded to BF16 by gather_rows (unpadded,
+// in moe_permute's order), N 256 and K 192 (three 64-element K blocks: K need not be a
+// multiple of 128). Nothing past a group's rows is
+// written, and the rows of the next group are not read.
+TEST(GroupedGpu, Bf16ExpertsInOneLaunchMatchFloat64) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 256, k = 192;
+  const ExpertGroups eg;
+  const std::vector<int32_t>&counts = eg.counts, &offsets = eg.offsets, &tiles = eg.tiles,
+        &perm = eg.perm;
+  const int groups = eg.groups();
+  const int64_t rows = eg.rows();
+  const std::vector<float> x = varied(rows, k, 1, 171);
+  const auto dx = to_device(x);
+  const auto dperm = to_device(perm);
+  const auto &doff = eg.doff, &dpad = eg.dpad, &dtiles = eg.dtiles;
+  auto dxb = device_buffer<uint16_t>(size_t(rows * k));
+  cuda::gather_rows(dx.get(), k, dperm.get(), rows, k, dxb.get(), nullptr);
+  std::vector<uint16_t> wb;
+  for (int e = 0; e < groups; ++e) {
+    const std::vector<float> wv = varied(n, k, 128, 180 + uint64_t(e));
+    for (float v : wv) wb.push_back(f32_to_bf16(v));
+  }
+  const auto dw = to_device(wb);
+  auto dy = device_buffer<float>(size_t(rows * n));  // NaN: unwritten rows show
+  cuda::GroupedArgs g;
+  g.type = cuda::WType::BF16;
+  g.x = dxb.get();
+  g.offsets = doff.get();
+  g.padded_offsets = dpad.get();
+  g.tile_start = dtiles.get();
+  g.groups = groups;
+  g.total_tiles = tiles.back() + 3;
+  g.w = dw.get();
+  g.n = n;
+  g.k = k;
+  g.y = dy.get();
+  g.ldy = n;
+  ASSERT_TRUE(cuda::grouped_supported(cuda::WType::BF16, n, k));
+  EXPECT_FALSE(cuda::grouped_supported(cuda::WType::BF16, n, 96));
+  EXPECT_FALSE(cuda::grouped_supported(cuda::WType::F32, n, k));
+  cuda::grouped_gemm(g, nullptr);
+  DSV3_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> xb = to_host(dxb.get(), size_t(rows * k));
+  const std::vector<float> y = to_host(dy.get(), size_t(rows * n));
+  double err = 0, ref = 0;
+  for (int64_t r = 0; r < rows; ++r)  // gather_rows: row r is x's row perm[r], rounded
+    for (int64_t j = 0; j < k; ++j)
+      ASSERT_EQ(xb[size_t(r * k + j)], f32_to_bf16(x[size_t(perm[size_t(r)] * k + j)]));
+  for (int e = 0; e < groups; ++e) {
+    for (int64_t i = 0; i < counts[size_t(e)]; ++i) {
+      const int64_t r = offsets[size_t(e)] + i;
+      for (int64_t c = 0; c < n; ++c) {
+        double acc = 0;
+        for (int64_t j = 0; j < k; ++j)
+          acc += double(bf16_to_f32(xb[size_t(r * k + j)])) *
+                 double(bf16_to_f32(wb[size_t((e * n + c) * k + j)]));
+        const float got = y[size_t(r * n + c)];
+        err = std::isnan(got) ? INFINITY : std::max(err, std::fabs(double(got) - acc));
+        ref = std::max(ref, std::fabs(acc));
+      }
+    }
+  }
+  // Exact BF16 products summed in F32 (the tensor cores' accumulation): ~1e-6 relative; a
+  // wrong row, column or expert is off by O(1).
+  EXPECT_LE(err / ref, 1e-4);
+  std::printf("[ grouped bf16 ] max|d|/max|y| = %.2e over %lld rows\n", err / ref,
+              static_cast<long long>(rows));
+}
+
 struct Fp8Prefill {
   Tensor exact, fp8, bf16, emulated;
   Tensor grouped;  // fp8 with the experts in one launch (with_grouped only)
+  Tensor gemv;     // with the experts on the gemv kernels (with_grouped only)
   int64_t n = 0;
 };
 
@@ -383,7 +471,8 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
     ids.ptr<int32_t>()[i] = p1.back();
     ids.ptr<int32_t>()[24 + i] = p2.back();
   }
-  auto run = [&](bool exact, bool fp8, bool grouped = false) {
+  // experts_gemv: the routed experts on the gemv kernels (grouped's fallback).
+  auto run = [&](bool exact, bool fp8, bool grouped = false, bool experts_gemv = false) {
     cuda::CudaEngineOptions o;
     o.grouped_experts = grouped;
     o.max_sequences = 2;
@@ -391,9 +480,12 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
     o.exact = exact;
     o.fp8_gemm = fp8;
     o.gemv_max_rows = 0;
-    // The routed experts on cuBLASLt too, or all on the grouped kernel.
-    o.expert_gemm_rows = grouped ? std::numeric_limits<int64_t>::max() : 1;
-    o.grouped_min_rows = 0;
+    // The routed experts on cuBLASLt too (one GEMM each), all on the grouped kernel, or all on
+    // the gemv kernels.
+    const int64_t all = std::numeric_limits<int64_t>::max();
+    o.expert_gemm_rows = o.bf16_expert_gemm_rows = grouped || experts_gemv ? all : 1;
+    o.grouped_min_rows = o.bf16_grouped_min_rows = 0;
+    o.bf16_grouped_max_rows = all;
     o.bf16_cache = false;  // only the GEMMs' numerics differ between the runs
     const cuda::CudaEngine engine(model, o);
     LatentCache a = engine.new_cache(), b = engine.new_cache();
@@ -403,7 +495,10 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
   r.exact = run(true, false);
   r.fp8 = run(false, true);
   r.bf16 = run(false, false);
-  if (with_grouped) r.grouped = run(false, true, true);
+  if (with_grouped) {
+    r.grouped = run(false, true, true);
+    r.gemv = run(false, true, false, true);
+  }
   ops::set_fp8_activations(true);
   r.emulated = model.forward(ids);
   ops::set_fp8_activations(false);
@@ -580,14 +675,24 @@ TEST(Fp8PrefillGpu, ExpertsOnFp8TensorCoresMatchTheirEmulation) {
 }
 
 // The same model in BF16: its routed experts take one BF16 cuBLASLt GEMM each (rows gathered
-// per expert), within BF16's tolerance of the exact path like every other BF16 GEMM.
+// per expert), within BF16's tolerance of the exact path like every other BF16 GEMM; and all on
+// the grouped kernel, which takes the same BF16 products summed in F32 (on the H200 its logits
+// had cuBLASLt's bits). Had the engine not taken it, the experts would have run on the gemv
+// kernels (F32 inputs), whose bits the grouped run must not have.
 TEST(Bf16PrefillGpu, ExpertsOnTensorCoresStayNearTheExactPath) {
   SKIP_WITHOUT_GPU();
-  const Fp8Prefill r = fp8_prefill(2, 1, false, "bf16");
+  const Fp8Prefill r = fp8_prefill(2, 1, false, "bf16", true);
   const double e = err_vs_std(r.bf16.ptr<float>(), r.exact.ptr<float>(), r.n);
-  std::printf("[ bf16 experts ] max|d|/std vs exact %.2e\n", e);
+  const double g = err_vs_std(r.grouped.ptr<float>(), r.bf16.ptr<float>(), r.n);
+  const double gv = err_vs_std(r.gemv.ptr<float>(), r.bf16.ptr<float>(), r.n);
+  std::printf(
+      "[ bf16 experts ] max|d|/std vs exact %.2e; vs per-expert GEMMs: grouped %.2e, gemv %.2e\n",
+      e, g, gv);
   EXPECT_LE(e, 5e-2);
   EXPECT_GT(e, 0.0) << "the BF16 GEMMs were not taken";
+  EXPECT_LE(g, 1e-3);
+  EXPECT_NE(std::memcmp(r.grouped.data(), r.gemv.data(), r.grouped.nbytes()), 0)
+      << "the grouped kernel was not taken";
 }
 
 }  // namespace

@@ -274,12 +274,21 @@ __global__ void silu_mul_kernel(const float* gate, const float* up, float* out, 
   out[i] = silu_times(gate[i], up[i]);
 }
 
+// F32, or BF16 (uint16_t) rounded to nearest even.
+__device__ __forceinline__ void store_as(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store_as(uint16_t* p, float v) {
+  *p = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+template <typename Out>
 __global__ void silu_mul_rows_kernel(const float* gate, const float* up, int64_t ld, int64_t width,
-                                     float* out, int64_t n) {
+                                     Out* out, int64_t n) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const int64_t r = i / width, c = i - r * width;
-  out[i] = silu_times(gate[r * ld + c], up[r * ld + c]);
+  store_as(out + i, silu_times(gate[r * ld + c], up[r * ld + c]));
 }
 
 __global__ void to_bf16_kernel(const float* x, uint16_t* out, int64_t n) {
@@ -337,13 +346,14 @@ __global__ void weight_to_bf16_kernel(const DevWeight w, uint16_t* out) {
   out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
 
+template <typename Out>
 __global__ void gather_rows_kernel(const float* src, int64_t ld_src, const int32_t* rows, int64_t d,
-                                   float* dst) {
+                                   Out* dst) {
   pdl_enter();
   const float* s = src + int64_t(rows[blockIdx.x]) * ld_src;
   for (int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; i < d;
        i += int64_t(gridDim.y) * blockDim.x)
-    dst[blockIdx.x * d + i] = s[i];
+    store_as(dst + blockIdx.x * d + i, s[i]);
 }
 
 // Index of the largest of v[0, n) (ties to the lower index; -0 equals +0); NaN marks an element
@@ -655,12 +665,23 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStr
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
-void silu_mul_rows(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
-                   float* out, cudaStream_t s) {
+template <typename Out>
+void silu_mul_rows_to(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
+                      Out* out, cudaStream_t s) {
   const int64_t n = rows * width;
   if (n == 0) return;
-  silu_mul_rows_kernel<<<blocks_for(n), kThreads, 0, s>>>(gate, up, ld, width, out, n);
+  silu_mul_rows_kernel<Out><<<blocks_for(n), kThreads, 0, s>>>(gate, up, ld, width, out, n);
   DSV3_CUDA_CHECK_LAUNCH();
+}
+
+void silu_mul_rows(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
+                   float* out, cudaStream_t s) {
+  silu_mul_rows_to(gate, up, ld, rows, width, out, s);
+}
+
+void silu_mul_rows(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
+                   uint16_t* out, cudaStream_t s) {
+  silu_mul_rows_to(gate, up, ld, rows, width, out, s);
 }
 
 void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s) {
@@ -696,12 +717,23 @@ void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s) {
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
+template <typename Out>
+void gather_rows_to(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
+                    Out* dst, cudaStream_t s) {
+  if (n == 0) return;
+  launch_pdl(gather_rows_kernel<Out>, dim3(unsigned(n), unsigned(ceil_div(d, kThreads))), kThreads,
+             0, s, src, ld_src, rows, d, dst);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
 void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
                  float* dst, cudaStream_t s) {
-  if (n == 0) return;
-  launch_pdl(gather_rows_kernel, dim3(unsigned(n), unsigned(ceil_div(d, kThreads))), kThreads, 0, s,
-             src, ld_src, rows, d, dst);
-  DSV3_CUDA_CHECK_LAUNCH();
+  gather_rows_to(src, ld_src, rows, n, d, dst, s);
+}
+
+void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
+                 uint16_t* dst, cudaStream_t s) {
+  gather_rows_to(src, ld_src, rows, n, d, dst, s);
 }
 
 void route(const float* logits, const float* bias, int64_t n, const RouteArgs& r, int32_t* expert,

@@ -821,16 +821,24 @@ struct CudaEngine::Impl {
     return use_fp8_gemm(n, L.gate_up_s) && use_fp8_gemm(n, L.down_s) &&
            c.moe_intermediate_size % 128 == 0;
   }
-  // FP8 experts of a chunk over gemv_max_rows rows that averages grouped_min_rows to
-  // expert_gemm_rows rows per expert (decode batches) take the grouped kernel when
-  // grouped_experts is on.
+  // Routed experts of a chunk over gemv_max_rows rows that average grouped_min_rows to
+  // expert_gemm_rows rows per expert (FP8 with 128×128 blocks; BF16 ones bf16_grouped_min_rows
+  // to bf16_grouped_max_rows) take the grouped kernel when grouped_experts is on (engine.h says
+  // why those bounds).
   bool use_grouped(const DevLayer& L, int64_t n) const {
     const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
     const int64_t pairs = n * c.num_experts_per_tok, E = c.n_routed_experts;
+    const WType t = L.gate_up_s.type;
+    const bool fp8 = experts_fp8(L, n);
+    if (!opt.grouped_experts || n <= opt.gemv_max_rows ||
+        !(fp8 || (t == WType::BF16 && L.down_s.type == WType::BF16)))
+      return false;
     // pairs / E >= r is pairs >= r · E for integers, without the product's overflow.
-    return opt.grouped_experts && experts_fp8(L, n) && grouped_fp8_supported(2 * inter, H) &&
-           grouped_fp8_supported(H, inter) && n > opt.gemv_max_rows &&
-           pairs / E >= opt.grouped_min_rows && pairs / E < opt.expert_gemm_rows;
+    const int64_t rows = pairs / E;
+    const bool in_range =
+        fp8 ? rows >= opt.grouped_min_rows && rows < opt.expert_gemm_rows
+            : rows >= opt.bf16_grouped_min_rows && rows < opt.bf16_grouped_max_rows;
+    return in_range && grouped_supported(t, 2 * inter, H) && grouped_supported(t, H, inter);
   }
   bool experts_on_gemm(const DevLayer& L, int64_t n) const {
     const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
@@ -887,21 +895,28 @@ struct CudaEngine::Impl {
                                       cudaMemcpyHostToDevice, stream));
       quantize_e4m3_tiles(q, stream);
     } else {
-      gather_rows(k.h, H, k.perm_rows, pairs, H, k.eout, stream);  // eout: scratch until down
-      to_bf16(k.eout, k.xb, pairs * H, stream);
+      gather_rows(k.h, H, k.perm_rows, pairs, H, k.xb, stream);
     }
     if (!each(H, L.gate_up_s, 2 * inter, k.eact2)) return false;
-    silu_mul_rows(k.eact2, k.eact2 + inter, 2 * inter, pairs, inter, k.eact, stream);
-    if (fp8) {
-      q.x = k.eact;
-      q.ldx = inter;
-      q.x_rows = nullptr;
-      q.k = inter;
-      quantize_e4m3_tiles(q, stream);
-    } else {
-      to_bf16(k.eact, k.xb, pairs * inter, stream);
-    }
+    experts_down_input(fp8, pairs, q);
     return each(inter, L.down_s, H, k.eout);
+  }
+
+  // The down projection's input from the experts' gate | up rows (eact2): SwiGLU, then for FP8
+  // experts E4M3 tiles grouped as the gate | up input's were (q), for BF16 ones BF16 rows in xb.
+  void experts_down_input(bool fp8, int64_t pairs, QuantizeArgs q) {
+    Work& k = m.work;
+    const int64_t inter = c.moe_intermediate_size;
+    if (!fp8) {
+      silu_mul_rows(k.eact2, k.eact2 + inter, 2 * inter, pairs, inter, k.xb, stream);
+      return;
+    }
+    silu_mul_rows(k.eact2, k.eact2 + inter, 2 * inter, pairs, inter, k.eact, stream);
+    q.x = k.eact;
+    q.ldx = inter;
+    q.x_rows = nullptr;
+    q.k = inter;
+    quantize_e4m3_tiles(q, stream);
   }
 
   // The experts' input rows (the normed hidden rows in moe_permute's order) to E4M3 tiles,
@@ -922,25 +937,30 @@ struct CudaEngine::Impl {
     return q;
   }
 
-  // The FP8 routed experts on our grouped kernel (grouped_fp8), one launch per projection, with
-  // the groups' padded layout computed on the device: no host wait, so decode batches stay
-  // graphs. Rows are quantised in 1×128 tiles as for the per-expert GEMMs. False if it does not
-  // apply (use_grouped).
+  // The routed experts on our grouped kernel (grouped.cu), one launch per projection, with the
+  // groups' layout computed on the device: no host wait, so decode batches stay graphs. FP8
+  // experts' rows are quantised in 1×128 tiles as for the per-expert GEMMs, BF16 experts' rows
+  // rounded to BF16. False if it does not apply (use_grouped).
   bool experts_grouped(const DevLayer& L, int64_t n) {
     if (!use_grouped(L, n)) return false;
     Work& k = m.work;
     const int64_t E = c.n_routed_experts, pairs = n * c.num_experts_per_tok;
     const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
+    const bool fp8 = L.gate_up_s.type == WType::E4M3;
     // Bounds on the padded rows and tiles (each expert pads by < 16 rows, and < 1 tile).
     const int64_t rows_bound = pairs + 16 * E;
-    const int64_t tiles_bound = grouped_fp8_tiles(rows_bound) + E;
-    grouped_fp8_layout(k.offsets, int(E), k.padded_offsets, k.tile_start, stream);
+    const int64_t tiles_bound = grouped_tiles(rows_bound) + E;
+    grouped_layout(k.offsets, int(E), k.padded_offsets, k.tile_start, stream);
     QuantizeArgs q = expert_rows_e4m3(rows_bound);
-    quantize_e4m3_tiles(q, stream);
+    if (fp8)
+      quantize_e4m3_tiles(q, stream);
+    else
+      gather_rows(k.h, H, k.perm_rows, pairs, H, k.xb, stream);
     const auto project = [&](int64_t width, const DevWeight& w, int64_t group_rows, float* y) {
-      GroupedFp8Args g;
-      g.x = k.xq;
-      g.x_scale = k.xs;
+      GroupedArgs g;
+      g.type = w.type;
+      g.x = fp8 ? static_cast<const void*>(k.xq) : k.xb;
+      g.x_scale = fp8 ? k.xs : nullptr;
       g.offsets = k.offsets;
       g.padded_offsets = k.padded_offsets;
       g.tile_start = k.tile_start;
@@ -948,20 +968,15 @@ struct CudaEngine::Impl {
       g.total_tiles = tiles_bound;
       g.w = w.w;
       g.w_scale = w.scale;
-      g.w_scale_ld = ceil_div(w.k, w.bk);
+      g.w_scale_ld = fp8 ? ceil_div(w.k, w.bk) : 0;
       g.n = group_rows;
       g.k = width;
       g.y = y;
       g.ldy = group_rows;
-      grouped_fp8(g, stream);
+      grouped_gemm(g, stream);
     };
     project(H, L.gate_up_s, 2 * inter, k.eact2);
-    silu_mul_rows(k.eact2, k.eact2 + inter, 2 * inter, pairs, inter, k.eact, stream);
-    q.x = k.eact;
-    q.ldx = inter;
-    q.x_rows = nullptr;
-    q.k = inter;
-    quantize_e4m3_tiles(q, stream);
+    experts_down_input(fp8, pairs, q);
     project(inter, L.down_s, H, k.eout);
     return true;
   }

@@ -78,24 +78,29 @@ struct CudaEngineOptions {
   // BF16 tensor cores (mla_attention_tc: BF16 or FP8 cache of kv_lora 512 / rope 64 or 256 / 32,
   // queries and P in BF16); off, or other sizes: the F32 CUDA-core kernel.
   bool attention_tensor_cores = true;
-  // Routed experts run as one cuBLASLt GEMM each when they average this many rows or more
-  // (prefill), else on the gemv kernel (decode batches) or the grouped kernel below.
-  int64_t expert_gemm_rows = 32;
-  // ... BF16 routed experts (the grouped kernel below is FP8 only) from this many: over 16 rows
-  // an expert the gemv takes its general kernel, one output a warp and a pass over the weights
-  // per 8 rows (V2-Lite dims, batch 256, 24 rows an expert: 2,209 tok/s, 108.6 of its 115.9 ms
-  // a step in the routed experts; 6,824 tok/s with this rule, the routed experts at 30.2 ms;
-  // H200, tree a85018a).
-  int64_t bf16_expert_gemm_rows = 17;
-  // FP8 routed experts of chunks over gemv_max_rows rows that average grouped_min_rows to
-  // expert_gemm_rows rows per expert (decode batches of 64 to a few hundred at DeepSeek-V3's 8
-  // of 256) in one launch per projection (grouped_fp8: our mma.sync kernel, its tile map built
-  // on the device, so no host wait and the step stays a graph) instead of the gemv kernels, whose
-  // cost grows with the rows. H200, V3 dims x 4 layers: batch 256 (8 rows an expert) 18.0K vs
-  // 11.6K tok/s on the gemv tile kernel, batch 128 (4) 11.6K vs 10.3K; at batch 64 (2) the gemv
-  // kernels are faster (7.8K vs 7.4K), hence 3.
-  bool grouped_experts = true;
+  // Routed experts of a chunk over gemv_max_rows rows go by the rows they average an expert
+  // (decode batches average a few, prefill many). FP8 ones (128×128 blocks): the gemv kernel
+  // below grouped_min_rows, the grouped kernel (grouped.cu: our mma.sync kernel, one launch a
+  // projection, its tile map built on the device, so no host wait and the step stays a graph)
+  // up to expert_gemm_rows, and from there one cuBLASLt GEMM each (the host reads the counts).
+  // H200, V3 dims x 4 layers: batch 256 (8 rows an expert) 18.0K vs 11.6K tok/s on the gemv
+  // tile kernel, batch 128 (4) 11.6K vs 10.3K; at batch 64 (2) the gemv kernels are faster
+  // (7.8K vs 7.4K), hence 3; at 256 rows the grouped kernel runs at 0.3x cuBLASLt's rate.
   int64_t grouped_min_rows = 3;
+  int64_t expert_gemm_rows = 32;
+  // BF16 ones on the grouped kernel from bf16_grouped_min_rows while under bf16_grouped_max_rows,
+  // else one cuBLASLt GEMM each from bf16_expert_gemm_rows (also where the grouped kernel has no
+  // shape for them), else the gemv. H200, V2-Lite dims (6 of 64 experts): the grouped kernel
+  // reads the experts at 67-71% of copy from 6 to 24 rows an expert, 2.5-4.1x one cuBLASLt GEMM
+  // each; it runs batch 17 and 24 (1 and 2 rows an expert) 1.05x and 1.07x the gemv's rate; a
+  // 1K-token prompt's 96 rows an expert take 20.1 ms of GPU time against 23.8, a 2K one's 192
+  // rows 35.8 against 31.6 (tree 35c94c9 with this kernel). Over 16 rows an expert the gemv
+  // takes its general kernel, a pass over the weights per 8 rows (batch 256: 2,230 tok/s).
+  int64_t bf16_grouped_min_rows = 1;
+  int64_t bf16_grouped_max_rows = 128;
+  int64_t bf16_expert_gemm_rows = 17;
+  // Off: no grouped kernel (the GEMMs from their thresholds, else the gemv).
+  bool grouped_experts = true;
   // Decode-sized chunks run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).

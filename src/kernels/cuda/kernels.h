@@ -165,6 +165,9 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStr
 // routed experts' fused gate | up GEMM output: up = gate + width, ld = 2 · width).
 void silu_mul_rows(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
                    float* out, cudaStream_t s);
+// ... into BF16 (round to nearest even): the input of the BF16 grouped experts' down GEMM.
+void silu_mul_rows(const float* gate, const float* up, int64_t ld, int64_t rows, int64_t width,
+                   uint16_t* out, cudaStream_t s);
 // F32 -> BF16 (round to nearest even), n elements.
 void to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
 // x F32 -> E4M3 q [padded_rows, k] in 1×128 tiles (k a multiple of 128), as the training recipe
@@ -194,16 +197,20 @@ void weight_to_bf16(const DevWeight& w, uint16_t* out, cudaStream_t s);
 // dst[i] = src[rows[i]] for rows of width d.
 void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
                  float* dst, cudaStream_t s);
+// ... into BF16 (round to nearest even).
+void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t n, int64_t d,
+                 uint16_t* dst, cudaStream_t s);
 
-// The routed experts' block-scaled FP8 GEMMs in one launch (kernels/cuda/grouped_fp8.cu): for
-// each group (expert) e, y[offsets[e] + i] = x_e[i] · W_eᵀ for its valid rows i <
-// offsets[e+1] - offsets[e]. x: E4M3 rows grouped at padded_offsets with tile scales as
-// quantize_e4m3_tiles writes them; W: E4M3 [groups · n, k] with 128×128 block scales
-// w_scale [groups · n / 128][w_scale_ld]; y: F32 rows of ldy. tile_start [groups + 1]: the
-// prefix sums of grouped_fp8_tiles(padded rows of each group); total_tiles the last, or any
-// bound on it (blocks past tile_start[groups] exit), so the host need not read the counts.
-// n and k multiples of 128 (grouped_fp8_supported).
-struct GroupedFp8Args {
+// The routed experts' GEMMs in one launch (kernels/cuda/grouped.cu): for each group (expert) e,
+// y[offsets[e] + i] = x_e[i] · W_eᵀ for its valid rows i < offsets[e+1] - offsets[e]; y: F32
+// rows of ldy. type E4M3: x E4M3 rows grouped at padded_offsets with tile scales as
+// quantize_e4m3_tiles writes them; W E4M3 [groups · n, k] with 128×128 block scales
+// w_scale [groups · n / 128][w_scale_ld]. type BF16: x BF16 rows at offsets (padded_offsets
+// and the scales unused), W BF16 [groups · n, k]. tile_start [groups + 1]: the prefix sums of
+// grouped_tiles(rows of each group); total_tiles the last, or any bound on it (blocks past
+// tile_start[groups] exit), so the host need not read the counts. Shapes: grouped_supported.
+struct GroupedArgs {
+  WType type = WType::E4M3;
   const void* x = nullptr;
   const float* x_scale = nullptr;
   const int32_t *offsets = nullptr, *padded_offsets = nullptr, *tile_start = nullptr;
@@ -215,16 +222,18 @@ struct GroupedFp8Args {
   float* y = nullptr;
   int64_t ldy = 0;
 };
-int64_t grouped_fp8_tiles(int64_t padded_rows);
+// Tiles of a group of `rows` rows (padded or not: 16 divides a tile's 64).
+int64_t grouped_tiles(int64_t rows);
 // From the groups' row offsets [groups + 1] on the device: padded_offsets (each group padded
-// to 16 rows, as quantize_e4m3_tiles and grouped_fp8 want) and tile_start.
-void grouped_fp8_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
-                        int32_t* tile_start, cudaStream_t s);
-bool grouped_fp8_supported(int64_t n, int64_t k);
-void grouped_fp8(const GroupedFp8Args& a, cudaStream_t s);
-// Benchmarks only: the grouped kernel built for 1 or 2 (the default) blocks an SM. Returns the
+// to 16 rows, as quantize_e4m3_tiles and the E4M3 kernel want) and tile_start.
+void grouped_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
+                    int32_t* tile_start, cudaStream_t s);
+// E4M3 or BF16 weights, n a multiple of 128 and k of 128 bytes.
+bool grouped_supported(WType type, int64_t n, int64_t k);
+void grouped_gemm(const GroupedArgs& a, cudaStream_t s);
+// Benchmarks only: the grouped kernels built for 1 or 2 (the default) blocks an SM. Returns the
 // setting it replaces.
-int grouped_fp8_blocks_per_sm(int blocks);
+int grouped_blocks_per_sm(int blocks);
 
 // MoE routing (MODEL_SPEC §5), one warp per token, the CPU's rule and tie-breaks: logits
 // [n, e] -> expert [n, k] (descending by biased score) and weight [n, k].

@@ -1,0 +1,212 @@
+// The routed experts' GEMMs in one launch (DeepGEMM's "contiguous grouped" layout): every
+// expert's rows grouped by expert, times that expert's weight, for E4M3 weights in 128×128
+// blocks (block-scaled) and for BF16 weights (V2-Lite, Moonlight and BF16 V3 checkpoints).
+// cuBLASLt 13.1 has no grouped GEMM of either kind, so the engine otherwise makes one call per
+// expert and projection (768 a DeepSeek-V3 layer, 128 a V2-Lite one), host-bound, and it must
+// read the experts' row counts on the host first.
+//
+// A block computes 64 rows × 128 columns of one expert: 8 warps of 32 × 32 on mma.sync with F32
+// accumulators, 128-byte K blocks through shared memory by cp.async, kStages deep. Both types
+// share the shared-memory layout and the ldmatrix fragments: a 16-row A fragment of 32 bytes
+// is m16n8k32's for E4M3 and m16n8k16's for BF16. E4M3: rows quantised in 1×128 tiles, each
+// group padded to 16 rows (quantize_e4m3_tiles); each K block's products are summed in their
+// own registers, then added to the output accumulators times (row tile scale × weight block
+// scale): the scales are applied per 128 of K in F32, as DeepSeek-V3's recipe and DeepGEMM
+// promote, not inside the tensor cores' sum. BF16: rows as they are, at the unpadded offsets,
+// the tensor cores' products summed straight into the accumulators.
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode.cuh"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/mma.cuh"
+
+namespace dsv3::cuda {
+
+namespace {
+
+constexpr int kBM = 64, kBN = 128, kBK = 128, kThreads = 256;  // kBK in bytes
+constexpr int kStride = kBK + 16;  // bytes per shared row: ldmatrix without bank conflicts
+// K blocks in flight: kStages - 1 while one is multiplied. At decode batches (2-8 rows an
+// expert) a block's products are few and its time is the weights' latency: with two stages
+// and one block an SM (136 registers) only one 24 KiB stage an SM was in flight, 1.4 TB/s.
+constexpr int kStages = 4;
+constexpr size_t kSmem = size_t(kStages * (kBM + kBN) * kStride);  // 108 KiB
+
+// MINB blocks an SM: 2 caps registers at 128 (32 bytes spill for E4M3), 1 leaves 136.
+template <WType T, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedArgs a) {
+  constexpr bool kFp8 = T == WType::E4M3;
+  constexpr int64_t kElem = kFp8 ? 1 : 2;
+  extern __shared__ __align__(16) uint8_t smem[];
+  // Stage b: rows of x at sa(b), of W at sb(b).
+  const auto sa = [&](int b) { return smem + b * (kBM * kStride); };
+  const auto sb = [&](int b) { return smem + kStages * kBM * kStride + b * (kBN * kStride); };
+  // This block's expert: the last group whose first tile is <= blockIdx.x.
+  const int tile = int(blockIdx.x);
+  const int e = group_of(a.tile_start, a.groups, tile);
+  if (tile >= a.tile_start[a.groups]) return;
+  const int64_t valid = a.offsets[e + 1] - a.offsets[e];  // rows written
+  // The group's rows of x: E4M3 padded (zeros past `valid`), BF16 unpadded (masked here).
+  const int64_t p0 = kFp8 ? a.padded_offsets[e] : a.offsets[e];
+  const int64_t plen = kFp8 ? a.padded_offsets[e + 1] - p0 : valid;
+  const int64_t m0 = int64_t(tile - a.tile_start[e]) * kBM;  // first row in the group
+  const int64_t n0 = int64_t(blockIdx.y) * kBN;
+  const int64_t row_bytes = a.k * kElem, kb_count = row_bytes / kBK;
+  const auto* x = static_cast<const uint8_t*>(a.x);
+  const auto* w = static_cast<const uint8_t*>(a.w) + (int64_t(e) * a.n + n0) * row_bytes;
+
+  const auto load = [&](int64_t kb, int buf) {
+    for (int c = int(threadIdx.x); c < kBM * (kBK / 16); c += kThreads) {
+      const int r = c / (kBK / 16), off = (c % (kBK / 16)) * 16;
+      const bool ok = m0 + r < plen;
+      cp16(sa(buf) + r * kStride + off, ok ? x + (p0 + m0 + r) * row_bytes + kb * kBK + off : x,
+           ok);
+    }
+    for (int c = int(threadIdx.x); c < kBN * (kBK / 16); c += kThreads) {
+      const int r = c / (kBK / 16), off = (c % (kBK / 16)) * 16;
+      cp16(sb(buf) + r * kStride + off, w + int64_t(r) * row_bytes + kb * kBK + off, true);
+    }
+  };
+
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int wm = warp / 4, wn = warp % 4;  // this warp: rows wm·32 .., columns wn·32 ..
+  const int g = lane / 4, t4 = lane % 4;
+  float acc[2][4][4] = {};
+
+  // One commit group per K block (empty past the end), so waiting for all but the newest
+  // kStages - 2 groups means K block kb has landed.
+  for (int b = 0; b < kStages - 1; ++b) {
+    if (b < kb_count) load(b, b);
+    cp_commit();
+  }
+  for (int64_t kb = 0; kb < kb_count; ++kb) {
+    const int buf = int(kb % kStages);
+    cp_wait<kStages - 2>();
+    __syncthreads();  // this K block in; every warp done with the buffer refilled next
+    if (kb + kStages - 1 < kb_count) load(kb + kStages - 1, int((kb + kStages - 1) % kStages));
+    cp_commit();
+    float part[2][4][4] = {};  // E4M3: this K block's products, scaled below
+    float(&sum)[2][4][4] = kFp8 ? part : acc;
+#pragma unroll
+    for (int kk = 0; kk < kBK / 32; ++kk) {
+      uint32_t af[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+        ldsm_x4(af[mi],
+                sa(buf) + (wm * 32 + mi * 16 + lane % 16) * kStride + kk * 32 + (lane / 16) * 16);
+#pragma unroll
+      for (int nj = 0; nj < 4; nj += 2) {
+        uint32_t bf[4];  // columns nj·8 .. +15, K bytes kk·32 .. +31
+        ldsm_x4(bf, sb(buf) + (wn * 32 + nj * 8 + (lane / 16) * 8 + lane % 8) * kStride + kk * 32 +
+                        ((lane / 8) % 2) * 16);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          if constexpr (kFp8) {
+            mma_e4m3(sum[mi][nj], af[mi], bf[0], bf[1]);
+            mma_e4m3(sum[mi][nj + 1], af[mi], bf[2], bf[3]);
+          } else {
+            mma(sum[mi][nj], af[mi], bf[0], bf[1]);
+            mma(sum[mi][nj + 1], af[mi], bf[2], bf[3]);
+          }
+        }
+      }
+    }
+    if constexpr (kFp8) {
+      // The row tile scales of this thread's four rows, times the weight block's.
+      const float ws = a.w_scale[(int64_t(e) * (a.n / 128) + n0 / 128) * a.w_scale_ld + kb];
+      const auto row_scale = [&](int mi, int half) {
+        const int64_t i = m0 + wm * 32 + mi * 16 + g + 8 * half;  // row within the group
+        return i < plen ? a.x_scale[kb_count * p0 + kb * plen + i] * ws : 0.0f;
+      };
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const float s0 = row_scale(mi, 0), s1 = row_scale(mi, 1);
+#pragma unroll
+        for (int nj = 0; nj < 4; ++nj) {
+          acc[mi][nj][0] = fmaf(part[mi][nj][0], s0, acc[mi][nj][0]);
+          acc[mi][nj][1] = fmaf(part[mi][nj][1], s0, acc[mi][nj][1]);
+          acc[mi][nj][2] = fmaf(part[mi][nj][2], s1, acc[mi][nj][2]);
+          acc[mi][nj][3] = fmaf(part[mi][nj][3], s1, acc[mi][nj][3]);
+        }
+      }
+    }
+  }
+  cp_wait_all();
+  // Rows in the experts' unpadded order (moe_permute's), padding rows not written.
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t i = m0 + wm * 32 + mi * 16 + g + 8 * half;
+      if (i >= valid) continue;
+      float* yrow = a.y + (a.offsets[e] + i) * a.ldy + n0 + wn * 32 + 2 * t4;
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj)
+        *reinterpret_cast<float2*>(yrow + nj * 8) = {acc[mi][nj][2 * half],
+                                                     acc[mi][nj][2 * half + 1]};
+    }
+  }
+}
+
+// One thread: E is a few hundred, and this keeps the prefix sums in one fixed order.
+__global__ void grouped_layout_kernel(const int32_t* offsets, int groups, int32_t* padded_offsets,
+                                      int32_t* tile_start) {
+  if (threadIdx.x != 0) return;
+  int32_t p = 0, t = 0;
+  padded_offsets[0] = tile_start[0] = 0;
+  for (int e = 0; e < groups; ++e) {
+    const int32_t rows = offsets[e + 1] - offsets[e], padded = (rows + 15) / 16 * 16;
+    p += padded;
+    t += (padded + kBM - 1) / kBM;
+    padded_offsets[e + 1] = p;
+    tile_start[e + 1] = t;
+  }
+}
+
+int g_blocks_per_sm = 2;  // grouped_blocks_per_sm
+
+template <WType T>
+void launch(const GroupedArgs& a, cudaStream_t s) {
+  const auto kernel = g_blocks_per_sm == 1 ? grouped_kernel<T, 1> : grouped_kernel<T, 2>;
+  DSV3_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+  const dim3 grid(unsigned(a.total_tiles), unsigned(a.n / kBN));
+  kernel<<<grid, kThreads, kSmem, s>>>(a);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+int grouped_blocks_per_sm(int blocks) {
+  return std::exchange(g_blocks_per_sm, blocks);
+}
+
+void grouped_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
+                    int32_t* tile_start, cudaStream_t s) {
+  grouped_layout_kernel<<<1, 32, 0, s>>>(offsets, groups, padded_offsets, tile_start);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
+int64_t grouped_tiles(int64_t rows) {
+  return (rows + kBM - 1) / kBM;
+}
+
+bool grouped_supported(WType type, int64_t n, int64_t k) {
+  const int64_t k_elems = type == WType::E4M3 ? kBK : type == WType::BF16 ? kBK / 2 : 0;
+  return k_elems > 0 && n % kBN == 0 && k % k_elems == 0 && n > 0 && k > 0;
+}
+
+void grouped_gemm(const GroupedArgs& a, cudaStream_t s) {
+  if (a.total_tiles == 0) return;
+  if (!grouped_supported(a.type, a.n, a.k))  // the engine asks first: a caller's bug
+    throw std::invalid_argument("grouped_gemm: weight type or shape without a kernel");
+  if (a.type == WType::E4M3)
+    launch<WType::E4M3>(a, s);
+  else
+    launch<WType::BF16>(a, s);
+}
+
+}  // namespace dsv3::cuda
