@@ -21,7 +21,8 @@
 //        [--gemv-tile 1 | 0 (batches of 2-16 on the tile kernel or the general one)]
 //        [--gemv-tc 1 | 0 (batches of 2-16 on the gemv's tensor-core kernel or the F32 ones,
 //         CudaEngineOptions::gemv_tensor_cores; default 1)]
-//        [--grouped-blocks 1 | 2 (the grouped experts kernel's blocks an SM)]
+//        [--grouped-tile-rows 16 | 32 | 64 (the grouped experts kernel's rows a block;
+//         default 0: by the rows an expert)]
 //        [--grouped-experts 1 | 0] [--grouped-min-rows N] [--bf16-grouped-min-rows N]
 //         (CudaEngineOptions: decode batches' FP8 / BF16 routed experts on the grouped kernel
 //         from N rows an expert)]
@@ -152,6 +153,7 @@ int main(int argc, char** argv) {
   bool combine_in_norm = cuda::CudaEngineOptions{}.combine_in_norm;
   int64_t bf16_expert_rows = cuda::CudaEngineOptions{}.bf16_expert_gemm_rows;
   bool grouped = cuda::CudaEngineOptions{}.grouped_experts;
+  int64_t grouped_tile_rows = cuda::CudaEngineOptions{}.grouped_tile_rows;
   int64_t grouped_min_rows = cuda::CudaEngineOptions{}.grouped_min_rows;
   int64_t bf16_grouped_min_rows = cuda::CudaEngineOptions{}.bf16_grouped_min_rows;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -176,8 +178,8 @@ int main(int argc, char** argv) {
       cuda::gemv_flags(std::stoi(v));
     else if (k == "--gemv-block-warps")
       cuda::gemv_rows_block_warps(std::stoi(v));
-    else if (k == "--grouped-blocks")
-      cuda::grouped_blocks_per_sm(std::stoi(v));
+    else if (k == "--grouped-tile-rows")
+      grouped_tile_rows = std::stoll(v);
     else if (k == "--grouped-experts")
       grouped = v != "0";
     else if (k == "--grouped-min-rows")
@@ -220,7 +222,7 @@ int main(int argc, char** argv) {
         "[--prefill 1024,8192 | none] [--gemv-max-rows N] [--kv-cache-dtype bf16|fp8] "
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0] [--gemv-tc "
         "1|0]\n"
-        "       [--grouped-blocks 1|2] [--grouped-experts 1|0] [--grouped-min-rows N]\n"
+        "       [--grouped-tile-rows 16|32|64] [--grouped-experts 1|0] [--grouped-min-rows N]\n"
         "       [--bf16-grouped-min-rows N]\n"
         "       [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
@@ -256,6 +258,7 @@ int main(int argc, char** argv) {
       opt.combine_in_norm = combine_in_norm;
       opt.bf16_expert_gemm_rows = bf16_expert_rows;
       opt.grouped_experts = grouped;
+      opt.grouped_tile_rows = grouped_tile_rows;
       opt.grouped_min_rows = grouped_min_rows;
       opt.bf16_grouped_min_rows = bf16_grouped_min_rows;
       return opt;

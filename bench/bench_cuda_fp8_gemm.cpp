@@ -407,16 +407,18 @@ void decode_gemv_rows() {
 // ---- 3. the routed experts: one grouped launch vs one cuBLASLt GEMM per expert ----
 void grouped_experts() {
   cuda::Blas blas;
-  // DeepSeek-V3's 256 FP8 experts with R rows each (8 of 256 chosen per token: batch 256
-  // gives R = 8, a 1K-token prefill R = 32; the engine takes cuBLASLt from there) and
-  // DeepSeek-V2-Lite's 64 BF16 experts (6 of 64: batch 64 gives R = 6, batch 256 R = 24, a
-  // 1K-token prefill R = 96, 2K R = 192, 4K R = 384), the
-  // engine's two projections (gate|up fused, down). GB/s: the weights' bytes over the time,
-  // against the copy (decode batches read every expert's weights once).
+  // DeepSeek-V3's 256 FP8 experts with R rows each (8 of 256 chosen per token: batch 128 gives
+  // R = 4, 256 R = 8, a 1K-token prefill R = 32; the engine takes cuBLASLt from there) and
+  // DeepSeek-V2-Lite's 64 BF16 experts (6 of 64: batch 32 gives R = 3, 256 R = 24, a 1K-token
+  // prefill R = 96), the engine's two projections (gate|up fused, down). GB/s: the weights'
+  // bytes over the time, against the copy (decode batches read every expert's weights once).
   const double copy = bench::copy_bandwidth();
   fmt::print("\ndevice-to-device copy {:.0f} GB/s\n", copy / 1e9);
-  fmt::print("{:<34} {:>4} {:>9} {:>9} {:>6} {:>11} {:>11} {:>7}\n", "experts x rows, n x k", "R",
-             "grouped", "GB/s", "copy", "per-expert", "GB/s", "ratio");
+  // Grouped: TFLOP/s and GB/s (of copy) with tiles of 16, 32 and 64 rows (GroupedArgs::tile_rows);
+  // the ratio: the per-expert GEMMs' time over the engine's choice's (CudaEngine: 16 below 16
+  // rows an expert, 32 below 48, else 64).
+  fmt::print("{:<34} {:>4} {:>22} {:>22} {:>22} {:>18} {:>7}\n", "experts x rows, n x k", "R",
+             "16-row tiles", "32-row tiles", "64-row tiles", "per-expert", "ratio");
   struct Experts {
     cuda::WType type;
     const char* name;
@@ -424,10 +426,10 @@ void grouped_experts() {
     std::vector<int64_t> rows;
   };
   const Experts experts[] = {
-      {cuda::WType::E4M3, "FP8 gate|up (4096 x 7168)", 256, 4096, 7168, {8, 32}},
-      {cuda::WType::E4M3, "FP8 down (7168 x 2048)", 256, 7168, 2048, {8, 32}},
-      {cuda::WType::BF16, "BF16 gate|up (2816 x 2048)", 64, 2816, 2048, {6, 24, 96, 192, 384}},
-      {cuda::WType::BF16, "BF16 down (2048 x 1408)", 64, 2048, 1408, {6, 24, 96}}};
+      {cuda::WType::E4M3, "FP8 gate|up (4096 x 7168)", 256, 4096, 7168, {4, 8, 16, 32}},
+      {cuda::WType::E4M3, "FP8 down (7168 x 2048)", 256, 7168, 2048, {4, 8, 16, 32}},
+      {cuda::WType::BF16, "BF16 gate|up (2816 x 2048)", 64, 2816, 2048, {3, 6, 12, 24, 48, 96}},
+      {cuda::WType::BF16, "BF16 down (2048 x 1408)", 64, 2048, 1408, {3, 6, 12, 24, 48, 96}}};
   for (const Experts& s : experts) {
     for (const int64_t R : s.rows) {
       const bool fp8 = s.type == cuda::WType::E4M3;
@@ -447,24 +449,20 @@ void grouped_experts() {
         sw = upload(std::vector<float>(size_t(E * (N / 128) * kbk), 1.0f / 64));
       }
       DSV3_CUDA_CHECK(cudaMalloc(&y, size_t(Pp * N) * sizeof(float)));
-      std::vector<int32_t> off(size_t(E + 1)), pad(size_t(E + 1)), tiles(size_t(E + 1));
+      std::vector<int32_t> off(size_t(E + 1)), pad(size_t(E + 1));
       for (int64_t e = 0; e <= E; ++e) {
         off[size_t(e)] = int32_t(e * R);
         pad[size_t(e)] = int32_t(e * Rp);
-        tiles[size_t(e)] = int32_t(e * cuda::grouped_tiles(Rp));
       }
       int32_t* doff = upload(off);
       int32_t* dpad = upload(pad);
-      int32_t* dtiles = upload(tiles);
       cuda::GroupedArgs g;
       g.type = s.type;
       g.x = x;
       g.x_scale = sx;
       g.offsets = doff;
       g.padded_offsets = dpad;
-      g.tile_start = dtiles;
       g.groups = int(E);
-      g.total_tiles = tiles.back();
       g.w = w;
       g.w_scale = sw;
       g.w_scale_ld = fp8 ? kbk : 0;
@@ -474,7 +472,19 @@ void grouped_experts() {
       g.ldy = N;
       const double flop = 2.0 * double(P) * double(N) * double(K);
       const double bytes = double(E * N * K * elem);
-      const double t_grouped = bench::time_ms([&] { cuda::grouped_gemm(g, nullptr); }, 5) * 1e-3;
+      double t_grouped[3] = {};
+      for (int i = 0; i < 3; ++i) {
+        const int tile_rows = 16 << i;
+        std::vector<int32_t> tiles(size_t(E + 1));
+        for (int64_t e = 0; e <= E; ++e)
+          tiles[size_t(e)] = int32_t(e * cuda::grouped_tiles(Rp, tile_rows));
+        int32_t* dtiles = upload(tiles);
+        g.tile_rows = tile_rows;
+        g.tile_start = dtiles;
+        g.total_tiles = tiles.back();
+        t_grouped[i] = bench::time_ms([&] { cuda::grouped_gemm(g, nullptr); }, 5) * 1e-3;
+        cudaFree(dtiles);
+      }
       void* work = nullptr;
       const size_t work_bytes = size_t(32) << 20;
       DSV3_CUDA_CHECK(cudaMalloc(&work, work_bytes));
@@ -490,13 +500,16 @@ void grouped_experts() {
         }
       };
       const double t_each = bench::time_ms(per_expert, 5) * 1e-3;
-      fmt::print("{:<34} {:>4} {:>9.0f} {:>9.0f} {:>5.0f}% {:>11.0f} {:>11.0f} {:>6.2f}x{}\n",
-                 fmt::format("{} x {}", E, s.name), R, flop / t_grouped / 1e12,
-                 bytes / t_grouped / 1e9, 100 * bytes / t_grouped / copy, flop / t_each / 1e12,
-                 bytes / t_each / 1e9, t_each / t_grouped, ok ? "" : " (cuBLASLt: no algorithm)");
-      for (void* p :
-           {x, w, static_cast<void*>(sx), static_cast<void*>(sw), static_cast<void*>(y),
-            static_cast<void*>(doff), static_cast<void*>(dpad), static_cast<void*>(dtiles), work})
+      std::string line = fmt::format("{:<34} {:>4}", fmt::format("{} x {}", E, s.name), R);
+      for (const double t : t_grouped)
+        line += fmt::format(" {:>5.0f} TF {:>5.0f} ({:>3.0f}%)", flop / t / 1e12, bytes / t / 1e9,
+                            100 * bytes / t / copy);
+      const int chosen = R < 16 ? 0 : R < 48 ? 1 : 2;
+      fmt::print("{} {:>5.0f} TF {:>7.0f} {:>6.2f}x{}\n", line, flop / t_each / 1e12,
+                 bytes / t_each / 1e9, t_each / t_grouped[chosen],
+                 ok ? "" : " (cuBLASLt: no algorithm)");
+      for (void* p : {x, w, static_cast<void*>(sx), static_cast<void*>(sw), static_cast<void*>(y),
+                      static_cast<void*>(doff), static_cast<void*>(dpad), work})
         cudaFree(p);
     }
   }

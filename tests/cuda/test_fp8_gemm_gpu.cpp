@@ -16,6 +16,8 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "core/dtype.h"
 #include "gpu_test_util.h"
@@ -226,29 +228,66 @@ double rms_vs_std(const float* a, const float* b, int64_t n) {
 }
 
 // Five experts' row groups for the grouped kernels: 0, 3, 70, 16 and 130 rows (empty, under
-// one 16-row pad, over one 64-row tile, exactly one pad, three tiles), the rows drawn from a
-// permutation; the layout made on the device as the engine makes it (grouped_layout), checked
-// against the host's. Tiles count padded rows (the same count for the unpadded BF16 groups).
+// one 16-row pad, over one 64-row tile, exactly one pad, several tiles of every size), the rows
+// drawn from a permutation; the layout made on the device as the engine makes it
+// (grouped_layout), checked against the host's.
 struct ExpertGroups {
   std::vector<int32_t> counts = {0, 3, 70, 16, 130};
-  std::vector<int32_t> offsets = {0}, padded = {0}, tiles = {0}, perm;
-  gpu_test::DevPtr<int32_t> doff, dpad, dtiles;
+  std::vector<int32_t> offsets = {0}, padded = {0}, perm;
+  gpu_test::DevPtr<int32_t> doff, dpad;
   int groups() const { return int(counts.size()); }
   int64_t rows() const { return offsets.back(); }
   ExpertGroups() {
     for (int32_t c : counts) {
       offsets.push_back(offsets.back() + c);
       padded.push_back(padded.back() + (c + 15) / 16 * 16);
-      tiles.push_back(tiles.back() + int32_t(cuda::grouped_tiles((c + 15) / 16 * 16)));
-      EXPECT_EQ(cuda::grouped_tiles(c), cuda::grouped_tiles((c + 15) / 16 * 16));
     }
     for (int64_t i = 0; i < rows(); ++i) perm.push_back(int32_t((i * 37) % rows()));
     doff = to_device(offsets);
-    dpad = device_buffer<int32_t>(padded.size());
-    dtiles = device_buffer<int32_t>(tiles.size());
-    cuda::grouped_layout(doff.get(), groups(), dpad.get(), dtiles.get(), nullptr);
-    EXPECT_EQ(to_host(dpad, padded.size()), padded);
-    EXPECT_EQ(to_host(dtiles, tiles.size()), tiles);
+    std::vector<int32_t> tiles;
+    dpad = layout(64, &tiles).first;
+  }
+  // padded_offsets and tile_start for tiles of tile_rows rows, on the device; the host's
+  // tile_start in *tiles. Tiles count padded rows: the same count for the unpadded BF16 rows.
+  std::pair<gpu_test::DevPtr<int32_t>, gpu_test::DevPtr<int32_t>> layout(
+      int tile_rows, std::vector<int32_t>* tiles) const {
+    tiles->assign(1, 0);
+    for (int32_t c : counts) {
+      tiles->push_back(tiles->back() + int32_t(cuda::grouped_tiles((c + 15) / 16 * 16, tile_rows)));
+      EXPECT_EQ(cuda::grouped_tiles(c, tile_rows),
+                cuda::grouped_tiles((c + 15) / 16 * 16, tile_rows));
+    }
+    auto pad = device_buffer<int32_t>(padded.size()), start = device_buffer<int32_t>(tiles->size());
+    cuda::grouped_layout(doff.get(), groups(), tile_rows, pad.get(), start.get(), nullptr);
+    EXPECT_EQ(to_host(pad, padded.size()), padded);
+    EXPECT_EQ(to_host(start, tiles->size()), *tiles);
+    return {std::move(pad), std::move(start)};
+  }
+  // Runs g with tiles of 16, 32 and 64 rows, each into fresh outputs (NaN: unwritten rows show);
+  // the largest |y - ref| over ref's largest magnitude, for the worst tile size.
+  double worst_error(cuda::GroupedArgs g, const std::vector<double>& ref, const char* what) const {
+    double worst = 0;
+    for (const int tile_rows : {16, 32, 64}) {
+      std::vector<int32_t> tiles;
+      const auto starts = layout(tile_rows, &tiles);
+      auto dy = device_buffer<float>(ref.size());
+      g.tile_rows = tile_rows;
+      g.tile_start = starts.second.get();
+      g.total_tiles = tiles.back() + 3;  // a bound, as the engine passes it
+      g.y = dy.get();
+      cuda::grouped_gemm(g, nullptr);
+      DSV3_CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<float> y = to_host(dy.get(), ref.size());
+      double err = 0, mag = 0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        err = std::isnan(y[i]) ? INFINITY : std::max(err, std::fabs(double(y[i]) - ref[i]));
+        mag = std::max(mag, std::fabs(ref[i]));
+      }
+      std::printf("[ grouped %s, %d-row tiles ] max|d|/max|y| = %.2e over %lld rows\n", what,
+                  tile_rows, err / mag, static_cast<long long>(rows()));
+      worst = std::max(worst, err / mag);
+    }
+    return worst;
   }
 };
 
@@ -258,21 +297,19 @@ struct ExpertGroups {
 // with every FP8 linear's input through E4M3 1×128 tiles (the same numerics, F32 products).
 // The grouped FP8 kernel against float64 over the same codes: ExpertGroups' five experts, rows
 // quantised from a permutation, N 256 and K 384 (3 scale blocks), every block and tile its own
-// magnitude. Each expert's rows land at its unpadded offset; nothing else is written.
+// magnitude, at every tile size. Each expert's rows land at its unpadded offset.
 TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 256, k = 384, kb = k / 128;
   const ExpertGroups eg;
-  const std::vector<int32_t>&counts = eg.counts, &offsets = eg.offsets, &padded = eg.padded,
-        &tiles = eg.tiles, &perm = eg.perm;
+  const std::vector<int32_t>&counts = eg.counts, &offsets = eg.offsets, &padded = eg.padded;
   const int groups = eg.groups();
   const int64_t rows = eg.rows(), prows = padded.back();
   const std::vector<float> x = varied(rows, k, 1, 71);
   const auto dx = to_device(x);
-  const auto dperm = to_device(perm);
-  const auto &doff = eg.doff, &dpad = eg.dpad, &dtiles = eg.dtiles;
-  // Bounds on the padded rows and tiles, as the engine passes them (the kernels stop at the
-  // device-side ends); the buffers hold the bound.
+  const auto dperm = to_device(eg.perm);
+  // Bounds on the padded rows, as the engine passes them (the kernels stop at the device-side
+  // ends); the buffers hold the bound.
   const int64_t prows_bound = prows + 48;
   auto dq = device_buffer<uint8_t>(size_t(prows_bound * k));
   auto ds = device_buffer<float>(size_t(prows_bound * kb));
@@ -283,8 +320,8 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   qa.padded_rows = prows_bound;
   qa.k = k;
   qa.groups = groups;
-  qa.offsets = doff.get();
-  qa.padded_offsets = dpad.get();
+  qa.offsets = eg.doff.get();
+  qa.padded_offsets = eg.dpad.get();
   qa.q = dq.get();
   qa.scales = ds.get();
   cuda::quantize_e4m3_tiles(qa, nullptr);
@@ -301,29 +338,10 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
   }
   const auto dw = to_device(wcodes);
   const auto dws = to_device(wscale);
-  auto dy = device_buffer<float>(size_t(rows * n));  // NaN: unwritten rows show
-  cuda::GroupedArgs g;
-  g.x = dq.get();
-  g.x_scale = ds.get();
-  g.offsets = doff.get();
-  g.padded_offsets = dpad.get();
-  g.tile_start = dtiles.get();
-  g.groups = groups;
-  g.total_tiles = tiles.back() + 3;
-  g.w = dw.get();
-  g.w_scale = dws.get();
-  g.w_scale_ld = kb;
-  g.n = n;
-  g.k = k;
-  g.y = dy.get();
-  g.ldy = n;
-  ASSERT_TRUE(cuda::grouped_supported(cuda::WType::E4M3, n, k));
-  cuda::grouped_gemm(g, nullptr);
   DSV3_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint8_t> q = to_host(dq.get(), size_t(prows * k));
   const std::vector<float> xs = to_host(ds.get(), size_t(prows * kb));
-  const std::vector<float> y = to_host(dy.get(), size_t(rows * n));
-  double err = 0, ref = 0;
+  std::vector<double> ref(size_t(rows * n));
   for (int e = 0; e < groups; ++e) {
     const int64_t p0 = padded[size_t(e)], len = padded[size_t(e) + 1] - p0;
     for (int64_t i = 0; i < counts[size_t(e)]; ++i) {
@@ -337,37 +355,44 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
                             wscale[size_t((wr / 128) * kb + j / 128)];
           acc += xv * wv;
         }
-        const float got = y[size_t((offsets[size_t(e)] + i) * n + c)];
-        err = std::isnan(got) ? INFINITY : std::max(err, std::fabs(double(got) - acc));
-        ref = std::max(ref, std::fabs(acc));
+        ref[size_t((offsets[size_t(e)] + i) * n + c)] = acc;
       }
     }
   }
+  cuda::GroupedArgs g;
+  g.x = dq.get();
+  g.x_scale = ds.get();
+  g.offsets = eg.doff.get();
+  g.padded_offsets = eg.dpad.get();
+  g.groups = groups;
+  g.w = dw.get();
+  g.w_scale = dws.get();
+  g.w_scale_ld = kb;
+  g.n = n;
+  g.k = k;
+  g.ldy = n;
+  ASSERT_TRUE(cuda::grouped_supported(cuda::WType::E4M3, n, k));
   // Within a K block the tensor cores keep a limited-precision sum (cuBLASLt's block-scaled
   // GEMM: 1.3e-4 relative in bench_cuda_fp8_gemm's probe; train/fp8.h models it), then each
   // block is promoted in F32. A wrong row, scale or expert is off by O(1).
-  EXPECT_LE(err / ref, 2e-3);
-  std::printf("[ grouped fp8 ] max|d|/max|y| = %.2e over %lld rows\n", err / ref,
-              static_cast<long long>(rows));
+  EXPECT_LE(eg.worst_error(g, ref, "fp8"), 2e-3);
 }
 
 // The grouped kernel on BF16 experts against float64 over the same BF16 values: ExpertGroups'
 // five experts, rows gathered from a permutation and rounded to BF16 by gather_rows (unpadded,
 // in moe_permute's order), N 256 and K 192 (three 64-element K blocks: K need not be a
-// multiple of 128). Nothing past a group's rows is
-// written, and the rows of the next group are not read.
+// multiple of 128), at every tile size. Nothing past a group's rows is written, and the rows of
+// the next group are not read.
 TEST(GroupedGpu, Bf16ExpertsInOneLaunchMatchFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 256, k = 192;
   const ExpertGroups eg;
-  const std::vector<int32_t>&counts = eg.counts, &offsets = eg.offsets, &tiles = eg.tiles,
-        &perm = eg.perm;
+  const std::vector<int32_t>&counts = eg.counts, &offsets = eg.offsets, &perm = eg.perm;
   const int groups = eg.groups();
   const int64_t rows = eg.rows();
   const std::vector<float> x = varied(rows, k, 1, 171);
   const auto dx = to_device(x);
   const auto dperm = to_device(perm);
-  const auto &doff = eg.doff, &dpad = eg.dpad, &dtiles = eg.dtiles;
   auto dxb = device_buffer<uint16_t>(size_t(rows * k));
   cuda::gather_rows(dx.get(), k, dperm.get(), rows, k, dxb.get(), nullptr);
   std::vector<uint16_t> wb;
@@ -376,31 +401,12 @@ TEST(GroupedGpu, Bf16ExpertsInOneLaunchMatchFloat64) {
     for (float v : wv) wb.push_back(f32_to_bf16(v));
   }
   const auto dw = to_device(wb);
-  auto dy = device_buffer<float>(size_t(rows * n));  // NaN: unwritten rows show
-  cuda::GroupedArgs g;
-  g.type = cuda::WType::BF16;
-  g.x = dxb.get();
-  g.offsets = doff.get();
-  g.padded_offsets = dpad.get();
-  g.tile_start = dtiles.get();
-  g.groups = groups;
-  g.total_tiles = tiles.back() + 3;
-  g.w = dw.get();
-  g.n = n;
-  g.k = k;
-  g.y = dy.get();
-  g.ldy = n;
-  ASSERT_TRUE(cuda::grouped_supported(cuda::WType::BF16, n, k));
-  EXPECT_FALSE(cuda::grouped_supported(cuda::WType::BF16, n, 96));
-  EXPECT_FALSE(cuda::grouped_supported(cuda::WType::F32, n, k));
-  cuda::grouped_gemm(g, nullptr);
   DSV3_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint16_t> xb = to_host(dxb.get(), size_t(rows * k));
-  const std::vector<float> y = to_host(dy.get(), size_t(rows * n));
-  double err = 0, ref = 0;
   for (int64_t r = 0; r < rows; ++r)  // gather_rows: row r is x's row perm[r], rounded
     for (int64_t j = 0; j < k; ++j)
       ASSERT_EQ(xb[size_t(r * k + j)], f32_to_bf16(x[size_t(perm[size_t(r)] * k + j)]));
+  std::vector<double> ref(size_t(rows * n));
   for (int e = 0; e < groups; ++e) {
     for (int64_t i = 0; i < counts[size_t(e)]; ++i) {
       const int64_t r = offsets[size_t(e)] + i;
@@ -409,17 +415,26 @@ TEST(GroupedGpu, Bf16ExpertsInOneLaunchMatchFloat64) {
         for (int64_t j = 0; j < k; ++j)
           acc += double(bf16_to_f32(xb[size_t(r * k + j)])) *
                  double(bf16_to_f32(wb[size_t((e * n + c) * k + j)]));
-        const float got = y[size_t(r * n + c)];
-        err = std::isnan(got) ? INFINITY : std::max(err, std::fabs(double(got) - acc));
-        ref = std::max(ref, std::fabs(acc));
+        ref[size_t(r * n + c)] = acc;
       }
     }
   }
+  cuda::GroupedArgs g;
+  g.type = cuda::WType::BF16;
+  g.x = dxb.get();
+  g.offsets = eg.doff.get();
+  g.padded_offsets = eg.dpad.get();
+  g.groups = groups;
+  g.w = dw.get();
+  g.n = n;
+  g.k = k;
+  g.ldy = n;
+  ASSERT_TRUE(cuda::grouped_supported(cuda::WType::BF16, n, k));
+  EXPECT_FALSE(cuda::grouped_supported(cuda::WType::BF16, n, 96));
+  EXPECT_FALSE(cuda::grouped_supported(cuda::WType::F32, n, k));
   // Exact BF16 products summed in F32 (the tensor cores' accumulation): ~1e-6 relative; a
   // wrong row, column or expert is off by O(1).
-  EXPECT_LE(err / ref, 1e-4);
-  std::printf("[ grouped bf16 ] max|d|/max|y| = %.2e over %lld rows\n", err / ref,
-              static_cast<long long>(rows));
+  EXPECT_LE(eg.worst_error(g, ref, "bf16"), 1e-4);
 }
 
 struct Fp8Prefill {

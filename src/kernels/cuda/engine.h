@@ -101,6 +101,14 @@ struct CudaEngineOptions {
   int64_t bf16_expert_gemm_rows = 17;
   // Off: no grouped kernel (the GEMMs from their thresholds, else the gemv).
   bool grouped_experts = true;
+  // The grouped kernel's rows a block (16, 32 or 64); 0: by the rows the experts average, 16
+  // below 16, 32 below 48, else 64. H200 (bench_cuda_fp8_gemm part 3): FP8 experts at 4-16
+  // rows read at 70-73% of copy on 16-row tiles against 42% on 64; BF16 ones at 3-12 rows at
+  // 80-86% against 73-77%; at 24 rows 32-row tiles are best (74-76%), at 48 64-row ones.
+  // Decode, against 64-row tiles: V3 dims x 4 layers batch 128 / 256 20,861 / 34,453 against
+  // 14,545 / 25,562 tok/s; V2-Lite batch 32 / 64 / 256 2,881 / 5,174 / 15,344 against 2,559 /
+  // 4,755 / 14,891 (tree 3639601 with this rule).
+  int64_t grouped_tile_rows = 0;
   // Decode-sized chunks run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the
   // logits are bit-identical to the eager launches (tests/cuda/test_engine_gpu.cpp).

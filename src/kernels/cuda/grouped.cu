@@ -27,23 +27,32 @@ namespace dsv3::cuda {
 
 namespace {
 
-constexpr int kBM = 64, kBN = 128, kBK = 128, kThreads = 256;  // kBK in bytes
+constexpr int kBN = 128, kBK = 128, kThreads = 256;  // kBK in bytes
 constexpr int kStride = kBK + 16;  // bytes per shared row: ldmatrix without bank conflicts
 // K blocks in flight: kStages - 1 while one is multiplied. At decode batches (2-8 rows an
 // expert) a block's products are few and its time is the weights' latency: with two stages
 // and one block an SM (136 registers) only one 24 KiB stage an SM was in flight, 1.4 TB/s.
 constexpr int kStages = 4;
-constexpr size_t kSmem = size_t(kStages * (kBM + kBN) * kStride);  // 108 KiB
+template <int BM>
+constexpr size_t smem_bytes() {
+  return size_t(kStages * (BM + kBN) * kStride);  // 108 KiB at 64 rows, 81 KiB at 16
+}
 
-// MINB blocks an SM: 2 caps registers at 128 (32 bytes spill for E4M3), 1 leaves 136.
-template <WType T, int MINB>
-__global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedArgs a) {
+// BM rows (16, 32 or 64) × 128 columns of one expert a block: its 8 warps take 32 × 32 each at
+// 64 rows, BM × 16 below. Decode batches average a few rows an expert; at 64 rows a tile, 3 of
+// every 4 tensor-core products (and FP8's rescaling) were of padding. Two blocks an SM (128
+// registers; 32 bytes spill for E4M3 at 64 rows).
+template <WType T, int BM>
+__global__ void __launch_bounds__(kThreads, 2) grouped_kernel(const GroupedArgs a) {
   constexpr bool kFp8 = T == WType::E4M3;
   constexpr int64_t kElem = kFp8 ? 1 : 2;
+  constexpr int kWarpRows = BM < 32 ? BM : 32, kWarpsM = BM / kWarpRows;
+  constexpr int kWarpCols = kBN / (8 / kWarpsM);
+  constexpr int MI = kWarpRows / 16, NJ = kWarpCols / 8;  // 16 × 8 accumulator tiles a warp
   extern __shared__ __align__(16) uint8_t smem[];
   // Stage b: rows of x at sa(b), of W at sb(b).
-  const auto sa = [&](int b) { return smem + b * (kBM * kStride); };
-  const auto sb = [&](int b) { return smem + kStages * kBM * kStride + b * (kBN * kStride); };
+  const auto sa = [&](int b) { return smem + b * (BM * kStride); };
+  const auto sb = [&](int b) { return smem + kStages * BM * kStride + b * (kBN * kStride); };
   // This block's expert: the last group whose first tile is <= blockIdx.x.
   const int tile = int(blockIdx.x);
   const int e = group_of(a.tile_start, a.groups, tile);
@@ -52,14 +61,14 @@ __global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedAr
   // The group's rows of x: E4M3 padded (zeros past `valid`), BF16 unpadded (masked here).
   const int64_t p0 = kFp8 ? a.padded_offsets[e] : a.offsets[e];
   const int64_t plen = kFp8 ? a.padded_offsets[e + 1] - p0 : valid;
-  const int64_t m0 = int64_t(tile - a.tile_start[e]) * kBM;  // first row in the group
+  const int64_t m0 = int64_t(tile - a.tile_start[e]) * BM;  // first row in the group
   const int64_t n0 = int64_t(blockIdx.y) * kBN;
   const int64_t row_bytes = a.k * kElem, kb_count = row_bytes / kBK;
   const auto* x = static_cast<const uint8_t*>(a.x);
   const auto* w = static_cast<const uint8_t*>(a.w) + (int64_t(e) * a.n + n0) * row_bytes;
 
   const auto load = [&](int64_t kb, int buf) {
-    for (int c = int(threadIdx.x); c < kBM * (kBK / 16); c += kThreads) {
+    for (int c = int(threadIdx.x); c < BM * (kBK / 16); c += kThreads) {
       const int r = c / (kBK / 16), off = (c % (kBK / 16)) * 16;
       const bool ok = m0 + r < plen;
       cp16(sa(buf) + r * kStride + off, ok ? x + (p0 + m0 + r) * row_bytes + kb * kBK + off : x,
@@ -72,9 +81,10 @@ __global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedAr
   };
 
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int wm = warp / 4, wn = warp % 4;  // this warp: rows wm·32 .., columns wn·32 ..
+  // This warp: rows r0 .. r0 + kWarpRows, columns c0 .. c0 + kWarpCols of the tile.
+  const int r0 = (warp / (8 / kWarpsM)) * kWarpRows, c0 = (warp % (8 / kWarpsM)) * kWarpCols;
   const int g = lane / 4, t4 = lane % 4;
-  float acc[2][4][4] = {};
+  float acc[MI][NJ][4] = {};
 
   // One commit group per K block (empty past the end), so waiting for all but the newest
   // kStages - 2 groups means K block kb has landed.
@@ -88,22 +98,22 @@ __global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedAr
     __syncthreads();  // this K block in; every warp done with the buffer refilled next
     if (kb + kStages - 1 < kb_count) load(kb + kStages - 1, int((kb + kStages - 1) % kStages));
     cp_commit();
-    float part[2][4][4] = {};  // E4M3: this K block's products, scaled below
-    float(&sum)[2][4][4] = kFp8 ? part : acc;
+    float part[MI][NJ][4] = {};  // E4M3: this K block's products, scaled below
+    float(&sum)[MI][NJ][4] = kFp8 ? part : acc;
 #pragma unroll
     for (int kk = 0; kk < kBK / 32; ++kk) {
-      uint32_t af[2][4];
+      uint32_t af[MI][4];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
+      for (int mi = 0; mi < MI; ++mi)
         ldsm_x4(af[mi],
-                sa(buf) + (wm * 32 + mi * 16 + lane % 16) * kStride + kk * 32 + (lane / 16) * 16);
+                sa(buf) + (r0 + mi * 16 + lane % 16) * kStride + kk * 32 + (lane / 16) * 16);
 #pragma unroll
-      for (int nj = 0; nj < 4; nj += 2) {
+      for (int nj = 0; nj < NJ; nj += 2) {
         uint32_t bf[4];  // columns nj·8 .. +15, K bytes kk·32 .. +31
-        ldsm_x4(bf, sb(buf) + (wn * 32 + nj * 8 + (lane / 16) * 8 + lane % 8) * kStride + kk * 32 +
+        ldsm_x4(bf, sb(buf) + (c0 + nj * 8 + (lane / 16) * 8 + lane % 8) * kStride + kk * 32 +
                         ((lane / 8) % 2) * 16);
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
+        for (int mi = 0; mi < MI; ++mi) {
           if constexpr (kFp8) {
             mma_e4m3(sum[mi][nj], af[mi], bf[0], bf[1]);
             mma_e4m3(sum[mi][nj + 1], af[mi], bf[2], bf[3]);
@@ -118,14 +128,14 @@ __global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedAr
       // The row tile scales of this thread's four rows, times the weight block's.
       const float ws = a.w_scale[(int64_t(e) * (a.n / 128) + n0 / 128) * a.w_scale_ld + kb];
       const auto row_scale = [&](int mi, int half) {
-        const int64_t i = m0 + wm * 32 + mi * 16 + g + 8 * half;  // row within the group
+        const int64_t i = m0 + r0 + mi * 16 + g + 8 * half;  // row within the group
         return i < plen ? a.x_scale[kb_count * p0 + kb * plen + i] * ws : 0.0f;
       };
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
+      for (int mi = 0; mi < MI; ++mi) {
         const float s0 = row_scale(mi, 0), s1 = row_scale(mi, 1);
 #pragma unroll
-        for (int nj = 0; nj < 4; ++nj) {
+        for (int nj = 0; nj < NJ; ++nj) {
           acc[mi][nj][0] = fmaf(part[mi][nj][0], s0, acc[mi][nj][0]);
           acc[mi][nj][1] = fmaf(part[mi][nj][1], s0, acc[mi][nj][1]);
           acc[mi][nj][2] = fmaf(part[mi][nj][2], s1, acc[mi][nj][2]);
@@ -137,14 +147,14 @@ __global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedAr
   cp_wait_all();
   // Rows in the experts' unpadded order (moe_permute's), padding rows not written.
 #pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
+  for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int64_t i = m0 + wm * 32 + mi * 16 + g + 8 * half;
+      const int64_t i = m0 + r0 + mi * 16 + g + 8 * half;
       if (i >= valid) continue;
-      float* yrow = a.y + (a.offsets[e] + i) * a.ldy + n0 + wn * 32 + 2 * t4;
+      float* yrow = a.y + (a.offsets[e] + i) * a.ldy + n0 + c0 + 2 * t4;
 #pragma unroll
-      for (int nj = 0; nj < 4; ++nj)
+      for (int nj = 0; nj < NJ; ++nj)
         *reinterpret_cast<float2*>(yrow + nj * 8) = {acc[mi][nj][2 * half],
                                                      acc[mi][nj][2 * half + 1]};
     }
@@ -152,46 +162,56 @@ __global__ void __launch_bounds__(kThreads, MINB) grouped_kernel(const GroupedAr
 }
 
 // One thread: E is a few hundred, and this keeps the prefix sums in one fixed order.
-__global__ void grouped_layout_kernel(const int32_t* offsets, int groups, int32_t* padded_offsets,
-                                      int32_t* tile_start) {
+__global__ void grouped_layout_kernel(const int32_t* offsets, int groups, int tile_rows,
+                                      int32_t* padded_offsets, int32_t* tile_start) {
   if (threadIdx.x != 0) return;
   int32_t p = 0, t = 0;
   padded_offsets[0] = tile_start[0] = 0;
   for (int e = 0; e < groups; ++e) {
     const int32_t rows = offsets[e + 1] - offsets[e], padded = (rows + 15) / 16 * 16;
     p += padded;
-    t += (padded + kBM - 1) / kBM;
+    t += (padded + tile_rows - 1) / tile_rows;
     padded_offsets[e + 1] = p;
     tile_start[e + 1] = t;
   }
 }
 
-int g_blocks_per_sm = 2;  // grouped_blocks_per_sm
+template <WType T, int BM>
+void launch(const GroupedArgs& a, cudaStream_t s) {
+  constexpr size_t smem = smem_bytes<BM>();
+  DSV3_CUDA_CHECK(cudaFuncSetAttribute(grouped_kernel<T, BM>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid(unsigned(a.total_tiles), unsigned(a.n / kBN));
+  grouped_kernel<T, BM><<<grid, kThreads, smem, s>>>(a);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
 
 template <WType T>
 void launch(const GroupedArgs& a, cudaStream_t s) {
-  const auto kernel = g_blocks_per_sm == 1 ? grouped_kernel<T, 1> : grouped_kernel<T, 2>;
-  DSV3_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
-  const dim3 grid(unsigned(a.total_tiles), unsigned(a.n / kBN));
-  kernel<<<grid, kThreads, kSmem, s>>>(a);
-  DSV3_CUDA_CHECK_LAUNCH();
+  if (a.tile_rows == 16)
+    launch<T, 16>(a, s);
+  else if (a.tile_rows == 32)
+    launch<T, 32>(a, s);
+  else
+    launch<T, 64>(a, s);
+}
+
+bool tile_rows_ok(int tile_rows) {
+  return tile_rows == 16 || tile_rows == 32 || tile_rows == 64;
 }
 
 }  // namespace
 
-int grouped_blocks_per_sm(int blocks) {
-  return std::exchange(g_blocks_per_sm, blocks);
-}
-
-void grouped_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
+void grouped_layout(const int32_t* offsets, int groups, int tile_rows, int32_t* padded_offsets,
                     int32_t* tile_start, cudaStream_t s) {
-  grouped_layout_kernel<<<1, 32, 0, s>>>(offsets, groups, padded_offsets, tile_start);
+  if (!tile_rows_ok(tile_rows))
+    throw std::invalid_argument("grouped_layout: tile rows not 16/32/64");
+  grouped_layout_kernel<<<1, 32, 0, s>>>(offsets, groups, tile_rows, padded_offsets, tile_start);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
-int64_t grouped_tiles(int64_t rows) {
-  return (rows + kBM - 1) / kBM;
+int64_t grouped_tiles(int64_t rows, int tile_rows) {
+  return (rows + tile_rows - 1) / tile_rows;
 }
 
 bool grouped_supported(WType type, int64_t n, int64_t k) {
@@ -201,8 +221,11 @@ bool grouped_supported(WType type, int64_t n, int64_t k) {
 
 void grouped_gemm(const GroupedArgs& a, cudaStream_t s) {
   if (a.total_tiles == 0) return;
-  if (!grouped_supported(a.type, a.n, a.k))  // the engine asks first: a caller's bug
+  // The engine asks first: these are a caller's bugs.
+  if (!grouped_supported(a.type, a.n, a.k))
     throw std::invalid_argument("grouped_gemm: weight type or shape without a kernel");
+  if (!tile_rows_ok(a.tile_rows))
+    throw std::invalid_argument("grouped_gemm: tile rows not 16/32/64");
   if (a.type == WType::E4M3)
     launch<WType::E4M3>(a, s);
   else

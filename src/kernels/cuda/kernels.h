@@ -206,11 +206,14 @@ void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t 
 // rows of ldy. type E4M3: x E4M3 rows grouped at padded_offsets with tile scales as
 // quantize_e4m3_tiles writes them; W E4M3 [groups · n, k] with 128×128 block scales
 // w_scale [groups · n / 128][w_scale_ld]. type BF16: x BF16 rows at offsets (padded_offsets
-// and the scales unused), W BF16 [groups · n, k]. tile_start [groups + 1]: the prefix sums of
-// grouped_tiles(rows of each group); total_tiles the last, or any bound on it (blocks past
-// tile_start[groups] exit), so the host need not read the counts. Shapes: grouped_supported.
+// and the scales unused), W BF16 [groups · n, k]. A block takes tile_rows (16, 32 or 64) rows
+// of one group; tile_start [groups + 1]: the prefix sums of grouped_tiles(rows of each group,
+// tile_rows) as grouped_layout writes them; total_tiles the last, or any bound on it (blocks
+// past tile_start[groups] exit), so the host need not read the counts. Shapes:
+// grouped_supported.
 struct GroupedArgs {
   WType type = WType::E4M3;
+  int tile_rows = 64;
   const void* x = nullptr;
   const float* x_scale = nullptr;
   const int32_t *offsets = nullptr, *padded_offsets = nullptr, *tile_start = nullptr;
@@ -222,18 +225,16 @@ struct GroupedArgs {
   float* y = nullptr;
   int64_t ldy = 0;
 };
-// Tiles of a group of `rows` rows (padded or not: 16 divides a tile's 64).
-int64_t grouped_tiles(int64_t rows);
+// Tiles of a group of `rows` rows (padded or not: 16 divides every tile size).
+int64_t grouped_tiles(int64_t rows, int tile_rows);
 // From the groups' row offsets [groups + 1] on the device: padded_offsets (each group padded
-// to 16 rows, as quantize_e4m3_tiles and the E4M3 kernel want) and tile_start.
-void grouped_layout(const int32_t* offsets, int groups, int32_t* padded_offsets,
+// to 16 rows, as quantize_e4m3_tiles and the E4M3 kernel want) and tile_start for tiles of
+// tile_rows rows.
+void grouped_layout(const int32_t* offsets, int groups, int tile_rows, int32_t* padded_offsets,
                     int32_t* tile_start, cudaStream_t s);
 // E4M3 or BF16 weights, n a multiple of 128 and k of 128 bytes.
 bool grouped_supported(WType type, int64_t n, int64_t k);
 void grouped_gemm(const GroupedArgs& a, cudaStream_t s);
-// Benchmarks only: the grouped kernels built for 1 or 2 (the default) blocks an SM. Returns the
-// setting it replaces.
-int grouped_blocks_per_sm(int blocks);
 
 // MoE routing (MODEL_SPEC §5), one warp per token, the CPU's rule and tie-breaks: logits
 // [n, e] -> expert [n, k] (descending by biased score) and weight [n, k].
