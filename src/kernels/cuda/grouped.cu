@@ -5,10 +5,10 @@
 // expert and projection (768 a DeepSeek-V3 layer, 128 a V2-Lite one), host-bound, and it must
 // read the experts' row counts on the host first.
 //
-// A block computes 64 rows × 128 columns of one expert: 8 warps of 32 × 32 on mma.sync with F32
-// accumulators, 128-byte K blocks through shared memory by cp.async, kStages deep. Both types
-// share the shared-memory layout and the ldmatrix fragments: a 16-row A fragment of 32 bytes
-// is m16n8k32's for E4M3 and m16n8k16's for BF16. E4M3: rows quantised in 1×128 tiles, each
+// A block computes 16, 32 or 64 rows (GroupedArgs::tile_rows) × 128 columns of one expert: 8
+// warps on mma.sync with F32 accumulators, 128-byte K blocks through shared memory by cp.async,
+// kStages deep. Both types share the shared-memory layout and the ldmatrix fragments: a 16-row
+// A fragment of 32 bytes is m16n8k32's for E4M3 and m16n8k16's for BF16. E4M3: rows quantised in 1×128 tiles, each
 // group padded to 16 rows (quantize_e4m3_tiles); each K block's products are summed in their
 // own registers, then added to the output accumulators times (row tile scale × weight block
 // scale): the scales are applied per 128 of K in F32, as DeepSeek-V3's recipe and DeepGEMM
@@ -16,7 +16,6 @@
 // the tensor cores' products summed straight into the accumulators.
 #include <algorithm>
 #include <stdexcept>
-#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
