@@ -8,12 +8,12 @@
 // A block computes 16, 32 or 64 rows (GroupedArgs::tile_rows) × 128 columns of one expert: 8
 // warps on mma.sync with F32 accumulators, 128-byte K blocks through shared memory by cp.async,
 // kStages deep. Both types share the shared-memory layout and the ldmatrix fragments: a 16-row
-// A fragment of 32 bytes is m16n8k32's for E4M3 and m16n8k16's for BF16. E4M3: rows quantised in 1×128 tiles, each
-// group padded to 16 rows (quantize_e4m3_tiles); each K block's products are summed in their
-// own registers, then added to the output accumulators times (row tile scale × weight block
-// scale): the scales are applied per 128 of K in F32, as DeepSeek-V3's recipe and DeepGEMM
-// promote, not inside the tensor cores' sum. BF16: rows as they are, at the unpadded offsets,
-// the tensor cores' products summed straight into the accumulators.
+// A fragment of 32 bytes is m16n8k32's for E4M3 and m16n8k16's for BF16. E4M3: rows quantised
+// in 1×128 tiles, each group padded to 16 rows (quantize_e4m3_tiles); each K block's products
+// are summed in their own registers, then added to the output accumulators times (row tile
+// scale × weight block scale): the scales are applied per 128 of K in F32, as DeepSeek-V3's
+// recipe and DeepGEMM promote, not inside the tensor cores' sum. BF16: rows as they are, at
+// the unpadded offsets, the tensor cores' products summed straight into the accumulators.
 #include <algorithm>
 #include <stdexcept>
 
