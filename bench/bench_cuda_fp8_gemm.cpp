@@ -415,8 +415,8 @@ void grouped_experts() {
   const double copy = bench::copy_bandwidth();
   fmt::print("\ndevice-to-device copy {:.0f} GB/s\n", copy / 1e9);
   // Grouped: TFLOP/s and GB/s (of copy) with tiles of 16, 32 and 64 rows (GroupedArgs::tile_rows);
-  // the ratio: the per-expert GEMMs' time over the engine's choice's (CudaEngine: 16 below 16
-  // rows an expert, 32 below 48, else 64).
+  // the ratio: the per-expert GEMMs' time over that of the engine's choice
+  // (cuda::grouped_tile_rows).
   fmt::print("{:<34} {:>4} {:>22} {:>22} {:>22} {:>18} {:>7}\n", "experts x rows, n x k", "R",
              "16-row tiles", "32-row tiles", "64-row tiles", "per-expert", "ratio");
   struct Experts {
@@ -504,7 +504,7 @@ void grouped_experts() {
       for (const double t : t_grouped)
         line += fmt::format(" {:>5.0f} TF {:>5.0f} ({:>3.0f}%)", flop / t / 1e12, bytes / t / 1e9,
                             100 * bytes / t / copy);
-      const int chosen = R < 16 ? 0 : R < 48 ? 1 : 2;
+      const int tr = cuda::grouped_tile_rows(R), chosen = tr == 16 ? 0 : tr == 32 ? 1 : 2;
       fmt::print("{} {:>5.0f} TF {:>7.0f} {:>6.2f}x{}\n", line, flop / t_each / 1e12,
                  bytes / t_each / 1e9, t_each / t_grouped[chosen],
                  ok ? "" : " (cuBLASLt: no algorithm)");

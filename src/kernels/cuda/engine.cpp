@@ -937,15 +937,6 @@ struct CudaEngine::Impl {
     return q;
   }
 
-  // The grouped kernel's rows a block for experts averaging `rows` rows: few enough that a
-  // block's products are mostly of real rows, as many as keep its tensor cores efficient. A
-  // heavier expert takes more tiles, whose blocks run side by side and read its weights
-  // through L2.
-  int grouped_tile_rows(int64_t rows) const {
-    if (opt.grouped_tile_rows > 0) return int(opt.grouped_tile_rows);
-    return rows < 16 ? 16 : rows < 48 ? 32 : 64;
-  }
-
   // The routed experts on our grouped kernel (grouped.cu), one launch per projection, with the
   // groups' layout computed on the device: no host wait, so decode batches stay graphs. FP8
   // experts' rows are quantised in 1×128 tiles as for the per-expert GEMMs, BF16 experts' rows
@@ -956,7 +947,8 @@ struct CudaEngine::Impl {
     const int64_t E = c.n_routed_experts, pairs = n * c.num_experts_per_tok;
     const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
     const bool fp8 = L.gate_up_s.type == WType::E4M3;
-    const int tile_rows = grouped_tile_rows(pairs / E);
+    const int tile_rows =
+        opt.grouped_tile_rows > 0 ? int(opt.grouped_tile_rows) : grouped_tile_rows(pairs / E);
     // Bounds on the padded rows and tiles (each expert pads by < 16 rows, and < 1 tile).
     const int64_t rows_bound = pairs + 16 * E;
     const int64_t tiles_bound = grouped_tiles(rows_bound, tile_rows) + E;

@@ -90,24 +90,25 @@ struct CudaEngineOptions {
   int64_t expert_gemm_rows = 32;
   // BF16 ones on the grouped kernel from bf16_grouped_min_rows while under bf16_grouped_max_rows,
   // else one cuBLASLt GEMM each from bf16_expert_gemm_rows (also where the grouped kernel has no
-  // shape for them), else the gemv. H200, V2-Lite dims (6 of 64 experts): the grouped kernel
-  // reads the experts at 67-71% of copy from 6 to 24 rows an expert, 2.5-4.1x one cuBLASLt GEMM
-  // each; it runs batch 17 and 24 (1 and 2 rows an expert) 1.05x and 1.07x the gemv's rate; a
-  // 1K-token prompt's 96 rows an expert take 20.1 ms of GPU time against 23.8, a 2K one's 192
-  // rows 35.8 against 31.6 (tree 35c94c9 with this kernel). Over 16 rows an expert the gemv
-  // takes its general kernel, a pass over the weights per 8 rows (batch 256: 2,230 tok/s).
+  // shape for them), else the gemv. H200, V2-Lite dims (6 of 64 experts), the kernel on 64-row
+  // tiles: it read the experts at 67-71% of copy from 6 to 24 rows an expert, 2.5-4.1x one
+  // cuBLASLt GEMM each; it ran batch 17 and 24 (1 and 2 rows an expert) 1.05x and 1.07x the
+  // gemv's rate; a 1K-token prompt's 96 rows an expert took 20.1 ms of GPU time against 23.8,
+  // a 2K one's 192 rows 35.8 against 31.6 (tree 35c94c9 with this kernel). Over 16 rows an
+  // expert the gemv takes its general kernel, a pass over the weights per 8 rows (batch 256:
+  // 2,230 tok/s).
   int64_t bf16_grouped_min_rows = 1;
   int64_t bf16_grouped_max_rows = 128;
   int64_t bf16_expert_gemm_rows = 17;
   // Off: no grouped kernel (the GEMMs from their thresholds, else the gemv).
   bool grouped_experts = true;
-  // The grouped kernel's rows a block (16, 32 or 64); 0: by the rows the experts average, 16
-  // below 16, 32 below 48, else 64. H200 (bench_cuda_fp8_gemm part 3): FP8 experts at 4-16
-  // rows read at 70-73% of copy on 16-row tiles against 42% on 64; BF16 ones at 3-12 rows at
-  // 80-86% against 73-77%; at 24 rows 32-row tiles are best (74-76%), at 48 64-row ones.
-  // Decode, against 64-row tiles: V3 dims x 4 layers batch 128 / 256 20,861 / 34,453 against
-  // 14,545 / 25,562 tok/s; V2-Lite batch 32 / 64 / 256 2,881 / 5,174 / 15,344 against 2,559 /
-  // 4,755 / 14,891 (tree 3639601 with this rule).
+  // The grouped kernel's rows a block (16, 32 or 64); 0: by the rows the experts average
+  // (cuda::grouped_tile_rows: 16 below 16, 32 below 48, else 64). H200 (bench_cuda_fp8_gemm part
+  // 3): FP8 experts at 4-16 rows read at 70-73% of copy on 16-row tiles against 42% on 64; BF16
+  // ones at 3-12 rows at 80-86% against 73-77%; at 24 rows 32-row tiles are best (74-76%), at 48
+  // 64-row ones. Decode, against 64-row tiles: V3 dims x 4 layers batch 128 / 256 20,861 / 34,453
+  // against 14,545 / 25,562 tok/s; V2-Lite batch 32 / 64 / 256 2,881 / 5,174 / 15,344 against 2,559
+  // / 4,755 / 14,891 (tree 3639601 with this rule).
   int64_t grouped_tile_rows = 0;
   // Decode-sized chunks run as a CUDA graph captured once per
   // shape and replayed: one launch instead of hundreds. Same kernels, same arguments, so the

@@ -213,6 +213,10 @@ int64_t grouped_tiles(int64_t rows, int tile_rows) {
   return (rows + tile_rows - 1) / tile_rows;
 }
 
+int grouped_tile_rows(int64_t rows) {
+  return rows < 16 ? 16 : rows < 48 ? 32 : 64;
+}
+
 bool grouped_supported(WType type, int64_t n, int64_t k) {
   const int64_t k_elems = type == WType::E4M3 ? kBK : type == WType::BF16 ? kBK / 2 : 0;
   return k_elems > 0 && n % kBN == 0 && k % k_elems == 0 && n > 0 && k > 0;

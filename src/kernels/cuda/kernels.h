@@ -227,6 +227,11 @@ struct GroupedArgs {
 };
 // Tiles of a group of `rows` rows (padded or not: 16 divides every tile size).
 int64_t grouped_tiles(int64_t rows, int tile_rows);
+// The tile rows for groups averaging `rows` rows: 16 below 16, 32 below 48, else 64. Few enough
+// that a block's products are mostly of real rows, as many as keep its tensor cores busy; a
+// heavier group takes more tiles, whose blocks run side by side and read its weights through
+// L2 (CudaEngineOptions::grouped_tile_rows has the measurements).
+int grouped_tile_rows(int64_t rows);
 // From the groups' row offsets [groups + 1] on the device: padded_offsets (each group padded
 // to 16 rows, as quantize_e4m3_tiles and the E4M3 kernel want) and tile_start for tiles of
 // tile_rows rows.
