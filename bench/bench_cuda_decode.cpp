@@ -33,6 +33,8 @@
 //        [--side-stream 1 | 0 (the cache write and shared experts on a second stream)]
 //        [--fused-route 1 | 0 (a decode step's routing and permutation in one launch)]
 //        [--combine-in-norm 1 | 0 (the routed experts' sum done by the next norm)]
+//        [--expert-gemm-rows N (FP8 routed experts on one cuBLASLt GEMM each from N rows an
+//         expert, below it on the grouped kernel)]
 //        [--bf16-expert-gemm-rows N (BF16 routed experts on GEMMs from N rows an expert)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--mla-split-blocks N (the blocks the attention's key splits aim at; default 0: one
@@ -152,6 +154,7 @@ int main(int argc, char** argv) {
   bool side_stream = cuda::CudaEngineOptions{}.side_stream;
   bool combine_in_norm = cuda::CudaEngineOptions{}.combine_in_norm;
   int64_t bf16_expert_rows = cuda::CudaEngineOptions{}.bf16_expert_gemm_rows;
+  int64_t expert_rows = cuda::CudaEngineOptions{}.expert_gemm_rows;
   bool grouped = cuda::CudaEngineOptions{}.grouped_experts;
   int64_t grouped_tile_rows = cuda::CudaEngineOptions{}.grouped_tile_rows;
   int64_t grouped_min_rows = cuda::CudaEngineOptions{}.grouped_min_rows;
@@ -204,6 +207,8 @@ int main(int argc, char** argv) {
       cuda::gemv_allow_tile(v != "0");
     else if (k == "--gemv-tc")
       gemv_tc = v != "0";
+    else if (k == "--expert-gemm-rows")
+      expert_rows = std::stoll(v);
     else if (k == "--bf16-expert-gemm-rows")
       bf16_expert_rows = std::stoll(v);
     else if (k == "--combine-in-norm")
@@ -227,8 +232,8 @@ int main(int argc, char** argv) {
         "       [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
-        "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N] [--mla-split-blocks N]\n"
-        "       [--mla-tc-narrow 1|0]\n");
+        "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N] [--expert-gemm-rows N]\n"
+        "       [--mla-split-blocks N] [--mla-tc-narrow 1|0]\n");
     return 2;
   }
   int rc = 0;
@@ -257,6 +262,7 @@ int main(int argc, char** argv) {
       opt.side_stream = side_stream;
       opt.combine_in_norm = combine_in_norm;
       opt.bf16_expert_gemm_rows = bf16_expert_rows;
+      opt.expert_gemm_rows = expert_rows;
       opt.grouped_experts = grouped;
       opt.grouped_tile_rows = grouped_tile_rows;
       opt.grouped_min_rows = grouped_min_rows;

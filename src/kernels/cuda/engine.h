@@ -85,9 +85,12 @@ struct CudaEngineOptions {
   // up to expert_gemm_rows, and from there one cuBLASLt GEMM each (the host reads the counts).
   // H200, V3 dims x 4 layers: batch 256 (8 rows an expert) 18.0K vs 11.6K tok/s on the gemv
   // tile kernel, batch 128 (4) 11.6K vs 10.3K; at batch 64 (2) the gemv kernels are faster
-  // (7.8K vs 7.4K), hence 3; at 256 rows the grouped kernel runs at 0.3x cuBLASLt's rate.
+  // (7.8K vs 7.4K), hence 3; at 256 rows the grouped kernel runs at 0.3x cuBLASLt's rate. A
+  // 1K-token prefill chunk (32 rows, one 32-row tile an expert) 67.1K / 67.5K vs 65.1K / 65.5K
+  // tok/s on cuBLASLt; a 1,280-token one (40 rows: two tiles, mostly padding) 71.3K / 71.6K vs
+  // 72.7K / 72.9K, hence 33 (V3 dims x 4 layers, H200, two rounds in one call).
   int64_t grouped_min_rows = 3;
-  int64_t expert_gemm_rows = 32;
+  int64_t expert_gemm_rows = 33;
   // BF16 ones on the grouped kernel from bf16_grouped_min_rows while under bf16_grouped_max_rows,
   // else one cuBLASLt GEMM each from bf16_expert_gemm_rows (also where the grouped kernel has no
   // shape for them), else the gemv. H200, V2-Lite dims (6 of 64 experts), the kernel on 64-row
