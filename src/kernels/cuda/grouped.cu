@@ -24,6 +24,10 @@
 
 namespace dsv3::cuda {
 
+DSV3_HOST_DEVICE int64_t grouped_tiles(int64_t rows, int tile_rows) {
+  return (rows + tile_rows - 1) / tile_rows;
+}
+
 namespace {
 
 constexpr int kBN = 128, kBK = 128, kThreads = 256;  // kBK in bytes
@@ -163,13 +167,12 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_kernel(const GroupedArgs 
 // One thread: E is a few hundred, and this keeps the prefix sums in one fixed order.
 __global__ void grouped_layout_kernel(const int32_t* offsets, int groups, int tile_rows,
                                       int32_t* padded_offsets, int32_t* tile_start) {
-  if (threadIdx.x != 0) return;
   int32_t p = 0, t = 0;
   padded_offsets[0] = tile_start[0] = 0;
   for (int e = 0; e < groups; ++e) {
     const int32_t rows = offsets[e + 1] - offsets[e], padded = (rows + 15) / 16 * 16;
     p += padded;
-    t += (padded + tile_rows - 1) / tile_rows;
+    t += int32_t(grouped_tiles(padded, tile_rows));
     padded_offsets[e + 1] = p;
     tile_start[e + 1] = t;
   }
@@ -205,12 +208,8 @@ void grouped_layout(const int32_t* offsets, int groups, int tile_rows, int32_t* 
                     int32_t* tile_start, cudaStream_t s) {
   if (!tile_rows_ok(tile_rows))
     throw std::invalid_argument("grouped_layout: tile rows not 16/32/64");
-  grouped_layout_kernel<<<1, 32, 0, s>>>(offsets, groups, tile_rows, padded_offsets, tile_start);
+  grouped_layout_kernel<<<1, 1, 0, s>>>(offsets, groups, tile_rows, padded_offsets, tile_start);
   DSV3_CUDA_CHECK_LAUNCH();
-}
-
-int64_t grouped_tiles(int64_t rows, int tile_rows) {
-  return (rows + tile_rows - 1) / tile_rows;
 }
 
 int grouped_tile_rows(int64_t rows) {

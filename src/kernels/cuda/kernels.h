@@ -226,7 +226,7 @@ struct GroupedArgs {
   int64_t ldy = 0;
 };
 // Tiles of a group of `rows` rows (padded or not: 16 divides every tile size).
-int64_t grouped_tiles(int64_t rows, int tile_rows);
+DSV3_HOST_DEVICE int64_t grouped_tiles(int64_t rows, int tile_rows);
 // The tile rows for groups averaging `rows` rows: 16 below 16, 32 below 48, else 64. Few enough
 // that a block's products are mostly of real rows, as many as keep its tensor cores busy; a
 // heavier group takes more tiles, whose blocks run side by side and read its weights through
