@@ -41,6 +41,8 @@
 //         wave of the GPU)]
 //        [--mla-tc-narrow 1 | 0 (up to 16 heads over a BF16 cache on the 16-head attention
 //         kernel)]
+//        [--flash-kernel 2 | 1 | 0 (192 / 128 heads' prefill attention: wgmma over 128 or 64
+//         keys a tile, or mma.sync)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
 //         time them inside a graph by difference)]
 #include <cuda_runtime.h>
@@ -219,6 +221,8 @@ int main(int argc, char** argv) {
       cuda::set_mla_split_blocks(std::stoll(v));
     else if (k == "--mla-tc-narrow")
       cuda::set_mla_tc_narrow(v != "0");
+    else if (k == "--flash-kernel")
+      cuda::set_flash_kernel(std::stoi(v));
   }
   if (model_dir.empty()) {
     fmt::print(
@@ -233,7 +237,7 @@ int main(int argc, char** argv) {
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
         "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N] [--expert-gemm-rows N]\n"
-        "       [--mla-split-blocks N] [--mla-tc-narrow 1|0]\n");
+        "       [--mla-split-blocks N] [--mla-tc-narrow 1|0] [--flash-kernel 2|1|0]\n");
     return 2;
   }
   int rc = 0;

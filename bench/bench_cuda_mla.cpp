@@ -152,11 +152,17 @@ void prefill(int64_t n, double gemm_tflops) {
   f.scale_log2 = 0.1f;
   f.o = o;
   f.ldo = kHeads * kDv;
-  const double ms = bench::time_ms([&] { cuda::flash_prefill(f, nullptr); }, 5);
   const double flops = 2.0 * double(kHeads) * double(n) * double(n + 1) / 2 * double(dq + kDv);
-  const double tflops = flops / ms / 1e9;
-  fmt::print("prefill {:>6} tokens: {:8.3f} ms  {:6.1f} TFLOP/s  ({:.0f}% of the BF16 GEMM)\n", n,
-             ms, tflops, 100.0 * tflops / gemm_tflops);
+  for (const int kind : {0, 1, 2}) {  // kernels.h: mma.sync; wgmma over 64 and 128 keys
+    cuda::set_flash_kernel(kind);
+    const double ms = bench::time_ms([&] { cuda::flash_prefill(f, nullptr); }, 5);
+    const double tflops = flops / ms / 1e9;
+    fmt::print(
+        "prefill {:>6} tokens, kernel {}: {:8.3f} ms  {:6.1f} TFLOP/s  ({:.0f}% of the BF16 "
+        "GEMM)\n",
+        n, kind, ms, tflops, 100.0 * tflops / gemm_tflops);
+  }
+  cuda::set_flash_kernel(2);
   for (void* p : {q, kv, cache, static_cast<void*>(o)}) DSV3_CUDA_CHECK(cudaFree(p));
 }
 

@@ -970,16 +970,19 @@ TEST_P(MlaGpu, AttentionOverLongCacheMatchesCpu) {
 INSTANTIATE_TEST_SUITE_P(Weights, MlaGpu, ::testing::Values("bf16", "fp8", "f32"));
 
 // The non-absorbed prefill attention (flash_prefill) against float64 on the same BF16 values:
-// 100 query rows of 3 heads at positions 37 .. 136 (a cached prefix), keys' rope part from a
-// cache-like buffer of wider rows, once over all keys and once in key chunks of 64 (the state
-// carried between launches), at the three head sizes the models here use. P is rounded to
-// BF16 before P·V (as FlashAttention does): ≤ 8e-3 of max|o|.
-class FlashGpu : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
+// n query rows of 3 heads at positions 37 .. 36 + n (a cached prefix), keys' rope part from a
+// cache-like buffer of wider rows, once over all keys and in key chunks of 64 and 192 (the
+// state carried between launches), at the three head sizes the models here use. P is rounded
+// to BF16 before P·V (as FlashAttention does): ≤ 8e-3 of max|o|. At 192 / 128 on Hopper each
+// kernel runs (set_flash_kernel): the wgmma one over 64-key tiles must give the mma.sync
+// kernel's bits exactly (the same tiles and sums on other instructions), and over 128-key tiles
+// (the default) bits of its own wherever a launch spans more than 64 keys.
+class FlashGpu : public ::testing::TestWithParam<std::tuple<int, int, int, int>> {};
 
 TEST_P(FlashGpu, CausalWithPrefixMatchesFloat64) {
   SKIP_WITHOUT_GPU();
-  const auto [dn, dr, dv] = GetParam();
-  const int64_t H = 3, n = 100, pos0 = 37, keys = pos0 + n, dc = 64, D = dc + dr;
+  const auto [dn, dr, dv, rows] = GetParam();
+  const int64_t H = 3, n = rows, pos0 = 37, keys = pos0 + n, dc = 64, D = dc + dr;
   const int64_t dq = dn + dr, dkv = dn + dv;
   const std::vector<float> q = bf16_values(randn(size_t(n * H * dq), 51));
   const std::vector<float> kv = bf16_values(randn(size_t(keys * H * dkv), 52));
@@ -1011,50 +1014,66 @@ TEST_P(FlashGpu, CausalWithPrefixMatchesFloat64) {
   for (double w : want) ref = std::max(ref, std::fabs(w));
   const auto dq_ = to_device(bf16_bits(q)), dkv_ = to_device(bf16_bits(kv)),
              dcache = to_device(bf16_bits(cache));
-  for (const int64_t chunk : {keys, int64_t(64)}) {
-    DevPtr<float> o = poisoned(size_t(n * H * dv));
-    DevPtr<float> ml = poisoned(size_t(n * H * 2));
-    cuda::FlashArgs f;
-    f.q = dq_.get();
-    f.ldq = H * dq;
-    f.kpe = dcache.get() + dc;
-    f.ldkpe = D;
-    f.ldkv = H * dkv;
-    f.dn = dn;
-    f.dr = dr;
-    f.dv = dv;
-    f.heads = H;
-    f.n = n;
-    f.pos0 = pos0;
-    f.scale_log2 = float(scale * 1.4426950408889634);
-    f.o = o.get();
-    f.ldo = H * dv;
-    f.ml = ml.get();
-    ASSERT_TRUE(cuda::flash_prefill_supported(dn, dr, dv));
-    for (int64_t kb = 0; kb < keys; kb += chunk) {
-      f.kv = dkv_.get() + kb * H * dkv;  // as the engine's buffer: the chunk's keys only
-      f.k_begin = kb;
-      f.k_end = std::min(keys, kb + chunk);
-      f.first = kb == 0;
-      f.last = f.k_end == keys;
-      cuda::flash_prefill(f, nullptr);
+  const std::vector<int> kinds =
+      dn + dr == 192 && dv == 128 ? std::vector<int>{0, 1, 2} : std::vector<int>{0};
+  for (const int64_t chunk : {keys, int64_t(64), int64_t(192)}) {
+    std::vector<float> first;  // kernel 0's output
+    for (const int kind : kinds) {
+      cuda::set_flash_kernel(kind);
+      DevPtr<float> o = poisoned(size_t(n * H * dv));
+      DevPtr<float> ml = poisoned(size_t(n * H * 2));
+      cuda::FlashArgs f;
+      f.q = dq_.get();
+      f.ldq = H * dq;
+      f.kpe = dcache.get() + dc;
+      f.ldkpe = D;
+      f.ldkv = H * dkv;
+      f.dn = dn;
+      f.dr = dr;
+      f.dv = dv;
+      f.heads = H;
+      f.n = n;
+      f.pos0 = pos0;
+      f.scale_log2 = float(scale * 1.4426950408889634);
+      f.o = o.get();
+      f.ldo = H * dv;
+      f.ml = ml.get();
+      ASSERT_TRUE(cuda::flash_prefill_supported(dn, dr, dv));
+      for (int64_t kb = 0; kb < keys; kb += chunk) {
+        f.kv = dkv_.get() + kb * H * dkv;  // as the engine's buffer: the chunk's keys only
+        f.k_begin = kb;
+        f.k_end = std::min(keys, kb + chunk);
+        f.first = kb == 0;
+        f.last = f.k_end == keys;
+        cuda::flash_prefill(f, nullptr);
+      }
+      const std::vector<float> got = to_host(o, size_t(n * H * dv));
+      double worst = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        if (std::isnan(got[i])) worst = INFINITY;
+        worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
+      }
+      EXPECT_LE(worst / ref, 8e-3) << "kernel " << kind << ", key chunks of " << chunk;
+      std::printf(
+          "[ flash %d/%d/%d, %lld rows, kernel %d ] key chunks of %lld: max|d|/max|o| = "
+          "%.2e\n",
+          dn, dr, dv, static_cast<long long>(n), kind, static_cast<long long>(chunk), worst / ref);
+      if (kind == 0) first = got;
+      size_t differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += got[i] != first[i];
+      if (kind == 1) EXPECT_EQ(differ, 0u) << "key chunks of " << chunk;
+      if (kind == 2 && chunk > 128) EXPECT_GT(differ, 0u) << "key chunks of " << chunk;
+      if (kind > 0) std::printf("  %zu of %zu values differ from kernel 0's\n", differ, got.size());
     }
-    const std::vector<float> got = to_host(o, size_t(n * H * dv));
-    double worst = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (std::isnan(got[i])) worst = INFINITY;
-      worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
-    }
-    EXPECT_LE(worst / ref, 8e-3) << "key chunks of " << chunk;
-    std::printf("[ flash %d/%d/%d ] key chunks of %lld: max|d|/max|o| = %.2e\n", dn, dr, dv,
-                static_cast<long long>(chunk), worst / ref);
   }
+  cuda::set_flash_kernel(2);
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, FlashGpu,
-                         ::testing::Values(std::make_tuple(128, 64, 128),
-                                           std::make_tuple(64, 32, 64),
-                                           std::make_tuple(16, 8, 16)));
+                         ::testing::Values(std::make_tuple(128, 64, 128, 100),
+                                           std::make_tuple(128, 64, 128, 300),
+                                           std::make_tuple(64, 32, 64, 100),
+                                           std::make_tuple(16, 8, 16, 100)));
 
 // The absorbed decode attention on the tensor cores (mla_attention_tc) against float64 on the
 // same BF16 values: three query rows of two sequences at positions 299, 40 and 0 (many key

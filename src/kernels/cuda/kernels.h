@@ -370,5 +370,9 @@ struct FlashArgs {
 };
 bool flash_prefill_supported(int dn, int dr, int dv);
 void flash_prefill(const FlashArgs& a, cudaStream_t s);
+// For tests and benchmarks: which kernel takes 192 / 128 heads on Hopper: 0 the mma.sync one
+// (every other size's), or wgmma over tiles of 64 keys (1: the same bits as 0) or 128 (2, the
+// default).
+void set_flash_kernel(int kind);
 
 }  // namespace dsv3::cuda

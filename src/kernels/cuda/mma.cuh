@@ -86,6 +86,13 @@ __device__ __forceinline__ void mma_pv(float (&o)[NT][4], const uint32_t (&p)[KS
   }
 }
 
+// 2^x, denormal results flushed to zero (one MUFU.EX2; exp2f adds a fix-up for them).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Max and sum over the 4 lanes of a quad: the lanes that hold one row of an mma C fragment.
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
@@ -99,12 +106,10 @@ __device__ __forceinline__ float quad_sum(float v) {
 // One online-softmax step (log2 domain) for the two rows g and g + 8 a thread holds: mx
 // arrives as this thread's max over m and the new scores, and leaves as the base to subtract
 // from them before exp2 (the row's max over the quad, or 0 while a row has no key, so
-// exp2(-inf - base) is 0, not NaN). m becomes the row max; l (this thread's part of the sum)
-// and the N accumulator tiles o are rescaled to it.
-template <int N>
-__device__ __forceinline__ void online_softmax_rescale(float (&mx)[2], float (&m)[2], float (&l)[2],
-                                                       float (&o)[N][4]) {
-  float corr[2];
+// exp2(-inf - base) is 0, not NaN). m becomes the row max; l (this thread's part of the sum) is
+// rescaled to it, and corr is the factor the rows' accumulators take (rescale_rows).
+__device__ __forceinline__ void online_softmax_max(float (&mx)[2], float (&m)[2], float (&l)[2],
+                                                   float (&corr)[2]) {
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
     const float row_max = quad_max(mx[rr]);
@@ -114,6 +119,9 @@ __device__ __forceinline__ void online_softmax_rescale(float (&mx)[2], float (&m
     mx[rr] = base;
     l[rr] *= corr[rr];
   }
+}
+template <int N>
+__device__ __forceinline__ void rescale_rows(float (&o)[N][4], const float (&corr)[2]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     o[i][0] *= corr[0];
@@ -121,6 +129,14 @@ __device__ __forceinline__ void online_softmax_rescale(float (&mx)[2], float (&m
     o[i][2] *= corr[1];
     o[i][3] *= corr[1];
   }
+}
+// Both, for N accumulator tiles o.
+template <int N>
+__device__ __forceinline__ void online_softmax_rescale(float (&mx)[2], float (&m)[2], float (&l)[2],
+                                                       float (&o)[N][4]) {
+  float corr[2];
+  online_softmax_max(mx, m, l, corr);
+  rescale_rows(o, corr);
 }
 
 }  // namespace dsv3::cuda
