@@ -38,6 +38,7 @@
 #include "cuda_bench.h"
 #include "kernels/cuda/blas.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/engine.h"
 #include "kernels/cuda/kernels.h"
 
 using namespace dsv3;
@@ -414,11 +415,12 @@ void grouped_experts() {
   // bytes over the time, against the copy (decode batches read every expert's weights once).
   const double copy = bench::copy_bandwidth();
   fmt::print("\ndevice-to-device copy {:.0f} GB/s\n", copy / 1e9);
-  // Grouped: TFLOP/s and GB/s (of copy) with tiles of 16, 32 and 64 rows (GroupedArgs::tile_rows);
-  // the ratio: the per-expert GEMMs' time over that of the engine's choice
-  // (cuda::grouped_tile_rows).
-  fmt::print("{:<34} {:>4} {:>22} {:>22} {:>22} {:>18} {:>7}\n", "experts x rows, n x k", "R",
-             "16-row tiles", "32-row tiles", "64-row tiles", "per-expert", "ratio");
+  // Grouped: TFLOP/s and GB/s (of copy) with tiles of 16, 32 and 64 rows (GroupedArgs::tile_rows)
+  // and, for BF16 on Hopper, the 128-row wgmma tiles; the ratio: the per-expert GEMMs' time over
+  // that of the engine's choice (cuda::grouped_tile_rows, or 128 from bf16_wgmma_min_rows).
+  fmt::print("{:<34} {:>4} {:>22} {:>22} {:>22} {:>22} {:>18} {:>7}\n", "experts x rows, n x k",
+             "R", "16-row tiles", "32-row tiles", "64-row tiles", "128 (wgmma)", "per-expert",
+             "ratio");
   struct Experts {
     cuda::WType type;
     const char* name;
@@ -428,8 +430,18 @@ void grouped_experts() {
   const Experts experts[] = {
       {cuda::WType::E4M3, "FP8 gate|up (4096 x 7168)", 256, 4096, 7168, {4, 8, 16, 32}},
       {cuda::WType::E4M3, "FP8 down (7168 x 2048)", 256, 7168, 2048, {4, 8, 16, 32}},
-      {cuda::WType::BF16, "BF16 gate|up (2816 x 2048)", 64, 2816, 2048, {3, 6, 12, 24, 48, 96}},
-      {cuda::WType::BF16, "BF16 down (2048 x 1408)", 64, 2048, 1408, {3, 6, 12, 24, 48, 96}}};
+      {cuda::WType::BF16,
+       "BF16 gate|up (2816 x 2048)",
+       64,
+       2816,
+       2048,
+       {3, 6, 12, 24, 48, 96, 192, 768}},
+      {cuda::WType::BF16,
+       "BF16 down (2048 x 1408)",
+       64,
+       2048,
+       1408,
+       {3, 6, 12, 24, 48, 96, 192, 768}}};
   for (const Experts& s : experts) {
     for (const int64_t R : s.rows) {
       const bool fp8 = s.type == cuda::WType::E4M3;
@@ -472,9 +484,10 @@ void grouped_experts() {
       g.ldy = N;
       const double flop = 2.0 * double(P) * double(N) * double(K);
       const double bytes = double(E * N * K * elem);
-      double t_grouped[3] = {};
-      for (int i = 0; i < 3; ++i) {
+      double t_grouped[4] = {};
+      for (int i = 0; i < 4; ++i) {
         const int tile_rows = 16 << i;
+        if (!cuda::grouped_tile_ok(s.type, tile_rows)) continue;
         std::vector<int32_t> tiles(size_t(E + 1));
         for (int64_t e = 0; e <= E; ++e)
           tiles[size_t(e)] = int32_t(e * cuda::grouped_tiles(Rp, tile_rows));
@@ -502,9 +515,12 @@ void grouped_experts() {
       const double t_each = bench::time_ms(per_expert, 5) * 1e-3;
       std::string line = fmt::format("{:<34} {:>4}", fmt::format("{} x {}", E, s.name), R);
       for (const double t : t_grouped)
-        line += fmt::format(" {:>5.0f} TF {:>5.0f} ({:>3.0f}%)", flop / t / 1e12, bytes / t / 1e9,
-                            100 * bytes / t / copy);
-      const int tr = cuda::grouped_tile_rows(R), chosen = tr == 16 ? 0 : tr == 32 ? 1 : 2;
+        line += t > 0 ? fmt::format(" {:>5.0f} TF {:>5.0f} ({:>3.0f}%)", flop / t / 1e12,
+                                    bytes / t / 1e9, 100 * bytes / t / copy)
+                      : fmt::format(" {:>22}", "-");
+      const int tr = cuda::grouped_tile_rows(R);
+      const bool wide = t_grouped[3] > 0 && R >= cuda::CudaEngineOptions{}.bf16_wgmma_min_rows;
+      const int chosen = wide ? 3 : tr == 16 ? 0 : tr == 32 ? 1 : 2;
       fmt::print("{} {:>5.0f} TF {:>7.0f} {:>6.2f}x{}\n", line, flop / t_each / 1e12,
                  bytes / t_each / 1e9, t_each / t_grouped[chosen],
                  ok ? "" : " (cuBLASLt: no algorithm)");

@@ -228,7 +228,8 @@ double rms_vs_std(const float* a, const float* b, int64_t n) {
 }
 
 // Five experts' row groups for the grouped kernels: 0, 3, 70, 16 and 130 rows (empty, under
-// one 16-row pad, over one 64-row tile, exactly one pad, several tiles of every size), the rows
+// one 16-row pad, over one 64-row tile, exactly one pad, several tiles of every size; two of
+// 128 rows, the second of 2), the rows
 // drawn from a permutation; the layout made on the device as the engine makes it
 // (grouped_layout), checked against the host's.
 struct ExpertGroups {
@@ -263,11 +264,13 @@ struct ExpertGroups {
     EXPECT_EQ(to_host(start, tiles->size()), *tiles);
     return {std::move(pad), std::move(start)};
   }
-  // Runs g with tiles of 16, 32 and 64 rows, each into fresh outputs (NaN: unwritten rows show);
-  // the largest |y - ref| over ref's largest magnitude, for the worst tile size.
+  // Runs g with tiles of 16, 32, 64 and (where this GPU has the kernel: BF16 on Hopper) 128
+  // rows, each into fresh outputs (NaN: unwritten rows show); the largest |y - ref| over ref's
+  // largest magnitude, for the worst tile size.
   double worst_error(cuda::GroupedArgs g, const std::vector<double>& ref, const char* what) const {
     double worst = 0;
-    for (const int tile_rows : {16, 32, 64}) {
+    for (const int tile_rows : {16, 32, 64, 128}) {
+      if (!cuda::grouped_tile_ok(g.type, tile_rows)) continue;
       std::vector<int32_t> tiles;
       const auto starts = layout(tile_rows, &tiles);
       auto dy = device_buffer<float>(ref.size());
@@ -381,8 +384,8 @@ TEST(GroupedFp8Gpu, ExpertsInOneLaunchMatchFloat64) {
 // The grouped kernel on BF16 experts against float64 over the same BF16 values: ExpertGroups'
 // five experts, rows gathered from a permutation and rounded to BF16 by gather_rows (unpadded,
 // in moe_permute's order), N 256 and K 192 (three 64-element K blocks: K need not be a
-// multiple of 128), at every tile size. Nothing past a group's rows is written, and the rows of
-// the next group are not read.
+// multiple of 128), at every tile size (the 128-row wgmma tiles on Hopper). Nothing past a
+// group's rows is written, and the rows of the next group are not read.
 TEST(GroupedGpu, Bf16ExpertsInOneLaunchMatchFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 256, k = 192;
@@ -432,6 +435,8 @@ TEST(GroupedGpu, Bf16ExpertsInOneLaunchMatchFloat64) {
   ASSERT_TRUE(cuda::grouped_supported(cuda::WType::BF16, n, k));
   EXPECT_FALSE(cuda::grouped_supported(cuda::WType::BF16, n, 96));
   EXPECT_FALSE(cuda::grouped_supported(cuda::WType::F32, n, k));
+  EXPECT_FALSE(cuda::grouped_tile_ok(cuda::WType::E4M3, 128));
+  EXPECT_EQ(cuda::grouped_tile_ok(cuda::WType::BF16, 128), cuda::wgmma_device());
   // Exact BF16 products summed in F32 (the tensor cores' accumulation): ~1e-6 relative; a
   // wrong row, column or expert is off by O(1).
   EXPECT_LE(eg.worst_error(g, ref, "bf16"), 1e-4);
@@ -441,6 +446,7 @@ struct Fp8Prefill {
   Tensor exact, fp8, bf16, emulated;
   Tensor grouped;  // fp8 with the experts in one launch (with_grouped only)
   Tensor gemv;     // with the experts on the gemv kernels (with_grouped only)
+  Tensor wide;     // the grouped kernel's 128-row wgmma tiles (with_grouped on Hopper, BF16 only)
   int64_t n = 0;
 };
 
@@ -486,8 +492,10 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
     ids.ptr<int32_t>()[i] = p1.back();
     ids.ptr<int32_t>()[24 + i] = p2.back();
   }
-  // experts_gemv: the routed experts on the gemv kernels (grouped's fallback).
-  auto run = [&](bool exact, bool fp8, bool grouped = false, bool experts_gemv = false) {
+  // experts_gemv: the routed experts on the gemv kernels (grouped's fallback); wide: the grouped
+  // kernel's 128-row tiles.
+  auto run = [&](bool exact, bool fp8, bool grouped = false, bool experts_gemv = false,
+                 bool wide = false) {
     cuda::CudaEngineOptions o;
     o.grouped_experts = grouped;
     o.max_sequences = 2;
@@ -501,6 +509,7 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
     o.expert_gemm_rows = o.bf16_expert_gemm_rows = grouped || experts_gemv ? all : 1;
     o.grouped_min_rows = o.bf16_grouped_min_rows = 0;
     o.bf16_grouped_max_rows = all;
+    o.bf16_wgmma_min_rows = wide ? 0 : all;
     o.bf16_cache = false;  // only the GEMMs' numerics differ between the runs
     const cuda::CudaEngine engine(model, o);
     LatentCache a = engine.new_cache(), b = engine.new_cache();
@@ -513,6 +522,8 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
   if (with_grouped) {
     r.grouped = run(false, true, true);
     r.gemv = run(false, true, false, true);
+    if (dtype == "bf16" && cuda::grouped_tile_ok(cuda::WType::BF16, 128))
+      r.wide = run(false, true, true, false, true);
   }
   ops::set_fp8_activations(true);
   r.emulated = model.forward(ids);
@@ -692,8 +703,9 @@ TEST(Fp8PrefillGpu, ExpertsOnFp8TensorCoresMatchTheirEmulation) {
 // The same model in BF16: its routed experts take one BF16 cuBLASLt GEMM each (rows gathered
 // per expert), within BF16's tolerance of the exact path like every other BF16 GEMM; and all on
 // the grouped kernel, which takes the same BF16 products summed in F32 (on the H200 its logits
-// had cuBLASLt's bits). Had the engine not taken it, the experts would have run on the gemv
-// kernels (F32 inputs), whose bits the grouped run must not have.
+// had cuBLASLt's bits), on its 16- to 64-row tiles and, on Hopper, its 128-row wgmma tiles.
+// Had the engine not taken it, the experts would have run on the gemv kernels (F32 inputs),
+// whose bits the grouped runs must not have.
 TEST(Bf16PrefillGpu, ExpertsOnTensorCoresStayNearTheExactPath) {
   SKIP_WITHOUT_GPU();
   const Fp8Prefill r = fp8_prefill(2, 1, false, "bf16", true);
@@ -707,6 +719,12 @@ TEST(Bf16PrefillGpu, ExpertsOnTensorCoresStayNearTheExactPath) {
   EXPECT_GT(e, 0.0) << "the BF16 GEMMs were not taken";
   EXPECT_LE(g, 1e-3);
   EXPECT_NE(std::memcmp(r.grouped.data(), r.gemv.data(), r.grouped.nbytes()), 0)
+      << "the grouped kernel was not taken";
+  if (r.wide.numel() == 0) return;  // no wgmma kernel on this GPU
+  const double w = err_vs_std(r.wide.ptr<float>(), r.bf16.ptr<float>(), r.n);
+  std::printf("[ bf16 experts ] 128-row wgmma tiles vs per-expert GEMMs: max|d|/std %.2e\n", w);
+  EXPECT_LE(w, 1e-3);
+  EXPECT_NE(std::memcmp(r.wide.data(), r.gemv.data(), r.wide.nbytes()), 0)
       << "the grouped kernel was not taken";
 }
 

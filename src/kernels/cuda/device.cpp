@@ -26,4 +26,11 @@ std::string device_summary(int index) {
                      p.multiProcessorCount, double(p.totalGlobalMem) / (1u << 30));
 }
 
+bool wgmma_device() {
+  int dev = 0, major = 0;
+  DSV3_CUDA_CHECK(cudaGetDevice(&dev));
+  DSV3_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major == 9;
+}
+
 }  // namespace dsv3::cuda

@@ -835,10 +835,14 @@ struct CudaEngine::Impl {
       return false;
     // pairs / E >= r is pairs >= r · E for integers, without the product's overflow.
     const int64_t rows = pairs / E;
-    const bool in_range =
-        fp8 ? rows >= opt.grouped_min_rows && rows < opt.expert_gemm_rows
-            : rows >= opt.bf16_grouped_min_rows && rows < opt.bf16_grouped_max_rows;
+    const bool in_range = fp8 ? rows >= opt.grouped_min_rows && rows < opt.expert_gemm_rows
+                              : rows >= opt.bf16_grouped_min_rows &&
+                                    (rows < opt.bf16_grouped_max_rows || bf16_wgmma_tiles(rows));
     return in_range && grouped_supported(t, 2 * inter, H) && grouped_supported(t, H, inter);
+  }
+  // Whether BF16 experts averaging `rows` rows take the grouped kernel's 128-row wgmma tiles.
+  bool bf16_wgmma_tiles(int64_t rows) const {
+    return rows >= opt.bf16_wgmma_min_rows && grouped_tile_ok(WType::BF16, 128);
   }
   bool experts_on_gemm(const DevLayer& L, int64_t n) const {
     const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
@@ -947,8 +951,12 @@ struct CudaEngine::Impl {
     const int64_t E = c.n_routed_experts, pairs = n * c.num_experts_per_tok;
     const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
     const bool fp8 = L.gate_up_s.type == WType::E4M3;
+    const int64_t rows = pairs / E;
+    const int auto_rows = !fp8 && bf16_wgmma_tiles(rows) ? 128 : grouped_tile_rows(rows);
     const int tile_rows =
-        opt.grouped_tile_rows > 0 ? int(opt.grouped_tile_rows) : grouped_tile_rows(pairs / E);
+        opt.grouped_tile_rows > 0 && grouped_tile_ok(L.gate_up_s.type, int(opt.grouped_tile_rows))
+            ? int(opt.grouped_tile_rows)
+            : auto_rows;
     // Bounds on the padded rows and tiles (each expert pads by < 16 rows, and < 1 tile).
     const int64_t rows_bound = pairs + 16 * E;
     const int64_t tiles_bound = grouped_tiles(rows_bound, tile_rows) + E;

@@ -103,10 +103,19 @@ struct CudaEngineOptions {
   int64_t bf16_grouped_min_rows = 1;
   int64_t bf16_grouped_max_rows = 128;
   int64_t bf16_expert_gemm_rows = 17;
+  // On Hopper, BF16 ones averaging bf16_wgmma_min_rows rows or more take the grouped kernel's
+  // 128-row tiles on wgmma, whatever bf16_grouped_max_rows says: one launch a projection fills
+  // the GPU where one GEMM an expert leaves it part idle, and needs no host wait. H200, V2-Lite
+  // dims: prefill 1K / 8K 46.2K / 46.9K tok/s against 33.8K / 40.3K (from 64 rows against
+  // none); decode batch 32 / 64 / 256 2,889 / 5,240 / 16,177 against 2,844 / 5,110 / 15,151
+  // (from 1 row against 64), the weights read at 79-85% of copy from 3 to 12 rows an expert
+  // against 72-82% on the mma.sync tiles (bench_cuda_fp8_gemm part 3).
+  int64_t bf16_wgmma_min_rows = 1;
   // Off: no grouped kernel (the GEMMs from their thresholds, else the gemv).
   bool grouped_experts = true;
-  // The grouped kernel's rows a block (16, 32 or 64); 0: by the rows the experts average
-  // (cuda::grouped_tile_rows: 16 below 16, 32 below 48, else 64). H200 (bench_cuda_fp8_gemm part
+  // The grouped kernel's rows a block (16, 32, 64, or 128 for BF16 on Hopper); 0: by the rows
+  // the experts average (cuda::grouped_tile_rows: 16 below 16, 32 below 48, else 64; 128 from
+  // bf16_wgmma_min_rows). H200 (bench_cuda_fp8_gemm part
   // 3): FP8 experts at 4-16 rows read at 70-73% of copy on 16-row tiles against 42% on 64; BF16
   // ones at 3-12 rows at 80-86% against 73-77%; at 24 rows 32-row tiles are best (74-76%), at 48
   // 64-row ones. Decode, against 64-row tiles: V3 dims x 4 layers batch 128 / 256 20,861 / 34,453

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -418,15 +419,6 @@ void launch_wgmma(const FlashArgs& a, cudaStream_t s) {
 }
 
 int g_flash_kernel = 2;  // set_flash_kernel
-
-// Whether the current device runs the sm_90a code (compute capability 9.x); other devices get
-// the portable PTX, which has no wgmma.
-bool wgmma_device() {
-  int dev = 0, major = 0;
-  DSV3_CUDA_CHECK(cudaGetDevice(&dev));
-  DSV3_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  return major == 9;
-}
 
 int pad16(int x) {
   return (x + 15) / 16 * 16;

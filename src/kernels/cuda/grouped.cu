@@ -5,8 +5,9 @@
 // expert and projection (768 a DeepSeek-V3 layer, 128 a V2-Lite one), host-bound, and it must
 // read the experts' row counts on the host first.
 //
-// A block computes 16, 32 or 64 rows (GroupedArgs::tile_rows) × 128 columns of one expert: 8
-// warps on mma.sync with F32 accumulators, 128-byte K blocks through shared memory by cp.async,
+// A block computes 16, 32 or 64 rows (GroupedArgs::tile_rows) × 128 columns of one expert (BF16
+// ones on Hopper: 128 rows on wgmma, grouped_wgmma_kernel below): 8 warps on mma.sync with F32
+// accumulators, 128-byte K blocks through shared memory by cp.async,
 // kStages deep. Both types share the shared-memory layout and the ldmatrix fragments: a 16-row
 // A fragment of 32 bytes is m16n8k32's for E4M3 and m16n8k16's for BF16. E4M3: rows quantised
 // in 1×128 tiles, each group padded to 16 rows (quantize_e4m3_tiles); each K block's products
@@ -19,8 +20,10 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace dsv3::cuda {
 
@@ -164,6 +167,88 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_kernel(const GroupedArgs 
   }
 }
 
+// BF16 experts in 128-row tiles on Hopper's warpgroup MMAs, the engine's choice for them there
+// at every size (CudaEngineOptions::bf16_wgmma_min_rows). At prefill sizes one cuBLASLt GEMM an
+// expert fills the GPU no better than its own tiles do (V2-Lite at an 8K prompt: 768 × 2816 an
+// expert, 66 tiles of 128 × 256 for 132 SMs) and needs the counts on the host; here every
+// expert's tiles are one grid. At decode sizes the tiles are mostly padding, but wgmma reads
+// the weights faster than the mma.sync tiles above do. A block: 128 rows × 128 columns, two
+// warpgroups of 64 rows, K in 64-element steps through shared memory in wgmma's 128-byte
+// swizzle (cp.async, kWStages deep), 4 m64n128k16 a step a warpgroup, F32 accumulators.
+constexpr int kWBM = 128, kWBK = 64, kWStages = 3;
+constexpr uint32_t kWTileBytes = 128 * 128;  // 128 rows of 64 BF16 a stage, for x and for W
+constexpr size_t kWSmem = 1024 + size_t(kWStages) * 2 * kWTileBytes;
+
+__global__ void __launch_bounds__(kThreads, 2) grouped_wgmma_kernel(const GroupedArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) uint8_t wsmem[];
+  uint8_t* const sbase = wsmem + ((1024 - (smem_addr(wsmem) & 1023)) & 1023);
+  const uint32_t base = smem_addr(sbase);  // stage b: x at b · 2 · kWTileBytes, W after
+  const int tile = int(blockIdx.x);
+  const int e = group_of(a.tile_start, a.groups, tile);
+  if (tile >= a.tile_start[a.groups]) return;
+  const int64_t valid = a.offsets[e + 1] - a.offsets[e];
+  const int64_t m0 = int64_t(tile - a.tile_start[e]) * kWBM;  // first row in the group
+  const int64_t n0 = int64_t(blockIdx.y) * kBN;
+  const int64_t kb_count = a.k / kWBK;
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, wg = warp / 4;
+  // Thread t copies 16-byte chunk t % 8 of rows t / 8 + 32 i (its swizzled offset the same in
+  // every one of them), zeros past the group's rows.
+  const int lch = tid % 8, lrow = tid / 8;
+  const uint32_t lsw = swizzle128(uint32_t(lrow), uint32_t(lch));
+  const int rows = int(min(int64_t(kWBM), valid - m0)) - lrow;
+  const auto* x0 = static_cast<const uint16_t*>(a.x);
+  const uint16_t* x = x0 + (a.offsets[e] + m0 + lrow) * a.k + lch * 8;
+  const auto* w =
+      static_cast<const uint16_t*>(a.w) + (int64_t(e) * a.n + n0 + lrow) * a.k + lch * 8;
+  const auto load = [&](int64_t kb, int st) {
+    uint8_t* dst = sbase + st * 2 * kWTileBytes + lsw;
+#pragma unroll
+    for (int i = 0; i < kWBM / 32; ++i) {
+      const bool ok = 32 * i < rows;
+      cp16(dst + i * 32 * 128, ok ? x + 32 * i * a.k + kb * kWBK : x0, ok);
+      cp16(dst + kWTileBytes + i * 32 * 128, w + 32 * i * a.k + kb * kWBK, true);
+    }
+  };
+  float acc[16][4] = {};
+  for (int b = 0; b < kWStages - 1; ++b) {
+    if (b < kb_count) load(b, b);
+    cp_commit();
+  }
+  for (int64_t kb = 0; kb < kb_count; ++kb) {
+    const int st = int(kb % kWStages);
+    cp_wait<kWStages - 2>();
+    fence_proxy_async();
+    __syncthreads();  // this K block in; every warpgroup done with the stage refilled next
+    if (kb + kWStages - 1 < kb_count) load(kb + kWStages - 1, int((kb + kWStages - 1) % kWStages));
+    cp_commit();
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kWBK / 16; ++kk)
+      wgmma_m64n128k16_ss(
+          acc, wgmma_desc(base + st * 2 * kWTileBytes + wg * 64 * 128 + kk * 32, 16, 1024),
+          wgmma_desc(base + st * 2 * kWTileBytes + kWTileBytes + kk * 32, 16, 1024), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+  cp_wait_all();
+  // Rows 16 w + g and + 8 of this warpgroup's 64, columns 8 j + 2 t (wgmma's C layout).
+  const int g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t i = m0 + wg * 64 + (warp % 4) * 16 + g + 8 * half;
+    if (i >= valid) continue;
+    float* yrow = a.y + (a.offsets[e] + i) * a.ldy + n0 + 2 * t4;
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+      *reinterpret_cast<float2*>(yrow + j * 8) = {acc[j][2 * half], acc[j][2 * half + 1]};
+  }
+#else
+  (void)a;
+  __trap();  // grouped_gemm runs it only where the sm_90a code exists
+#endif
+}
+
 // One thread: E is a few hundred, and this keeps the prefix sums in one fixed order.
 __global__ void grouped_layout_kernel(const int32_t* offsets, int groups, int tile_rows,
                                       int32_t* padded_offsets, int32_t* tile_start) {
@@ -188,6 +273,15 @@ void launch(const GroupedArgs& a, cudaStream_t s) {
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
+void launch_wgmma(const GroupedArgs& a, cudaStream_t s) {
+  if (a.k % kWBK) throw std::invalid_argument("grouped_gemm: k not a multiple of 64");
+  DSV3_CUDA_CHECK(cudaFuncSetAttribute(grouped_wgmma_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWSmem)));
+  const dim3 grid(unsigned(a.total_tiles), unsigned(a.n / kBN));
+  grouped_wgmma_kernel<<<grid, kThreads, kWSmem, s>>>(a);
+  DSV3_CUDA_CHECK_LAUNCH();
+}
+
 template <WType T>
 void launch(const GroupedArgs& a, cudaStream_t s) {
   if (a.tile_rows == 16)
@@ -199,7 +293,7 @@ void launch(const GroupedArgs& a, cudaStream_t s) {
 }
 
 bool tile_rows_ok(int tile_rows) {
-  return tile_rows == 16 || tile_rows == 32 || tile_rows == 64;
+  return tile_rows == 16 || tile_rows == 32 || tile_rows == 64 || tile_rows == kWBM;
 }
 
 }  // namespace
@@ -207,13 +301,18 @@ bool tile_rows_ok(int tile_rows) {
 void grouped_layout(const int32_t* offsets, int groups, int tile_rows, int32_t* padded_offsets,
                     int32_t* tile_start, cudaStream_t s) {
   if (!tile_rows_ok(tile_rows))
-    throw std::invalid_argument("grouped_layout: tile rows not 16/32/64");
+    throw std::invalid_argument("grouped_layout: tile rows not 16/32/64/128");
   grouped_layout_kernel<<<1, 1, 0, s>>>(offsets, groups, tile_rows, padded_offsets, tile_start);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
 int grouped_tile_rows(int64_t rows) {
   return rows < 16 ? 16 : rows < 48 ? 32 : 64;
+}
+
+bool grouped_tile_ok(WType type, int tile_rows) {
+  if (tile_rows == kWBM) return type == WType::BF16 && wgmma_device();
+  return tile_rows == 16 || tile_rows == 32 || tile_rows == 64;
 }
 
 bool grouped_supported(WType type, int64_t n, int64_t k) {
@@ -226,9 +325,11 @@ void grouped_gemm(const GroupedArgs& a, cudaStream_t s) {
   // The engine asks first: these are a caller's bugs.
   if (!grouped_supported(a.type, a.n, a.k))
     throw std::invalid_argument("grouped_gemm: weight type or shape without a kernel");
-  if (!tile_rows_ok(a.tile_rows))
-    throw std::invalid_argument("grouped_gemm: tile rows not 16/32/64");
-  if (a.type == WType::E4M3)
+  if (!grouped_tile_ok(a.type, a.tile_rows))
+    throw std::invalid_argument("grouped_gemm: no kernel for these tile rows and weight type");
+  if (a.tile_rows == kWBM)
+    launch_wgmma(a, s);
+  else if (a.type == WType::E4M3)
     launch<WType::E4M3>(a, s);
   else
     launch<WType::BF16>(a, s);

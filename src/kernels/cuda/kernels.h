@@ -206,7 +206,7 @@ void gather_rows(const float* src, int64_t ld_src, const int32_t* rows, int64_t 
 // rows of ldy. type E4M3: x E4M3 rows grouped at padded_offsets with tile scales as
 // quantize_e4m3_tiles writes them; W E4M3 [groups · n, k] with 128×128 block scales
 // w_scale [groups · n / 128][w_scale_ld]. type BF16: x BF16 rows at offsets (padded_offsets
-// and the scales unused), W BF16 [groups · n, k]. A block takes tile_rows (16, 32 or 64) rows
+// and the scales unused), W BF16 [groups · n, k]. A block takes tile_rows (grouped_tile_ok) rows
 // of one group; tile_start [groups + 1]: the prefix sums of grouped_tiles(rows of each group,
 // tile_rows) as grouped_layout writes them; total_tiles the last, or any bound on it (blocks
 // past tile_start[groups] exit), so the host need not read the counts. Shapes:
@@ -239,6 +239,9 @@ void grouped_layout(const int32_t* offsets, int groups, int tile_rows, int32_t* 
                     int32_t* tile_start, cudaStream_t s);
 // E4M3 or BF16 weights, n a multiple of 128 and k of 128 bytes.
 bool grouped_supported(WType type, int64_t n, int64_t k);
+// Whether grouped_gemm has a kernel for tiles of tile_rows rows of this weight type: 16, 32 and
+// 64 for both (mma.sync); 128 for BF16 on Hopper (wgmma: the prefill's tiles).
+bool grouped_tile_ok(WType type, int tile_rows);
 void grouped_gemm(const GroupedArgs& a, cudaStream_t s);
 
 // MoE routing (MODEL_SPEC §5), one warp per token, the CPU's rule and tie-breaks: logits
