@@ -36,8 +36,8 @@
 //        [--expert-gemm-rows N (FP8 routed experts on one cuBLASLt GEMM each from N rows an
 //         expert, below it on the grouped kernel)]
 //        [--bf16-expert-gemm-rows N (BF16 routed experts on GEMMs from N rows an expert)]
-//        [--bf16-wgmma-min-rows N (on Hopper, BF16 routed experts on the grouped kernel's 128-row
-//         wgmma tiles from N rows an expert)]
+//        [--bf16-wgmma-min-rows N, --fp8-wgmma-min-rows N (on Hopper, BF16 / FP8 routed experts
+//         on the grouped kernel's 128-row wgmma tiles from N rows an expert)]
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--mla-split-blocks N (the blocks the attention's key splits aim at; default 0: one
 //         wave of the GPU)]
@@ -164,6 +164,7 @@ int main(int argc, char** argv) {
   int64_t grouped_min_rows = cuda::CudaEngineOptions{}.grouped_min_rows;
   int64_t bf16_grouped_min_rows = cuda::CudaEngineOptions{}.bf16_grouped_min_rows;
   int64_t bf16_wgmma_min_rows = cuda::CudaEngineOptions{}.bf16_wgmma_min_rows;
+  int64_t fp8_wgmma_min_rows = cuda::CudaEngineOptions{}.fp8_wgmma_min_rows;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -196,6 +197,8 @@ int main(int argc, char** argv) {
       bf16_grouped_min_rows = std::stoll(v);
     else if (k == "--bf16-wgmma-min-rows")
       bf16_wgmma_min_rows = std::stoll(v);
+    else if (k == "--fp8-wgmma-min-rows")
+      fp8_wgmma_min_rows = std::stoll(v);
     else if (k == "--absorb-tc")
       absorb_tc = v != "0";
     else if (k == "--attention-tc")
@@ -237,7 +240,7 @@ int main(int argc, char** argv) {
         "[--pdl 1|0] [--gemv-flags FLAGS] [--gemv-block-warps 1..8] [--gemv-tile 1|0] [--gemv-tc "
         "1|0]\n"
         "       [--grouped-tile-rows 16|32|64|128] [--grouped-experts 1|0] [--grouped-min-rows N]\n"
-        "       [--bf16-grouped-min-rows N] [--bf16-wgmma-min-rows N]\n"
+        "       [--bf16-grouped-min-rows N] [--bf16-wgmma-min-rows N] [--fp8-wgmma-min-rows N]\n"
         "       [--gemv-tile-pass 4|8] [--absorb-tc 0|1]\n"
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
@@ -277,6 +280,7 @@ int main(int argc, char** argv) {
       opt.grouped_min_rows = grouped_min_rows;
       opt.bf16_grouped_min_rows = bf16_grouped_min_rows;
       opt.bf16_wgmma_min_rows = bf16_wgmma_min_rows;
+      opt.fp8_wgmma_min_rows = fp8_wgmma_min_rows;
       return opt;
     };
     // The decode engines: room for the largest batch of prompt + steps tokens.

@@ -428,8 +428,8 @@ void grouped_experts() {
     std::vector<int64_t> rows;
   };
   const Experts experts[] = {
-      {cuda::WType::E4M3, "FP8 gate|up (4096 x 7168)", 256, 4096, 7168, {4, 8, 16, 32}},
-      {cuda::WType::E4M3, "FP8 down (7168 x 2048)", 256, 7168, 2048, {4, 8, 16, 32}},
+      {cuda::WType::E4M3, "FP8 gate|up (4096 x 7168)", 256, 4096, 7168, {4, 8, 16, 32, 64, 256}},
+      {cuda::WType::E4M3, "FP8 down (7168 x 2048)", 256, 7168, 2048, {4, 8, 16, 32, 64, 256}},
       {cuda::WType::BF16,
        "BF16 gate|up (2816 x 2048)",
        64,
@@ -519,7 +519,9 @@ void grouped_experts() {
                                     bytes / t / 1e9, 100 * bytes / t / copy)
                       : fmt::format(" {:>22}", "-");
       const int tr = cuda::grouped_tile_rows(R);
-      const bool wide = t_grouped[3] > 0 && R >= cuda::CudaEngineOptions{}.bf16_wgmma_min_rows;
+      const cuda::CudaEngineOptions defaults;
+      const bool wide = t_grouped[3] > 0 &&
+                        R >= (fp8 ? defaults.fp8_wgmma_min_rows : defaults.bf16_wgmma_min_rows);
       const int chosen = wide ? 3 : tr == 16 ? 0 : tr == 32 ? 1 : 2;
       fmt::print("{} {:>5.0f} TF {:>7.0f} {:>6.2f}x{}\n", line, flop / t_each / 1e12,
                  bytes / t_each / 1e9, t_each / t_grouped[chosen],

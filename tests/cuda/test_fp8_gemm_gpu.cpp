@@ -435,7 +435,7 @@ TEST(GroupedGpu, Bf16ExpertsInOneLaunchMatchFloat64) {
   ASSERT_TRUE(cuda::grouped_supported(cuda::WType::BF16, n, k));
   EXPECT_FALSE(cuda::grouped_supported(cuda::WType::BF16, n, 96));
   EXPECT_FALSE(cuda::grouped_supported(cuda::WType::F32, n, k));
-  EXPECT_FALSE(cuda::grouped_tile_ok(cuda::WType::E4M3, 128));
+  EXPECT_EQ(cuda::grouped_tile_ok(cuda::WType::E4M3, 128), cuda::wgmma_device());
   EXPECT_EQ(cuda::grouped_tile_ok(cuda::WType::BF16, 128), cuda::wgmma_device());
   // Exact BF16 products summed in F32 (the tensor cores' accumulation): ~1e-6 relative; a
   // wrong row, column or expert is off by O(1).
@@ -446,7 +446,7 @@ struct Fp8Prefill {
   Tensor exact, fp8, bf16, emulated;
   Tensor grouped;  // fp8 with the experts in one launch (with_grouped only)
   Tensor gemv;     // with the experts on the gemv kernels (with_grouped only)
-  Tensor wide;     // the grouped kernel's 128-row wgmma tiles (with_grouped on Hopper, BF16 only)
+  Tensor wide;     // the grouped kernel's 128-row wgmma tiles (with_grouped, on Hopper)
   int64_t n = 0;
 };
 
@@ -509,7 +509,7 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
     o.expert_gemm_rows = o.bf16_expert_gemm_rows = grouped || experts_gemv ? all : 1;
     o.grouped_min_rows = o.bf16_grouped_min_rows = 0;
     o.bf16_grouped_max_rows = all;
-    o.bf16_wgmma_min_rows = wide ? 0 : all;
+    o.bf16_wgmma_min_rows = o.fp8_wgmma_min_rows = wide ? 0 : all;
     o.bf16_cache = false;  // only the GEMMs' numerics differ between the runs
     const cuda::CudaEngine engine(model, o);
     LatentCache a = engine.new_cache(), b = engine.new_cache();
@@ -522,7 +522,7 @@ Fp8Prefill fp8_prefill(int layers, int dense_layers, bool zero_attention,
   if (with_grouped) {
     r.grouped = run(false, true, true);
     r.gemv = run(false, true, false, true);
-    if (dtype == "bf16" && cuda::grouped_tile_ok(cuda::WType::BF16, 128))
+    if (cuda::grouped_tile_ok(dtype == "bf16" ? cuda::WType::BF16 : cuda::WType::E4M3, 128))
       r.wide = run(false, true, true, false, true);
   }
   ops::set_fp8_activations(true);
@@ -697,6 +697,15 @@ TEST(Fp8PrefillGpu, ExpertsOnFp8TensorCoresMatchTheirEmulation) {
   EXPECT_LE(g_emul_rms, 0.3 * em_rms);
   // Another kernel sums in another order: equal bits would mean it never ran.
   EXPECT_NE(std::memcmp(r.grouped.data(), r.fp8.data(), r.grouped.nbytes()), 0)
+      << "the grouped kernel was not taken";
+  if (r.wide.numel() == 0) return;  // no wgmma kernel on this GPU
+  const double w_emul = err_vs_std(r.wide.ptr<float>(), emul, r.n);
+  const double w_emul_rms = rms_vs_std(r.wide.ptr<float>(), emul, r.n);
+  std::printf("[ experts ] 128-row wgmma tiles vs emulation: max|d|/std %.2e, rms/std %.2e\n",
+              w_emul, w_emul_rms);
+  EXPECT_LE(w_emul, 0.4 * em);
+  EXPECT_LE(w_emul_rms, 0.3 * em_rms);
+  EXPECT_NE(std::memcmp(r.wide.data(), r.gemv.data(), r.wide.nbytes()), 0)
       << "the grouped kernel was not taken";
 }
 

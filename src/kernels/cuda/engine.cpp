@@ -835,14 +835,17 @@ struct CudaEngine::Impl {
       return false;
     // pairs / E >= r is pairs >= r · E for integers, without the product's overflow.
     const int64_t rows = pairs / E;
-    const bool in_range = fp8 ? rows >= opt.grouped_min_rows && rows < opt.expert_gemm_rows
+    const bool in_range = fp8 ? rows >= opt.grouped_min_rows &&
+                                    (rows < opt.expert_gemm_rows || wgmma_tiles(true, rows))
                               : rows >= opt.bf16_grouped_min_rows &&
-                                    (rows < opt.bf16_grouped_max_rows || bf16_wgmma_tiles(rows));
+                                    (rows < opt.bf16_grouped_max_rows || wgmma_tiles(false, rows));
     return in_range && grouped_supported(t, 2 * inter, H) && grouped_supported(t, H, inter);
   }
-  // Whether BF16 experts averaging `rows` rows take the grouped kernel's 128-row wgmma tiles.
-  bool bf16_wgmma_tiles(int64_t rows) const {
-    return rows >= opt.bf16_wgmma_min_rows && grouped_tile_ok(WType::BF16, 128);
+  // Whether FP8 or BF16 experts averaging `rows` rows take the grouped kernel's 128-row wgmma
+  // tiles.
+  bool wgmma_tiles(bool fp8, int64_t rows) const {
+    return rows >= (fp8 ? opt.fp8_wgmma_min_rows : opt.bf16_wgmma_min_rows) &&
+           grouped_tile_ok(fp8 ? WType::E4M3 : WType::BF16, 128);
   }
   bool experts_on_gemm(const DevLayer& L, int64_t n) const {
     const bool bf16 = blas && L.gate_up_s.type == WType::BF16 && L.down_s.type == WType::BF16;
@@ -952,7 +955,7 @@ struct CudaEngine::Impl {
     const int64_t H = c.hidden_size, inter = c.moe_intermediate_size;
     const bool fp8 = L.gate_up_s.type == WType::E4M3;
     const int64_t rows = pairs / E;
-    const int auto_rows = !fp8 && bf16_wgmma_tiles(rows) ? 128 : grouped_tile_rows(rows);
+    const int auto_rows = wgmma_tiles(fp8, rows) ? 128 : grouped_tile_rows(rows);
     const int tile_rows =
         opt.grouped_tile_rows > 0 && grouped_tile_ok(L.gate_up_s.type, int(opt.grouped_tile_rows))
             ? int(opt.grouped_tile_rows)

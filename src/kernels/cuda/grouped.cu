@@ -167,50 +167,64 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_kernel(const GroupedArgs 
   }
 }
 
-// BF16 experts in 128-row tiles on Hopper's warpgroup MMAs, the engine's choice for them there
-// at every size (CudaEngineOptions::bf16_wgmma_min_rows). At prefill sizes one cuBLASLt GEMM an
-// expert fills the GPU no better than its own tiles do (V2-Lite at an 8K prompt: 768 × 2816 an
-// expert, 66 tiles of 128 × 256 for 132 SMs) and needs the counts on the host; here every
-// expert's tiles are one grid. At decode sizes the tiles are mostly padding, but wgmma reads
-// the weights faster than the mma.sync tiles above do. A block: 128 rows × 128 columns, two
-// warpgroups of 64 rows, K in 64-element steps through shared memory in wgmma's 128-byte
-// swizzle (cp.async, kWStages deep), 4 m64n128k16 a step a warpgroup, F32 accumulators.
-constexpr int kWBM = 128, kWBK = 64, kWStages = 3;
-constexpr uint32_t kWTileBytes = 128 * 128;  // 128 rows of 64 BF16 a stage, for x and for W
+// The experts in 128-row tiles on Hopper's warpgroup MMAs: the engine's choice there for BF16
+// experts at every size (CudaEngineOptions::bf16_wgmma_min_rows) and for FP8 ones at prefill
+// sizes (fp8_wgmma_min_rows). At those sizes one cuBLASLt GEMM an expert fills the GPU no
+// better than its own tiles do (V2-Lite at an 8K prompt: 768 × 2816 an expert, 66 tiles of
+// 128 × 256 for 132 SMs) and needs the counts on the host; here every expert's tiles are one
+// grid. At decode sizes the tiles are mostly padding, but wgmma reads BF16 weights faster than
+// the mma.sync tiles above do. A block: 128 rows × 128 columns, two warpgroups of 64 rows, K in
+// 128-byte blocks (64 BF16, 128 E4M3) through shared memory in wgmma's 128-byte swizzle
+// (cp.async, kWStages deep), 4 m64n128k16 (BF16) or m64n128k32 (E4M3) a block a warpgroup, F32
+// accumulators. E4M3 as the mma.sync kernel: each K block's products in registers of their own,
+// then added to the accumulators times (row tile scale × weight block scale).
+constexpr int kWBM = 128, kWStages = 3;
+constexpr uint32_t kWTileBytes = 128 * 128;  // 128 rows of a 128-byte K block, for x and for W
 constexpr size_t kWSmem = 1024 + size_t(kWStages) * 2 * kWTileBytes;
 
-__global__ void __launch_bounds__(kThreads, 2) grouped_wgmma_kernel(const GroupedArgs a) {
+template <WType T>
+__global__ void __launch_bounds__(kThreads, T == WType::E4M3 ? 1 : 2)
+    grouped_wgmma_kernel(const GroupedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool kFp8 = T == WType::E4M3;
+  constexpr int64_t kElem = kFp8 ? 1 : 2;
   extern __shared__ __align__(1024) uint8_t wsmem[];
   uint8_t* const sbase = wsmem + ((1024 - (smem_addr(wsmem) & 1023)) & 1023);
   const uint32_t base = smem_addr(sbase);  // stage b: x at b · 2 · kWTileBytes, W after
   const int tile = int(blockIdx.x);
   const int e = group_of(a.tile_start, a.groups, tile);
   if (tile >= a.tile_start[a.groups]) return;
-  const int64_t valid = a.offsets[e + 1] - a.offsets[e];
+  const int64_t valid = a.offsets[e + 1] - a.offsets[e];  // rows written
+  // The group's rows of x: E4M3 padded (zeros past `valid`), BF16 unpadded (masked here).
+  const int64_t p0 = kFp8 ? a.padded_offsets[e] : a.offsets[e];
+  const int64_t plen = kFp8 ? a.padded_offsets[e + 1] - p0 : valid;
   const int64_t m0 = int64_t(tile - a.tile_start[e]) * kWBM;  // first row in the group
   const int64_t n0 = int64_t(blockIdx.y) * kBN;
-  const int64_t kb_count = a.k / kWBK;
+  const int64_t row_bytes = a.k * kElem, kb_count = row_bytes / kBK;
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, wg = warp / 4;
   // Thread t copies 16-byte chunk t % 8 of rows t / 8 + 32 i (its swizzled offset the same in
   // every one of them), zeros past the group's rows.
   const int lch = tid % 8, lrow = tid / 8;
   const uint32_t lsw = swizzle128(uint32_t(lrow), uint32_t(lch));
-  const int rows = int(min(int64_t(kWBM), valid - m0)) - lrow;
-  const auto* x0 = static_cast<const uint16_t*>(a.x);
-  const uint16_t* x = x0 + (a.offsets[e] + m0 + lrow) * a.k + lch * 8;
+  const int rows = int(min(int64_t(kWBM), plen - m0)) - lrow;
+  const auto* x0 = static_cast<const uint8_t*>(a.x);
+  const uint8_t* x = x0 + (p0 + m0 + lrow) * row_bytes + lch * 16;
   const auto* w =
-      static_cast<const uint16_t*>(a.w) + (int64_t(e) * a.n + n0 + lrow) * a.k + lch * 8;
+      static_cast<const uint8_t*>(a.w) + (int64_t(e) * a.n + n0 + lrow) * row_bytes + lch * 16;
   const auto load = [&](int64_t kb, int st) {
     uint8_t* dst = sbase + st * 2 * kWTileBytes + lsw;
 #pragma unroll
     for (int i = 0; i < kWBM / 32; ++i) {
       const bool ok = 32 * i < rows;
-      cp16(dst + i * 32 * 128, ok ? x + 32 * i * a.k + kb * kWBK : x0, ok);
-      cp16(dst + kWTileBytes + i * 32 * 128, w + 32 * i * a.k + kb * kWBK, true);
+      cp16(dst + i * 32 * 128, ok ? x + 32 * i * row_bytes + kb * kBK : x0, ok);
+      cp16(dst + kWTileBytes + i * 32 * 128, w + 32 * i * row_bytes + kb * kBK, true);
     }
   };
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t r0 = m0 + wg * 64 + (warp % 4) * 16 + g;  // this thread's rows: r0, r0 + 8
   float acc[16][4] = {};
+  float part[16][4];  // E4M3: one K block's products
+  float(&sum)[16][4] = kFp8 ? part : acc;
   for (int b = 0; b < kWStages - 1; ++b) {
     if (b < kb_count) load(b, b);
     cp_commit();
@@ -224,19 +238,35 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_wgmma_kernel(const Groupe
     cp_commit();
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kWBK / 16; ++kk)
-      wgmma_m64n128k16_ss(
-          acc, wgmma_desc(base + st * 2 * kWTileBytes + wg * 64 * 128 + kk * 32, 16, 1024),
-          wgmma_desc(base + st * 2 * kWTileBytes + kWTileBytes + kk * 32, 16, 1024), 1);
+    for (int kk = 0; kk < 4; ++kk) {  // 32 bytes of K a step
+      const uint64_t da =
+          wgmma_desc(base + st * 2 * kWTileBytes + wg * 64 * 128 + kk * 32, 16, 1024);
+      const uint64_t db = wgmma_desc(base + st * 2 * kWTileBytes + kWTileBytes + kk * 32, 16, 1024);
+      if constexpr (kFp8)
+        wgmma_m64n128k32_e4m3_ss(sum, da, db, kk > 0);
+      else
+        wgmma_m64n128k16_ss(sum, da, db, 1);
+    }
     wgmma_commit();
     wgmma_wait<0>();
+    if constexpr (kFp8) {
+      const float ws = a.w_scale[(int64_t(e) * (a.n / 128) + n0 / 128) * a.w_scale_ld + kb];
+      const float s0 = r0 < plen ? a.x_scale[kb_count * p0 + kb * plen + r0] * ws : 0.0f;
+      const float s1 = r0 + 8 < plen ? a.x_scale[kb_count * p0 + kb * plen + r0 + 8] * ws : 0.0f;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        acc[j][0] = fmaf(part[j][0], s0, acc[j][0]);
+        acc[j][1] = fmaf(part[j][1], s0, acc[j][1]);
+        acc[j][2] = fmaf(part[j][2], s1, acc[j][2]);
+        acc[j][3] = fmaf(part[j][3], s1, acc[j][3]);
+      }
+    }
   }
   cp_wait_all();
-  // Rows 16 w + g and + 8 of this warpgroup's 64, columns 8 j + 2 t (wgmma's C layout).
-  const int g = lane / 4, t4 = lane % 4;
+  // Rows r0 and r0 + 8, columns 8 j + 2 t (wgmma's C layout), in the experts' unpadded order.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int64_t i = m0 + wg * 64 + (warp % 4) * 16 + g + 8 * half;
+    const int64_t i = r0 + 8 * half;
     if (i >= valid) continue;
     float* yrow = a.y + (a.offsets[e] + i) * a.ldy + n0 + 2 * t4;
 #pragma unroll
@@ -273,12 +303,12 @@ void launch(const GroupedArgs& a, cudaStream_t s) {
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
+template <WType T>
 void launch_wgmma(const GroupedArgs& a, cudaStream_t s) {
-  if (a.k % kWBK) throw std::invalid_argument("grouped_gemm: k not a multiple of 64");
-  DSV3_CUDA_CHECK(cudaFuncSetAttribute(grouped_wgmma_kernel,
+  DSV3_CUDA_CHECK(cudaFuncSetAttribute(grouped_wgmma_kernel<T>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWSmem)));
   const dim3 grid(unsigned(a.total_tiles), unsigned(a.n / kBN));
-  grouped_wgmma_kernel<<<grid, kThreads, kWSmem, s>>>(a);
+  grouped_wgmma_kernel<T><<<grid, kThreads, kWSmem, s>>>(a);
   DSV3_CUDA_CHECK_LAUNCH();
 }
 
@@ -311,7 +341,7 @@ int grouped_tile_rows(int64_t rows) {
 }
 
 bool grouped_tile_ok(WType type, int tile_rows) {
-  if (tile_rows == kWBM) return type == WType::BF16 && wgmma_device();
+  if (tile_rows == kWBM) return (type == WType::BF16 || type == WType::E4M3) && wgmma_device();
   return tile_rows == 16 || tile_rows == 32 || tile_rows == 64;
 }
 
@@ -327,8 +357,10 @@ void grouped_gemm(const GroupedArgs& a, cudaStream_t s) {
     throw std::invalid_argument("grouped_gemm: weight type or shape without a kernel");
   if (!grouped_tile_ok(a.type, a.tile_rows))
     throw std::invalid_argument("grouped_gemm: no kernel for these tile rows and weight type");
-  if (a.tile_rows == kWBM)
-    launch_wgmma(a, s);
+  if (a.tile_rows == kWBM && a.type == WType::E4M3)
+    launch_wgmma<WType::E4M3>(a, s);
+  else if (a.tile_rows == kWBM)
+    launch_wgmma<WType::BF16>(a, s);
   else if (a.type == WType::E4M3)
     launch<WType::E4M3>(a, s);
   else

@@ -240,7 +240,7 @@ void grouped_layout(const int32_t* offsets, int groups, int tile_rows, int32_t* 
 // E4M3 or BF16 weights, n a multiple of 128 and k of 128 bytes.
 bool grouped_supported(WType type, int64_t n, int64_t k);
 // Whether grouped_gemm has a kernel for tiles of tile_rows rows of this weight type: 16, 32 and
-// 64 for both (mma.sync); 128 for BF16 on Hopper (wgmma).
+// 64 for both (mma.sync); 128 for both on Hopper (wgmma).
 bool grouped_tile_ok(WType type, int tile_rows);
 void grouped_gemm(const GroupedArgs& a, cudaStream_t s);
 

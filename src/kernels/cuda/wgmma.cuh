@@ -60,10 +60,10 @@ __device__ __forceinline__ void fence_proxy_async() {
 #define DSV3_D32                                                                                \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
   "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-#define DSV3_D64                                                                           \
-  DSV3_D32                                                                                 \
-      ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define DSV3_D64                                                                       \
+  DSV3_D32                                                                             \
+  ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
 // d (+)= A · B, m64n64k16, BF16 in, F32 out; A and B K-major in shared memory (descriptors);
 // `accumulate` 0 overwrites d.
@@ -84,6 +84,16 @@ __device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t 
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " DSV3_D64
       ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : DSV3_ACC64(d)
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d (+)= A · B, m64n128k32, E4M3 in (K-major both: FP8 has no transposed forms), F32 out.
+__device__ __forceinline__ void wgmma_m64n128k32_e4m3_ss(float (&d)[16][4], uint64_t a, uint64_t b,
+                                                         int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " DSV3_D64 ", %64, %65, p, 1, 1;\n}\n"
       : DSV3_ACC64(d)
       : "l"(a), "l"(b), "r"(accumulate));
 }
