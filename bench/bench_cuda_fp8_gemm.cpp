@@ -416,8 +416,9 @@ void grouped_experts() {
   const double copy = bench::copy_bandwidth();
   fmt::print("\ndevice-to-device copy {:.0f} GB/s\n", copy / 1e9);
   // Grouped: TFLOP/s and GB/s (of copy) with tiles of 16, 32 and 64 rows (GroupedArgs::tile_rows)
-  // and, for BF16 on Hopper, the 128-row wgmma tiles; the ratio: the per-expert GEMMs' time over
-  // that of the engine's choice (cuda::grouped_tile_rows, or 128 from bf16_wgmma_min_rows).
+  // and, on Hopper, the 128-row wgmma tiles; the ratio: the per-expert GEMMs' time over that of
+  // the engine's choice (cuda::grouped_tile_rows, or 128 from bf16_wgmma_min_rows /
+  // fp8_wgmma_min_rows).
   fmt::print("{:<34} {:>4} {:>22} {:>22} {:>22} {:>22} {:>18} {:>7}\n", "experts x rows, n x k",
              "R", "16-row tiles", "32-row tiles", "64-row tiles", "128 (wgmma)", "per-expert",
              "ratio");

@@ -95,8 +95,8 @@ struct CudaEngineOptions {
   // 128-row tiles on wgmma instead of the cuBLASLt GEMMs, with no host wait. H200, V3 dims x 4
   // layers: an 8K prompt's experts (2K-token chunks, 64 rows) 30.2 ms of GPU time against 33.7,
   // host 0.2 ms against 94.5, 77.5K tok/s against 75.8K (one round). Below 33 rows the
-  // mma.sync tiles read the weights faster (16-row tiles 71-74% of copy at 4-16 rows, the
-  // 128-row ones 54-56%).
+  // mma.sync tiles read the weights faster (16-row tiles 65-74% of copy at 4-16 rows, the
+  // 128-row ones 49-56%).
   int64_t fp8_wgmma_min_rows = 33;
   // BF16 ones on the grouped kernel from bf16_grouped_min_rows while under bf16_grouped_max_rows,
   // else one cuBLASLt GEMM each from bf16_expert_gemm_rows (also where the grouped kernel has no
@@ -116,13 +116,13 @@ struct CudaEngineOptions {
   // dims: prefill 1K / 8K 46.2K / 46.9K tok/s against 33.8K / 40.3K (from 64 rows against
   // none); decode batch 32 / 64 / 256 2,889 / 5,240 / 16,177 against 2,844 / 5,110 / 15,151
   // (from 1 row against 64), the weights read at 79-85% of copy from 3 to 12 rows an expert
-  // against 72-82% on the mma.sync tiles (bench_cuda_fp8_gemm part 3).
+  // against 73-82% on the 16-row mma.sync tiles (bench_cuda_fp8_gemm part 3).
   int64_t bf16_wgmma_min_rows = 1;
   // Off: no grouped kernel (the GEMMs from their thresholds, else the gemv).
   bool grouped_experts = true;
-  // The grouped kernel's rows a block (16, 32, 64, or 128 for BF16 on Hopper); 0: by the rows
-  // the experts average (cuda::grouped_tile_rows: 16 below 16, 32 below 48, else 64; 128 from
-  // bf16_wgmma_min_rows). H200 (bench_cuda_fp8_gemm part
+  // The grouped kernel's rows a block (16, 32, 64, or 128 on Hopper); 0: by the rows the experts
+  // average (cuda::grouped_tile_rows: 16 below 16, 32 below 48, else 64; 128 from
+  // bf16_wgmma_min_rows / fp8_wgmma_min_rows). H200 (bench_cuda_fp8_gemm part
   // 3): FP8 experts at 4-16 rows read at 70-73% of copy on 16-row tiles against 42% on 64; BF16
   // ones at 3-12 rows at 80-86% against 73-77%; at 24 rows 32-row tiles are best (74-76%), at 48
   // 64-row ones. Decode, against 64-row tiles: V3 dims x 4 layers batch 128 / 256 20,861 / 34,453

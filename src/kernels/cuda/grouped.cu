@@ -5,8 +5,8 @@
 // expert and projection (768 a DeepSeek-V3 layer, 128 a V2-Lite one), host-bound, and it must
 // read the experts' row counts on the host first.
 //
-// A block computes 16, 32 or 64 rows (GroupedArgs::tile_rows) × 128 columns of one expert (BF16
-// ones on Hopper: 128 rows on wgmma, grouped_wgmma_kernel below): 8 warps on mma.sync with F32
+// A block computes 16, 32 or 64 rows (GroupedArgs::tile_rows) × 128 columns of one expert (on
+// Hopper also 128 rows on wgmma, grouped_wgmma_kernel below): 8 warps on mma.sync with F32
 // accumulators, 128-byte K blocks through shared memory by cp.async,
 // kStages deep. Both types share the shared-memory layout and the ldmatrix fragments: a 16-row
 // A fragment of 32 bytes is m16n8k32's for E4M3 and m16n8k16's for BF16. E4M3: rows quantised
@@ -44,6 +44,26 @@ constexpr size_t smem_bytes() {
   return size_t(kStages * (BM + kBN) * kStride);  // 108 KiB at 64 rows, 81 KiB at 16
 }
 
+// The group (expert) a block's tile belongs to and the rows it covers: rows_per_tile rows from
+// m0 on in the group; the group's rows of x from p0, plen of them (E4M3 padded, zeros past
+// `valid`; BF16 unpadded, masked by the kernels); `valid` of them written. False for blocks past
+// the last tile (the launch's tile count is a bound).
+struct GroupTile {
+  int e;
+  int64_t valid, p0, plen, m0;
+};
+template <bool kFp8>
+__device__ __forceinline__ bool group_tile(const GroupedArgs& a, int tile, int rows_per_tile,
+                                           GroupTile& t) {
+  t.e = group_of(a.tile_start, a.groups, tile);
+  if (tile >= a.tile_start[a.groups]) return false;
+  t.valid = a.offsets[t.e + 1] - a.offsets[t.e];
+  t.p0 = kFp8 ? a.padded_offsets[t.e] : a.offsets[t.e];
+  t.plen = kFp8 ? a.padded_offsets[t.e + 1] - t.p0 : t.valid;
+  t.m0 = int64_t(tile - a.tile_start[t.e]) * rows_per_tile;
+  return true;
+}
+
 // BM rows (16, 32 or 64) × 128 columns of one expert a block: its 8 warps take 32 × 32 each at
 // 64 rows, BM × 16 below. Decode batches average a few rows an expert; at 64 rows a tile, 3 of
 // every 4 tensor-core products (and FP8's rescaling) were of padding. Two blocks an SM (128
@@ -59,15 +79,10 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_kernel(const GroupedArgs 
   // Stage b: rows of x at sa(b), of W at sb(b).
   const auto sa = [&](int b) { return smem + b * (BM * kStride); };
   const auto sb = [&](int b) { return smem + kStages * BM * kStride + b * (kBN * kStride); };
-  // This block's expert: the last group whose first tile is <= blockIdx.x.
-  const int tile = int(blockIdx.x);
-  const int e = group_of(a.tile_start, a.groups, tile);
-  if (tile >= a.tile_start[a.groups]) return;
-  const int64_t valid = a.offsets[e + 1] - a.offsets[e];  // rows written
-  // The group's rows of x: E4M3 padded (zeros past `valid`), BF16 unpadded (masked here).
-  const int64_t p0 = kFp8 ? a.padded_offsets[e] : a.offsets[e];
-  const int64_t plen = kFp8 ? a.padded_offsets[e + 1] - p0 : valid;
-  const int64_t m0 = int64_t(tile - a.tile_start[e]) * BM;  // first row in the group
+  GroupTile gt;
+  if (!group_tile<kFp8>(a, int(blockIdx.x), BM, gt)) return;
+  const int e = gt.e;
+  const int64_t valid = gt.valid, p0 = gt.p0, plen = gt.plen, m0 = gt.m0;
   const int64_t n0 = int64_t(blockIdx.y) * kBN;
   const int64_t row_bytes = a.k * kElem, kb_count = row_bytes / kBK;
   const auto* x = static_cast<const uint8_t*>(a.x);
@@ -191,14 +206,10 @@ __global__ void __launch_bounds__(kThreads, T == WType::E4M3 ? 1 : 2)
   extern __shared__ __align__(1024) uint8_t wsmem[];
   uint8_t* const sbase = wsmem + ((1024 - (smem_addr(wsmem) & 1023)) & 1023);
   const uint32_t base = smem_addr(sbase);  // stage b: x at b · 2 · kWTileBytes, W after
-  const int tile = int(blockIdx.x);
-  const int e = group_of(a.tile_start, a.groups, tile);
-  if (tile >= a.tile_start[a.groups]) return;
-  const int64_t valid = a.offsets[e + 1] - a.offsets[e];  // rows written
-  // The group's rows of x: E4M3 padded (zeros past `valid`), BF16 unpadded (masked here).
-  const int64_t p0 = kFp8 ? a.padded_offsets[e] : a.offsets[e];
-  const int64_t plen = kFp8 ? a.padded_offsets[e + 1] - p0 : valid;
-  const int64_t m0 = int64_t(tile - a.tile_start[e]) * kWBM;  // first row in the group
+  GroupTile gt;
+  if (!group_tile<kFp8>(a, int(blockIdx.x), kWBM, gt)) return;
+  const int e = gt.e;
+  const int64_t valid = gt.valid, p0 = gt.p0, plen = gt.plen, m0 = gt.m0;
   const int64_t n0 = int64_t(blockIdx.y) * kBN;
   const int64_t row_bytes = a.k * kElem, kb_count = row_bytes / kBK;
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, wg = warp / 4;

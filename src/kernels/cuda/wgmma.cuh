@@ -1,18 +1,19 @@
 // Hopper's warpgroup tensor-core instructions (wgmma.mma_async, sm_90a only) for the kernels that
-// use them (flash.cu). A warpgroup is 4 consecutive warps; one wgmma multiplies a 64-row A (in
-// shared memory or in registers) by an N-column B in shared memory into F32 accumulators spread
-// over its 128 threads as mma.sync's C fragments are over a warp: warp w of the group holds rows
-// 16w + g and 16w + g + 8 (g = lane / 4), and accumulator tile i (8 columns) is d[i][0..3] at
-// columns 8i + 2t, 8i + 2t + 1 (t = lane % 4). The A register fragment of m64nNk16 is
+// use them (flash.cu, grouped.cu). A warpgroup is 4 consecutive warps; one wgmma multiplies a
+// 64-row A (in shared memory or in registers) by an N-column B in shared memory into F32
+// accumulators spread over its 128 threads as mma.sync's C fragments are over a warp: warp w of the
+// group holds rows 16w + g and 16w + g + 8 (g = lane / 4), and accumulator tile i (8 columns) is
+// d[i][0..3] at columns 8i + 2t, 8i + 2t + 1 (t = lane % 4). The A register fragment of m64nNk16 is
 // mma.sync's m16n8k16 A fragment of the warp's 16 rows, so scores converted to BF16 in
 // registers are the next product's A as they stand.
 //
 // Shared-memory operands are described by 64-bit descriptors; every one here uses the 128-byte
 // swizzle: rows of 128 bytes, 8 of them a 1,024-byte atom (1,024-aligned), the 16-byte chunk c
 // of row r stored at chunk c ^ (r % 8) (swizzle128 below, which the loads into shared memory
-// apply). K-major (K contiguous, the usual case): an operand of 64 K-elements a row; a k16 step
-// is 32 bytes further into the row; `sbo` steps 8 rows. MN-major (B transposed, imm-trans-b):
-// rows run along N, one row a k; `sbo` steps 8 k rows, `lbo` the next 64 N columns.
+// apply). K-major (K contiguous, the usual case): 128 bytes of K a row (64 BF16, 128 E4M3); a
+// k16 (BF16) or k32 (E4M3) step is 32 bytes further into the row; `sbo` steps 8 rows. MN-major (B
+// transposed, imm-trans-b): rows run along N, one row a k; `sbo` steps 8 k rows, `lbo` the next 64
+// N columns.
 #pragma once
 
 #include <cstdint>
