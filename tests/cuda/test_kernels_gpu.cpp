@@ -1078,9 +1078,10 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, FlashGpu,
 
 // The absorbed decode attention on the tensor cores (mla_attention_tc) against float64 on the
 // same BF16 values: three query rows of two sequences at positions 299, 40 and 0 (many key
-// splits, a partial last tile, a single key), at DeepSeek-V3's 128 heads, V2-Lite's 16 and
-// bench-1b's 10 heads of kv_lora 256 (over a BF16 cache both on the 16-head kernel and on the
-// 64-head one with the rows past them idle). P is BF16 before P·c_kv: ≤ 8e-3 of max|o_lat|.
+// splits, a partial last tile, a single key), at DeepSeek-V3's 128 heads, V2-Lite's 16, 10
+// heads (the rows past them) and bench-1b's 10 heads of kv_lora 256 (over a BF16 cache on the
+// 16-head kernels, wgmma and mma.sync, and on the 64-head one with the rows past them idle). P is
+// BF16 before P·c_kv: ≤ 8e-3 of max|o_lat|.
 class MlaTcGpu : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
 
 TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
@@ -1122,19 +1123,25 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
     const auto dq = to_device(bf16_bits(qc));
     const auto dpos = to_device(pos), dslot = to_device(slot);
     // Scratch for many key splits (merged), then for one (written straight to o_lat); up to 16
-    // heads over a BF16 cache on the 16-head kernel and on the 64-head one.
-    for (const bool narrow : {true, false})
+    // heads over a BF16 cache on each 16-head kernel (wgmma at 512 / 64 on Hopper, mma.sync)
+    // and on the 64-head one.
+    const bool has_narrow = H <= 16 && kind == CacheKind::kBf16;
+    const bool has_wgmma = has_narrow && dc == 512 && dr == 64 && cuda::wgmma_device();
+    for (const int narrow : {2, 1, 0})
       for (const int64_t splits : {int64_t(64), int64_t(1)}) {
-        const bool has_narrow = H <= 16 && kind == CacheKind::kBf16;
-        if (!narrow && !has_narrow) continue;  // the same kernel as with narrow
-        const char* kernel = narrow && has_narrow ? "16-head" : "64-head";
+        if (narrow < 2 && !has_narrow) continue;                // the same kernel as kind 2's
+        if (narrow == 2 && has_narrow && !has_wgmma) continue;  // the same as kind 1's
+        const char* kernel = !has_narrow   ? "64-head"
+                             : narrow == 2 ? "16-head wgmma"
+                             : narrow == 1 ? "16-head mma.sync"
+                                           : "64-head";
         const int64_t partial_floats = splits * n * H * (dc + 2);
         DevPtr<float> partial = poisoned(size_t(partial_floats));
         DevPtr<float> olat = poisoned(size_t(n * H * dc));
-        cuda::set_mla_tc_narrow(narrow);
+        cuda::set_mla_narrow_kernel(narrow);
         cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299,
                                float(scale), partial.get(), partial_floats, olat.get(), nullptr);
-        cuda::set_mla_tc_narrow(true);
+        cuda::set_mla_narrow_kernel(2);
         const std::vector<float> got = to_host(olat, size_t(n * H * dc));
         double worst = 0;
         for (size_t i = 0; i < got.size(); ++i)
@@ -1155,6 +1162,7 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
 INSTANTIATE_TEST_SUITE_P(Shapes, MlaTcGpu,
                          ::testing::Values(std::make_tuple(128, 512, 64),
                                            std::make_tuple(16, 512, 64),
+                                           std::make_tuple(10, 512, 64),
                                            std::make_tuple(10, 256, 32)));
 
 }  // namespace

@@ -7,7 +7,8 @@
 //                  (flash-decoding), which keeps the GPU busy when few rows decode long contexts.
 // The output projection W_UV·o_lat is a grouped gemv (one group per head) in the engine.
 //  mla_attention_tc: the same on the BF16 tensor cores, the heads of a row as the M dimension
-//                  (blocks of 64 heads; up to 16 heads over a BF16 cache, a kernel of its own).
+//                  (blocks of 64 heads; up to 16 heads over a BF16 cache, kernels of their own,
+//                  on wgmma on Hopper).
 // Prefill runs the non-absorbed form instead (flash.cu).
 #include <algorithm>
 #include <map>
@@ -17,8 +18,10 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode.cuh"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace dsv3::cuda {
 
@@ -757,6 +760,222 @@ __global__ void __launch_bounds__(kNwWarps * 32)
   store_rows<DC>(o, m, l, t, 0, heads, warp * DH, warp == 0, partial, o_lat, lane);
 }
 
+// The 16-head attention on Hopper's warpgroup MMAs (wgmma, sm_90a), for kv_lora 512 / rope 64.
+// On attention_narrow_kernel a 64-key tile costs ~1,000 instructions a warp, issued at 0.34 a
+// cycle per scheduler with 8 warps an SM (ncu, H200), so the SM waits on its own instructions
+// rather than on memory (2.0 TB/s). Here one warpgroup does a tile in 68 instructions of matrix
+// work: the keys are the M dimension, so 16 heads fill N = 16 and nothing is padded.
+//   Sᵀ = K · Qᵀ      m64n16k16 × 36 (K the tile, Q [16][576], both K-major);
+//   Oᵀ += Vᵀ · Pᵀ    m64n16k16 × 32 (V the tile's first 512 columns read transposed, eight
+//                    64-row blocks of Oᵀ; Pᵀ [16 heads][64 keys] K-major, through shared memory).
+// A thread's accumulators of either hold the same four heads (columns 2t, 2t + 1, 8 + 2t, 9 + 2t),
+// so its running max, sum and rescaling are per head, as in the other kernels per row; a head's
+// tile max meets the other warps' in shared memory. The same partials (o_lat with one split).
+// Shared memory: q, two stages of 64 keys (the 128-byte swizzle wgmma reads), Pᵀ, the maxima.
+// H200, bench_cuda_mla at batch 64 over 4K tokens: 0.100 ms, 73% of copy, against 0.130 (56%)
+// on attention_narrow_kernel. Fetching the tiles 2-4 ahead into L2 as well (bulk prefetch) was
+// slower: 70%, 67%, 59%.
+constexpr int kNgThreads = 128;
+constexpr uint32_t kNgQBytes = 9 * kNwHeads * 128, kNgStage = 9 * kNwKeys * 128;
+constexpr size_t kNgSmem = 1024 + kNgQBytes + 2 * kNgStage + kNwHeads * 128 + 4 * kNwHeads * 4;
+
+__global__ void __launch_bounds__(kNgThreads, 1)
+    attention_narrow_wgmma_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
+                                  const int32_t* positions, const int32_t* seqs, int64_t split_len,
+                                  float scale_log2, float* partial, float* o_lat) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  pdl_enter();
+  constexpr int DC = 512, DK = 576, KB = DK / 64;  // KB: 64-column blocks of a row
+  extern __shared__ __align__(1024) uint8_t ng_smem[];
+  uint8_t* const sbase = ng_smem + ((1024 - (smem_addr(ng_smem) & 1023)) & 1023);
+  const uint32_t base = smem_addr(sbase);
+  constexpr uint32_t st_at = kNgQBytes, p_at = kNgQBytes + 2 * kNgStage;
+  float* red = reinterpret_cast<float*>(sbase + p_at + kNwHeads * 128);  // [4 warps][16 heads]
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t t = blockIdx.x, split = blockIdx.z;
+  const int64_t pos = positions[t];
+  const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
+  const int64_t seq = seqs[t];
+
+  // Copies: thread t moves 16-byte chunk t % 8 of each 64-column block in rows t / 8 + 16 i,
+  // so its swizzled offset is the same in every row it copies. Rows past the end are zeros.
+  const int lch = tid % 8, lrow = tid / 8;
+  const uint32_t lsw = swizzle128(lrow, lch);
+  {
+    const bool ok = lrow < heads;
+    const uint16_t* src = qc + (t * heads + lrow) * DK + lch * 8;
+#pragma unroll
+    for (int kb = 0; kb < KB; ++kb)
+      cp16(sbase + kb * (kNwHeads * 128) + lsw, ok ? src + kb * 64 : qc, ok);
+  }
+  const int64_t rb = pool.row_bytes();
+  const auto load = [&](int64_t j0, int st) {
+  // Two runs of 32 rows: each lies in one cache block (block_tokens is a multiple of 32).
+#pragma unroll
+    for (int run = 0; run < 2; ++run) {
+      const int64_t r0 = j0 + run * 32;
+      const char* rows = pool.row_ptr(seq, layer, min(r0, kend - 1));
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = run * 32 + i * 16 + lrow;  // (r % 8 == lrow % 8)
+        const bool ok = j0 + r < kend;
+        const char* src = rows + (i * 16 + lrow) * rb + lch * 16;
+        uint8_t* dst = sbase + st_at + st * kNgStage + (run * 32 + i * 16) * 128 + lsw;
+#pragma unroll
+        for (int kb = 0; kb < KB; ++kb)
+          cp16(dst + kb * (kNwKeys * 128), ok ? src + kb * 128 : rows, ok);
+      }
+    }
+  };
+  if (kbeg < kend) load(kbeg, 0);
+  cp_commit();  // (with q)
+  if (kbeg + kNwKeys < kend) load(kbeg + kNwKeys, 1);
+  cp_commit();
+
+  // Per head i · 8 + 2 t4 + c of this thread: the running max (log2 units) and its keys' sum.
+  float m[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}}, l[2][2] = {};
+  float o[DC / 64][2][4] = {};  // Oᵀ: dims 64 mb + 16 warp + g (+8), heads as above
+  for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kNwKeys, ++it) {
+    const int st = int(it & 1);
+    const uint32_t tile = base + st_at + st * kNgStage;
+    cp_wait<1>();  // this tile's group (the next one's may still be in flight)
+    fence_proxy_async();
+    __syncthreads();
+    float s[2][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) {
+      const uint32_t at = (kk / 4) * (kNwKeys * 128) + (kk % 4) * 32;
+      wgmma_m64n16k16_ss(s, wgmma_desc(tile + at, 16, 1024),
+                         wgmma_desc(base + (kk / 4) * (kNwHeads * 128) + (kk % 4) * 32, 16, 1024),
+                         kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    // Keys 16 warp + g (e < 2) and + 8 (e ≥ 2) of the tile; heads 8 i + 2 t4 + (e & 1).
+    float mx[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = j0 + warp * 16 + g + 8 * (e >> 1);
+        s[i][e] = key < kend ? s[i][e] * scale_log2 : -INFINITY;
+      }
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float x = fmaxf(s[i][c], s[i][c + 2]);
+#pragma unroll
+        for (int off = 4; off < 32; off *= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+        mx[i][c] = x;
+        if (g == 0) red[warp * kNwHeads + i * 8 + 2 * t4 + c] = x;
+      }
+    }
+    __syncthreads();
+    float corr[2][2], bas[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int h = i * 8 + 2 * t4 + c;
+        float row_max = fmaxf(m[i][c], mx[i][c]);
+#pragma unroll
+        for (int w = 0; w < 4; ++w) row_max = fmaxf(row_max, red[w * kNwHeads + h]);
+        bas[i][c] = row_max == -INFINITY ? 0.0f : row_max;
+        corr[i][c] = exp2f(m[i][c] - bas[i][c]);
+        m[i][c] = row_max;
+      }
+    uint8_t* const sp = sbase + p_at;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = e & 1, key = warp * 16 + g + 8 * (e >> 1), h = i * 8 + 2 * t4 + c;
+        const float p = exp2f(s[i][e] - bas[i][c]);
+        s[i][e] = p;
+        *reinterpret_cast<__nv_bfloat16*>(sp + swizzle128(h, key / 8) + (key % 8) * 2) =
+            __float2bfloat16_rn(p);
+      }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) l[i][c] = l[i][c] * corr[i][c] + (s[i][c] + s[i][c + 2]);
+#pragma unroll
+    for (int mb = 0; mb < DC / 64; ++mb)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mb][i][e] *= corr[i][e & 1];
+    fence_proxy_async();
+    __syncthreads();  // Pᵀ complete
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kNwKeys / 16; ++kk)
+#pragma unroll
+      for (int mb = 0; mb < DC / 64; ++mb)
+        wgmma_m64n16k16_ss_mn_a(
+            o[mb], wgmma_desc(tile + mb * (kNwKeys * 128) + kk * 16 * 128, kNwKeys * 128, 1024),
+            wgmma_desc(base + p_at + kk * 32, 16, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    __syncthreads();  // every warp done with this stage, Pᵀ and the maxima
+    if (j0 + 2 * kNwKeys < kend) load(j0 + 2 * kNwKeys, st);
+    cp_commit();
+  }
+  cp_wait_all();
+  // Row sums: this thread's keys, its column's eight lanes, then the four warps in order.
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      float x = l[i][c];
+#pragma unroll
+      for (int off = 4; off < 32; off *= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+      if (g == 0) red[warp * kNwHeads + i * 8 + 2 * t4 + c] = x;
+    }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int h = i * 8 + 2 * t4 + c;
+      l[i][c] = ((red[h] + red[kNwHeads + h]) + red[2 * kNwHeads + h]) + red[3 * kNwHeads + h];
+    }
+  const int64_t splits = gridDim.z;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int64_t h = i * 8 + 2 * t4 + c;
+      if (h >= heads) continue;
+      if (o_lat) {
+        const float inv = 1.0f / l[i][c];
+        float* out = o_lat + (t * heads + h) * DC + warp * 16 + g;
+#pragma unroll
+        for (int mb = 0; mb < DC / 64; ++mb) {
+          out[mb * 64] = o[mb][i][c] * inv;
+          out[mb * 64 + 8] = o[mb][i][c + 2] * inv;
+        }
+        continue;
+      }
+      float* out = partial + ((t * heads + h) * splits + split) * (DC + 2);
+#pragma unroll
+      for (int mb = 0; mb < DC / 64; ++mb) {
+        out[mb * 64 + warp * 16 + g] = o[mb][i][c];
+        out[mb * 64 + warp * 16 + g + 8] = o[mb][i][c + 2];
+      }
+      if (warp == 0 && g == 0) {
+        out[DC] = m[i][c] == -INFINITY ? -INFINITY : m[i][c] * 0.6931471805599453f;
+        out[DC + 1] = l[i][c];
+      }
+    }
+#else
+  (void)qc, (void)heads, (void)pool, (void)layer, (void)positions, (void)seqs, (void)split_len;
+  (void)scale_log2, (void)partial, (void)o_lat;
+  __trap();  // mla_attention_tc runs it only where the sm_90a code exists
+#endif
+}
+
 // The splits of row · heads + head (blockIdx.x) merged, columns blockIdx.y · 64 .. + 64:
 // o_lat = Σ_s o_s · e^(m_s − m) / Σ_s l_s · e^(m_s − m), m the largest m_s. The weights are taken
 // once into shared memory ([splits] floats); each warp sums its share of the splits (s ≡ warp mod
@@ -1085,7 +1304,7 @@ void mla_absorb_q(const float* q, int64_t n, int64_t heads, int64_t dn, int64_t 
 namespace {
 
 int64_t g_split_blocks = 0;  // set_mla_split_blocks
-bool g_tc_narrow = true;     // set_mla_tc_narrow
+int g_narrow_kernel = 2;     // set_mla_narrow_kernel
 
 // Blocks of `kernel` (its shared memory allowed first) the whole GPU holds at once: the
 // attention's splits aim at one wave of them. Found once per kernel and device (the eager path
@@ -1144,8 +1363,8 @@ void attend(Kernel kernel, int64_t heads_per_block, int64_t key_tile, int thread
 void set_mla_split_blocks(int64_t blocks) {
   g_split_blocks = std::max<int64_t>(0, blocks);
 }
-void set_mla_tc_narrow(bool on) {
-  g_tc_narrow = on;
+void set_mla_narrow_kernel(int kind) {
+  g_narrow_kernel = std::clamp(kind, 0, 2);
 }
 
 void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& pool, int64_t layer,
@@ -1186,25 +1405,27 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
     attend(kernel, kTcHeads, kTcKeys, kTcWarps * 32, smem, qc, n, heads, pool, layer, positions,
            seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
-  // Up to 16 heads over a BF16 cache: the narrow kernel (the FP8 cache keeps the 64-head one),
-  // unless one row reads at most 256 keys: there the 64-head kernel's 32-key splits (8 blocks)
-  // finish sooner than 4 of 64 (V2-Lite dims, batch 1 at a 64-token prompt: 475.8 / 473.2
-  // tok/s against 471.8 / 469.2; at 16K tokens the 16-head kernel is ahead, 0.023 ms against
-  // 0.025 a layer, H200).
-  const auto narrow = [&](auto kernel) {
-    attend(kernel, kNwHeads, kNwKeys, kNwWarps * 32, narrow_smem_bytes(D), qc, n, heads, pool,
-           layer, positions, seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
+  // Up to 16 heads over a BF16 cache: a 16-head kernel (the FP8 cache keeps the 64-head one),
+  // on wgmma where there is sm_90a code for it, unless one row reads at most 256 keys: there the
+  // 64-head kernel's 32-key splits (8 blocks) finish sooner than 4 of 64 (V2-Lite dims, batch 1
+  // at a 64-token prompt: 475.8 / 473.2 tok/s against 471.8 / 469.2 on the mma.sync 16-head
+  // kernel; at 16K tokens that one is ahead, 0.023 ms against 0.025 a layer, H200).
+  const auto narrow = [&](auto kernel, int threads, size_t smem) {
+    attend(kernel, kNwHeads, kNwKeys, threads, smem, qc, n, heads, pool, layer, positions, seqs,
+           max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
-  const bool use_narrow = g_tc_narrow && heads <= kNwHeads && pool.bf16 && !pool.fp8 &&
+  const bool use_narrow = g_narrow_kernel > 0 && heads <= kNwHeads && pool.bf16 && !pool.fp8 &&
                           (n > 1 || max_position + 1 > 256);
   if (dc == 512 && pool.dr == 64) {
-    if (use_narrow)
-      narrow(attention_narrow_kernel<512, 64>);
+    if (use_narrow && g_narrow_kernel == 2 && wgmma_device())
+      narrow(attention_narrow_wgmma_kernel, kNgThreads, kNgSmem);
+    else if (use_narrow)
+      narrow(attention_narrow_kernel<512, 64>, kNwWarps * 32, narrow_smem_bytes(D));
     else
       launch(pool.fp8 ? attention_tc_kernel<512, 64, true> : attention_tc_kernel<512, 64, false>);
   } else if (dc == 256 && pool.dr == 32) {
     if (use_narrow)
-      narrow(attention_narrow_kernel<256, 32>);
+      narrow(attention_narrow_kernel<256, 32>, kNwWarps * 32, narrow_smem_bytes(D));
     else
       launch(pool.fp8 ? attention_tc_kernel<256, 32, true> : attention_tc_kernel<256, 32, false>);
   } else {

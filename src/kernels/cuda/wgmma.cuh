@@ -1,6 +1,6 @@
 // Hopper's warpgroup tensor-core instructions (wgmma.mma_async, sm_90a only) for the kernels that
-// use them (flash.cu, grouped.cu). A warpgroup is 4 consecutive warps; one wgmma multiplies a
-// 64-row A (in shared memory or in registers) by an N-column B in shared memory into F32
+// use them (flash.cu, grouped.cu, mla.cu). A warpgroup is 4 consecutive warps; one wgmma multiplies
+// a 64-row A (in shared memory or in registers) by an N-column B in shared memory into F32
 // accumulators spread over its 128 threads as mma.sync's C fragments are over a warp: warp w of the
 // group holds rows 16w + g and 16w + g + 8 (g = lane / 4), and accumulator tile i (8 columns) is
 // d[i][0..3] at columns 8i + 2t, 8i + 2t + 1 (t = lane % 4). The A register fragment of m64nNk16 is
@@ -11,9 +11,9 @@
 // swizzle: rows of 128 bytes, 8 of them a 1,024-byte atom (1,024-aligned), the 16-byte chunk c
 // of row r stored at chunk c ^ (r % 8) (swizzle128 below, which the loads into shared memory
 // apply). K-major (K contiguous, the usual case): 128 bytes of K a row (64 BF16, 128 E4M3); a
-// k16 (BF16) or k32 (E4M3) step is 32 bytes further into the row; `sbo` steps 8 rows. MN-major (B
-// transposed, imm-trans-b): rows run along N, one row a k; `sbo` steps 8 k rows, `lbo` the next 64
-// N columns.
+// k16 (BF16) or k32 (E4M3) step is 32 bytes further into the row; `sbo` steps 8 rows. MN-major (an
+// operand transposed, imm-trans-a / -b): rows run along M or N, one row a k; `sbo` steps 8 k rows,
+// `lbo` the next 64 M or N columns.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +76,27 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t a,
       "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
       : DSV3_ACC32(d)
       : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d (+)= A · B, m64n16k16, BF16 in, F32 out; A and B K-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n16k16_ss(float (&d)[2][4], uint64_t a, uint64_t b,
+                                                   int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+      : DSV3_ACC4(d, 0), DSV3_ACC4(d, 1)
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d += A · B, m64n16k16, BF16 in, F32 out; A MN-major in shared memory (imm-trans-a: its rows
+// run along M, one row a k), B K-major.
+__device__ __forceinline__ void wgmma_m64n16k16_ss_mn_a(float (&d)[2][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, 1, 1, 1, 1, 0;\n"
+      : DSV3_ACC4(d, 0), DSV3_ACC4(d, 1)
+      : "l"(a), "l"(b));
 }
 
 // The same at m64n128k16.
