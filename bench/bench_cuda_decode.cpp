@@ -41,8 +41,8 @@
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--mla-split-blocks N (the blocks the attention's key splits aim at; default 0: one
 //         wave of the GPU)]
-//        [--mla-narrow-kernel 2 | 1 | 0 (up to 16 heads over a BF16 cache: the 16-head attention
-//         kernel on wgmma, on mma.sync, or the 64-head one)]
+//        [--mla-tc-narrow 1 | 0 (up to 16 heads over a BF16 cache on a 16-head attention kernel)]
+//        [--mla-wgmma 1 | 0 (the attention kernels on wgmma on Hopper, BF16 cache)]
 //        [--flash-kernel 2 | 1 | 0 (192 / 128 heads' prefill attention: wgmma over 128 or 64
 //         keys a tile, or mma.sync)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to
@@ -227,8 +227,10 @@ int main(int argc, char** argv) {
       cuda::fused_route_permute(v != "0");
     else if (k == "--mla-split-blocks")
       cuda::set_mla_split_blocks(std::stoll(v));
-    else if (k == "--mla-narrow-kernel")
-      cuda::set_mla_narrow_kernel(std::stoi(v));
+    else if (k == "--mla-tc-narrow")
+      cuda::set_mla_tc_narrow(v != "0");
+    else if (k == "--mla-wgmma")
+      cuda::set_mla_wgmma(v != "0");
     else if (k == "--flash-kernel")
       cuda::set_flash_kernel(std::stoi(v));
   }
@@ -245,7 +247,8 @@ int main(int argc, char** argv) {
         "       [--gemv-rows-batch 1|2|4] [--attention-tc 1|0] [--repeat PIECES]\n"
         "       [--sample-split 0|1] [--side-stream 1|0] [--fused-route 1|0]\n"
         "       [--combine-in-norm 1|0] [--bf16-expert-gemm-rows N] [--expert-gemm-rows N]\n"
-        "       [--mla-split-blocks N] [--mla-narrow-kernel 2|1|0] [--flash-kernel 2|1|0]\n");
+        "       [--mla-split-blocks N] [--mla-tc-narrow 1|0] [--mla-wgmma 1|0] [--flash-kernel "
+        "2|1|0]\n");
     return 2;
   }
   int rc = 0;

@@ -6,9 +6,9 @@
 //    V2-Lite's 16, 8 times fewer: memory-bound). FlashMLA reports up to 3000 GB/s memory-bound
 //    and 660 TFLOP/s compute-bound on the H800. The tensor-core kernel also runs with its key
 //    splits aimed at two waves of blocks (set_mla_split_blocks), the rule before one wave, over
-//    an FP8 cache and, at 16 heads, on the 16-head mma.sync kernel and on the 64-head one instead
-//    of the 16-head wgmma one (set_mla_narrow_kernel). L2 is flushed before each timed call: one
-//    layer's cache at batch 1 would fit in it.
+//    an FP8 cache, on the mma.sync kernels instead of the wgmma ones (set_mla_wgmma) and, at 16
+//    heads, on the 64-head kernels instead of the 16-head ones (set_mla_tc_narrow). L2 is flushed
+//    before each timed call: one layer's cache at batch 1 would fit in it.
 // 2. Prefill (flash_prefill, non-absorbed, causal): TFLOP/s of its useful work, 2 · heads ·
 //    n(n+1)/2 · (dn + dr + dv), against a square cuBLASLt BF16 GEMM (the dense peak in
 //    practice).
@@ -92,16 +92,21 @@ void decode(int64_t batch, int64_t context, int64_t heads, bool cuda_cores, doub
     bool tc;
     int64_t split_blocks;
     bool fp8;
-    int narrow = 2;  // up to 16 heads over a BF16 cache: set_mla_narrow_kernel's kind
+    bool narrow = true;  // up to 16 heads over a BF16 cache on a 16-head kernel
+    bool wgmma = true;   // the wgmma kernels on Hopper (BF16 cache)
   };
   for (const Variant& v :
        {Variant{"tensor cores,", true, 0, false}, Variant{"tc, 2 waves,", true, two_waves, false},
-        Variant{"tc, FP8 cache,", true, 0, true}, Variant{"tc, mma.sync,", true, 0, false, 1},
-        Variant{"tc, 64-head,", true, 0, false, 0}, Variant{"CUDA cores,", false, 0, false}}) {
+        Variant{"tc, FP8 cache,", true, 0, true},
+        Variant{"tc, mma.sync,", true, 0, false, true, false},
+        Variant{"tc, 64-head,", true, 0, false, false},
+        Variant{"tc, 64-head mma.sync,", true, 0, false, false, false},
+        Variant{"CUDA cores,", false, 0, false}}) {
     if (!v.tc && !cuda_cores) continue;
-    if (v.narrow != 2 && heads > 16) continue;  // the same kernel as the first line
+    if (!v.narrow && heads > 16) continue;  // the same kernel as with narrow
     cuda::set_mla_split_blocks(v.split_blocks);
-    cuda::set_mla_narrow_kernel(v.narrow);
+    cuda::set_mla_tc_narrow(v.narrow);
+    cuda::set_mla_wgmma(v.wgmma);
     const double ms = bench::time_ms(
         [&] {
           if (v.tc)
@@ -121,7 +126,8 @@ void decode(int64_t batch, int64_t context, int64_t heads, bool cuda_cores, doub
         100.0 * bytes / ms / 1e6 / (copy_bw / 1e9), flops / ms / 1e9);
   }
   cuda::set_mla_split_blocks(0);
-  cuda::set_mla_narrow_kernel(2);
+  cuda::set_mla_tc_narrow(true);
+  cuda::set_mla_wgmma(true);
   DSV3_CUDA_CHECK(cudaFree(qcb));
   for (void* p : {pool.base, fp8_pool.base, static_cast<void*>(qc), static_cast<void*>(olat),
                   static_cast<void*>(partial), static_cast<void*>(dpos), static_cast<void*>(dslots),

@@ -1122,40 +1122,42 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
     for (double w : want) ref = std::max(ref, std::fabs(w));
     const auto dq = to_device(bf16_bits(qc));
     const auto dpos = to_device(pos), dslot = to_device(slot);
-    // Scratch for many key splits (merged), then for one (written straight to o_lat); up to 16
-    // heads over a BF16 cache on each 16-head kernel (wgmma at 512 / 64 on Hopper, mma.sync)
-    // and on the 64-head one.
+    // Scratch for many key splits (merged), then for one (written straight to o_lat); on the
+    // wgmma kernels (BF16 cache of 512 / 64 on Hopper) and the mma.sync ones; up to 16 heads over
+    // a BF16 cache on a 16-head kernel and on a 64-head one.
     const bool has_narrow = H <= 16 && kind == CacheKind::kBf16;
-    const bool has_wgmma = has_narrow && dc == 512 && dr == 64 && cuda::wgmma_device();
-    for (const int narrow : {2, 1, 0})
-      for (const int64_t splits : {int64_t(64), int64_t(1)}) {
-        if (narrow < 2 && !has_narrow) continue;                // the same kernel as kind 2's
-        if (narrow == 2 && has_narrow && !has_wgmma) continue;  // the same as kind 1's
-        const char* kernel = !has_narrow   ? "64-head"
-                             : narrow == 2 ? "16-head wgmma"
-                             : narrow == 1 ? "16-head mma.sync"
-                                           : "64-head";
-        const int64_t partial_floats = splits * n * H * (dc + 2);
-        DevPtr<float> partial = poisoned(size_t(partial_floats));
-        DevPtr<float> olat = poisoned(size_t(n * H * dc));
-        cuda::set_mla_narrow_kernel(narrow);
-        cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299,
-                               float(scale), partial.get(), partial_floats, olat.get(), nullptr);
-        cuda::set_mla_narrow_kernel(2);
-        const std::vector<float> got = to_host(olat, size_t(n * H * dc));
-        double worst = 0;
-        for (size_t i = 0; i < got.size(); ++i)
-          worst =
-              std::isnan(got[i]) ? INFINITY : std::max(worst, std::fabs(double(got[i]) - want[i]));
-        EXPECT_LE(worst / ref, 8e-3)
-            << (kind == CacheKind::kFp8 ? "fp8" : "bf16") << " cache, scratch for " << splits
-            << " splits, " << kernel << " kernel";
-        std::printf(
-            "[ mla tc %d heads, %d/%d, %s cache, %lld splits' scratch, %s kernel ] "
-            "max|d|/max|o| = %.2e\n",
-            heads, dc, dr, kind == CacheKind::kFp8 ? "fp8" : "bf16", static_cast<long long>(splits),
-            kernel, worst / ref);
-      }
+    const bool has_wgmma =
+        kind == CacheKind::kBf16 && dc == 512 && dr == 64 && cuda::wgmma_device();
+    for (const bool wgmma : {true, false})
+      for (const bool narrow : {true, false})
+        for (const int64_t splits : {int64_t(64), int64_t(1)}) {
+          if (!wgmma && !has_wgmma) continue;    // the same kernel as with wgmma
+          if (!narrow && !has_narrow) continue;  // the same kernel as with narrow
+          const std::string kernel = std::string(narrow && has_narrow ? "16-head" : "64-head") +
+                                     (wgmma && has_wgmma ? " wgmma" : " mma.sync");
+          const int64_t partial_floats = splits * n * H * (dc + 2);
+          DevPtr<float> partial = poisoned(size_t(partial_floats));
+          DevPtr<float> olat = poisoned(size_t(n * H * dc));
+          cuda::set_mla_tc_narrow(narrow);
+          cuda::set_mla_wgmma(wgmma);
+          cuda::mla_attention_tc(dq.get(), n, H, pool, layer, dpos.get(), dslot.get(), 299,
+                                 float(scale), partial.get(), partial_floats, olat.get(), nullptr);
+          cuda::set_mla_tc_narrow(true);
+          cuda::set_mla_wgmma(true);
+          const std::vector<float> got = to_host(olat, size_t(n * H * dc));
+          double worst = 0;
+          for (size_t i = 0; i < got.size(); ++i)
+            worst = std::isnan(got[i]) ? INFINITY
+                                       : std::max(worst, std::fabs(double(got[i]) - want[i]));
+          EXPECT_LE(worst / ref, 8e-3)
+              << (kind == CacheKind::kFp8 ? "fp8" : "bf16") << " cache, scratch for " << splits
+              << " splits, " << kernel << " kernel";
+          std::printf(
+              "[ mla tc %d heads, %d/%d, %s cache, %lld splits' scratch, %s kernel ] "
+              "max|d|/max|o| = %.2e\n",
+              heads, dc, dr, kind == CacheKind::kFp8 ? "fp8" : "bf16",
+              static_cast<long long>(splits), kernel.c_str(), worst / ref);
+        }
   }
 }
 

@@ -320,10 +320,12 @@ bool mla_attention_tc_supported(const CachePool& pool);  // BF16 or FP8 caches
 // For benchmarks: the blocks both attention kernels' splits aim to fill (0, the default: the
 // kernel's blocks resident on the whole GPU, one wave).
 void set_mla_split_blocks(int64_t blocks);
-// For benchmarks and tests: which kernel models of up to 16 heads over a BF16 cache take: 2 (the
-// default) the 16-head one on wgmma for kv_lora 512 / rope 64 on Hopper, else 1; 1 the 16-head
-// one on mma.sync; 0 the 64-head one.
-void set_mla_narrow_kernel(int kind);
+// For benchmarks and tests: whether models of up to 16 heads over a BF16 cache take a 16-head
+// tensor-core kernel (true, the default) or a 64-head one; and whether, over a BF16 cache of
+// kv_lora 512 / rope 64 on Hopper, those kernels are the wgmma ones (true, the default) or the
+// mma.sync ones.
+void set_mla_tc_narrow(bool on);
+void set_mla_wgmma(bool on);
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,
                       int64_t layer, const int32_t* positions, const int32_t* seqs,
                       int64_t max_position, float scale, float* partial, int64_t partial_floats,

@@ -132,6 +132,14 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_mn(float (&d)[16][4], const 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
+// The same with A from shared memory too (K-major).
+__device__ __forceinline__ void wgmma_m64n128k16_ss_mn(float (&d)[16][4], uint64_t a, uint64_t b) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " DSV3_D64
+               ", %64, %65, 1, 1, 1, 0, 1;\n"
+               : DSV3_ACC64(d)
+               : "l"(a), "l"(b));
+}
+
 #undef DSV3_D64
 #undef DSV3_D32
 #undef DSV3_ACC64
