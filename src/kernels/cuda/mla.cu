@@ -1594,17 +1594,19 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
            seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
   // Up to 16 heads over a BF16 cache: a 16-head kernel (the FP8 cache keeps the 64-head one),
-  // on wgmma where there is sm_90a code for it, unless one row reads at most 256 keys: there the
-  // 64-head kernel's 32-key splits (8 blocks) finish sooner than 4 of 64 (V2-Lite dims, batch 1
-  // at a 64-token prompt: 475.8 / 473.2 tok/s against 471.8 / 469.2 on the mma.sync 16-head
-  // kernel; at 16K tokens that one is ahead, 0.023 ms against 0.025 a layer, H200).
+  // on wgmma where there is sm_90a code for it. On mma.sync, not where one row reads at most 256
+  // keys: there the 64-head kernel's 32-key splits (8 blocks) finish sooner than 4 of 64 (V2-Lite
+  // dims, batch 1 at a 64-token prompt: 475.8 / 473.2 tok/s against 471.8 / 469.2; at 16K tokens
+  // the 16-head kernel is ahead, 0.023 ms against 0.025 a layer, H200). The wgmma kernels both
+  // take 64-key tiles.
   const auto narrow = [&](auto kernel, int threads, size_t smem) {
     attend(kernel, kNwHeads, kNwKeys, threads, smem, qc, n, heads, pool, layer, positions, seqs,
            max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
+  const bool wgmma =
+      g_mla_wgmma && pool.bf16 && !pool.fp8 && wgmma_device() && dc == 512 && pool.dr == 64;
   const bool use_narrow = g_tc_narrow && heads <= kNwHeads && pool.bf16 && !pool.fp8 &&
-                          (n > 1 || max_position + 1 > 256);
-  const bool wgmma = g_mla_wgmma && pool.bf16 && !pool.fp8 && wgmma_device();
+                          (wgmma || n > 1 || max_position + 1 > 256);
   if (dc == 512 && pool.dr == 64) {
     if (use_narrow && wgmma)
       narrow(attention_narrow_wgmma_kernel, kNgThreads, kNgSmem);
