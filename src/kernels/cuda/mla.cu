@@ -603,6 +603,53 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   store_rows<DC>(o, m, l, t, h0 + grp * 16, heads, half * DH, half == 0, partial, o_lat, lane);
 }
 
+// Copies for the wgmma kernels, into the 128-byte swizzle they read (64-column blocks of
+// [rows][128 B]) by THREADS threads: thread t moves 16-byte chunk t % 8 of every block in rows
+// t / 8 + (THREADS / 8) i, so its swizzled offset is the same in each. Rows past the end are
+// zeros. First the query rows h0 .. h0 + ROWS of row t (576 columns) ...
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_q_sw128(uint8_t* dst, const uint16_t* qc, int64_t t,
+                                             int64_t heads, int64_t h0) {
+  constexpr int DK = 576, RS = THREADS / 8;
+  const int lch = int(threadIdx.x) % 8, lrow = int(threadIdx.x) / 8;
+  const uint32_t lsw = swizzle128(lrow, lch);
+#pragma unroll
+  for (int i = 0; i < ROWS / RS; ++i) {
+    const int64_t h = h0 + lrow + RS * i;
+    const bool ok = h < heads;
+    const uint16_t* src = qc + (t * heads + h) * DK + lch * 8;
+#pragma unroll
+    for (int kb = 0; kb < DK / 64; ++kb)
+      cp16(dst + kb * (ROWS * 128) + i * (RS * 128) + lsw, ok ? src + kb * 64 : qc, ok);
+  }
+}
+// ... then cache rows j0 .. j0 + 64 of (seq, layer) below kend (BF16, 576 columns), as two runs of
+// 32 rows: each lies in one cache block (block_tokens is a multiple of 32).
+template <int THREADS>
+__device__ __forceinline__ void load_keys_sw128(uint8_t* dst, const CachePool& pool, int64_t seq,
+                                                int64_t layer, int64_t j0, int64_t kend) {
+  constexpr int RS = THREADS / 8;
+  static_assert(32 % RS == 0, "whole passes a run");
+  const int lch = int(threadIdx.x) % 8, lrow = int(threadIdx.x) / 8;
+  const uint32_t lsw = swizzle128(lrow, lch);
+  const int64_t rb = pool.row_bytes();
+#pragma unroll
+  for (int run = 0; run < 2; ++run) {
+    const int64_t r0 = j0 + run * 32;
+    const char* rows = pool.row_ptr(seq, layer, min(r0, kend - 1));
+#pragma unroll
+    for (int i = 0; i < 32 / RS; ++i) {
+      const int r = i * RS + lrow;  // (r % 8 == lrow % 8)
+      const bool ok = r0 + r < kend;
+      const char* src = rows + r * rb + lch * 16;
+      uint8_t* d = dst + (run * 32 + i * RS) * 128 + lsw;
+#pragma unroll
+      for (int kb = 0; kb < 576 / 64; ++kb)
+        cp16(d + kb * (64 * 128), ok ? src + kb * 128 : rows, ok);
+    }
+  }
+}
+
 // The 64-head attention on Hopper's warpgroup MMAs (wgmma, sm_90a), for a BF16 cache of kv_lora
 // 512 / rope 64 (DeepSeek-V3's 128 heads, two blocks a query row). At 128 heads a cache row
 // feeds 128 · 2 · 1,088 FLOPs, so this is compute-bound: attention_tc_kernel's mma.sync tiles
@@ -626,7 +673,7 @@ __global__ void __launch_bounds__(kWdThreads, 1)
                            float scale_log2, float* partial, float* o_lat) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   pdl_enter();
-  constexpr int DC = 512, DK = 576, KB = DK / 64;  // KB: 64-column blocks of a row
+  constexpr int DC = 512, DK = 576;
   extern __shared__ __align__(1024) uint8_t wd_smem[];
   uint8_t* const sbase = wd_smem + ((1024 - (smem_addr(wd_smem) & 1023)) & 1023);
   const uint32_t base = smem_addr(sbase);
@@ -643,33 +690,9 @@ __global__ void __launch_bounds__(kWdThreads, 1)
   const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
   const int64_t seq = seqs[t];
 
-  // Copies: thread t moves 16-byte chunk t % 8 of each 64-column block in rows t / 8 and
-  // t / 8 + 32, so its swizzled offset is the same in both. Rows past the end are zeros.
-  const int lch = tid % 8, lrow = tid / 8;
-  const uint32_t lsw = swizzle128(lrow, lch);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t h = h0 + lrow + 32 * i;
-    const bool ok = h < heads;
-    const uint16_t* src = qc + (t * heads + h) * DK + lch * 8;
-#pragma unroll
-    for (int kb = 0; kb < KB; ++kb)
-      cp16(sbase + kb * (kWdHeads * 128) + i * (32 * 128) + lsw, ok ? src + kb * 64 : qc, ok);
-  }
-  const int64_t rb = pool.row_bytes();
+  load_q_sw128<kWdHeads, kWdThreads>(sbase, qc, t, heads, h0);
   const auto load = [&](int64_t j0, int st) {
-  // Two runs of 32 rows: each lies in one cache block (block_tokens is a multiple of 32).
-#pragma unroll
-    for (int run = 0; run < 2; ++run) {
-      const int64_t r0 = j0 + run * 32;
-      const char* rows = pool.row_ptr(seq, layer, min(r0, kend - 1));
-      const bool ok = r0 + lrow < kend;
-      const char* src = rows + lrow * rb + lch * 16;
-      uint8_t* dst = sbase + st_at + st * kWdStage + run * (32 * 128) + lsw;
-#pragma unroll
-      for (int kb = 0; kb < KB; ++kb)
-        cp16(dst + kb * (kWdKeys * 128), ok ? src + kb * 128 : rows, ok);
-    }
+    load_keys_sw128<kWdThreads>(sbase + st_at + st * kWdStage, pool, seq, layer, j0, kend);
   };
   if (kbeg < kend) load(kbeg, 0);
   cp_commit();  // (with q)
@@ -969,7 +992,7 @@ __global__ void __launch_bounds__(kNgThreads, 1)
                                   float scale_log2, float* partial, float* o_lat) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   pdl_enter();
-  constexpr int DC = 512, DK = 576, KB = DK / 64;  // KB: 64-column blocks of a row
+  constexpr int DC = 512, DK = 576;
   extern __shared__ __align__(1024) uint8_t ng_smem[];
   uint8_t* const sbase = ng_smem + ((1024 - (smem_addr(ng_smem) & 1023)) & 1023);
   const uint32_t base = smem_addr(sbase);
@@ -982,35 +1005,9 @@ __global__ void __launch_bounds__(kNgThreads, 1)
   const int64_t kbeg = split * split_len, kend = min(kbeg + split_len, pos + 1);
   const int64_t seq = seqs[t];
 
-  // Copies: thread t moves 16-byte chunk t % 8 of each 64-column block in rows t / 8 + 16 i,
-  // so its swizzled offset is the same in every row it copies. Rows past the end are zeros.
-  const int lch = tid % 8, lrow = tid / 8;
-  const uint32_t lsw = swizzle128(lrow, lch);
-  {
-    const bool ok = lrow < heads;
-    const uint16_t* src = qc + (t * heads + lrow) * DK + lch * 8;
-#pragma unroll
-    for (int kb = 0; kb < KB; ++kb)
-      cp16(sbase + kb * (kNwHeads * 128) + lsw, ok ? src + kb * 64 : qc, ok);
-  }
-  const int64_t rb = pool.row_bytes();
+  load_q_sw128<kNwHeads, kNgThreads>(sbase, qc, t, heads, 0);
   const auto load = [&](int64_t j0, int st) {
-  // Two runs of 32 rows: each lies in one cache block (block_tokens is a multiple of 32).
-#pragma unroll
-    for (int run = 0; run < 2; ++run) {
-      const int64_t r0 = j0 + run * 32;
-      const char* rows = pool.row_ptr(seq, layer, min(r0, kend - 1));
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int r = run * 32 + i * 16 + lrow;  // (r % 8 == lrow % 8)
-        const bool ok = j0 + r < kend;
-        const char* src = rows + (i * 16 + lrow) * rb + lch * 16;
-        uint8_t* dst = sbase + st_at + st * kNgStage + (run * 32 + i * 16) * 128 + lsw;
-#pragma unroll
-        for (int kb = 0; kb < KB; ++kb)
-          cp16(dst + kb * (kNwKeys * 128), ok ? src + kb * 128 : rows, ok);
-      }
-    }
+    load_keys_sw128<kNgThreads>(sbase + st_at + st * kNgStage, pool, seq, layer, j0, kend);
   };
   if (kbeg < kend) load(kbeg, 0);
   cp_commit();  // (with q)
