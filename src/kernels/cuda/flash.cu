@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(kWThreads, 1) flash_wgmma_kernel(const FlashAr
   constexpr uint32_t KB = kWKBytes<KEYS>, VB = kWVBytes<KEYS>;
   extern __shared__ __align__(1024) uint8_t wsmem[];
   // Swizzle atoms must sit on 1,024-byte boundaries (kWSmem allows the slack).
-  uint8_t* const sbase = wsmem + ((1024 - (smem_addr(wsmem) & 1023)) & 1023);
+  uint8_t* const sbase = atom_aligned(wsmem);
   const uint32_t base = smem_addr(sbase);
   const uint32_t k_at = kWQBytes, v_at = kWQBytes + 2 * KB;  // stage 0's K and V
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, wg = warp / 4;

@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, T == WType::E4M3 ? 1 : 2)
   constexpr bool kFp8 = T == WType::E4M3;
   constexpr int64_t kElem = kFp8 ? 1 : 2;
   extern __shared__ __align__(1024) uint8_t wsmem[];
-  uint8_t* const sbase = wsmem + ((1024 - (smem_addr(wsmem) & 1023)) & 1023);
+  uint8_t* const sbase = atom_aligned(wsmem);
   const uint32_t base = smem_addr(sbase);  // stage b: x at b · 2 · kWTileBytes, W after
   GroupTile gt;
   if (!group_tile<kFp8>(a, int(blockIdx.x), kWBM, gt)) return;

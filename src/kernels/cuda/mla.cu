@@ -373,6 +373,11 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32)
   }
 }
 
+// A split's running max (log2 units, scale · s · log2 e) as the partials keep it: natural log.
+__device__ __forceinline__ float partial_max(float m_log2) {
+  return m_log2 == -INFINITY ? -INFINITY : m_log2 * 0.6931471805599453f;
+}
+
 // The tensor-core kernels' output for query row t: a thread's rows g and g + 8 of the 16 heads
 // from h_first, its accumulator tiles o at columns col0 .. (of dc = DC), as partials in
 // attention_kernel's units (max of scale · s in natural log, unnormalised o; m and l by the
@@ -403,7 +408,7 @@ __device__ __forceinline__ void store_rows(const float (&o)[NT][4], const float 
     for (int i = 0; i < NT; ++i)
       *reinterpret_cast<float2*>(out + col0 + i * 8 + 2 * t4) = {o[i][2 * rr], o[i][2 * rr + 1]};
     if (writes_ml && t4 == 0) {
-      out[DC] = m[rr] == -INFINITY ? -INFINITY : m[rr] * 0.6931471805599453f;
+      out[DC] = partial_max(m[rr]);
       out[DC + 1] = l[rr];
     }
   }
@@ -603,6 +608,9 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   store_rows<DC>(o, m, l, t, h0 + grp * 16, heads, half * DH, half == 0, partial, o_lat, lane);
 }
 
+// The wgmma kernels' cache rows: kv_lora 512 (the values) + rope 64, in 64-column blocks.
+constexpr int kWgDc = 512, kWgDk = kWgDc + 64, kWgBlocks = kWgDk / 64;
+
 // Copies for the wgmma kernels, into the 128-byte swizzle they read (64-column blocks of
 // [rows][128 B]) by THREADS threads: thread t moves 16-byte chunk t % 8 of every block in rows
 // t / 8 + (THREADS / 8) i, so its swizzled offset is the same in each. Rows past the end are
@@ -610,16 +618,16 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 template <int ROWS, int THREADS>
 __device__ __forceinline__ void load_q_sw128(uint8_t* dst, const uint16_t* qc, int64_t t,
                                              int64_t heads, int64_t h0) {
-  constexpr int DK = 576, RS = THREADS / 8;
+  constexpr int RS = THREADS / 8;
   const int lch = int(threadIdx.x) % 8, lrow = int(threadIdx.x) / 8;
   const uint32_t lsw = swizzle128(lrow, lch);
 #pragma unroll
   for (int i = 0; i < ROWS / RS; ++i) {
     const int64_t h = h0 + lrow + RS * i;
     const bool ok = h < heads;
-    const uint16_t* src = qc + (t * heads + h) * DK + lch * 8;
+    const uint16_t* src = qc + (t * heads + h) * kWgDk + lch * 8;
 #pragma unroll
-    for (int kb = 0; kb < DK / 64; ++kb)
+    for (int kb = 0; kb < kWgBlocks; ++kb)
       cp16(dst + kb * (ROWS * 128) + i * (RS * 128) + lsw, ok ? src + kb * 64 : qc, ok);
   }
 }
@@ -644,7 +652,7 @@ __device__ __forceinline__ void load_keys_sw128(uint8_t* dst, const CachePool& p
       const char* src = rows + r * rb + lch * 16;
       uint8_t* d = dst + (run * 32 + i * RS) * 128 + lsw;
 #pragma unroll
-      for (int kb = 0; kb < 576 / 64; ++kb)
+      for (int kb = 0; kb < kWgBlocks; ++kb)
         cp16(d + kb * (64 * 128), ok ? src + kb * 128 : rows, ok);
     }
   }
@@ -663,7 +671,7 @@ __device__ __forceinline__ void load_keys_sw128(uint8_t* dst, const CachePool& p
 // The same partials (o_lat with one split) as the other kernels. H200, bench_cuda_mla at batch
 // 64 over 4K tokens: 0.187 ms, 390 TFLOP/s, against 0.413 (177) on attention_tc_kernel.
 constexpr int kWdHeads = 64, kWdKeys = 64, kWdThreads = 256;
-constexpr uint32_t kWdQBytes = 9 * kWdHeads * 128, kWdStage = 9 * kWdKeys * 128,
+constexpr uint32_t kWdQBytes = kWgBlocks * kWdHeads * 128, kWdStage = kWgBlocks * kWdKeys * 128,
                    kWdPBytes = kWdHeads * 128;
 constexpr size_t kWdSmem = 1024 + kWdQBytes + 2 * kWdStage + kWdPBytes + kWdHeads * 4;
 
@@ -673,9 +681,9 @@ __global__ void __launch_bounds__(kWdThreads, 1)
                            float scale_log2, float* partial, float* o_lat) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   pdl_enter();
-  constexpr int DC = 512, DK = 576;
+  constexpr int DC = kWgDc, DK = kWgDk;
   extern __shared__ __align__(1024) uint8_t wd_smem[];
-  uint8_t* const sbase = wd_smem + ((1024 - (smem_addr(wd_smem) & 1023)) & 1023);
+  uint8_t* const sbase = atom_aligned(wd_smem);
   const uint32_t base = smem_addr(sbase);
   constexpr uint32_t st_at = kWdQBytes, p_at = kWdQBytes + 2 * kWdStage;
   float* s_row = reinterpret_cast<float*>(sbase + p_at + kWdPBytes);  // [64]: corr, then l
@@ -983,7 +991,7 @@ __global__ void __launch_bounds__(kNwWarps * 32)
 // on attention_narrow_kernel. Fetching the tiles 2-4 ahead into L2 as well (bulk prefetch) was
 // slower: 70%, 67%, 59%.
 constexpr int kNgThreads = 128;
-constexpr uint32_t kNgQBytes = 9 * kNwHeads * 128, kNgStage = 9 * kNwKeys * 128;
+constexpr uint32_t kNgQBytes = kWgBlocks * kNwHeads * 128, kNgStage = kWgBlocks * kNwKeys * 128;
 constexpr size_t kNgSmem = 1024 + kNgQBytes + 2 * kNgStage + kNwHeads * 128 + 4 * kNwHeads * 4;
 
 __global__ void __launch_bounds__(kNgThreads, 1)
@@ -992,9 +1000,9 @@ __global__ void __launch_bounds__(kNgThreads, 1)
                                   float scale_log2, float* partial, float* o_lat) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   pdl_enter();
-  constexpr int DC = 512, DK = 576;
+  constexpr int DC = kWgDc, DK = kWgDk;
   extern __shared__ __align__(1024) uint8_t ng_smem[];
-  uint8_t* const sbase = ng_smem + ((1024 - (smem_addr(ng_smem) & 1023)) & 1023);
+  uint8_t* const sbase = atom_aligned(ng_smem);
   const uint32_t base = smem_addr(sbase);
   constexpr uint32_t st_at = kNgQBytes, p_at = kNgQBytes + 2 * kNgStage;
   float* red = reinterpret_cast<float*>(sbase + p_at + kNwHeads * 128);  // [4 warps][16 heads]
@@ -1035,7 +1043,6 @@ __global__ void __launch_bounds__(kNgThreads, 1)
     wgmma_commit();
     wgmma_wait<0>();
     // Keys 16 warp + g (e < 2) and + 8 (e ≥ 2) of the tile; heads 8 i + 2 t4 + (e & 1).
-    float mx[2][2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
 #pragma unroll
@@ -1048,7 +1055,6 @@ __global__ void __launch_bounds__(kNgThreads, 1)
         float x = fmaxf(s[i][c], s[i][c + 2]);
 #pragma unroll
         for (int off = 4; off < 32; off *= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
-        mx[i][c] = x;
         if (g == 0) red[warp * kNwHeads + i * 8 + 2 * t4 + c] = x;
       }
     }
@@ -1059,7 +1065,7 @@ __global__ void __launch_bounds__(kNgThreads, 1)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int h = i * 8 + 2 * t4 + c;
-        float row_max = fmaxf(m[i][c], mx[i][c]);
+        float row_max = m[i][c];  // and the four warps' maxima of the tile
 #pragma unroll
         for (int w = 0; w < 4; ++w) row_max = fmaxf(row_max, red[w * kNwHeads + h]);
         bas[i][c] = row_max == -INFINITY ? 0.0f : row_max;
@@ -1146,7 +1152,7 @@ __global__ void __launch_bounds__(kNgThreads, 1)
         out[mb * 64 + warp * 16 + g + 8] = o[mb][i][c + 2];
       }
       if (warp == 0 && g == 0) {
-        out[DC] = m[i][c] == -INFINITY ? -INFINITY : m[i][c] * 0.6931471805599453f;
+        out[DC] = partial_max(m[i][c]);
         out[DC + 1] = l[i][c];
       }
     }

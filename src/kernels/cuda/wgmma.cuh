@@ -25,6 +25,13 @@ __host__ __device__ constexpr uint32_t swizzle128(uint32_t row, uint32_t chunk) 
   return row * 128 + ((chunk ^ (row % 8)) * 16);
 }
 
+// The first 1,024-byte boundary at or after p in shared memory, where the swizzle atoms of a
+// dynamic shared-memory buffer start (its size allows 1,024 bytes of slack for this).
+__device__ __forceinline__ uint8_t* atom_aligned(uint8_t* p) {
+  const auto at = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return p + ((1024 - (at & 1023)) & 1023);
+}
+
 __device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_byte_addr, uint32_t lbo,
                                                uint32_t sbo) {
   return uint64_t((smem_byte_addr & 0x3FFFF) >> 4) | uint64_t((lbo >> 4) & 0x3FFF) << 16 |
