@@ -14,7 +14,9 @@
 #   mla: the MLA decode and prefill kernels at DeepSeek-V3's sizes (bench_cuda_mla);
 #   b1: the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds;
 #   hf: that model in BF16 in dsv3 and in HF transformers: logits parity and speed, same GPU
-#     (HF_MODEL=v2lite: the V2-Lite checkpoint instead, speed only).
+#     (HF_MODEL=v2lite: the V2-Lite checkpoint instead, speed only; HF_MODEL=v3: V3 dims x 4
+#     layers in BF16, speed only: transformers runs our FP8 checkpoints only with the `kernels`
+#     package, which the GPU machine lacks).
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, AB / ROUNDS / AB_MODEL (ab's
 # variants, rounds, and checkpoint: v3 or v2lite), PROMPT (decode prompt length, default 64),
@@ -109,9 +111,12 @@ profile_prefill() {
     sed -E 's/ +/ /g; s/Device 0, CC 9.0, //' | cut -c1-200 | head -60 || true
 }
 
-# DeepSeek-V3 dims with 4 layers (3 dense + 1 MoE of 256 experts), FP8 blocks, no MTP.
+# DeepSeek-V3 dims with 4 layers (3 dense + 1 MoE of 256 experts), FP8 blocks (or $1: bf16 into
+# v3-4l-bf16), no MTP.
 v3_checkpoint() {
-  log "init DeepSeek-V3 x4 layers (fp8)"
+  local dtype=${1:-fp8} dir="$CKPT/v3-4l"
+  [ "$dtype" = fp8 ] || dir="$CKPT/v3-4l-$dtype"
+  log "init DeepSeek-V3 x4 layers ($dtype)"
   mkdir -p "$CKPT"
   python3 - <<'PY' > "$CKPT/v3-4l.json"
 import json
@@ -120,8 +125,8 @@ c["num_hidden_layers"] = 4
 c["num_nextn_predict_layers"] = 0
 print(json.dumps(c))
 PY
-  [ -f "$CKPT/v3-4l/config.json" ] || /usr/bin/time -f "init %e s" "$BUILD/bin/dsv3" init \
-    --config "$CKPT/v3-4l.json" --out "$CKPT/v3-4l" --dtype fp8
+  [ -f "$dir/config.json" ] || /usr/bin/time -f "init %e s" "$BUILD/bin/dsv3" init \
+    --config "$CKPT/v3-4l.json" --out "$dir" --dtype "$dtype"
 }
 if has v3; then
   v3_checkpoint
@@ -211,6 +216,10 @@ if has hf; then
   if [ "${HF_MODEL:-b1}" = v2lite ]; then
     v2lite_checkpoint
     hf_ckpt="$CKPT/v2lite"
+    hf_parity=()
+  elif [ "${HF_MODEL:-b1}" = v3 ]; then
+    v3_checkpoint bf16
+    hf_ckpt="$CKPT/v3-4l-bf16"
     hf_parity=()
   else
     log "init bench-1b (bf16)"
