@@ -92,12 +92,14 @@ void decode(int64_t batch, int64_t context, int64_t heads, bool cuda_cores, doub
     bool tc;
     int64_t split_blocks;
     bool fp8;
-    bool narrow = true;  // up to 16 heads over a BF16 cache on a 16-head kernel
-    bool wgmma = true;   // the wgmma kernels on Hopper (BF16 cache)
+    bool narrow = true;  // up to 16 heads on a 16-head kernel
+    bool wgmma = true;   // the wgmma kernels on Hopper
   };
   for (const Variant& v :
        {Variant{"tensor cores,", true, 0, false}, Variant{"tc, 2 waves,", true, two_waves, false},
         Variant{"tc, FP8 cache,", true, 0, true},
+        Variant{"tc, FP8 mma.sync,", true, 0, true, true, false},
+        Variant{"tc, FP8 64-head,", true, 0, true, false},
         Variant{"tc, mma.sync,", true, 0, false, true, false},
         Variant{"tc, 64-head,", true, 0, false, false},
         Variant{"tc, 64-head mma.sync,", true, 0, false, false, false},

@@ -1079,9 +1079,9 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, FlashGpu,
 // The absorbed decode attention on the tensor cores (mla_attention_tc) against float64 on the
 // same BF16 values: three query rows of two sequences at positions 299, 40 and 0 (many key
 // splits, a partial last tile, a single key), at DeepSeek-V3's 128 heads, V2-Lite's 16, 10
-// heads (the rows past them) and bench-1b's 10 heads of kv_lora 256 (over a BF16 cache on the
-// 16-head kernels, wgmma and mma.sync, and on the 64-head one with the rows past them idle). P is
-// BF16 before P·c_kv: ≤ 8e-3 of max|o_lat|.
+// heads (the rows past them) and bench-1b's 10 heads of kv_lora 256, over BF16 and FP8 caches: on
+// the 16-head kernels (wgmma over either cache, mma.sync over BF16) and on the 64-head ones with
+// the rows past them idle. P is BF16 before P·c_kv: ≤ 8e-3 of max|o_lat|.
 class MlaTcGpu : public ::testing::TestWithParam<std::tuple<int, int, int>> {};
 
 TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
@@ -1123,18 +1123,18 @@ TEST_P(MlaTcGpu, DecodeOverBf16CacheMatchesFloat64) {
     const auto dq = to_device(bf16_bits(qc));
     const auto dpos = to_device(pos), dslot = to_device(slot);
     // Scratch for many key splits (merged), then for one (written straight to o_lat); on the
-    // wgmma kernels (BF16 cache of 512 / 64 on Hopper) and the mma.sync ones; up to 16 heads over
-    // a BF16 cache on a 16-head kernel and on a 64-head one.
-    const bool has_narrow = H <= 16 && kind == CacheKind::kBf16;
-    const bool has_wgmma =
-        kind == CacheKind::kBf16 && dc == 512 && dr == 64 && cuda::wgmma_device();
+    // wgmma kernels (512 / 64 on Hopper) and the mma.sync ones; up to 16 heads on a 16-head
+    // kernel (mma.sync: BF16 cache only) and on a 64-head one.
+    const bool has_wgmma = dc == 512 && dr == 64 && cuda::wgmma_device();
     for (const bool wgmma : {true, false})
       for (const bool narrow : {true, false})
         for (const int64_t splits : {int64_t(64), int64_t(1)}) {
+          const bool on_wgmma = wgmma && has_wgmma;
+          const bool has_narrow = H <= 16 && (kind == CacheKind::kBf16 || on_wgmma);
           if (!wgmma && !has_wgmma) continue;    // the same kernel as with wgmma
           if (!narrow && !has_narrow) continue;  // the same kernel as with narrow
           const std::string kernel = std::string(narrow && has_narrow ? "16-head" : "64-head") +
-                                     (wgmma && has_wgmma ? " wgmma" : " mma.sync");
+                                     (on_wgmma ? " wgmma" : " mma.sync");
           const int64_t partial_floats = splits * n * H * (dc + 2);
           DevPtr<float> partial = poisoned(size_t(partial_floats));
           DevPtr<float> olat = poisoned(size_t(n * H * dc));

@@ -7,8 +7,9 @@
 //                  (flash-decoding), which keeps the GPU busy when few rows decode long contexts.
 // The output projection W_UV·o_lat is a grouped gemv (one group per head) in the engine.
 //  mla_attention_tc: the same on the BF16 tensor cores, the heads of a row as the M dimension
-//                  (blocks of 64 heads; up to 16 heads over a BF16 cache, kernels of their own,
-//                  on wgmma on Hopper).
+//                  (blocks of 64 heads; up to 16 heads, kernels of their own; on wgmma on
+//                  Hopper over BF16 and FP8 caches, else mma.sync, whose 16-head kernel takes
+//                  BF16 only).
 // Prefill runs the non-absorbed form instead (flash.cu).
 #include <algorithm>
 #include <map>
@@ -658,11 +659,128 @@ __device__ __forceinline__ void load_keys_sw128(uint8_t* dst, const CachePool& p
   }
 }
 
-// The 64-head attention on Hopper's warpgroup MMAs (wgmma, sm_90a), for a BF16 cache of kv_lora
-// 512 / rope 64 (DeepSeek-V3's 128 heads, two blocks a query row). At 128 heads a cache row
+// The FP8 cache's rows at the wgmma kernels' 512 / 64 (CachePool::row_bytes): 512 E4M3 codes,
+// four F32 scales (one per 128 columns), 64 BF16 k_pe; 64 of them, as stored, make a raw stage.
+constexpr int kWgF8Kpe = kWgDc + 16, kWgF8Row = kWgF8Kpe + 2 * 64;
+constexpr int kWgKeys = 64;
+constexpr uint32_t kWgStage = kWgBlocks * kWgKeys * 128, kWgF8Stage = kWgKeys * kWgF8Row;
+static_assert(kWgF8Row % 16 == 0 && kWgF8Stage % 1024 == 0, "raw stages keep the atoms aligned");
+
+// FP8 cache rows j0 .. j0 + 64 of (seq, layer) below kend, as stored, into dst by THREADS
+// threads: two runs of 32 rows, each contiguous in one cache block. Rows past kend are zeros.
+template <int THREADS>
+__device__ __forceinline__ void load_rows_fp8(uint8_t* dst, const CachePool& pool, int64_t seq,
+                                              int64_t layer, int64_t j0, int64_t kend) {
+  constexpr int kRowChunks = kWgF8Row / 16;
+#pragma unroll
+  for (int run = 0; run < 2; ++run) {
+    const int64_t r0 = j0 + run * 32;
+    const char* rows = pool.row_ptr(seq, layer, min(r0, kend - 1));
+    const int64_t valid = (kend - r0) * kRowChunks;  // the run's chunks below kend
+    for (int c = int(threadIdx.x); c < 32 * kRowChunks; c += THREADS) {
+      const bool ok = c < valid;
+      cp16(dst + run * (32 * kWgF8Row) + c * 16, ok ? rows + c * 16 : rows, ok);
+    }
+  }
+}
+
+// A raw stage (src) decoded by THREADS threads into the BF16 tile the wgmma kernels read (dst):
+// c_kv times its scale, rounded to BF16 (the values attention_tc_kernel's FP8 path takes), k_pe
+// as stored. A thread keeps one row, tid % 64, and steps through its columns: the 8 lanes of a
+// shared-memory phase read 8 rows 656 bytes apart (all 32 banks) and write one swizzled column
+// of 8 rows (8 distinct chunks), so neither side conflicts.
+template <int THREADS>
+__device__ __forceinline__ void decode_fp8_tile(uint8_t* dst, const uint8_t* src) {
+  static_assert(THREADS % 64 == 0 && 8 % (THREADS / 64) == 0, "a row a thread, whole scales");
+  constexpr int kStep = THREADS / 64;  // 16-column chunks between a thread's
+  const int r = int(threadIdx.x) % 64, k0 = int(threadIdx.x) / 64;
+  const uint8_t* row = src + r * kWgF8Row;
+  const float4 scales = *reinterpret_cast<const float4*>(row + kWgDc);
+  const float sc[4] = {scales.x, scales.y, scales.z, scales.w};
+#pragma unroll
+  for (int u = 0; u < kWgDc / 16 / kStep; ++u) {
+    const int k = k0 + u * kStep;  // columns 16 k .. 16 k + 15, all of scale (u · kStep) / 8
+    float v[16];
+    decode_chunk<WType::E4M3>(*reinterpret_cast<const uint4*>(row + 16 * k), v);
+    const float s = sc[u * kStep / 8];
+    uint32_t b[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) b[q] = pack_bf16(v[2 * q] * s, v[2 * q + 1] * s);
+    uint8_t* blk = dst + (k / 4) * (kWgKeys * 128);
+    *reinterpret_cast<uint4*>(blk + swizzle128(r, 2 * (k % 4))) =
+        make_uint4(b[0], b[1], b[2], b[3]);
+    *reinterpret_cast<uint4*>(blk + swizzle128(r, 2 * (k % 4) + 1)) =
+        make_uint4(b[4], b[5], b[6], b[7]);
+  }
+#pragma unroll
+  for (int u = 0; u < 8 / kStep; ++u) {
+    const int ch = k0 + u * kStep;
+    *reinterpret_cast<uint4*>(dst + (kWgBlocks - 1) * (kWgKeys * 128) + swizzle128(r, ch)) =
+        *reinterpret_cast<const uint4*>(row + kWgF8Kpe + 16 * ch);
+  }
+}
+
+// The wgmma kernels' key tiles, 64 cache rows each in the swizzled BF16 layout they read, taken
+// in order (acquire, then release once the tile's last wgmma has completed in every thread).
+//   BF16 cache: two tiles; cp.async fills one while the block works on the other, which
+//     refills as soon as it is released.
+//   FP8 cache: one tile, then RAW raw stages of rows as stored; acquire decodes the next raw
+//     stage into the tile and refills that stage at once, so RAW tiles' rows are in flight
+//     while the block works on one (FP8 rows halve the bytes, not the work after the decode).
+template <bool FP8, int RAW, int THREADS>
+struct KeyTiles {
+  static constexpr int kStages = FP8 ? RAW : 2;
+  static constexpr uint32_t kBytes = FP8 ? kWgStage + kStages * kWgF8Stage : kStages * kWgStage;
+  uint8_t* at;  // 1,024-aligned
+  const CachePool& pool;
+  int64_t seq, layer, kend;
+
+  __device__ __forceinline__ void load(int64_t j0, int stage) const {
+    if constexpr (FP8)
+      load_rows_fp8<THREADS>(at + kWgStage + stage * kWgF8Stage, pool, seq, layer, j0, kend);
+    else
+      load_keys_sw128<THREADS>(at + stage * kWgStage, pool, seq, layer, j0, kend);
+  }
+  // The first tiles' copies, a commit group each (the first also holds what came before).
+  __device__ __forceinline__ void start(int64_t kbeg) const {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      if (kbeg + s * kWgKeys < kend) load(kbeg + s * kWgKeys, s);
+      cp_commit();
+    }
+  }
+  // Tile `it` (keys j0 ..) ready for wgmma in every thread: its shared-memory address.
+  __device__ __forceinline__ uint32_t acquire(int64_t j0, int64_t it) const {
+    const int st = int(it % kStages);
+    cp_wait<kStages - 1>();  // this tile's group (the later ones may still be in flight)
+    if constexpr (FP8) {
+      __syncthreads();  // the raw rows in; every warp done with the tile before
+      decode_fp8_tile<THREADS>(at, at + kWgStage + st * kWgF8Stage);
+      fence_proxy_async();
+      __syncthreads();
+      if (j0 + kStages * kWgKeys < kend) load(j0 + kStages * kWgKeys, st);
+      cp_commit();
+      return smem_addr(at);
+    } else {
+      fence_proxy_async();
+      __syncthreads();
+      return smem_addr(at + st * kWgStage);
+    }
+  }
+  __device__ __forceinline__ void release(int64_t j0, int64_t it) const {
+    if constexpr (!FP8) {
+      __syncthreads();  // every warp done with this tile
+      if (j0 + 2 * kWgKeys < kend) load(j0 + 2 * kWgKeys, int(it % 2));
+      cp_commit();
+    }
+  }
+};
+
+// The 64-head attention on Hopper's warpgroup MMAs (wgmma, sm_90a), for a BF16 or FP8 cache of
+// kv_lora 512 / rope 64 (DeepSeek-V3's 128 heads, two blocks a query row). At 128 heads a cache row
 // feeds 128 · 2 · 1,088 FLOPs, so this is compute-bound: attention_tc_kernel's mma.sync tiles
 // reach 177 TFLOP/s (H200) where FlashMLA publishes 660 on an H800. Heads are M, as there; a block
-// is two warpgroups over 64-key tiles (two stages, the 128-byte swizzle):
+// is two warpgroups over 64-key tiles (KeyTiles, the 128-byte swizzle):
 //   warpgroup 0: S = Q · Kᵀ (m64n64k16 × 36), the online softmax on S in registers, P into
 //                shared memory for the other, and O[:, 0:256] += P · V with P as the register A
 //                operand (V, the tile's first 512 columns, transposed by the instruction);
@@ -670,11 +788,16 @@ __device__ __forceinline__ void load_keys_sw128(uint8_t* dst, const CachePool& p
 //                factors are there.
 // The same partials (o_lat with one split) as the other kernels. H200, bench_cuda_mla at batch
 // 64 over 4K tokens: 0.187 ms, 390 TFLOP/s, against 0.413 (177) on attention_tc_kernel.
-constexpr int kWdHeads = 64, kWdKeys = 64, kWdThreads = 256;
-constexpr uint32_t kWdQBytes = kWgBlocks * kWdHeads * 128, kWdStage = kWgBlocks * kWdKeys * 128,
-                   kWdPBytes = kWdHeads * 128;
-constexpr size_t kWdSmem = 1024 + kWdQBytes + 2 * kWdStage + kWdPBytes + kWdHeads * 4;
+// FP8 cache (FP8): one raw stage, whose rows have a tile's matrix work to arrive in; 0.257 ms
+// against attention_tc_kernel's 0.424 (the decode, 8 chunks a thread a tile, is not overlapped).
+constexpr int kWdHeads = 64, kWdKeys = kWgKeys, kWdThreads = 256;
+constexpr uint32_t kWdQBytes = kWgBlocks * kWdHeads * 128, kWdPBytes = kWdHeads * 128;
+template <bool FP8>
+using WdTiles = KeyTiles<FP8, 1, kWdThreads>;
+template <bool FP8>
+constexpr size_t kWdSmem = 1024 + kWdQBytes + WdTiles<FP8>::kBytes + kWdPBytes + kWdHeads * 4;
 
+template <bool FP8>
 __global__ void __launch_bounds__(kWdThreads, 1)
     attention_wgmma_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
                            const int32_t* positions, const int32_t* seqs, int64_t split_len,
@@ -685,7 +808,7 @@ __global__ void __launch_bounds__(kWdThreads, 1)
   extern __shared__ __align__(1024) uint8_t wd_smem[];
   uint8_t* const sbase = atom_aligned(wd_smem);
   const uint32_t base = smem_addr(sbase);
-  constexpr uint32_t st_at = kWdQBytes, p_at = kWdQBytes + 2 * kWdStage;
+  constexpr uint32_t p_at = kWdQBytes + WdTiles<FP8>::kBytes;
   float* s_row = reinterpret_cast<float*>(sbase + p_at + kWdPBytes);  // [64]: corr, then l
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
   // Read through a shuffle so the compiler knows it is the same across each warp: branches on it
@@ -699,22 +822,13 @@ __global__ void __launch_bounds__(kWdThreads, 1)
   const int64_t seq = seqs[t];
 
   load_q_sw128<kWdHeads, kWdThreads>(sbase, qc, t, heads, h0);
-  const auto load = [&](int64_t j0, int st) {
-    load_keys_sw128<kWdThreads>(sbase + st_at + st * kWdStage, pool, seq, layer, j0, kend);
-  };
-  if (kbeg < kend) load(kbeg, 0);
-  cp_commit();  // (with q)
-  if (kbeg + kWdKeys < kend) load(kbeg + kWdKeys, 1);
-  cp_commit();
+  const WdTiles<FP8> tiles{sbase + kWdQBytes, pool, seq, layer, kend};
+  tiles.start(kbeg);  // (with q)
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // warpgroup 0's rows
   float o[2][16][4] = {};  // this warpgroup's O columns 256 wg + 128 nb + 8 i + 2 t4 (+1)
   for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kWdKeys, ++it) {
-    const int st = int(it & 1);
-    const uint32_t tile = base + st_at + st * kWdStage;
-    cp_wait<1>();  // this tile's group (the next one's may still be in flight)
-    fence_proxy_async();
-    __syncthreads();
+    const uint32_t tile = tiles.acquire(j0, it);
     uint32_t p[kWdKeys / 16][4];  // warpgroup 0's P, as A fragments of the four k16 steps
     float corr[2];
     if (wg == 0) {
@@ -791,11 +905,10 @@ __global__ void __launch_bounds__(kWdThreads, 1)
     }
     wgmma_commit();
     wgmma_wait<0>();
-    __syncthreads();  // every warp done with this stage, P and the factors
-    if (j0 + 2 * kWdKeys < kend) load(j0 + 2 * kWdKeys, st);
-    cp_commit();
+    tiles.release(j0, it);  // (the next acquire's barrier: every warp done with P, the factors)
   }
   cp_wait_all();
+  __syncthreads();  // warpgroup 1 done reading the last factors
   if (wg == 0) {
     l[0] = quad_sum(l[0]);
     l[1] = quad_sum(l[1]);
@@ -986,14 +1099,22 @@ __global__ void __launch_bounds__(kNwWarps * 32)
 // A thread's accumulators of either hold the same four heads (columns 2t, 2t + 1, 8 + 2t, 9 + 2t),
 // so its running max, sum and rescaling are per head, as in the other kernels per row; a head's
 // tile max meets the other warps' in shared memory. The same partials (o_lat with one split).
-// Shared memory: q, two stages of 64 keys (the 128-byte swizzle wgmma reads), Pᵀ, the maxima.
+// Shared memory: q, the key tiles (KeyTiles, the 128-byte swizzle wgmma reads), Pᵀ, the maxima.
 // H200, bench_cuda_mla at batch 64 over 4K tokens: 0.100 ms, 73% of copy, against 0.130 (56%)
 // on attention_narrow_kernel. Fetching the tiles 2-4 ahead into L2 as well (bulk prefetch) was
 // slower: 70%, 67%, 59%.
+// FP8 cache (FP8): three raw stages, as many bytes in flight as the BF16 cache's two tiles;
+// 0.150 ms (28% of copy) against attention_tc_kernel's 0.164: bound by the decode.
 constexpr int kNgThreads = 128;
-constexpr uint32_t kNgQBytes = kWgBlocks * kNwHeads * 128, kNgStage = kWgBlocks * kNwKeys * 128;
-constexpr size_t kNgSmem = 1024 + kNgQBytes + 2 * kNgStage + kNwHeads * 128 + 4 * kNwHeads * 4;
+static_assert(kNwKeys == kWgKeys, "the wgmma kernels' key tiles");
+constexpr uint32_t kNgQBytes = kWgBlocks * kNwHeads * 128;
+template <bool FP8>
+using NgTiles = KeyTiles<FP8, 3, kNgThreads>;
+template <bool FP8>
+constexpr size_t kNgSmem =
+    1024 + kNgQBytes + NgTiles<FP8>::kBytes + kNwHeads * 128 + 4 * kNwHeads * 4;
 
+template <bool FP8>
 __global__ void __launch_bounds__(kNgThreads, 1)
     attention_narrow_wgmma_kernel(const uint16_t* qc, int64_t heads, CachePool pool, int64_t layer,
                                   const int32_t* positions, const int32_t* seqs, int64_t split_len,
@@ -1004,7 +1125,7 @@ __global__ void __launch_bounds__(kNgThreads, 1)
   extern __shared__ __align__(1024) uint8_t ng_smem[];
   uint8_t* const sbase = atom_aligned(ng_smem);
   const uint32_t base = smem_addr(sbase);
-  constexpr uint32_t st_at = kNgQBytes, p_at = kNgQBytes + 2 * kNgStage;
+  constexpr uint32_t p_at = kNgQBytes + NgTiles<FP8>::kBytes;
   float* red = reinterpret_cast<float*>(sbase + p_at + kNwHeads * 128);  // [4 warps][16 heads]
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;
@@ -1014,23 +1135,14 @@ __global__ void __launch_bounds__(kNgThreads, 1)
   const int64_t seq = seqs[t];
 
   load_q_sw128<kNwHeads, kNgThreads>(sbase, qc, t, heads, 0);
-  const auto load = [&](int64_t j0, int st) {
-    load_keys_sw128<kNgThreads>(sbase + st_at + st * kNgStage, pool, seq, layer, j0, kend);
-  };
-  if (kbeg < kend) load(kbeg, 0);
-  cp_commit();  // (with q)
-  if (kbeg + kNwKeys < kend) load(kbeg + kNwKeys, 1);
-  cp_commit();
+  const NgTiles<FP8> tiles{sbase + kNgQBytes, pool, seq, layer, kend};
+  tiles.start(kbeg);  // (with q)
 
   // Per head i · 8 + 2 t4 + c of this thread: the running max (log2 units) and its keys' sum.
   float m[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}}, l[2][2] = {};
   float o[DC / 64][2][4] = {};  // Oᵀ: dims 64 mb + 16 warp + g (+8), heads as above
   for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kNwKeys, ++it) {
-    const int st = int(it & 1);
-    const uint32_t tile = base + st_at + st * kNgStage;
-    cp_wait<1>();  // this tile's group (the next one's may still be in flight)
-    fence_proxy_async();
-    __syncthreads();
+    const uint32_t tile = tiles.acquire(j0, it);
     float s[2][4];
     wgmma_fence();
 #pragma unroll
@@ -1105,11 +1217,10 @@ __global__ void __launch_bounds__(kNgThreads, 1)
             wgmma_desc(base + p_at + kk * 32, 16, 1024));
     wgmma_commit();
     wgmma_wait<0>();
-    __syncthreads();  // every warp done with this stage, Pᵀ and the maxima
-    if (j0 + 2 * kNwKeys < kend) load(j0 + 2 * kNwKeys, st);
-    cp_commit();
+    tiles.release(j0, it);  // (the next acquire's barrier: every warp done with Pᵀ, the maxima)
   }
   cp_wait_all();
+  __syncthreads();  // every warp done reading the last maxima
   // Row sums: this thread's keys, its column's eight lanes, then the four warps in order.
 #pragma unroll
   for (int i = 0; i < 2; ++i)
@@ -1596,8 +1707,8 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
     attend(kernel, kTcHeads, kTcKeys, kTcWarps * 32, smem, qc, n, heads, pool, layer, positions,
            seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
-  // Up to 16 heads over a BF16 cache: a 16-head kernel (the FP8 cache keeps the 64-head one),
-  // on wgmma where there is sm_90a code for it. On mma.sync, not where one row reads at most 256
+  // Up to 16 heads: a 16-head kernel, on wgmma where there is sm_90a code for it (BF16 or FP8
+  // cache; mma.sync's takes BF16 only). On mma.sync, not where one row reads at most 256
   // keys: there the 64-head kernel's 32-key splits (8 blocks) finish sooner than 4 of 64 (V2-Lite
   // dims, batch 1 at a 64-token prompt: 475.8 / 473.2 tok/s against 471.8 / 469.2; at 16K tokens
   // the 16-head kernel is ahead, 0.023 ms against 0.025 a layer, H200). The wgmma kernels both
@@ -1606,18 +1717,25 @@ void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CacheP
     attend(kernel, kNwHeads, kNwKeys, threads, smem, qc, n, heads, pool, layer, positions, seqs,
            max_position, scale_log2, partial, partial_floats, o_lat, s);
   };
-  const bool wgmma =
-      g_mla_wgmma && pool.bf16 && !pool.fp8 && wgmma_device() && dc == 512 && pool.dr == 64;
-  const bool use_narrow = g_tc_narrow && heads <= kNwHeads && pool.bf16 && !pool.fp8 &&
+  const bool wgmma = g_mla_wgmma && wgmma_device() && dc == 512 && pool.dr == 64 &&
+                     (pool.bf16 || (pool.fp8 && pool.row_bytes() == kWgF8Row));
+  const bool use_narrow = g_tc_narrow && heads <= kNwHeads && (wgmma || pool.bf16) &&
                           (wgmma || n > 1 || max_position + 1 > 256);
+  const auto wide_wgmma = [&](auto kernel, size_t smem) {
+    attend(kernel, kWdHeads, kWdKeys, kWdThreads, smem, qc, n, heads, pool, layer, positions, seqs,
+           max_position, scale_log2, partial, partial_floats, o_lat, s);
+  };
   if (dc == 512 && pool.dr == 64) {
-    if (use_narrow && wgmma)
-      narrow(attention_narrow_wgmma_kernel, kNgThreads, kNgSmem);
+    if (use_narrow && wgmma && pool.fp8)
+      narrow(attention_narrow_wgmma_kernel<true>, kNgThreads, kNgSmem<true>);
+    else if (use_narrow && wgmma)
+      narrow(attention_narrow_wgmma_kernel<false>, kNgThreads, kNgSmem<false>);
     else if (use_narrow)
       narrow(attention_narrow_kernel<512, 64>, kNwWarps * 32, narrow_smem_bytes(D));
+    else if (wgmma && pool.fp8)
+      wide_wgmma(attention_wgmma_kernel<true>, kWdSmem<true>);
     else if (wgmma)
-      attend(attention_wgmma_kernel, kWdHeads, kWdKeys, kWdThreads, kWdSmem, qc, n, heads, pool,
-             layer, positions, seqs, max_position, scale_log2, partial, partial_floats, o_lat, s);
+      wide_wgmma(attention_wgmma_kernel<false>, kWdSmem<false>);
     else
       launch(pool.fp8 ? attention_tc_kernel<512, 64, true> : attention_tc_kernel<512, 64, false>);
   } else if (dc == 256 && pool.dr == 32) {
