@@ -20,6 +20,7 @@
 #include "../dtype_cases.h"
 #include "core/dtype.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode.cuh"
 
 namespace dsv3 {
 namespace {
@@ -46,6 +47,17 @@ __global__ void decode_kernel(float* bf16, float* f16, float* e4m3, float* e5m2)
     e4m3[c] = __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)c, __NV_E4M3)));
     e5m2[c] = __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)c, __NV_E5M2)));
   }
+}
+
+// The E4M3 codes 4c .. 4c + 3 through cuda::e4m3x4_to_bf16 (the MLA kernels' integer decode), as
+// BF16 bits.
+__global__ void e4m3x4_kernel(uint16_t* out) {
+  const unsigned c = threadIdx.x;  // 64 words
+  const uint32_t word = (4 * c) | (4 * c + 1) << 8 | (4 * c + 2) << 16 | (4 * c + 3) << 24;
+  uint32_t lo, hi;
+  cuda::e4m3x4_to_bf16(word, lo, hi);
+  out[4 * c] = uint16_t(lo), out[4 * c + 1] = uint16_t(lo >> 16);
+  out[4 * c + 2] = uint16_t(hi), out[4 * c + 3] = uint16_t(hi >> 16);
 }
 
 // Owns one device allocation; freeing happens in a destructor, where a failure can only be
@@ -178,6 +190,26 @@ TEST(DTypeGpu, DecodeEveryCode) {
   check("f16", f16.to_host(), [](uint32_t c) { return f16_to_f32(f16_t(c)); });
   check("e4m3", e4m3.to_host(), [](uint32_t c) { return e4m3_to_f32(f8_t(c)); });
   check("e5m2", e5m2.to_host(), [](uint32_t c) { return e5m2_to_f32(f8_t(c)); });
+}
+
+// The integer E4M3 -> BF16 decode against the host's decode (exact: E4M3 is a subset of BF16),
+// every code but the two NaNs, subnormals and both zeros included.
+TEST(DTypeGpu, IntegerE4m3DecodeIsExact) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  DeviceBuffer<uint16_t> out(256);
+  e4m3x4_kernel<<<1, 64>>>(out.get());
+  DSV3_CUDA_CHECK_LAUNCH();
+  DSV3_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> got = out.to_host();
+  size_t bad = 0;
+  for (uint32_t c = 0; c < 256; ++c) {
+    if ((c & 0x7f) == 0x7f) continue;  // NaN
+    const float want = e4m3_to_f32(f8_t(c)), have = bf16_to_f32(bf16_t(got[c]));
+    if (std::bit_cast<uint32_t>(want) != std::bit_cast<uint32_t>(have) && ++bad <= 8)
+      ADD_FAILURE() << "code 0x" << std::hex << c << " -> " << describe(have) << ", want "
+                    << describe(want);
+  }
+  EXPECT_EQ(bad, 0u);
 }
 
 }  // namespace

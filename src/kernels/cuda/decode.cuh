@@ -40,6 +40,30 @@ __device__ __forceinline__ float e4m3_to_f32(uint8_t b) {
   return __half2float(__half(h));
 }
 
+// Four E4M3 codes (a word, code i in byte i) as four BF16 values (lo: codes 0, 1), exactly, in
+// integer instructions and one bf16x2 multiply: no conversion instructions, which issue at a
+// quarter of the integer rate (and bound a decode of 16 codes through F32). Each byte is
+// sign-extended to 16 bits (prmt) and shifted so its exponent and mantissa land on BF16's low
+// exponent and high mantissa bits: sign | those is the code's value · 2^-120 (a subnormal code
+// gives a subnormal BF16), so times 2^120 it is the value. Not for the NaN codes (0x7f, 0xff),
+// which our encoders never write (they saturate). sm_90 (mul.bf16x2).
+__device__ __forceinline__ void e4m3x4_to_bf16(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  uint32_t a, b;
+  asm("prmt.b32 %0, %1, 0, 0x9180;" : "=r"(a) : "r"(x));  // bytes 0, 1 sign-extended
+  asm("prmt.b32 %0, %1, 0, 0xB3A2;" : "=r"(b) : "r"(x));  // bytes 2, 3
+  a = (a << 4) & 0x87F087F0u;
+  b = (b << 4) & 0x87F087F0u;
+  constexpr uint32_t k2p120 = 0x7B807B80u;  // 2^120, twice
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(k2p120));
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(k2p120));
+}
+// Two BF16 products (bf16x2 multiply, rounded to nearest). sm_90.
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
 // One stored element at index i of a row (no block scale).
 template <WType T>
 __device__ __forceinline__ float load_one(const void* row, int64_t i) {

@@ -667,45 +667,58 @@ constexpr uint32_t kWgStage = kWgBlocks * kWgKeys * 128, kWgF8Stage = kWgKeys * 
 static_assert(kWgF8Row % 16 == 0 && kWgF8Stage % 1024 == 0, "raw stages keep the atoms aligned");
 
 // FP8 cache rows j0 .. j0 + 64 of (seq, layer) below kend, as stored, into dst by THREADS
-// threads: two runs of 32 rows, each contiguous in one cache block. Rows past kend are zeros.
+// threads (this one: tid): two runs of 32 rows, each contiguous in one cache block. Rows past
+// kend are zeros.
 template <int THREADS>
 __device__ __forceinline__ void load_rows_fp8(uint8_t* dst, const CachePool& pool, int64_t seq,
-                                              int64_t layer, int64_t j0, int64_t kend) {
+                                              int64_t layer, int64_t j0, int64_t kend, int tid) {
   constexpr int kRowChunks = kWgF8Row / 16;
 #pragma unroll
   for (int run = 0; run < 2; ++run) {
     const int64_t r0 = j0 + run * 32;
     const char* rows = pool.row_ptr(seq, layer, min(r0, kend - 1));
     const int64_t valid = (kend - r0) * kRowChunks;  // the run's chunks below kend
-    for (int c = int(threadIdx.x); c < 32 * kRowChunks; c += THREADS) {
+    for (int c = tid; c < 32 * kRowChunks; c += THREADS) {
       const bool ok = c < valid;
       cp16(dst + run * (32 * kWgF8Row) + c * 16, ok ? rows + c * 16 : rows, ok);
     }
   }
 }
 
-// A raw stage (src) decoded by THREADS threads into the BF16 tile the wgmma kernels read (dst):
-// c_kv times its scale, rounded to BF16 (the values attention_tc_kernel's FP8 path takes), k_pe
-// as stored. A thread keeps one row, tid % 64, and steps through its columns: the 8 lanes of a
-// shared-memory phase read 8 rows 656 bytes apart (all 32 banks) and write one swizzled column
-// of 8 rows (8 distinct chunks), so neither side conflicts.
-template <int THREADS>
-__device__ __forceinline__ void decode_fp8_tile(uint8_t* dst, const uint8_t* src) {
+// A raw stage (src) decoded by THREADS threads into the BF16 tile the wgmma kernels read (dst),
+// k_pe as stored, c_kv (e4m3x4_to_bf16) either
+//   scaled (!FOLD): times its scale rounded to BF16, the product rounded to BF16 (bf16x2
+//     multiplies: a conversion through F32 a value made this decode 3× slower), or
+//   as its codes' exact values (FOLD), the scales (four a row, F32) into scales [64][4] for the
+//     kernel to apply to its products.
+// A thread keeps one row, tid % 64, and steps through its columns: the 8 lanes of a
+// shared-memory phase read 8 rows 656 bytes apart (all 32 banks) and write one swizzled column of
+// 8 rows (8 distinct chunks), so neither side conflicts.
+template <int THREADS, bool FOLD>
+__device__ __forceinline__ void decode_fp8_tile(uint8_t* dst, const uint8_t* src, float* scales,
+                                                int tid) {
   static_assert(THREADS % 64 == 0 && 8 % (THREADS / 64) == 0, "a row a thread, whole scales");
   constexpr int kStep = THREADS / 64;  // 16-column chunks between a thread's
-  const int r = int(threadIdx.x) % 64, k0 = int(threadIdx.x) / 64;
+  const int r = tid % 64, k0 = tid / 64;
   const uint8_t* row = src + r * kWgF8Row;
-  const float4 scales = *reinterpret_cast<const float4*>(row + kWgDc);
-  const float sc[4] = {scales.x, scales.y, scales.z, scales.w};
+  const float4 scales4 = *reinterpret_cast<const float4*>(row + kWgDc);
+  [[maybe_unused]] const uint32_t sc2[4] = {
+      pack_bf16(scales4.x, scales4.x), pack_bf16(scales4.y, scales4.y),
+      pack_bf16(scales4.z, scales4.z), pack_bf16(scales4.w, scales4.w)};
+  if (FOLD && k0 == 0) reinterpret_cast<float4*>(scales)[r] = scales4;
 #pragma unroll
   for (int u = 0; u < kWgDc / 16 / kStep; ++u) {
     const int k = k0 + u * kStep;  // columns 16 k .. 16 k + 15, all of scale (u · kStep) / 8
-    float v[16];
-    decode_chunk<WType::E4M3>(*reinterpret_cast<const uint4*>(row + 16 * k), v);
-    const float s = sc[u * kStep / 8];
+    const uint4 codes = *reinterpret_cast<const uint4*>(row + 16 * k);
     uint32_t b[8];
+    e4m3x4_to_bf16(codes.x, b[0], b[1]);
+    e4m3x4_to_bf16(codes.y, b[2], b[3]);
+    e4m3x4_to_bf16(codes.z, b[4], b[5]);
+    e4m3x4_to_bf16(codes.w, b[6], b[7]);
+    if constexpr (!FOLD) {
 #pragma unroll
-    for (int q = 0; q < 8; ++q) b[q] = pack_bf16(v[2 * q] * s, v[2 * q + 1] * s);
+      for (int q = 0; q < 8; ++q) b[q] = bf16x2_mul(b[q], sc2[u * kStep / 8]);
+    }
     uint8_t* blk = dst + (k / 4) * (kWgKeys * 128);
     *reinterpret_cast<uint4*>(blk + swizzle128(r, 2 * (k % 4))) =
         make_uint4(b[0], b[1], b[2], b[3]);
@@ -722,22 +735,24 @@ __device__ __forceinline__ void decode_fp8_tile(uint8_t* dst, const uint8_t* src
 
 // The wgmma kernels' key tiles, 64 cache rows each in the swizzled BF16 layout they read, taken
 // in order (acquire, then release once the tile's last wgmma has completed in every thread).
-//   BF16 cache: two tiles; cp.async fills one while the block works on the other, which
+//   BF16 cache: STAGES tiles; cp.async fills the others while the block works on one, which
 //     refills as soon as it is released.
-//   FP8 cache: one tile, then RAW raw stages of rows as stored; acquire decodes the next raw
-//     stage into the tile and refills that stage at once, so RAW tiles' rows are in flight
-//     while the block works on one (FP8 rows halve the bytes, not the work after the decode).
-template <bool FP8, int RAW, int THREADS>
+//   FP8 cache: one tile, then STAGES raw stages of rows as stored; acquire decodes the next raw
+//     stage into the tile (decode_fp8_tile; FOLD: the scales into `scales`) and refills that
+//     stage at once, so STAGES tiles' rows are in flight while the block works on one.
+template <bool FP8, int STAGES, int THREADS, bool FOLD = false>
 struct KeyTiles {
-  static constexpr int kStages = FP8 ? RAW : 2;
+  static constexpr int kStages = STAGES;
   static constexpr uint32_t kBytes = FP8 ? kWgStage + kStages * kWgF8Stage : kStages * kWgStage;
   uint8_t* at;  // 1,024-aligned
   const CachePool& pool;
   int64_t seq, layer, kend;
+  float* scales = nullptr;  // FOLD: [64][4]
 
   __device__ __forceinline__ void load(int64_t j0, int stage) const {
     if constexpr (FP8)
-      load_rows_fp8<THREADS>(at + kWgStage + stage * kWgF8Stage, pool, seq, layer, j0, kend);
+      load_rows_fp8<THREADS>(at + kWgStage + stage * kWgF8Stage, pool, seq, layer, j0, kend,
+                             int(threadIdx.x));
     else
       load_keys_sw128<THREADS>(at + stage * kWgStage, pool, seq, layer, j0, kend);
   }
@@ -755,7 +770,7 @@ struct KeyTiles {
     cp_wait<kStages - 1>();  // this tile's group (the later ones may still be in flight)
     if constexpr (FP8) {
       __syncthreads();  // the raw rows in; every warp done with the tile before
-      decode_fp8_tile<THREADS>(at, at + kWgStage + st * kWgF8Stage);
+      decode_fp8_tile<THREADS, FOLD>(at, at + kWgStage + st * kWgF8Stage, scales, int(threadIdx.x));
       fence_proxy_async();
       __syncthreads();
       if (j0 + kStages * kWgKeys < kend) load(j0 + kStages * kWgKeys, st);
@@ -767,10 +782,13 @@ struct KeyTiles {
       return smem_addr(at + st * kWgStage);
     }
   }
+  __device__ __forceinline__ const float* key_scales(int64_t) const {
+    return scales;
+  }
   __device__ __forceinline__ void release(int64_t j0, int64_t it) const {
     if constexpr (!FP8) {
       __syncthreads();  // every warp done with this tile
-      if (j0 + 2 * kWgKeys < kend) load(j0 + 2 * kWgKeys, int(it % 2));
+      if (j0 + kStages * kWgKeys < kend) load(j0 + kStages * kWgKeys, int(it % kStages));
       cp_commit();
     }
   }
@@ -788,12 +806,13 @@ struct KeyTiles {
 //                factors are there.
 // The same partials (o_lat with one split) as the other kernels. H200, bench_cuda_mla at batch
 // 64 over 4K tokens: 0.187 ms, 390 TFLOP/s, against 0.413 (177) on attention_tc_kernel.
-// FP8 cache (FP8): one raw stage, whose rows have a tile's matrix work to arrive in; 0.257 ms
-// against attention_tc_kernel's 0.424 (the decode, 8 chunks a thread a tile, is not overlapped).
+// FP8 cache (FP8): one raw stage, whose rows have a tile's matrix work to arrive in, decoded
+// scaled (decode_fp8_tile): 0.253 ms against attention_tc_kernel's 0.435 (the decode, 8 chunks a
+// thread a tile, is not overlapped with the matrix work).
 constexpr int kWdHeads = 64, kWdKeys = kWgKeys, kWdThreads = 256;
 constexpr uint32_t kWdQBytes = kWgBlocks * kWdHeads * 128, kWdPBytes = kWdHeads * 128;
 template <bool FP8>
-using WdTiles = KeyTiles<FP8, 1, kWdThreads>;
+using WdTiles = KeyTiles<FP8, FP8 ? 1 : 2, kWdThreads, false>;
 template <bool FP8>
 constexpr size_t kWdSmem = 1024 + kWdQBytes + WdTiles<FP8>::kBytes + kWdPBytes + kWdHeads * 4;
 
@@ -1104,15 +1123,20 @@ __global__ void __launch_bounds__(kNwWarps * 32)
 // on attention_narrow_kernel. Fetching the tiles 2-4 ahead into L2 as well (bulk prefetch) was
 // slower: 70%, 67%, 59%.
 // FP8 cache (FP8): three raw stages, as many bytes in flight as the BF16 cache's two tiles;
-// 0.150 ms (28% of copy) against attention_tc_kernel's 0.164: bound by the decode.
+// the tile holds the codes' values (decode_fp8_tile's FOLD), and the kernel weights its products
+// by the keys' scales. 0.136 ms at batch 64 over 4K (31% of copy) against attention_tc_kernel's
+// 0.164: one warp a scheduler issues both the decode and the matrix work.
 constexpr int kNgThreads = 128;
 static_assert(kNwKeys == kWgKeys, "the wgmma kernels' key tiles");
 constexpr uint32_t kNgQBytes = kWgBlocks * kNwHeads * 128;
 template <bool FP8>
-using NgTiles = KeyTiles<FP8, 3, kNgThreads>;
+using NgTiles = KeyTiles<FP8, FP8 ? 3 : 2, kNgThreads, true>;
+// Pᵀ: FP8, one for each 128 columns of c_kv, its keys' scales folded in; else one.
 template <bool FP8>
-constexpr size_t kNgSmem =
-    1024 + kNgQBytes + NgTiles<FP8>::kBytes + kNwHeads * 128 + 4 * kNwHeads * 4;
+constexpr uint32_t kNgPBytes = (FP8 ? kWgDc / 128 : 1) * kNwHeads * 128;
+template <bool FP8>
+constexpr size_t kNgSmem = 1024 + kNgQBytes + NgTiles<FP8>::kBytes + kNgPBytes<FP8> +
+                           4 * kNwHeads * 4 + (FP8 ? kWgKeys * 16 : 0);
 
 template <bool FP8>
 __global__ void __launch_bounds__(kNgThreads, 1)
@@ -1126,7 +1150,8 @@ __global__ void __launch_bounds__(kNgThreads, 1)
   uint8_t* const sbase = atom_aligned(ng_smem);
   const uint32_t base = smem_addr(sbase);
   constexpr uint32_t p_at = kNgQBytes + NgTiles<FP8>::kBytes;
-  float* red = reinterpret_cast<float*>(sbase + p_at + kNwHeads * 128);  // [4 warps][16 heads]
+  float* red = reinterpret_cast<float*>(sbase + p_at + kNgPBytes<FP8>);  // [4 warps][16 heads]
+  float* key_scales = red + 4 * kNwHeads;  // FP8: the tile's [64 keys][4] scales
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t t = blockIdx.x, split = blockIdx.z;
@@ -1135,7 +1160,7 @@ __global__ void __launch_bounds__(kNgThreads, 1)
   const int64_t seq = seqs[t];
 
   load_q_sw128<kNwHeads, kNgThreads>(sbase, qc, t, heads, 0);
-  const NgTiles<FP8> tiles{sbase + kNgQBytes, pool, seq, layer, kend};
+  const NgTiles<FP8> tiles{sbase + kNgQBytes, pool, seq, layer, kend, key_scales};
   tiles.start(kbeg);  // (with q)
 
   // Per head i · 8 + 2 t4 + c of this thread: the running max (log2 units) and its keys' sum.
@@ -1144,16 +1169,47 @@ __global__ void __launch_bounds__(kNgThreads, 1)
   for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kNwKeys, ++it) {
     const uint32_t tile = tiles.acquire(j0, it);
     float s[2][4];
+    // FP8: this thread's two keys' scales (e < 2, e ≥ 2), for its products and its Pᵀ.
+    [[maybe_unused]] float4 ksc[2];
     wgmma_fence();
+    if constexpr (FP8) {
+      // The tile holds the codes' values: Sᵀ of each 128 columns of c_kv apart (sb), k_pe's
+      // into s, then each key's four weighted by its scales (F32, exact where the scaled BF16
+      // tile of the 64-head kernel rounds).
+      float sb[kWgDc / 128][2][4];
 #pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk) {
-      const uint32_t at = (kk / 4) * (kNwKeys * 128) + (kk % 4) * 32;
-      wgmma_m64n16k16_ss(s, wgmma_desc(tile + at, 16, 1024),
-                         wgmma_desc(base + (kk / 4) * (kNwHeads * 128) + (kk % 4) * 32, 16, 1024),
-                         kk > 0);
+      for (int kk = 0; kk < DK / 16; ++kk) {
+        const uint32_t at = (kk / 4) * (kNwKeys * 128) + (kk % 4) * 32;
+        const uint64_t a = wgmma_desc(tile + at, 16, 1024),
+                       b = wgmma_desc(base + (kk / 4) * (kNwHeads * 128) + (kk % 4) * 32, 16, 1024);
+        if (kk < kWgDc / 16)
+          wgmma_m64n16k16_ss(sb[kk / 8], a, b, kk % 8 > 0);
+        else
+          wgmma_m64n16k16_ss(s, a, b, kk > kWgDc / 16);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      const float4* ks = reinterpret_cast<const float4*>(tiles.key_scales(it));
+      ksc[0] = ks[warp * 16 + g];
+      ksc[1] = ks[warp * 16 + g + 8];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float4 k = ksc[e >> 1];
+          s[i][e] += sb[0][i][e] * k.x + sb[1][i][e] * k.y + sb[2][i][e] * k.z + sb[3][i][e] * k.w;
+        }
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < DK / 16; ++kk) {
+        const uint32_t at = (kk / 4) * (kNwKeys * 128) + (kk % 4) * 32;
+        wgmma_m64n16k16_ss(s, wgmma_desc(tile + at, 16, 1024),
+                           wgmma_desc(base + (kk / 4) * (kNwHeads * 128) + (kk % 4) * 32, 16, 1024),
+                           kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
     }
-    wgmma_commit();
-    wgmma_wait<0>();
     // Keys 16 warp + g (e < 2) and + 8 (e ≥ 2) of the tile; heads 8 i + 2 t4 + (e & 1).
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -1192,8 +1248,16 @@ __global__ void __launch_bounds__(kNgThreads, 1)
         const int c = e & 1, key = warp * 16 + g + 8 * (e >> 1), h = i * 8 + 2 * t4 + c;
         const float p = exp2f(s[i][e] - bas[i][c]);
         s[i][e] = p;
-        *reinterpret_cast<__nv_bfloat16*>(sp + swizzle128(h, key / 8) + (key % 8) * 2) =
-            __float2bfloat16_rn(p);
+        uint8_t* const at = sp + swizzle128(h, key / 8) + (key % 8) * 2;
+        if constexpr (FP8) {  // Pᵀ for each 128 columns of V: p times the key's scale there
+          const float4 k = ksc[e >> 1];
+          *reinterpret_cast<__nv_bfloat16*>(at) = __float2bfloat16_rn(p * k.x);
+          *reinterpret_cast<__nv_bfloat16*>(at + kNwHeads * 128) = __float2bfloat16_rn(p * k.y);
+          *reinterpret_cast<__nv_bfloat16*>(at + 2 * kNwHeads * 128) = __float2bfloat16_rn(p * k.z);
+          *reinterpret_cast<__nv_bfloat16*>(at + 3 * kNwHeads * 128) = __float2bfloat16_rn(p * k.w);
+        } else {
+          *reinterpret_cast<__nv_bfloat16*>(at) = __float2bfloat16_rn(p);
+        }
       }
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -1214,7 +1278,7 @@ __global__ void __launch_bounds__(kNgThreads, 1)
       for (int mb = 0; mb < DC / 64; ++mb)
         wgmma_m64n16k16_ss_mn_a(
             o[mb], wgmma_desc(tile + mb * (kNwKeys * 128) + kk * 16 * 128, kNwKeys * 128, 1024),
-            wgmma_desc(base + p_at + kk * 32, 16, 1024));
+            wgmma_desc(base + p_at + (FP8 ? mb / 2 * (kNwHeads * 128) : 0) + kk * 32, 16, 1024));
     wgmma_commit();
     wgmma_wait<0>();
     tiles.release(j0, it);  // (the next acquire's barrier: every warp done with Pᵀ, the maxima)
