@@ -14,9 +14,9 @@
 #   mla: the MLA decode and prefill kernels at DeepSeek-V3's sizes (bench_cuda_mla);
 #   b1: the 1.17B FP8 model of configs/bench-1b.json, which initialises in seconds;
 #   hf: that model in BF16 in dsv3 and in HF transformers: logits parity and speed, same GPU
-#     (HF_MODEL=v2lite: the V2-Lite checkpoint instead, speed only; HF_MODEL=v3: V3 dims x 4
-#     layers in BF16, speed only: transformers runs our FP8 checkpoints only with the `kernels`
-#     package, which the GPU machine lacks).
+#     (HF_MODEL=v2lite: the V2-Lite checkpoint instead; HF_MODEL=v3: V3 dims x 4 layers in BF16,
+#     as transformers runs our FP8 checkpoints only with the `kernels` package, which the GPU
+#     machine lacks; both speed only unless HF_PARITY=1).
 # Logs go to $OUT (the device tool's output folder) when set, else /tmp/issue7.
 # Env: TESTS (gtest filter, default all), BATCHES, PREFILLS, AB / ROUNDS / AB_MODEL (ab's
 # variants, rounds, and checkpoint: v3 or v2lite), PROMPT (decode prompt length, default 64),
@@ -211,21 +211,23 @@ if has b1; then
 fi
 # The peer: the same BF16 checkpoint in HF transformers (tools/reference/bench_hf_cuda.py).
 if has hf; then
-  # HF_MODEL=v2lite: the V2-Lite checkpoint (full depth, BF16) for speed alone (transformers in
-  # F32 for the parity check would take 63 GB and minutes to load); default: bench-1b, both.
+  # HF_MODEL=v2lite or v3: those checkpoints (BF16) for speed alone, unless HF_PARITY=1
+  # (transformers in F32 for the parity check takes ~60 GB and minutes to load); default:
+  # bench-1b, both.
   if [ "${HF_MODEL:-b1}" = v2lite ]; then
     v2lite_checkpoint
     hf_ckpt="$CKPT/v2lite"
-    hf_parity=()
   elif [ "${HF_MODEL:-b1}" = v3 ]; then
     v3_checkpoint bf16
     hf_ckpt="$CKPT/v3-4l-bf16"
-    hf_parity=()
   else
     log "init bench-1b (bf16)"
     [ -f "$CKPT/b1bf/config.json" ] || "$BUILD/bin/dsv3" init --config configs/bench-1b.json \
       --out "$CKPT/b1bf" --dtype bf16 > /dev/null
     hf_ckpt="$CKPT/b1bf"
+  fi
+  hf_parity=()
+  if [ "${HF_MODEL:-b1}" = b1 ] || [ "${HF_PARITY:-0}" = 1 ]; then
     python3 tools/reference/bench_hf_cuda.py --model "$hf_ckpt" --make-ids "$CKPT/ids.safetensors"
     "$BUILD/bin/dsv3" forward --model "$hf_ckpt" --input "$CKPT/ids.safetensors" \
       --output "$CKPT/ours.safetensors" --device cuda
