@@ -2,10 +2,11 @@
 # Issue 7 on a GPU machine (the `run` device tool; see docs/PERFORMANCE.md): configure and build
 # only what the GPU work needs (DSV3_MINIMAL: no PCRE2 / cpp-httplib / yaml-cpp there), run the
 # GPU tests, make random-weight checkpoints at real shapes with `dsv3 init`, and time decode.
-# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [v3] [profile] [profile_prefill]
+# Usage: tools/gpu/run_issue7.sh [build] [test] [mla] [gemv] [experts] [v3] [profile] [profile_prefill]
 #   [ab] [detail] [v2lite] [b1] [hf]   (default: build test v3 v2lite)
 #   gemv: the one-row gemv per split-K and setting at V3's shapes, then the gemv over 1 to 16
 #     rows at V3's and V2-Lite's dense shapes (bench_cuda_fp8_gemm --gemv-only, no checkpoint);
+#   experts: the grouped experts kernel against cuBLASLt (bench_cuda_fp8_gemm --experts-only);
 #   ab: the V3 checkpoint (or AB_MODEL's) once per flag set of AB, alternating on one machine;
 #   profile: ncu over a short run of the V3 checkpoint (time per kernel); profile_prefill: over
 #     one of its 2K-token prefills (the whole bench runs under ncu: slow);
@@ -84,6 +85,12 @@ if has gemv; then
   log "gemv: one row at DeepSeek-V3's FP8 shapes per split-K; 1 to 16 rows"
   timeout 120 "$BUILD/bin/bench_cuda_fp8_gemm" --gemv-only 2>&1 | tee "$OUT/bench_gemv.txt" ||
     echo "bench gemv failed"
+fi
+
+if has experts; then
+  log "routed experts: the grouped kernel against cuBLASLt"
+  timeout 150 "$BUILD/bin/bench_cuda_fp8_gemm" --experts-only 2>&1 | tee "$OUT/bench_experts.txt" ||
+    echo "bench experts failed"
 fi
 
 # ncu over a short run at batch PROFILE_BATCH (default 1; a prefill of 8 tokens a sequence, then
