@@ -41,8 +41,8 @@
 //        [--sample-split 0 | 1 (the sampler's first sweep in several blocks a row)]
 //        [--mla-split-blocks N (the blocks the attention's key splits aim at; default 0: one
 //         wave of the GPU)]
-//        [--mla-tc-narrow 1 | 0 (up to 16 heads over a BF16 cache on a 16-head attention kernel)]
-//        [--mla-wgmma 1 | 0 (the attention kernels on wgmma on Hopper, BF16 cache)]
+//        [--mla-tc-narrow 1 | 0 (up to 16 heads on a 16-head attention kernel)]
+//        [--mla-wgmma 1 | 0 (the attention kernels on wgmma on Hopper, BF16 or FP8 cache)]
 //        [--flash-kernel 2 | 1 | 0 (192 / 128 heads' prefill attention: wgmma over 128 or 64
 //         keys a tile, or mma.sync)]
 //        [--repeat PIECES (engine.h RepeatPiece bits: those kernels enqueued twice a layer, to

@@ -313,17 +313,17 @@ void mla_attention(const float* qc, int64_t n, int64_t heads, const CachePool& p
                    const int32_t* positions, const int32_t* seqs, int64_t max_position, float scale,
                    float* partial, int64_t partial_floats, float* o_lat, cudaStream_t s);
 
-// mla_attention on the BF16 tensor cores for a BF16 cache of kv_lora 512 / rope 64 (DeepSeek-V3,
-// V2-Lite, Moonlight) or 256 / 32: qc in BF16 [n, H, dc + dr] (rows 16-byte aligned), P in
-// BF16 before P·c_kv; the same o_lat. mla_attention_tc_supported says when it applies.
+// mla_attention on the BF16 tensor cores for a BF16 or FP8 cache of kv_lora 512 / rope 64
+// (DeepSeek-V3, V2-Lite, Moonlight) or 256 / 32: qc in BF16 [n, H, dc + dr] (rows 16-byte aligned),
+// P in BF16 before P·c_kv; the same o_lat. mla_attention_tc_supported says when it applies.
 bool mla_attention_tc_supported(const CachePool& pool);  // BF16 or FP8 caches
 // For benchmarks: the blocks both attention kernels' splits aim to fill (0, the default: the
 // kernel's blocks resident on the whole GPU, one wave).
 void set_mla_split_blocks(int64_t blocks);
-// For benchmarks and tests: whether models of up to 16 heads over a BF16 cache take a 16-head
-// tensor-core kernel (true, the default) or a 64-head one; and whether, over a BF16 cache of
-// kv_lora 512 / rope 64 on Hopper, those kernels are the wgmma ones (true, the default) or the
-// mma.sync ones.
+// For benchmarks and tests: whether models of up to 16 heads take a 16-head tensor-core kernel
+// (true, the default; on mma.sync over a BF16 cache only) or a 64-head one; and whether, at
+// kv_lora 512 / rope 64 on Hopper (BF16 or FP8 cache), those kernels are the wgmma ones (true,
+// the default) or the mma.sync ones.
 void set_mla_tc_narrow(bool on);
 void set_mla_wgmma(bool on);
 void mla_attention_tc(const uint16_t* qc, int64_t n, int64_t heads, const CachePool& pool,

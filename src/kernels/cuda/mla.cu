@@ -667,18 +667,17 @@ constexpr uint32_t kWgStage = kWgBlocks * kWgKeys * 128, kWgF8Stage = kWgKeys * 
 static_assert(kWgF8Row % 16 == 0 && kWgF8Stage % 1024 == 0, "raw stages keep the atoms aligned");
 
 // FP8 cache rows j0 .. j0 + 64 of (seq, layer) below kend, as stored, into dst by THREADS
-// threads (this one: tid): two runs of 32 rows, each contiguous in one cache block. Rows past
-// kend are zeros.
+// threads: two runs of 32 rows, each contiguous in one cache block. Rows past kend are zeros.
 template <int THREADS>
 __device__ __forceinline__ void load_rows_fp8(uint8_t* dst, const CachePool& pool, int64_t seq,
-                                              int64_t layer, int64_t j0, int64_t kend, int tid) {
+                                              int64_t layer, int64_t j0, int64_t kend) {
   constexpr int kRowChunks = kWgF8Row / 16;
 #pragma unroll
   for (int run = 0; run < 2; ++run) {
     const int64_t r0 = j0 + run * 32;
     const char* rows = pool.row_ptr(seq, layer, min(r0, kend - 1));
     const int64_t valid = (kend - r0) * kRowChunks;  // the run's chunks below kend
-    for (int c = tid; c < 32 * kRowChunks; c += THREADS) {
+    for (int c = int(threadIdx.x); c < 32 * kRowChunks; c += THREADS) {
       const bool ok = c < valid;
       cp16(dst + run * (32 * kWgF8Row) + c * 16, ok ? rows + c * 16 : rows, ok);
     }
@@ -688,18 +687,17 @@ __device__ __forceinline__ void load_rows_fp8(uint8_t* dst, const CachePool& poo
 // A raw stage (src) decoded by THREADS threads into the BF16 tile the wgmma kernels read (dst),
 // k_pe as stored, c_kv (e4m3x4_to_bf16) either
 //   scaled (!FOLD): times its scale rounded to BF16, the product rounded to BF16 (bf16x2
-//     multiplies: a conversion through F32 a value made this decode 3× slower), or
+//     multiplies, no conversion instructions), or
 //   as its codes' exact values (FOLD), the scales (four a row, F32) into scales [64][4] for the
 //     kernel to apply to its products.
 // A thread keeps one row, tid % 64, and steps through its columns: the 8 lanes of a
 // shared-memory phase read 8 rows 656 bytes apart (all 32 banks) and write one swizzled column of
 // 8 rows (8 distinct chunks), so neither side conflicts.
 template <int THREADS, bool FOLD>
-__device__ __forceinline__ void decode_fp8_tile(uint8_t* dst, const uint8_t* src, float* scales,
-                                                int tid) {
+__device__ __forceinline__ void decode_fp8_tile(uint8_t* dst, const uint8_t* src, float* scales) {
   static_assert(THREADS % 64 == 0 && 8 % (THREADS / 64) == 0, "a row a thread, whole scales");
   constexpr int kStep = THREADS / 64;  // 16-column chunks between a thread's
-  const int r = tid % 64, k0 = tid / 64;
+  const int r = int(threadIdx.x) % 64, k0 = int(threadIdx.x) / 64;
   const uint8_t* row = src + r * kWgF8Row;
   const float4 scales4 = *reinterpret_cast<const float4*>(row + kWgDc);
   [[maybe_unused]] const uint32_t sc2[4] = {
@@ -742,8 +740,7 @@ __device__ __forceinline__ void decode_fp8_tile(uint8_t* dst, const uint8_t* src
 //     stage at once, so STAGES tiles' rows are in flight while the block works on one.
 template <bool FP8, int STAGES, int THREADS, bool FOLD = false>
 struct KeyTiles {
-  static constexpr int kStages = STAGES;
-  static constexpr uint32_t kBytes = FP8 ? kWgStage + kStages * kWgF8Stage : kStages * kWgStage;
+  static constexpr uint32_t kBytes = FP8 ? kWgStage + STAGES * kWgF8Stage : STAGES * kWgStage;
   uint8_t* at;  // 1,024-aligned
   const CachePool& pool;
   int64_t seq, layer, kend;
@@ -751,29 +748,28 @@ struct KeyTiles {
 
   __device__ __forceinline__ void load(int64_t j0, int stage) const {
     if constexpr (FP8)
-      load_rows_fp8<THREADS>(at + kWgStage + stage * kWgF8Stage, pool, seq, layer, j0, kend,
-                             int(threadIdx.x));
+      load_rows_fp8<THREADS>(at + kWgStage + stage * kWgF8Stage, pool, seq, layer, j0, kend);
     else
       load_keys_sw128<THREADS>(at + stage * kWgStage, pool, seq, layer, j0, kend);
   }
   // The first tiles' copies, a commit group each (the first also holds what came before).
   __device__ __forceinline__ void start(int64_t kbeg) const {
 #pragma unroll
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < STAGES; ++s) {
       if (kbeg + s * kWgKeys < kend) load(kbeg + s * kWgKeys, s);
       cp_commit();
     }
   }
   // Tile `it` (keys j0 ..) ready for wgmma in every thread: its shared-memory address.
   __device__ __forceinline__ uint32_t acquire(int64_t j0, int64_t it) const {
-    const int st = int(it % kStages);
-    cp_wait<kStages - 1>();  // this tile's group (the later ones may still be in flight)
+    const int st = int(it % STAGES);
+    cp_wait<STAGES - 1>();  // this tile's group (the later ones may still be in flight)
     if constexpr (FP8) {
       __syncthreads();  // the raw rows in; every warp done with the tile before
-      decode_fp8_tile<THREADS, FOLD>(at, at + kWgStage + st * kWgF8Stage, scales, int(threadIdx.x));
+      decode_fp8_tile<THREADS, FOLD>(at, at + kWgStage + st * kWgF8Stage, scales);
       fence_proxy_async();
       __syncthreads();
-      if (j0 + kStages * kWgKeys < kend) load(j0 + kStages * kWgKeys, st);
+      if (j0 + STAGES * kWgKeys < kend) load(j0 + STAGES * kWgKeys, st);
       cp_commit();
       return smem_addr(at);
     } else {
@@ -782,13 +778,10 @@ struct KeyTiles {
       return smem_addr(at + st * kWgStage);
     }
   }
-  __device__ __forceinline__ const float* key_scales(int64_t) const {
-    return scales;
-  }
   __device__ __forceinline__ void release(int64_t j0, int64_t it) const {
     if constexpr (!FP8) {
       __syncthreads();  // every warp done with this tile
-      if (j0 + kStages * kWgKeys < kend) load(j0 + kStages * kWgKeys, int(it % kStages));
+      if (j0 + STAGES * kWgKeys < kend) load(j0 + STAGES * kWgKeys, int(it % STAGES));
       cp_commit();
     }
   }
@@ -1168,30 +1161,28 @@ __global__ void __launch_bounds__(kNgThreads, 1)
   float o[DC / 64][2][4] = {};  // Oᵀ: dims 64 mb + 16 warp + g (+8), heads as above
   for (int64_t j0 = kbeg, it = 0; j0 < kend; j0 += kNwKeys, ++it) {
     const uint32_t tile = tiles.acquire(j0, it);
+    // FP8: the tile holds the codes' values, so Sᵀ of each 128 columns of c_kv is summed apart
+    // (sb; k_pe's into s), then weighted by this thread's two keys' scales (ksc: e < 2, e ≥ 2),
+    // in F32 where the 64-head kernel's scaled tile rounds each value to BF16.
     float s[2][4];
-    // FP8: this thread's two keys' scales (e < 2, e ≥ 2), for its products and its Pᵀ.
+    [[maybe_unused]] float sb[kWgDc / 128][2][4];
     [[maybe_unused]] float4 ksc[2];
     wgmma_fence();
-    if constexpr (FP8) {
-      // The tile holds the codes' values: Sᵀ of each 128 columns of c_kv apart (sb), k_pe's
-      // into s, then each key's four weighted by its scales (F32, exact where the scaled BF16
-      // tile of the 64-head kernel rounds).
-      float sb[kWgDc / 128][2][4];
 #pragma unroll
-      for (int kk = 0; kk < DK / 16; ++kk) {
-        const uint32_t at = (kk / 4) * (kNwKeys * 128) + (kk % 4) * 32;
-        const uint64_t a = wgmma_desc(tile + at, 16, 1024),
-                       b = wgmma_desc(base + (kk / 4) * (kNwHeads * 128) + (kk % 4) * 32, 16, 1024);
-        if (kk < kWgDc / 16)
-          wgmma_m64n16k16_ss(sb[kk / 8], a, b, kk % 8 > 0);
-        else
-          wgmma_m64n16k16_ss(s, a, b, kk > kWgDc / 16);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      const float4* ks = reinterpret_cast<const float4*>(tiles.key_scales(it));
-      ksc[0] = ks[warp * 16 + g];
-      ksc[1] = ks[warp * 16 + g + 8];
+    for (int kk = 0; kk < DK / 16; ++kk) {
+      const uint32_t at = (kk / 4) * (kNwKeys * 128) + (kk % 4) * 32;
+      const uint64_t a = wgmma_desc(tile + at, 16, 1024),
+                     b = wgmma_desc(base + (kk / 4) * (kNwHeads * 128) + (kk % 4) * 32, 16, 1024);
+      if (FP8 && kk < kWgDc / 16)
+        wgmma_m64n16k16_ss(sb[kk / 8], a, b, kk % 8 > 0);
+      else
+        wgmma_m64n16k16_ss(s, a, b, kk > (FP8 ? kWgDc / 16 : 0));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    if constexpr (FP8) {
+      ksc[0] = reinterpret_cast<const float4*>(key_scales)[warp * 16 + g];
+      ksc[1] = reinterpret_cast<const float4*>(key_scales)[warp * 16 + g + 8];
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -1199,16 +1190,6 @@ __global__ void __launch_bounds__(kNgThreads, 1)
           const float4 k = ksc[e >> 1];
           s[i][e] += sb[0][i][e] * k.x + sb[1][i][e] * k.y + sb[2][i][e] * k.z + sb[3][i][e] * k.w;
         }
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < DK / 16; ++kk) {
-        const uint32_t at = (kk / 4) * (kNwKeys * 128) + (kk % 4) * 32;
-        wgmma_m64n16k16_ss(s, wgmma_desc(tile + at, 16, 1024),
-                           wgmma_desc(base + (kk / 4) * (kNwHeads * 128) + (kk % 4) * 32, 16, 1024),
-                           kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
     }
     // Keys 16 warp + g (e < 2) and + 8 (e ≥ 2) of the tile; heads 8 i + 2 t4 + (e & 1).
 #pragma unroll
@@ -1250,11 +1231,11 @@ __global__ void __launch_bounds__(kNgThreads, 1)
         s[i][e] = p;
         uint8_t* const at = sp + swizzle128(h, key / 8) + (key % 8) * 2;
         if constexpr (FP8) {  // Pᵀ for each 128 columns of V: p times the key's scale there
-          const float4 k = ksc[e >> 1];
-          *reinterpret_cast<__nv_bfloat16*>(at) = __float2bfloat16_rn(p * k.x);
-          *reinterpret_cast<__nv_bfloat16*>(at + kNwHeads * 128) = __float2bfloat16_rn(p * k.y);
-          *reinterpret_cast<__nv_bfloat16*>(at + 2 * kNwHeads * 128) = __float2bfloat16_rn(p * k.z);
-          *reinterpret_cast<__nv_bfloat16*>(at + 3 * kNwHeads * 128) = __float2bfloat16_rn(p * k.w);
+          const float k[4] = {ksc[e >> 1].x, ksc[e >> 1].y, ksc[e >> 1].z, ksc[e >> 1].w};
+#pragma unroll
+          for (int b = 0; b < 4; ++b)
+            *reinterpret_cast<__nv_bfloat16*>(at + b * (kNwHeads * 128)) =
+                __float2bfloat16_rn(p * k[b]);
         } else {
           *reinterpret_cast<__nv_bfloat16*>(at) = __float2bfloat16_rn(p);
         }
